@@ -1,0 +1,36 @@
+"""pyrovae: variational autoencoders written as probabilistic programs in Pyro.
+
+Importing pyrovae sets ``pyro.settings.set(module_local_params=True)``: the
+parameters of Pyro modules live in the modules (``state_dict()``), not in Pyro's
+global param store.
+"""
+
+import pyro
+
+pyro.settings.set(module_local_params=True)
+
+from pyrovae.config import Config, load_config  # noqa: E402
+from pyrovae.data import Dataset, load_dataset  # noqa: E402
+from pyrovae.errors import CheckpointError, ConfigError, DataError, PyroVAEError  # noqa: E402
+from pyrovae.inference import evaluate, iwae_log_likelihood, train  # noqa: E402
+from pyrovae.run import fit, load_run  # noqa: E402
+from pyrovae.vae import VAE  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "VAE",
+    "CheckpointError",
+    "Config",
+    "ConfigError",
+    "DataError",
+    "Dataset",
+    "PyroVAEError",
+    "evaluate",
+    "fit",
+    "iwae_log_likelihood",
+    "load_config",
+    "load_dataset",
+    "load_run",
+    "train",
+]

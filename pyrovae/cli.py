@@ -1,0 +1,216 @@
+"""The command line: ``pyrovae train | evaluate | sample``.
+
+A thin layer over the library: it parses flags into a :class:`~pyrovae.config.Config`
+(explicit flags override ``--config FILE``), calls :func:`pyrovae.fit` and friends,
+and turns every :class:`~pyrovae.errors.PyroVAEError` into one message on stderr and
+exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from pyrovae.config import Config, field_type, from_dict, load_config
+
+__all__ = ["main"]
+
+logger = logging.getLogger("pyrovae")
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per Config field; defaults are SUPPRESSed so only explicit flags override."""
+    group = parser.add_argument_group("run configuration (also keys of --config FILE)")
+    for f in dataclasses.fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        kind = field_type(f)
+        default = f.default
+        kwargs: dict = {
+            "default": argparse.SUPPRESS,
+            "dest": f.name,
+            "help": f"{f.metadata['help']} (default: {default})",
+        }
+        if f.metadata.get("choices") is not None:
+            kwargs["choices"] = list(f.metadata["choices"])
+        if kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif kind is tuple:
+            kwargs.update(type=int, nargs="+", metavar="N")
+        else:
+            kwargs["type"] = kind
+        group.add_argument(flag, **kwargs)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pyrovae", description="Variational autoencoders as Pyro programs."
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = sub.add_parser(
+        "train",
+        parents=[common],
+        help="train a VAE and write a run folder",
+        description="Train a VAE with SVI and write a run folder.",
+    )
+    train.add_argument(
+        "--workdir",
+        default="runs/default",
+        type=Path,
+        help="the run folder (default: runs/default)",
+    )
+    train.add_argument("--config", type=Path, help="TOML file with config keys")
+    train.add_argument(
+        "--resume", action="store_true", help="continue the run in --workdir where it stopped"
+    )
+    train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_config_flags(train)
+
+    evaluate = sub.add_parser(
+        "evaluate",
+        parents=[common],
+        help="held-out ELBO and IWAE log-likelihood of a run",
+        description="Evaluate a trained run on its held-out data.",
+    )
+    evaluate.add_argument("run", type=Path, help="run folder (or its checkpoint.pt)")
+    evaluate.add_argument(
+        "-k",
+        "--num-samples",
+        type=int,
+        default=1000,
+        help="importance samples K for the IWAE log p(x) (default: 1000)",
+    )
+    evaluate.add_argument("--data", help="evaluate on this .npy/.npz file instead")
+    evaluate.add_argument("--batch-size", type=int, default=500, help="data points per batch")
+    evaluate.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the importance samples")
+
+    sample = sub.add_parser(
+        "sample",
+        parents=[common],
+        help="generate from the prior of a trained run",
+        description="Draw z from the prior and decode: PNG grid and .npy.",
+    )
+    sample.add_argument("run", type=Path, help="run folder (or its checkpoint.pt)")
+    sample.add_argument("-n", "--num-samples", type=int, default=64, help="how many (default 64)")
+    sample.add_argument("--output", type=Path, help="output folder (default: the run folder)")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    return parser
+
+
+def _config_from_args(args: argparse.Namespace) -> Config:
+    names = {f.name for f in dataclasses.fields(Config)}
+    flags = {k: v for k, v in vars(args).items() if k in names}
+    if "hidden" in flags:
+        flags["hidden"] = tuple(flags["hidden"])
+    config_file = args.config
+    if config_file is None and args.resume:
+        config_file = args.workdir / "config.toml"
+    if config_file is not None:
+        return load_config(config_file, **flags)
+    return from_dict(flags)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from pyrovae.run import fit
+
+    config = _config_from_args(args)
+    try:
+        result = fit(
+            config, args.workdir, resume=args.resume, progress=False if args.no_progress else None
+        )
+    except KeyboardInterrupt:
+        print(
+            f"\ninterrupted; the last finished epoch is saved. Continue with:\n  pyrovae train "
+            f"--workdir {args.workdir} --resume",
+            file=sys.stderr,
+        )
+        return 130
+    last = result.history[-1] if result.history else {}
+    print(
+        json.dumps(
+            {"workdir": str(args.workdir), **last, "evaluation": result.evaluation}, indent=2
+        )
+    )
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import pyro
+
+    from pyrovae.data import load_dataset
+    from pyrovae.inference.evaluate import evaluate
+    from pyrovae.run import load_data, load_run
+
+    vae, config, _ = load_run(args.run, args.device)
+    pyro.set_rng_seed(args.seed)
+    if args.data:
+        x = load_dataset(path=args.data, binarize=config.binarize, seed=config.seed).test
+    else:
+        x = load_data(config, vae.device).test
+    x = x.to(vae.device)
+    vae.validate_data(x, "evaluation data")
+    results = evaluate(vae, x, args.num_samples, args.batch_size)
+    if args.run.is_dir() and not args.data:
+        (args.run / "evaluation.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    import matplotlib
+    import pyro
+
+    from pyrovae import plots
+    from pyrovae.run import load_run, save_figure
+
+    matplotlib.use("Agg")
+    if args.num_samples < 1:
+        from pyrovae.errors import ConfigError
+
+        raise ConfigError(f"--num-samples must be >= 1, got {args.num_samples}")
+    vae, _, _ = load_run(args.run, args.device)
+    pyro.set_rng_seed(args.seed)
+    samples = vae.sample(args.num_samples).cpu()
+    out = args.output or (args.run if args.run.is_dir() else args.run.parent)
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / "samples.npy", samples.numpy())
+    save_figure(plots.image_grid(samples, title="samples from the prior"), out / "samples.png")
+    print(f"wrote {out / 'samples.png'} and {out / 'samples.npy'} ({tuple(samples.shape)})")
+    return 0
+
+
+COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "sample": _cmd_sample}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (2 for a user error, with one message)."""
+    from pyrovae.errors import PyroVAEError
+
+    args = _parser().parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            format="%(message)s", level=logging.WARNING if args.quiet else logging.INFO
+        )
+    try:
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        with logging_redirect_tqdm():
+            return COMMANDS[args.command](args)
+    except PyroVAEError as e:
+        print(f"pyrovae {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

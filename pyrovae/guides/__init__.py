@@ -1,0 +1,6 @@
+"""Guides q(z|x): amortized encoders and the posteriors they parameterize."""
+
+from pyrovae.guides.amortized import AmortizedNormalGuide
+from pyrovae.guides.encoders import ENCODERS, ConvEncoder, MLPEncoder
+
+__all__ = ["ENCODERS", "AmortizedNormalGuide", "ConvEncoder", "MLPEncoder"]

@@ -1,0 +1,89 @@
+"""Checkpoints: one dict of plain state, written atomically, loadable with ``weights_only=True``.
+
+A checkpoint holds the format version, the resolved config, the data shape, the
+epoch, the VAE and optimizer state, the random number generator states and the
+metrics so far: everything :func:`pyrovae.inference.train` needs to resume exactly.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pyrovae.errors import CheckpointError
+
+__all__ = ["FORMAT_VERSION", "get_rng_state", "load_checkpoint", "save_checkpoint", "set_rng_state"]
+
+FORMAT_VERSION = 1
+
+
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
+    """Write ``state`` to ``path`` atomically: a temporary file, then ``os.replace``.
+
+    An interruption at any moment leaves either the old or the new checkpoint, never
+    a partial one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"format_version": FORMAT_VERSION, **state}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Read a checkpoint written by :func:`save_checkpoint` (``weights_only=True``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"no checkpoint at {path}; give a run folder made by 'pyrovae train' "
+            "(it holds checkpoint.pt)"
+        )
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError) as e:
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or not a pyrovae checkpoint ({type(e).__name__}); "
+            "delete it and train again, or point to another run"
+        ) from None
+    if not isinstance(state, dict) or "format_version" not in state:
+        raise CheckpointError(f"{path} is not a pyrovae checkpoint")
+    if state["format_version"] != FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {path} has format version {state['format_version']}, this pyrovae "
+            f"reads version {FORMAT_VERSION}; use the pyrovae release that wrote it"
+        )
+    return state
+
+
+def get_rng_state() -> dict[str, Any]:
+    """The states of every random number generator training uses."""
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore the states saved by :func:`get_rng_state`."""
+    torch.set_rng_state(state["torch"].cpu())
+    random.setstate(_as_tuple(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def _as_tuple(value: Any) -> Any:
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, list | tuple) else value

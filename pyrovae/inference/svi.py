@@ -1,0 +1,252 @@
+r"""The training loop: stochastic variational inference with a plain ``torch.optim`` optimizer.
+
+``make_elbo(...)(model, guide)`` gives an :class:`pyro.infer.elbo.ELBOModule`
+whose ``parameters()`` are the model's and the guide's, and whose call returns the
+differentiable loss :math:`-\mathrm{ELBO}`; Adam steps on it. Parameters are
+module-local (``pyro.settings.set(module_local_params=True)``), so every piece of
+state lives in ``state_dict()``: there is no global param store to save or clear.
+
+The loss of a minibatch is scaled by ``N / B`` through the data plate, so the
+per-data-point ELBO is ``-loss / N``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyro
+import torch
+from tqdm.auto import tqdm
+
+from pyrovae.data import Dataset
+from pyrovae.errors import CheckpointError, PyroVAEError
+from pyrovae.inference.checkpoint import (
+    get_rng_state,
+    load_checkpoint,
+    save_checkpoint,
+    set_rng_state,
+)
+from pyrovae.inference.evaluate import log_weights
+from pyrovae.inference.objectives import elbo_context, make_elbo
+from pyrovae.vae import VAE
+
+if TYPE_CHECKING:
+    from pyrovae.config import Config
+
+__all__ = ["ARCHITECTURE_KEYS", "SVITrainer", "heldout_elbo", "train"]
+
+logger = logging.getLogger(__name__)
+
+#: config keys that decide the shapes in ``state_dict()``: a checkpoint only fits a
+#: VAE built with the same values
+ARCHITECTURE_KEYS = (
+    "latent_dim",
+    "prior",
+    "num_components",
+    "likelihood",
+    "learn_scale",
+    "encoder",
+    "decoder",
+    "hidden",
+)
+
+
+class SVITrainer:
+    """One SVI step at a time: ``loss = -ELBO``, backward, optional clipping, Adam step.
+
+    Parameters
+    ----------
+    vae : VAE
+        The model and guide to train.
+    config : Config
+        Reads ``elbo``, ``num_particles``, ``vectorize_particles``, ``beta``,
+        ``learning_rate`` and ``clip_norm``.
+    num_data : int
+        Size of the training set, for the plate's minibatch scaling.
+    """
+
+    def __init__(self, vae: VAE, config: Config, num_data: int) -> None:
+        self.vae = vae
+        self.config = config
+        self.num_data = num_data
+        elbo = make_elbo(config.elbo, config.num_particles, config.vectorize_particles)
+        self.loss = elbo(vae.model, vae.guide)
+        self.parameters = list(self.loss.parameters())
+        self.optimizer = torch.optim.Adam(self.parameters, lr=config.learning_rate)
+
+    def step(self, x: torch.Tensor, beta: float | None = None) -> torch.Tensor:
+        """One gradient step on minibatch ``x``; returns the (detached) loss, not synced."""
+        beta = self.config.beta if beta is None else beta
+        loss = self.loss(x, num_data=self.num_data, beta=beta)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.parameters, self.config.clip_norm)
+        self.optimizer.step()
+        return loss.detach()
+
+    def epoch(self, data: Dataset) -> float:
+        """One pass over shuffled training minibatches; returns the mean train ELBO per point.
+
+        A last batch smaller than ``batch_size`` is dropped (the JIT's traced graph
+        fixes the batch size, and equal batches keep the gradient noise constant).
+        """
+        self.vae.train()
+        total = torch.zeros((), device=self.vae.device)
+        steps = 0
+        for x in data.batches(
+            "train",
+            self.config.batch_size,
+            shuffle=True,
+            drop_last=len(data.train) > self.config.batch_size,
+        ):
+            total += self.step(x.to(self.vae.device, non_blocking=True))
+            steps += 1
+        return -total.item() / (steps * self.num_data)
+
+
+@torch.no_grad()
+def heldout_elbo(vae: VAE, x: torch.Tensor, batch_size: int = 500) -> float:
+    """Single-sample ELBO estimate on held-out data, nats per data point (no optimizer step)."""
+    was_training = vae.training
+    vae.eval()
+    total = sum(log_weights(vae, x[i : i + batch_size]).sum() for i in range(0, len(x), batch_size))
+    vae.train(was_training)
+    return float(total) / len(x)
+
+
+def _write_metrics(history: list[dict[str, Any]], path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(row) + "\n" for row in history))
+    os.replace(tmp, path)
+
+
+def _check_compatible(saved: dict[str, Any], config: Config, path: Path) -> None:
+    changed = [k for k in ARCHITECTURE_KEYS if saved.get(k) != config.to_dict()[k]]
+    if changed:
+        detail = ", ".join(f"{k}: {saved.get(k)!r} -> {config.to_dict()[k]!r}" for k in changed)
+        raise CheckpointError(
+            f"checkpoint {path} was trained with another architecture ({detail}); "
+            "resume with the run's own config or start a new --workdir"
+        )
+
+
+def train(
+    vae: VAE,
+    data: Dataset,
+    config: Config,
+    workdir: str | os.PathLike | None = None,
+    *,
+    resume: bool = False,
+    progress: bool | None = None,
+) -> list[dict[str, Any]]:
+    """Train ``vae`` on ``data`` with SVI for ``config.num_epochs`` epochs.
+
+    Parameters
+    ----------
+    vae : VAE
+        Model and guide, already on the training device.
+    data : Dataset
+        Training and held-out data (preloaded tensors).
+    config : Config
+        The run's settings.
+    workdir : path, optional
+        Run folder. After every epoch, ``checkpoint.pt`` (atomic) and
+        ``metrics.jsonl`` are written there.
+    resume : bool
+        Continue from ``workdir/checkpoint.pt``: parameters, optimizer state, random
+        number generator states and metrics are restored, so the run continues
+        exactly as if it had not stopped.
+    progress : bool, optional
+        Show a tqdm bar; ``None`` shows it only on a terminal.
+
+    Returns
+    -------
+    list of dict
+        One row per epoch: ``epoch``, ``train_elbo`` and ``test_elbo`` (nats per data
+        point), ``beta`` and ``seconds``.
+    """
+    workdir = Path(workdir) if workdir is not None else None
+    checkpoint = workdir / "checkpoint.pt" if workdir is not None else None
+    vae.validate_data(data.train, "training data")
+    vae.validate_data(data.test, "held-out data")
+    with elbo_context(config.elbo):
+        trainer = SVITrainer(vae, config, num_data=len(data.train))
+        history: list[dict[str, Any]] = []
+        if resume:
+            if checkpoint is None:
+                raise PyroVAEError("resume needs the run folder (workdir) to resume from")
+            state = load_checkpoint(checkpoint, map_location=vae.device)
+            _check_compatible(state["config"], config, checkpoint)
+            try:
+                vae.load_state_dict(state["vae"])
+            except RuntimeError as e:
+                raise CheckpointError(
+                    f"checkpoint {checkpoint} does not fit this model: {e}"
+                ) from None
+            trainer.optimizer.load_state_dict(state["optimizer"])
+            set_rng_state(state["rng"])
+            history = list(state["history"])
+            logger.info("resuming %s after epoch %d", workdir, state["epoch"])
+        elif checkpoint is not None and checkpoint.exists():
+            raise PyroVAEError(
+                f"{workdir} already holds a run; continue it with --resume or choose another "
+                "--workdir"
+            )
+        else:
+            pyro.set_rng_seed(config.seed)
+        start = len(history)
+        steps = max(1, len(data.train) // config.batch_size)
+        bar = tqdm(
+            total=config.num_epochs * steps,
+            initial=start * steps,
+            unit="step",
+            disable=None if progress is None else not progress,
+            desc="SVI",
+        )
+        for epoch in range(start, config.num_epochs):
+            begin = time.perf_counter()
+            train_elbo = trainer.epoch(data)
+            if not torch.isfinite(torch.tensor(train_elbo)):
+                raise PyroVAEError(
+                    f"the ELBO became {train_elbo} in epoch {epoch + 1}; lower --learning-rate "
+                    "or set --clip-norm"
+                )
+            row = {
+                "epoch": epoch + 1,
+                "train_elbo": train_elbo,
+                "test_elbo": heldout_elbo(vae, data.test, config.eval_batch_size),
+                "beta": config.beta,
+                "seconds": time.perf_counter() - begin,
+            }
+            history.append(row)
+            bar.update(steps)
+            bar.set_postfix(
+                epoch=row["epoch"], train=f"{train_elbo:.2f}", test=f"{row['test_elbo']:.2f}"
+            )
+            logger.info(
+                "epoch %(epoch)d: train ELBO %(train_elbo).3f, held-out ELBO "
+                "%(test_elbo).3f nats/point (%(seconds).1f s)",
+                row,
+            )
+            if workdir is not None:
+                save_checkpoint(
+                    {
+                        "config": config.to_dict(),
+                        "event_shape": list(vae.event_shape),
+                        "epoch": epoch + 1,
+                        "vae": vae.state_dict(),
+                        "optimizer": trainer.optimizer.state_dict(),
+                        "rng": get_rng_state(),
+                        "history": history,
+                    },
+                    checkpoint,
+                )
+                _write_metrics(history, workdir / "metrics.jsonl")
+        bar.close()
+    return history

@@ -1,0 +1,75 @@
+r"""Decoders: networks from the latent code :math:`z` to the likelihood's parameters.
+
+A decoder maps ``z`` of shape ``(..., latent_dim)`` to unconstrained parameters of
+shape ``(..., *event_shape)``; any number of leading batch dimensions is allowed, so
+vectorized particles and predictive samples need no special case.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from math import prod
+
+import torch
+from torch import nn
+
+from pyrovae.networks import conv_feature_shape, mlp
+from pyrovae.registry import Registry
+
+__all__ = ["DECODERS", "ConvDecoder", "MLPDecoder"]
+
+DECODERS: Registry[type[nn.Module]] = Registry("decoder")
+
+
+@DECODERS.register("mlp")
+class MLPDecoder(nn.Module):
+    """``latent_dim -> hidden[-1] -> ... -> hidden[0] -> prod(event_shape)`` with ReLUs.
+
+    The hidden sizes are given in encoder order and reversed here, so one
+    ``hidden`` setting describes a symmetric autoencoder.
+    """
+
+    def __init__(
+        self, latent_dim: int, event_shape: Sequence[int], hidden: Sequence[int] = (256, 128)
+    ) -> None:
+        super().__init__()
+        self.event_shape = tuple(event_shape)
+        self.net = mlp([latent_dim, *reversed(tuple(hidden)), prod(self.event_shape)])
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z).reshape(*z.shape[:-1], *self.event_shape)
+
+
+@DECODERS.register("conv")
+class ConvDecoder(nn.Module):
+    """A small transposed-convolution decoder for images ``(C, H, W)``, H and W divisible by 4.
+
+    ``z -> Linear(hidden[0]) -> Linear(64 * H/4 * W/4) -> ConvT(64->32, stride 2)
+    -> ConvT(32->C, stride 2)``, mirroring :class:`pyrovae.guides.encoders.ConvEncoder`.
+    """
+
+    def __init__(
+        self,
+        latent_dim: int,
+        event_shape: Sequence[int],
+        hidden: Sequence[int] = (256,),
+        channels: Sequence[int] = (32, 64),
+    ) -> None:
+        super().__init__()
+        self.event_shape = tuple(event_shape)
+        self.feature_shape = conv_feature_shape(self.event_shape, channels)
+        self.linear = nn.Sequential(
+            mlp([latent_dim, hidden[0], prod(self.feature_shape)]), nn.ReLU()
+        )
+        layers: list[nn.Module] = []
+        outs = [*reversed(channels[:-1]), self.event_shape[0]]
+        for i, (c_in, c_out) in enumerate(zip(reversed(channels), outs)):
+            layers.append(nn.ConvTranspose2d(c_in, c_out, kernel_size=4, stride=2, padding=1))
+            if i < len(channels) - 1:
+                layers.append(nn.ReLU())
+        self.deconv = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        batch_shape = z.shape[:-1]
+        h = self.linear(z.reshape(-1, z.shape[-1])).reshape(-1, *self.feature_shape)
+        return self.deconv(h).reshape(*batch_shape, *self.event_shape)

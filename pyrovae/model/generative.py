@@ -1,0 +1,85 @@
+r"""The generative story :math:`p(z)\,p_\theta(x \mid z)` as a Pyro model.
+
+.. math::
+
+    z_n \sim p(z), \qquad x_n \mid z_n \sim p_\theta(x \mid \mathrm{decoder}_\theta(z_n)),
+    \qquad n = 1, \dots, N
+
+Inside ``pyro.plate("data", N, subsample_size=B)`` a minibatch of ``B`` points is
+scaled by ``N / B``, so the ELBO of a minibatch estimates the ELBO of the whole data
+set. The KL weight :math:`\beta` is ``poutine.scale`` on the latent site, applied
+in the model and the guide alike, so an ELBO computes
+:math:`E_q[\log p(x \mid z)] - \beta\,\mathrm{KL}(q(z \mid x) \,\|\, p(z))`.
+"""
+
+from __future__ import annotations
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.nn import PyroModule
+from torch import nn
+
+from pyrovae.model.likelihoods import Likelihood
+from pyrovae.model.priors import Prior
+
+__all__ = ["VAEModel"]
+
+
+class VAEModel(PyroModule):
+    """The model ``z -> x``: a prior, a decoder and a likelihood.
+
+    Parameters
+    ----------
+    prior : Prior
+        :math:`p(z)`.
+    decoder : nn.Module
+        ``z -> likelihood parameters``.
+    likelihood : Likelihood
+        ``parameters -> p(x | z)`` (elementwise over pixels).
+    event_shape : tuple of int
+        Shape of one data point.
+    """
+
+    def __init__(
+        self,
+        prior: Prior,
+        decoder: nn.Module,
+        likelihood: Likelihood,
+        event_shape: tuple[int, ...],
+    ) -> None:
+        super().__init__()
+        self.prior = prior
+        self.decoder = decoder
+        self.likelihood = likelihood
+        self.event_shape = tuple(event_shape)
+
+    def forward(
+        self,
+        x: torch.Tensor | None = None,
+        *,
+        num_data: int | None = None,
+        batch_size: int | None = None,
+        beta: float = 1.0,
+    ) -> torch.Tensor:
+        """Run the generative story; with ``x=None`` draw ``batch_size`` new data points.
+
+        Returns the decoder's output (the likelihood's parameters) for the batch.
+        """
+        size = len(x) if x is not None else (batch_size or 1)
+        device = x.device if x is not None else self.device
+        with pyro.plate("data", num_data or size, subsample_size=size, device=device):
+            with poutine.scale(scale=beta):
+                z = pyro.sample("z", self.prior())
+            params = self.decoder(z)
+            likelihood = self.likelihood(params)
+            pixel_dims = len(self.event_shape) - len(likelihood.event_shape)
+            pyro.sample("x", likelihood.to_event(pixel_dims), obs=x)
+        return params
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the model's parameters and buffers."""
+        for tensor in (*self.parameters(), *self.buffers()):
+            return tensor.device
+        return torch.device("cpu")

@@ -1,0 +1,147 @@
+"""Run folders: ``fit(config, workdir)`` trains and writes everything a run produces;
+``load_run(workdir)`` rebuilds the trained VAE from its checkpoint.
+
+A run folder holds::
+
+    config.toml         the resolved configuration (repeat with --config)
+    checkpoint.pt       model, guide, optimizer, RNG states, metrics (resume with --resume)
+    metrics.jsonl       one line per epoch: train and held-out ELBO in nats per data point
+    evaluation.json     held-out ELBO, IWAE log p(x) with K samples, reconstruction error
+    elbo.png, reconstructions.png, samples.png
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pyrovae import plots
+from pyrovae.config import Config, from_dict, save_config
+from pyrovae.data import Dataset, load_dataset
+from pyrovae.errors import CheckpointError, ConfigError
+from pyrovae.inference.checkpoint import load_checkpoint
+from pyrovae.inference.evaluate import evaluate
+from pyrovae.inference.svi import train
+from pyrovae.vae import VAE
+
+__all__ = ["FitResult", "fit", "load_data", "load_run", "resolve_device", "save_figure"]
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> ``cuda`` when available, else ``cpu``; a missing CUDA is a clear error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "--device cuda was asked for but no CUDA device is available; use --device cpu or auto"
+        )
+    return torch.device(device)
+
+
+def load_data(config: Config, device: torch.device) -> Dataset:
+    """The run's data set, preloaded on ``device`` when it fits (else batches move per step)."""
+    data = load_dataset(
+        config.dataset,
+        path=config.data,
+        data_dir=config.data_dir,
+        binarize=config.binarize,
+        test_fraction=config.test_fraction,
+        seed=config.seed,
+        download=config.download,
+        limit=config.limit,
+    )
+    if device.type == "cuda":
+        size = (data.train.numel() + data.test.numel()) * data.train.element_size()
+        if size > 0.5 * torch.cuda.mem_get_info(device)[0]:
+            logger.warning("data (%.1f GB) kept on the CPU: it does not fit the GPU", size / 1e9)
+            return data
+    return data.to(device)
+
+
+def save_figure(fig: Any, path: str | os.PathLike) -> None:
+    fig.savefig(path, dpi=120)
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns."""
+
+    vae: VAE
+    data: Dataset
+    history: list[dict[str, Any]]
+    evaluation: dict[str, float]
+    workdir: Path
+
+
+def fit(
+    config: Config,
+    workdir: str | os.PathLike,
+    *,
+    resume: bool = False,
+    progress: bool | None = None,
+) -> FitResult:
+    """Train the VAE ``config`` describes and write the run folder ``workdir``.
+
+    Seeds everything with ``config.seed``, loads the data, builds the VAE, trains it
+    (resuming from ``workdir`` when ``resume``), then evaluates on the held-out data
+    with ``config.num_eval_samples`` importance samples and saves figures.
+    """
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    data = load_data(config, device)
+    vae = VAE.from_config(config, data.shape).to(device)
+    save_config(config, workdir / "config.toml")
+    history = train(vae, data, config, workdir, resume=resume, progress=progress)
+    evaluation = evaluate(vae, data.test, config.num_eval_samples, config.eval_batch_size)
+    (workdir / "evaluation.json").write_text(json.dumps(evaluation, indent=2) + "\n")
+    logger.info(
+        "held-out: ELBO %.3f, log p(x) >= %.3f (IWAE, K=%d) nats per data point",
+        evaluation["elbo"],
+        evaluation["log_likelihood"],
+        config.num_eval_samples,
+    )
+    write_figures(vae, data, history, workdir)
+    return FitResult(vae, data, history, evaluation, workdir)
+
+
+def write_figures(vae: VAE, data: Dataset, history: list[dict[str, Any]], workdir: Path) -> None:
+    """ELBO curves, reconstructions of held-out inputs and prior samples, as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    save_figure(plots.elbo_curves(history), workdir / "elbo.png")
+    x = data.test[:32]
+    save_figure(plots.reconstructions(x, vae.reconstruct(x)), workdir / "reconstructions.png")
+    save_figure(
+        plots.image_grid(vae.sample(64), title="samples from the prior"), workdir / "samples.png"
+    )
+
+
+def load_run(
+    workdir: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[VAE, Config, dict[str, Any]]:
+    """Rebuild the trained VAE of a run folder; returns ``(vae, config, checkpoint)``."""
+    path = Path(workdir)
+    checkpoint = load_checkpoint(path / "checkpoint.pt" if path.is_dir() else path, "cpu")
+    try:
+        config = from_dict(checkpoint["config"])
+        vae = VAE.from_config(config, checkpoint["event_shape"])
+        vae.load_state_dict(checkpoint["vae"])
+    except (KeyError, RuntimeError, ConfigError) as e:
+        raise CheckpointError(
+            f"checkpoint in {workdir} does not match this pyrovae's VAE ({type(e).__name__}: "
+            f"{str(e).splitlines()[0]}); it comes from another architecture or version"
+        ) from None
+    device = resolve_device(device) if isinstance(device, str) else device
+    vae.eval()
+    return vae.to(device), config, checkpoint

@@ -1,0 +1,146 @@
+"""The VAE: a Pyro model and its amortized guide, built together from names or objects.
+
+:class:`VAE` holds ``model`` (:class:`~pyrovae.model.VAEModel`) and ``guide``
+(:class:`~pyrovae.guides.AmortizedNormalGuide`) as submodules, so one
+``state_dict()`` carries every parameter, and adds the everyday operations:
+encode, decode, reconstruct and generate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from pyro.nn import PyroModule
+
+from pyrovae.errors import DataError
+from pyrovae.guides import ENCODERS, AmortizedNormalGuide
+from pyrovae.model import DECODERS, Likelihood, Prior, VAEModel, make_likelihood, make_prior
+
+if TYPE_CHECKING:
+    from pyrovae.config import Config
+
+__all__ = ["VAE"]
+
+
+class VAE(PyroModule):
+    """A variational autoencoder as a Pyro model ``vae.model`` and guide ``vae.guide``.
+
+    Parameters
+    ----------
+    event_shape : sequence of int
+        Shape of one data point, e.g. ``(1, 28, 28)``.
+    latent_dim : int
+        Dimension of :math:`z`.
+    prior : str, Prior, distribution or callable
+        A registered name (``"normal"``, ``"learned-normal"``, ``"mixture"``), a
+        :class:`~pyrovae.model.Prior`, or any ``pyro.distributions`` distribution with
+        ``event_shape == (latent_dim,)`` (or a callable returning one).
+    likelihood : str, Likelihood or callable
+        A registered name (``"bernoulli"``, ``"continuous-bernoulli"``,
+        ``"gaussian"``, ``"laplace"``), a :class:`~pyrovae.model.Likelihood`, or a
+        callable from the decoder's output to an elementwise distribution.
+    encoder, decoder : str
+        Registered network names (``"mlp"``, ``"conv"``).
+    hidden : sequence of int
+        Hidden layer sizes in encoder order; the decoder mirrors them.
+    **options
+        Extra options for the prior and likelihood (``num_components``, ``scale``,
+        ``learn_scale``).
+
+    Examples
+    --------
+    >>> vae = VAE((1, 8, 8), latent_dim=4, prior="mixture", likelihood="continuous-bernoulli")
+    >>> vae.sample(16).shape
+    torch.Size([16, 1, 8, 8])
+    """
+
+    def __init__(
+        self,
+        event_shape: Sequence[int],
+        latent_dim: int = 8,
+        prior: str | Prior | dist.Distribution | Callable[[], dist.Distribution] = "normal",
+        likelihood: str | Likelihood | Callable[[torch.Tensor], dist.Distribution] = "bernoulli",
+        encoder: str = "mlp",
+        decoder: str = "mlp",
+        hidden: Sequence[int] = (256, 128),
+        **options: object,
+    ) -> None:
+        super().__init__()
+        self.event_shape = tuple(event_shape)
+        self.latent_dim = latent_dim
+        net = {"latent_dim": latent_dim, "event_shape": self.event_shape, "hidden": tuple(hidden)}
+        self.model = VAEModel(
+            make_prior(prior, latent_dim, **options),
+            DECODERS.build(decoder, **net),
+            make_likelihood(likelihood, self.event_shape, **options),
+            self.event_shape,
+        )
+        self.guide = AmortizedNormalGuide(ENCODERS.build(encoder, **net))
+
+    @classmethod
+    def from_config(cls, config: Config, event_shape: Sequence[int]) -> VAE:
+        """Build the VAE that ``config`` describes, for data of shape ``event_shape``."""
+        return cls(
+            event_shape,
+            latent_dim=config.latent_dim,
+            prior=config.prior,
+            likelihood=config.likelihood,
+            encoder=config.encoder,
+            decoder=config.decoder,
+            hidden=config.hidden,
+            num_components=config.num_components,
+            scale=config.scale,
+            learn_scale=config.learn_scale,
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def validate_data(self, x: torch.Tensor, what: str = "data") -> None:
+        """Raise :class:`DataError` unless ``x`` is a finite batch this VAE can model."""
+        if tuple(x.shape[1:]) != self.event_shape:
+            raise DataError(
+                f"{what} has items of shape {tuple(x.shape[1:])} but the model expects "
+                f"{self.event_shape}; reshape the data or build the model for that shape"
+            )
+        if not torch.is_floating_point(x):
+            raise DataError(f"{what} must be a floating-point tensor, got {x.dtype}")
+        finite = torch.isfinite(x)
+        if not bool(finite.all()):
+            raise DataError(
+                f"{what} contains {int((~finite).sum())} NaN or infinite values; "
+                "clean or impute them first"
+            )
+        self.model.likelihood.validate(x)
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The guide's mean and log-variance of :math:`q(z \\mid x)`."""
+        return self.guide.encoder(x)
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """:math:`E[x \\mid z]` under the likelihood."""
+        return self.model.likelihood.mean(self.model.decoder(z))
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Decode the posterior mean: :math:`E[x \\mid z = \\mu_\\phi(x)]`."""
+        loc, _ = self.encode(x)
+        return self.decode(loc)
+
+    @torch.no_grad()
+    def sample(self, num_samples: int, *, return_latents: bool = False) -> torch.Tensor | tuple:
+        """Generate: draw ``z`` from the prior by running the model with ``x=None``.
+
+        Returns the decoded means :math:`E[x \\mid z]` (and ``z`` if ``return_latents``).
+        """
+        trace = poutine.trace(self.model).get_trace(batch_size=num_samples)
+        z = trace.nodes["z"]["value"]
+        mean = self.model.likelihood.mean(trace.nodes["_RETURN"]["value"])
+        return (mean, z) if return_latents else mean
