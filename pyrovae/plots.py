@@ -33,7 +33,11 @@ def image_grid(
     fig = Figure(figsize=(max(2.0, width * scale / 10), max(2.0, height * scale / 10)))
     ax = fig.add_subplot()
     ax.imshow(
-        grid.permute(1, 2, 0).squeeze(-1), cmap="gray", vmin=0, vmax=1, interpolation="nearest"
+        grid.permute(1, 2, 0).squeeze(-1).numpy(),
+        cmap="gray",
+        vmin=0,
+        vmax=1,
+        interpolation="nearest",
     )
     ax.axis("off")
     if title:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyro
 import torch
+from pyro.infer import Trace_ELBO
 from tqdm.auto import tqdm
 
 from pyrovae.data import Dataset
@@ -90,6 +91,17 @@ class SVITrainer:
         self.optimizer.step()
         return loss.detach()
 
+    def check(self, x: torch.Tensor) -> None:
+        """Evaluate the loss once with Pyro's validation on, without stepping.
+
+        Catches shape and support errors (e.g. in a user's prior or likelihood) with
+        Pyro's messages before training; the epochs then run without per-step
+        validation, which costs about 20% of a step (the data were checked once).
+        """
+        with pyro.validation_enabled(True):
+            elbo = Trace_ELBO(max_plate_nesting=1)
+            elbo.loss(self.vae.model, self.vae.guide, x, num_data=self.num_data)
+
     def epoch(self, data: Dataset) -> float:
         """One pass over shuffled training minibatches; returns the mean train ELBO per point.
 
@@ -99,14 +111,12 @@ class SVITrainer:
         self.vae.train()
         total = torch.zeros((), device=self.vae.device)
         steps = 0
-        for x in data.batches(
-            "train",
-            self.config.batch_size,
-            shuffle=True,
-            drop_last=len(data.train) > self.config.batch_size,
-        ):
-            total += self.step(x.to(self.vae.device, non_blocking=True))
-            steps += 1
+        drop_last = len(data.train) > self.config.batch_size
+        batches = data.batches("train", self.config.batch_size, shuffle=True, drop_last=drop_last)
+        with pyro.validation_enabled(False):
+            for x in batches:
+                total += self.step(x.to(self.vae.device, non_blocking=True))
+                steps += 1
         return -total.item() / (steps * self.num_data)
 
 
@@ -177,6 +187,7 @@ def train(
     vae.validate_data(data.test, "held-out data")
     with elbo_context(config.elbo):
         trainer = SVITrainer(vae, config, num_data=len(data.train))
+        trainer.check(data.train[: config.batch_size].to(vae.device))
         history: list[dict[str, Any]] = []
         if resume:
             if checkpoint is None:
