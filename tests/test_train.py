@@ -163,8 +163,9 @@ def test_every_network_trains_one_step(network, digits):
 @pytest.mark.parametrize("particles", [(1, False), (3, True)])
 def test_every_elbo_trains(elbo, particles, digits):
     num_particles, vectorize = particles
-    config = Config(elbo=elbo, num_epochs=2, num_particles=num_particles,
-                    vectorize_particles=vectorize, **FAST)
+    config = Config(
+        elbo=elbo, num_epochs=2, num_particles=num_particles, vectorize_particles=vectorize, **FAST
+    )
     torch.manual_seed(0)
     vae = VAE.from_config(config, digits.shape)
     history = train(vae, digits, config, progress=False)
@@ -180,8 +181,12 @@ def test_beta_is_recorded_and_changes_the_objective(digits):
 
 def test_user_prior_and_likelihood_objects(digits):
     prior = dist.Laplace(torch.zeros(4), torch.ones(4)).to_event(1)
-    vae = VAE(digits.shape, latent_dim=4, prior=prior,
-              likelihood=lambda logits: dist.ContinuousBernoulli(logits=logits))
+    vae = VAE(
+        digits.shape,
+        latent_dim=4,
+        prior=prior,
+        likelihood=lambda logits: dist.ContinuousBernoulli(logits=logits),
+    )
     _one_step(vae, digits.train[:16], Config(latent_dim=4))
     assert vae.sample(3).shape == (3, 1, 8, 8)
 
@@ -195,7 +200,7 @@ def test_generation_and_reconstruction_shapes(digits):
     vae = VAE(digits.shape, latent_dim=2)
     images, z = vae.sample(7, return_latents=True)
     assert images.shape == (7, 1, 8, 8) and z.shape == (7, 2)
-    assert 0 <= float(images.min()) and float(images.max()) <= 1
+    assert float(images.min()) >= 0 and float(images.max()) <= 1
     assert vae.reconstruct(digits.test[:5]).shape == (5, 1, 8, 8)
 
 

@@ -1,0 +1,223 @@
+"""The command line: every command runs on a small trained model, flags override a
+config file, and every kind of bad input ends with one readable message and exit 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pyrovae import cli, load_config
+
+#: every CLI command with the test that runs it; test_every_command_is_tested checks it
+CLI_TESTED = {"train": "trained_run", "evaluate": "test_evaluate", "sample": "test_sample"}
+TINY = ["--num-epochs", "2", "--num-eval-samples", "8", "--no-progress", "-q"]
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    try:
+        code = cli.main([str(a) for a in argv])
+    except SystemExit as e:  # argparse's own usage errors
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("run")
+    assert cli.main(["train", "--workdir", str(workdir), *TINY]) == 0
+    return workdir
+
+
+def test_every_command_is_tested():
+    assert set(cli.COMMANDS) == set(CLI_TESTED)
+
+
+def test_train_writes_a_complete_run_folder(trained_run):
+    names = {p.name for p in trained_run.iterdir()}
+    assert {
+        "config.toml",
+        "checkpoint.pt",
+        "metrics.jsonl",
+        "evaluation.json",
+        "elbo.png",
+        "reconstructions.png",
+        "samples.png",
+    } <= names
+    assert len((trained_run / "metrics.jsonl").read_text().splitlines()) == 2
+    assert load_config(trained_run / "config.toml").num_epochs == 2
+
+
+def test_evaluate(trained_run, capsys):
+    code, out, _ = run_cli(["evaluate", trained_run, "-k", "20"], capsys)
+    assert code == 0
+    assert '"num_samples": 20' in out and '"log_likelihood"' in out
+
+
+def test_sample(trained_run, tmp_path, capsys):
+    code, _, _ = run_cli(["sample", trained_run, "-n", "16", "--output", tmp_path], capsys)
+    assert code == 0
+    samples = np.load(tmp_path / "samples.npy")
+    assert samples.shape == (16, 1, 8, 8) and (tmp_path / "samples.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "sample"])
+def test_help(command, capsys):
+    code, out, _ = run_cli([command, "--help"], capsys)
+    assert code == 0 and "usage: pyrovae " + command in out
+
+
+def test_python_dash_m_entry_point():
+    result = subprocess.run(
+        [sys.executable, "-m", "pyrovae", "--help"], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0 and "train" in result.stdout
+
+
+def test_flags_override_the_config_file(tmp_path, capsys):
+    config = tmp_path / "config.toml"
+    config.write_text('latent_dim = 3\nprior = "mixture"\nnum_epochs = 1\n')
+    workdir = tmp_path / "run"
+    code, _, err = run_cli(
+        [
+            "train",
+            "--config",
+            config,
+            "--latent-dim",
+            "5",
+            "--workdir",
+            workdir,
+            "--num-eval-samples",
+            "4",
+            "--no-progress",
+            "-q",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    resolved = load_config(workdir / "config.toml")
+    assert (resolved.latent_dim, resolved.prior, resolved.num_epochs) == (5, "mixture", 1)
+
+
+def test_resume_from_the_cli(tmp_path, capsys):
+    workdir = tmp_path / "run"
+    assert run_cli(["train", "--workdir", workdir, *TINY], capsys)[0] == 0
+    code, _, err = run_cli(
+        ["train", "--workdir", workdir, "--resume", "--num-epochs", "3", "--no-progress", "-q"],
+        capsys,
+    )
+    assert code == 0, err
+    assert len((workdir / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def _save(path: Path, array: np.ndarray) -> Path:
+    np.save(path, array)
+    return path
+
+
+BAD_DATA = {
+    "nan": (lambda: np.where(np.eye(20, 64)[:, :] > 0, np.nan, 0.5), "NaN"),
+    "outside [0, 1] for bernoulli": (lambda: np.full((20, 64), 3.0), "[0, 1]"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_DATA)
+def test_bad_training_data_exits_2(case, tmp_path, capsys):
+    make, phrase = BAD_DATA[case]
+    path = _save(tmp_path / "x.npy", make())
+    code, _, err = run_cli(["train", "--data", path, "--workdir", tmp_path / "run", *TINY], capsys)
+    assert code == 2
+    assert phrase in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_wrong_data_shape_for_a_trained_model_exits_2(trained_run, tmp_path, capsys):
+    path = _save(tmp_path / "x.npy", np.full((10, 5), 0.5, dtype=np.float32))
+    code, _, err = run_cli(["evaluate", trained_run, "--data", path], capsys)
+    assert code == 2 and "shape (5,)" in err and "(1, 8, 8)" in err
+
+
+def test_conv_networks_on_flat_data_exit_2(tmp_path, capsys):
+    path = _save(tmp_path / "x.npy", np.full((20, 5), 0.5, dtype=np.float32))
+    code, _, err = run_cli(
+        [
+            "train",
+            "--data",
+            path,
+            "--encoder",
+            "conv",
+            "--decoder",
+            "conv",
+            "--workdir",
+            tmp_path / "run",
+            *TINY,
+        ],
+        capsys,
+    )
+    assert code == 2 and "use --encoder mlp" in err
+
+
+@pytest.mark.parametrize(
+    "argv, phrase",
+    [
+        (["train", "--prior", "cauchy"], "invalid choice: 'cauchy'"),
+        (["train", "--likelihood", "poisson"], "invalid choice: 'poisson'"),
+        (["train", "--data", "missing.npy"], "does not exist"),
+        (["train", "--latent-dim", "0"], "latent_dim must be >= 1"),
+        (["evaluate", "no-such-run"], "no checkpoint"),
+        (["sample", "no-such-run"], "no checkpoint"),
+    ],
+)
+def test_bad_arguments_exit_2(argv, phrase, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli([*argv, *([] if argv[0] != "train" else TINY)], capsys)
+    assert code == 2 and phrase in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "text, phrase",
+    [
+        ("latnt_dim = 3\n", "did you mean 'latent_dim'"),
+        ('prior = "cauchy"\n', "unknown prior 'cauchy'; choose one of: normal"),
+        ('latent_dim = "three"\n', "needs a int"),
+        ("latent_dim = \n", "not valid TOML"),
+    ],
+)
+def test_bad_config_file_exits_2(text, phrase, tmp_path, capsys):
+    (tmp_path / "c.toml").write_text(text)
+    code, _, err = run_cli(
+        ["train", "--config", tmp_path / "c.toml", "--workdir", tmp_path / "run", *TINY], capsys
+    )
+    assert code == 2 and phrase in err
+
+
+def test_corrupt_checkpoint_exits_2(tmp_path, capsys):
+    (tmp_path / "checkpoint.pt").write_bytes(b"\x00garbage")
+    code, _, err = run_cli(["evaluate", tmp_path], capsys)
+    assert code == 2 and "corrupt" in err and "Traceback" not in err
+
+
+def test_checkpoint_of_another_architecture_exits_2(trained_run, tmp_path, capsys):
+    state = torch.load(trained_run / "checkpoint.pt", weights_only=True)
+    state["config"]["latent_dim"] = 3  # a config that does not fit the saved weights
+    torch.save(state, tmp_path / "checkpoint.pt")
+    code, _, err = run_cli(["sample", tmp_path], capsys)
+    assert code == 2 and "another architecture" in err
+
+
+def test_resume_with_another_architecture_exits_2(trained_run, tmp_path, capsys):
+    workdir = tmp_path / "run"
+    assert run_cli(["train", "--workdir", workdir, *TINY], capsys)[0] == 0
+    code, _, err = run_cli(
+        ["train", "--workdir", workdir, "--resume", "--hidden", "32", "--no-progress", "-q"], capsys
+    )
+    assert code == 2 and "another architecture" in err
+
+
+def test_existing_run_without_resume_exits_2(trained_run, capsys):
+    code, _, err = run_cli(["train", "--workdir", trained_run, *TINY], capsys)
+    assert code == 2 and "--resume" in err
