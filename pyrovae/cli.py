@@ -149,7 +149,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     import pyro
 
     from pyrovae.data import load_dataset
-    from pyrovae.inference.evaluate import evaluate
+    from pyrovae.inference.evaluation import evaluate
     from pyrovae.run import load_data, load_run
 
     vae, config, _ = load_run(args.run, args.device)

@@ -26,7 +26,7 @@ from pyrovae.config import Config, from_dict, save_config
 from pyrovae.data import Dataset, load_dataset
 from pyrovae.errors import CheckpointError, ConfigError
 from pyrovae.inference.checkpoint import load_checkpoint
-from pyrovae.inference.evaluate import evaluate
+from pyrovae.inference.evaluation import evaluate
 from pyrovae.inference.svi import train
 from pyrovae.vae import VAE
 

@@ -1,7 +1,7 @@
 """Inference: the SVI loop, objectives, evaluation and checkpoints."""
 
 from pyrovae.inference.checkpoint import load_checkpoint, save_checkpoint
-from pyrovae.inference.evaluate import (
+from pyrovae.inference.evaluation import (
     evaluate,
     iwae_log_likelihood,
     log_weights,

@@ -32,7 +32,7 @@ from pyrovae.inference.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from pyrovae.inference.evaluate import log_weights
+from pyrovae.inference.evaluation import log_weights
 from pyrovae.inference.objectives import elbo_context, make_elbo
 from pyrovae.vae import VAE
 
