@@ -133,6 +133,17 @@ def load_run(
     """Rebuild the trained VAE of a run folder; returns ``(vae, config, checkpoint)``."""
     path = Path(workdir)
     checkpoint = load_checkpoint(path / "checkpoint.pt" if path.is_dir() else path, "cpu")
+    custom = {
+        k: v
+        for k, v in checkpoint.get("config", {}).items()
+        if isinstance(v, str) and v.startswith("custom ")
+    }
+    if custom:
+        raise CheckpointError(
+            f"the run in {workdir} was trained with user objects ({custom}) that a checkpoint "
+            "cannot rebuild; build the same VAE in Python and call "
+            "vae.load_state_dict(load_checkpoint(path)['vae'])"
+        )
     try:
         config = from_dict(checkpoint["config"])
         vae = VAE.from_config(config, checkpoint["event_shape"])

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import pyro.distributions as dist
 import torch
 from pyro import poutine
+from pyro.infer import Predictive
 from pyro.nn import PyroModule
 
 from pyrovae.errors import DataError
@@ -24,6 +25,10 @@ if TYPE_CHECKING:
     from pyrovae.config import Config
 
 __all__ = ["VAE"]
+
+
+def _spec_name(component: object) -> str:
+    return component if isinstance(component, str) else f"custom {type(component).__name__}"
 
 
 class VAE(PyroModule):
@@ -72,6 +77,17 @@ class VAE(PyroModule):
         super().__init__()
         self.event_shape = tuple(event_shape)
         self.latent_dim = latent_dim
+        #: what this VAE is, in config keys (objects that are not registered names are
+        #: recorded as "custom <type>"); checkpoints store it so load_run rebuilds the same
+        self.spec: dict[str, object] = {
+            "latent_dim": latent_dim,
+            "prior": _spec_name(prior),
+            "likelihood": _spec_name(likelihood),
+            "encoder": encoder,
+            "decoder": decoder,
+            "hidden": list(hidden),
+            **{k: v for k, v in options.items() if k in ("num_components", "scale", "learn_scale")},
+        }
         net = {"latent_dim": latent_dim, "event_shape": self.event_shape, "hidden": tuple(hidden)}
         self.model = VAEModel(
             make_prior(prior, latent_dim, **options),
@@ -96,6 +112,11 @@ class VAE(PyroModule):
             scale=config.scale,
             learn_scale=config.learn_scale,
         )
+
+    @property
+    def is_custom(self) -> bool:
+        """Whether the prior or likelihood is a user's object rather than a registered name."""
+        return any(str(v).startswith("custom ") for v in self.spec.values())
 
     @property
     def device(self) -> torch.device:
@@ -133,6 +154,25 @@ class VAE(PyroModule):
         """Decode the posterior mean: :math:`E[x \\mid z = \\mu_\\phi(x)]`."""
         loc, _ = self.encode(x)
         return self.decode(loc)
+
+    @torch.no_grad()
+    def predictive(
+        self, x: torch.Tensor, num_samples: int = 1, return_sites: Sequence[str] = ("z", "x")
+    ) -> dict[str, torch.Tensor]:
+        """Posterior predictive draws with ``pyro.infer.Predictive``: ``z ~ q(z | x)``, then
+        new data ``x ~ p(x | z)``; each site's draws have shape ``(num_samples, len(x), ...)``.
+
+        The model observes ``x``, so it runs under ``poutine.uncondition`` to draw new data
+        rather than return the observation.
+        """
+        predictive = Predictive(
+            poutine.uncondition(self.model),
+            guide=self.guide,
+            num_samples=num_samples,
+            return_sites=list(return_sites),
+            parallel=True,
+        )
+        return predictive(x)
 
     @torch.no_grad()
     def sample(self, num_samples: int, *, return_latents: bool = False) -> torch.Tensor | tuple:

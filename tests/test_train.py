@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from pyrovae import VAE, Config, ConfigError, fit, load_dataset, load_run, train
-from pyrovae.errors import CheckpointError, PyroVAEError
+from pyrovae.errors import CheckpointError, DataError, PyroVAEError
 from pyrovae.guides import ENCODERS
 from pyrovae.inference import ELBOS, SVITrainer, evaluate, heldout_elbo
 from pyrovae.inference.checkpoint import load_checkpoint, save_checkpoint
@@ -212,3 +212,52 @@ def test_training_on_cuda(tmp_path: Path):
     assert result.data.train.device.type == "cuda"
     loaded, _, _ = load_run(tmp_path, device="cpu")
     assert all(p.device.type == "cpu" for p in loaded.parameters())
+
+
+def test_checkpoint_records_the_vae_not_the_config_defaults(tmp_path, digits):
+    vae = VAE(digits.shape, latent_dim=3, likelihood="continuous-bernoulli")
+    train(vae, digits, Config(num_epochs=1, **FAST), tmp_path, progress=False)
+    loaded, config, _ = load_run(tmp_path)
+    assert (config.likelihood, config.latent_dim) == ("continuous-bernoulli", 3)
+    assert _state_equal(vae.state_dict(), loaded.state_dict())
+
+
+def test_run_with_a_custom_prior_cannot_be_rebuilt_from_its_checkpoint(tmp_path, digits):
+    prior = dist.Laplace(torch.zeros(8), torch.ones(8)).to_event(1)
+    vae = VAE(digits.shape, prior=prior)
+    train(vae, digits, Config(num_epochs=1, **FAST), tmp_path, progress=False)
+    with pytest.raises(CheckpointError, match="custom Independent"):
+        load_run(tmp_path)
+    rebuilt = VAE(digits.shape, prior=prior)
+    rebuilt.load_state_dict(load_checkpoint(tmp_path / "checkpoint.pt")["vae"])
+    assert _state_equal(vae.state_dict(), rebuilt.state_dict())
+
+
+def test_custom_likelihood_with_infinite_density_on_the_data_is_refused(digits):
+    def beta(params):
+        mean = torch.sigmoid(params)
+        return dist.Beta(10 * mean, 10 * (1 - mean))
+
+    vae = VAE(digits.shape, likelihood=beta)
+    with pytest.raises(DataError, match="log-density is infinite"):
+        vae.validate_data(digits.train)  # digits hold exact zeros, where this Beta is -inf
+    vae.validate_data(digits.train.clamp(0.01, 0.99))
+
+
+def test_custom_likelihood_without_a_closed_form_mean(digits):
+    def logit_normal(params):
+        base = dist.Normal(params, 0.5)
+        return dist.TransformedDistribution(base, dist.transforms.SigmoidTransform())
+
+    vae = VAE(digits.shape, latent_dim=2, likelihood=logit_normal)
+    x = digits.test[:10].clamp(0.01, 0.99)
+    assert vae.reconstruct(x).shape == x.shape
+    assert math.isfinite(evaluate(vae, x, num_samples=4)["reconstruction_mse"])
+
+
+def test_posterior_predictive_draws_new_data(digits):
+    vae = VAE(digits.shape, latent_dim=2)
+    x = digits.test[:5]
+    draws = vae.predictive(x, num_samples=3)
+    assert draws["z"].shape == (3, 5, 2) and draws["x"].shape == (3, 5, 1, 8, 8)
+    assert set(draws["x"].unique().tolist()) <= {0.0, 1.0}  # Bernoulli draws, not the data

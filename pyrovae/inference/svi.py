@@ -136,10 +136,10 @@ def _write_metrics(history: list[dict[str, Any]], path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _check_compatible(saved: dict[str, Any], config: Config, path: Path) -> None:
-    changed = [k for k in ARCHITECTURE_KEYS if saved.get(k) != config.to_dict()[k]]
+def _check_compatible(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
+    changed = [k for k in ARCHITECTURE_KEYS if saved.get(k) != current[k]]
     if changed:
-        detail = ", ".join(f"{k}: {saved.get(k)!r} -> {config.to_dict()[k]!r}" for k in changed)
+        detail = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed)
         raise CheckpointError(
             f"checkpoint {path} was trained with another architecture ({detail}); "
             "resume with the run's own config or start a new --workdir"
@@ -182,6 +182,8 @@ def train(
         point), ``beta`` and ``seconds``.
     """
     workdir = Path(workdir) if workdir is not None else None
+    # the config as it applies to this VAE: its own spec wins over the config's model keys
+    resolved = {**config.to_dict(), **vae.spec}
     checkpoint = workdir / "checkpoint.pt" if workdir is not None else None
     vae.validate_data(data.train, "training data")
     vae.validate_data(data.test, "held-out data")
@@ -193,7 +195,7 @@ def train(
             if checkpoint is None:
                 raise PyroVAEError("resume needs the run folder (workdir) to resume from")
             state = load_checkpoint(checkpoint, map_location=vae.device)
-            _check_compatible(state["config"], config, checkpoint)
+            _check_compatible(state["config"], resolved, checkpoint)
             try:
                 vae.load_state_dict(state["vae"])
             except RuntimeError as e:
@@ -248,7 +250,7 @@ def train(
             if workdir is not None:
                 save_checkpoint(
                     {
-                        "config": config.to_dict(),
+                        "config": resolved,
                         "event_shape": list(vae.event_shape),
                         "epoch": epoch + 1,
                         "vae": vae.state_dict(),

@@ -197,14 +197,28 @@ class DistributionLikelihood(Likelihood):
     def forward(self, params: torch.Tensor) -> dist.TorchDistribution:
         return self.fn(params)
 
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
+        d = self.fn(params)
+        try:
+            return d.mean
+        except NotImplementedError:  # e.g. a TransformedDistribution: Monte Carlo mean
+            return d.sample((self.num_mean_samples,)).mean(0)
+
+    #: samples of the Monte Carlo mean for distributions without a closed-form mean
+    num_mean_samples = 256
+
     def validate(self, x: torch.Tensor) -> None:
-        # the support of a user's distribution: let torch say which values are invalid
-        d = self.fn(torch.zeros_like(x[:1]))
-        ok = d.support.check(x)
-        if not bool(ok.all()):
+        # torch's support check, then the density itself: a closed support such as
+        # Beta's [0, 1] admits boundary values where the log-density is infinite
+        d = self.fn(torch.zeros_like(x))
+        bad = ~d.support.check(x)
+        if not bool(bad.any()):
+            bad = ~torch.isfinite(d.log_prob(x))
+        if bool(bad.any()):
             raise DataError(
-                f"{int((~ok).sum())} data values lie outside the support {d.support} of the "
-                "custom likelihood; transform the data or change the likelihood"
+                f"{int(bad.sum())} data values lie outside the support {d.support} of the "
+                "custom likelihood or where its log-density is infinite (e.g. exactly 0 or 1 "
+                "for a Beta); transform the data into the support or change the likelihood"
             )
 
 
