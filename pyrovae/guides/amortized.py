@@ -25,6 +25,8 @@ from pyro import poutine
 from pyro.nn import PyroModule
 from torch import nn
 
+from pyrovae.model.generative import data_plate
+
 __all__ = ["AmortizedNormalGuide"]
 
 
@@ -50,7 +52,7 @@ class AmortizedNormalGuide(PyroModule):
     ) -> tuple[torch.Tensor, torch.Tensor] | None:
         if x is None:
             return None
-        with pyro.plate("data", num_data or len(x), subsample_size=len(x), device=x.device):
+        with data_plate(len(x), num_data, x.device):
             loc, log_var = self.encoder(x)
             with poutine.scale(scale=beta):
                 pyro.sample("z", dist.Normal(loc, torch.exp(0.5 * log_var)).to_event(1))

@@ -5,7 +5,7 @@ r"""The generative story :math:`p(z)\,p_\theta(x \mid z)` as a Pyro model.
     z_n \sim p(z), \qquad x_n \mid z_n \sim p_\theta(x \mid \mathrm{decoder}_\theta(z_n)),
     \qquad n = 1, \dots, N
 
-Inside ``pyro.plate("data", N, subsample_size=B)`` a minibatch of ``B`` points is
+Inside ``pyro.plate("data", N, subsample=...)`` a minibatch of ``B`` points is
 scaled by ``N / B``, so the ELBO of a minibatch estimates the ELBO of the whole data
 set. The KL weight :math:`\beta` is ``poutine.scale`` on the latent site, applied
 in the model and the guide alike, so an ELBO computes
@@ -23,7 +23,19 @@ from torch import nn
 from pyrovae.model.likelihoods import Likelihood
 from pyrovae.model.priors import Prior
 
-__all__ = ["VAEModel"]
+__all__ = ["VAEModel", "data_plate"]
+
+
+def data_plate(batch_size: int, num_data: int | None, device: torch.device) -> pyro.plate:
+    """``pyro.plate("data", N, subsample=...)`` for a minibatch of ``batch_size`` points.
+
+    The plate scales log-densities by ``N / batch_size``. The minibatch's indices are
+    passed rather than drawn (``subsample_size`` alone makes the plate draw
+    ``torch.randperm(N)`` every step, ~0.3 ms on the CPU for N = 60000): no site is
+    indexed by them, so their values do not matter, only their number.
+    """
+    subsample = torch.arange(batch_size, device=device)
+    return pyro.plate("data", num_data or batch_size, subsample=subsample)
 
 
 class VAEModel(PyroModule):
@@ -68,7 +80,7 @@ class VAEModel(PyroModule):
         """
         size = len(x) if x is not None else (batch_size or 1)
         device = x.device if x is not None else self.device
-        with pyro.plate("data", num_data or size, subsample_size=size, device=device):
+        with data_plate(size, num_data, device):
             with poutine.scale(scale=beta):
                 z = pyro.sample("z", self.prior())
             params = self.decoder(z)

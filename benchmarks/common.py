@@ -1,0 +1,342 @@
+r"""What the SVI benchmarks share: the plain-PyTorch reference VAE, paired timing and the table.
+
+The reference is the VAE a PyTorch user would write by hand, with the same network,
+initial weights, optimizer and loss as pyrovae's default model (standard normal
+prior, Bernoulli likelihood in logits, diagonal Gaussian guide). For a minibatch of
+:math:`B` out of :math:`N` data points both minimise
+
+.. math::
+
+    \mathrm{loss} = \frac{N}{B} \sum_{n=1}^{B} \Big(
+        \mathrm{BCE}\big(\eta_\theta(z_n), x_n\big) + \mathrm{KL}_n \Big),
+    \qquad z_n = \mu_\phi(x_n) + \sigma_\phi(x_n) \odot \epsilon_n,
+    \quad \epsilon_n \sim \mathcal{N}(0, I),
+
+where BCE is ``binary_cross_entropy_with_logits`` summed over pixels. ``Trace_ELBO``
+uses the Monte Carlo estimate :math:`\mathrm{KL}_n = \log q(z_n \mid x_n) - \log p(z_n)`
+at the sampled :math:`z_n`; ``TraceMeanField_ELBO`` the closed form
+
+.. math::
+
+    \mathrm{KL}_n = \tfrac12 \sum_j \big(\mu_{nj}^2 + \sigma_{nj}^2 - 1 - \log \sigma_{nj}^2\big).
+
+Times are only comparable within one process on a machine that drifts, so the two
+methods alternate round by round (the order flips every round) and the reported
+ratio is the median of the per-round ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyro
+import torch
+from pyro.infer.util import is_validation_enabled
+from torch import nn
+from torch.nn import functional as F
+
+from pyrovae import VAE, Config
+from pyrovae.config import DEVICES
+from pyrovae.errors import ConfigError
+from pyrovae.inference.objectives import ELBOS
+from pyrovae.inference.svi import SVITrainer
+from pyrovae.run import resolve_device
+
+__all__ = [
+    "KL_ESTIMATORS",
+    "ReferenceTrainer",
+    "ReferenceVAE",
+    "Timing",
+    "add_common_arguments",
+    "build_pair",
+    "environment",
+    "markdown_table",
+    "parse_args",
+    "report",
+    "synchronize",
+    "time_paired",
+]
+
+#: how the reference estimates the KL term of each ELBO it is compared with
+KL_ESTIMATORS = {
+    "Trace_ELBO": "monte-carlo",
+    "JitTrace_ELBO": "monte-carlo",
+    "TraceMeanField_ELBO": "closed-form",
+}
+
+#: the network of the issue: MLP 784-400-50 (Pyro's VAE tutorial)
+HIDDEN = (400,)
+LATENT_DIM = 50
+LEARNING_RATE = 1e-3
+
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def _mlp(sizes: Sequence[int]) -> nn.Sequential:
+    """Linear layers with ReLUs between them, the layout of ``pyrovae.networks.mlp``."""
+    layers: list[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class ReferenceVAE(nn.Module):
+    """A plain-PyTorch VAE: encoder ``x -> (loc, log_var)``, decoder ``z -> logits``.
+
+    Parameters
+    ----------
+    num_pixels : int
+        Size of one flattened data point.
+    hidden : sequence of int
+        Hidden layer sizes in encoder order; the decoder mirrors them.
+    latent_dim : int
+        Dimension of :math:`z`.
+    kl : {"monte-carlo", "closed-form"}
+        How :meth:`loss` estimates the KL term (see the module docstring).
+    """
+
+    def __init__(
+        self, num_pixels: int, hidden: Sequence[int], latent_dim: int, kl: str = "monte-carlo"
+    ) -> None:
+        super().__init__()
+        if kl not in ("monte-carlo", "closed-form"):
+            raise ValueError(f"kl must be 'monte-carlo' or 'closed-form', got {kl!r}")
+        self.kl = kl
+        self.encoder = _mlp([num_pixels, *hidden, 2 * latent_dim])
+        self.decoder = _mlp([latent_dim, *reversed(tuple(hidden)), num_pixels])
+
+    def loss(self, x: torch.Tensor, num_data: int, eps: torch.Tensor | None = None) -> torch.Tensor:
+        """Minus the minibatch ELBO scaled by ``num_data / len(x)``; ``eps`` fixes the noise."""
+        x = x.flatten(1)
+        loc, log_var = self.encoder(x).chunk(2, dim=-1)
+        scale = torch.exp(0.5 * log_var)
+        if eps is None:
+            eps = torch.randn_like(loc)
+        z = loc + scale * eps
+        nll = F.binary_cross_entropy_with_logits(self.decoder(z), x, reduction="sum")
+        if self.kl == "monte-carlo":
+            # log N(z | loc, scale) - log N(z | 0, 1), as Normal.log_prob writes them
+            log_q = -((z - loc) ** 2) / (2 * scale**2) - scale.log() - _HALF_LOG_2PI
+            log_p = -(z**2) / 2 - _HALF_LOG_2PI
+            kl = (log_q - log_p).sum()
+        else:
+            kl = 0.5 * (loc**2 + scale**2 - 1 - log_var).sum()
+        return (nll + kl) * (num_data / len(x))
+
+
+class ReferenceTrainer:
+    """Adam on :meth:`ReferenceVAE.loss`, mirroring ``SVITrainer.step`` and ``.epoch``."""
+
+    def __init__(self, vae: ReferenceVAE, num_data: int, learning_rate: float) -> None:
+        self.vae = vae
+        self.num_data = num_data
+        self.optimizer = torch.optim.Adam(vae.parameters(), lr=learning_rate)
+
+    def step(self, x: torch.Tensor) -> torch.Tensor:
+        """One gradient step on minibatch ``x``; returns the detached loss, not synced."""
+        loss = self.vae.loss(x, self.num_data)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
+
+    def epoch(self, train: torch.Tensor, batch_size: int) -> float:
+        """One shuffled pass (``randperm`` + index, last short batch dropped); mean ELBO."""
+        self.vae.train()
+        num_items = len(train)
+        stop = num_items - num_items % batch_size if num_items > batch_size else num_items
+        order = torch.randperm(num_items, device=train.device)
+        total = torch.zeros((), device=train.device)
+        steps = 0
+        for start in range(0, stop, batch_size):
+            total += self.step(train[order[start : start + batch_size]])
+            steps += 1
+        return -total.item() / (steps * self.num_data)
+
+
+def build_pair(
+    elbo: str,
+    batch_size: int,
+    event_shape: Sequence[int],
+    num_data: int,
+    device: torch.device,
+    seed: int = 0,
+) -> tuple[SVITrainer, ReferenceTrainer]:
+    """pyrovae's trainer and the reference, with the same architecture and initial weights.
+
+    The pyrovae side is built exactly as :func:`pyrovae.train` builds it; call this
+    inside ``pyrovae.inference.objectives.elbo_context(elbo)``.
+    """
+    config = Config(
+        hidden=HIDDEN,
+        latent_dim=LATENT_DIM,
+        elbo=elbo,
+        batch_size=batch_size,
+        learning_rate=LEARNING_RATE,
+        seed=seed,
+    )
+    pyro.set_rng_seed(seed)
+    vae = VAE.from_config(config, event_shape).to(device)
+    trainer = SVITrainer(vae, config, num_data=num_data)
+    reference = ReferenceVAE(math.prod(event_shape), HIDDEN, LATENT_DIM, KL_ESTIMATORS[elbo])
+    reference.encoder.load_state_dict(vae.guide.encoder.net.state_dict())
+    reference.decoder.load_state_dict(vae.model.decoder.net.state_dict())
+    reference.to(device)
+    sizes = [p.shape for p in trainer.parameters], [p.shape for p in reference.parameters()]
+    if sorted(map(tuple, sizes[0])) != sorted(map(tuple, sizes[1])):
+        raise RuntimeError(f"pyrovae and the reference train different parameters: {sizes}")
+    return trainer, ReferenceTrainer(reference, num_data, LEARNING_RATE)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_paired(
+    candidates: dict[str, Callable[[], object]], rounds: int, device: torch.device
+) -> dict[str, list[float]]:
+    """Seconds per call of each candidate, alternating them round by round.
+
+    Round ``r`` runs every candidate once, in the given order for even ``r`` and in
+    reverse for odd ``r``, so drift and order effects hit all of them alike.
+    """
+    names = list(candidates)
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else reversed(names):
+            synchronize(device)
+            begin = time.perf_counter()
+            candidates[name]()
+            synchronize(device)
+            seconds[name].append(time.perf_counter() - begin)
+    return seconds
+
+
+@dataclass
+class Timing:
+    """Paired per-round times of pyrovae and the reference for one setting."""
+
+    batch_size: int
+    objective: str
+    pyrovae: list[float]
+    torch: list[float]
+
+    @property
+    def ratios(self) -> list[float]:
+        return [p / t for p, t in zip(self.pyrovae, self.torch, strict=True)]
+
+    @property
+    def ratio(self) -> float:
+        """Median over rounds of pyrovae's time divided by the reference's in that round."""
+        return statistics.median(self.ratios)
+
+    def summary(self, scale: float, digits: int) -> list[str]:
+        """Median times (multiplied by ``scale``), the median ratio and its range over rounds."""
+        return [
+            str(self.batch_size),
+            self.objective,
+            f"{statistics.median(self.pyrovae) * scale:.{digits}f}",
+            f"{statistics.median(self.torch) * scale:.{digits}f}",
+            f"{self.ratio:.3f}",
+            f"{min(self.ratios):.2f}-{max(self.ratios):.2f}",
+        ]
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A Markdown pipe table, columns padded so it also reads as plain text."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(c.rjust(w) for c, w in zip(cells, widths)) + " |"
+
+    rule = "|" + "|".join("-" * (w + 1) + ":" for w in widths) + "|"
+    return "\n".join([line(header), rule, *(line(row) for row in rows)])
+
+
+def environment(device: torch.device) -> str:
+    """One line naming what the numbers depend on."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    wait_policy = os.environ.get("OMP_WAIT_POLICY")
+    return (
+        f"device {device} ({name}), torch threads: {torch.get_num_threads()}"
+        f"{f' (OMP_WAIT_POLICY={wait_policy})' if wait_policy else ''}, "
+        f"torch {torch.__version__}, pyro {pyro.__version__}, "
+        f"validation: pyro {'on' if is_validation_enabled() else 'off'}, "
+        f"torch.distributions {'on' if torch.distributions.Distribution._validate_args else 'off'}"
+    )
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options both benchmarks take; ``None`` defaults are filled in by :func:`parse_args`."""
+    parser.add_argument(
+        "--device", default="auto", choices=DEVICES, help="auto picks cuda when available"
+    )
+    parser.add_argument(
+        "--batch-sizes", type=int, nargs="+", metavar="B", help="minibatch sizes to time"
+    )
+    parser.add_argument("--rounds", type=int, help="alternating timed rounds per setting")
+    parser.add_argument(
+        "--elbo",
+        nargs="+",
+        choices=[name for name in ELBOS if name in KL_ESTIMATORS],
+        default=["Trace_ELBO", "TraceMeanField_ELBO"],
+        help="objectives to time (JitTrace_ELBO on request)",
+    )
+    parser.add_argument(
+        "--warmup", type=int, help="untimed steps of each method before timing a setting"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch.set_num_threads (default: torch's own choice); on a small shared machine, "
+        "1 avoids OpenMP threads stalling each other",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed for data and initial weights")
+    parser.add_argument("--quick", action="store_true", help="a seconds-long smoke run (CI)")
+    parser.add_argument("--markdown", type=Path, metavar="FILE", help="also write the table here")
+
+
+def parse_args(
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None,
+    full: dict[str, object],
+    quick: dict[str, object],
+) -> tuple[argparse.Namespace, torch.device]:
+    """Parse ``argv``; options left unset take the ``quick`` or ``full`` defaults."""
+    args = parser.parse_args(argv)
+    for name, value in (quick if args.quick else full).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    for name in ("rounds", "warmup"):
+        if getattr(args, name) < (1 if name == "rounds" else 0):
+            parser.error(f"--{name} must be {'positive' if name == 'rounds' else '>= 0'}")
+    if min(args.batch_sizes) < 1:
+        parser.error("--batch-sizes must be positive")
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error("--threads must be positive")
+        torch.set_num_threads(args.threads)
+    try:
+        device = resolve_device(args.device)
+    except ConfigError as e:
+        parser.error(str(e))
+    return args, device
+
+
+def report(title: str, lines: Sequence[str], table: str, markdown: Path | None) -> str:
+    """Print the titled table (and write it to ``markdown``); returns the text."""
+    text = "\n\n".join([f"## {title}", *lines, table]) + "\n"
+    print("\n" + text, end="", flush=True)
+    if markdown is not None:
+        markdown.write_text(text)
+    return text
