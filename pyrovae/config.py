@@ -69,12 +69,13 @@ class Config:
     vectorize_particles: bool = _field(False, "draw the particles in one vectorized pass")
     beta: float = _field(1.0, "weight of the KL term (beta-VAE), via poutine.scale")
     # optimisation
-    num_epochs: int = _field(60, "passes over the training data")
-    batch_size: int = _field(128, "minibatch size")
+    num_epochs: int = _field(300, "passes over the training data")
+    batch_size: int = _field(64, "minibatch size")
     learning_rate: float = _field(1e-3, "Adam learning rate")
     clip_norm: float | None = _field(None, "clip the gradient norm to this value")
     seed: int = _field(0, "random seed (data split, initialisation, sampling)")
     device: str = _field("auto", "where tensors live: auto picks cuda when available", DEVICES)
+    num_threads: int | None = _field(None, "torch CPU threads (default: torch's own choice)")
     # evaluation
     num_eval_samples: int = _field(500, "importance samples K for the IWAE log p(x) at the end")
     eval_batch_size: int = _field(500, "data points per evaluation batch")
@@ -108,6 +109,8 @@ class Config:
             raise ConfigError("learning_rate and scale must be > 0 and beta >= 0")
         if self.clip_norm is not None and self.clip_norm <= 0:
             raise ConfigError(f"clip_norm must be > 0, got {self.clip_norm}")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ConfigError(f"num_threads must be >= 1, got {self.num_threads}")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"limit must be >= 1, got {self.limit}")
 

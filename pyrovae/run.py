@@ -97,6 +97,8 @@ def fit(
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(config.device)
+    if config.num_threads is not None:
+        torch.set_num_threads(config.num_threads)
     torch.manual_seed(config.seed)
     data = load_data(config, device)
     vae = VAE.from_config(config, data.shape).to(device)

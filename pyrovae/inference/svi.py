@@ -243,7 +243,11 @@ def train(
             bar.set_postfix(
                 epoch=row["epoch"], train=f"{train_elbo:.2f}", test=f"{row['test_elbo']:.2f}"
             )
-            logger.info(
+            # every epoch is in metrics.jsonl and on the progress bar; log about ten of them
+            every = max(1, config.num_epochs // 10)
+            level = logging.INFO if (epoch + 1) % every == 0 or epoch == start else logging.DEBUG
+            logger.log(
+                level,
                 "epoch %(epoch)d: train ELBO %(train_elbo).3f, held-out ELBO "
                 "%(test_elbo).3f nats/point (%(seconds).1f s)",
                 row,
