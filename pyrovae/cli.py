@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from pyrovae.config import Config, field_type, from_dict, load_config
+from pyrovae.errors import ConfigError, PyroVAEError
 
 __all__ = ["main"]
 
@@ -89,7 +90,9 @@ def _parser() -> argparse.ArgumentParser:
         default=1000,
         help="importance samples K for the IWAE log p(x) (default: 1000)",
     )
-    evaluate.add_argument("--data", help="evaluate on this .npy/.npz file instead")
+    evaluate.add_argument(
+        "--data", help="evaluate on every item of this .npy/.npz file instead of the test set"
+    )
     evaluate.add_argument("--batch-size", type=int, default=500, help="data points per batch")
     evaluate.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the importance samples")
@@ -147,15 +150,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import pyro
+    import torch
 
     from pyrovae.data import load_dataset
     from pyrovae.inference.evaluation import evaluate
     from pyrovae.run import load_data, load_run
 
+    if args.num_samples < 1 or args.batch_size < 1:
+        raise ConfigError("-k/--num-samples and --batch-size must be >= 1")
     vae, config, _ = load_run(args.run, args.device)
     pyro.set_rng_seed(args.seed)
     if args.data:
-        x = load_dataset(path=args.data, binarize=config.binarize, seed=config.seed).test
+        # every item of the file; a dynamic binarization is drawn once, as for a test set
+        binarize = "static" if config.binarize == "dynamic" else config.binarize
+        data = load_dataset(path=args.data, binarize=binarize, seed=config.seed)
+        x = torch.cat([data.train, data.test])
     else:
         x = load_data(config, vae.device).test
     x = x.to(vae.device)
@@ -176,8 +185,6 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
     matplotlib.use("Agg")
     if args.num_samples < 1:
-        from pyrovae.errors import ConfigError
-
         raise ConfigError(f"--num-samples must be >= 1, got {args.num_samples}")
     vae, _, _ = load_run(args.run, args.device)
     pyro.set_rng_seed(args.seed)
@@ -195,8 +202,6 @@ COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "sample": _cmd_sampl
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (2 for a user error, with one message)."""
-    from pyrovae.errors import PyroVAEError
-
     args = _parser().parse_args(argv)
     if not logging.getLogger().handlers:
         logging.basicConfig(

@@ -221,3 +221,10 @@ def test_resume_with_another_architecture_exits_2(trained_run, tmp_path, capsys)
 def test_existing_run_without_resume_exits_2(trained_run, capsys):
     code, _, err = run_cli(["train", "--workdir", trained_run, *TINY], capsys)
     assert code == 2 and "--resume" in err
+
+
+def test_evaluate_on_every_item_of_a_file(trained_run, tmp_path, capsys):
+    path = _save(tmp_path / "x.npy", np.full((10, 1, 8, 8), 0.5, dtype=np.float32))
+    code, out, err = run_cli(["evaluate", trained_run, "--data", path, "-k", "4"], capsys)
+    assert code == 0, err
+    assert '"num_data": 10' in out
