@@ -27,7 +27,7 @@ from pyrovae.data import Dataset, load_dataset
 from pyrovae.errors import CheckpointError, ConfigError
 from pyrovae.inference.checkpoint import load_checkpoint
 from pyrovae.inference.evaluation import evaluate
-from pyrovae.inference.svi import train
+from pyrovae.inference.svi import refuse_overwrite, train
 from pyrovae.vae import VAE
 
 __all__ = ["FitResult", "fit", "load_data", "load_run", "resolve_device", "save_figure"]
@@ -95,6 +95,8 @@ def fit(
     with ``config.num_eval_samples`` importance samples and saves figures.
     """
     workdir = Path(workdir)
+    if not resume:
+        refuse_overwrite(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(config.device)
     if config.num_threads is not None:

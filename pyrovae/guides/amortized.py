@@ -22,15 +22,14 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
-from pyro.nn import PyroModule
 from torch import nn
 
-from pyrovae.model.generative import data_plate
+from pyrovae.model.generative import LocalPyroModule, data_plate
 
 __all__ = ["AmortizedNormalGuide"]
 
 
-class AmortizedNormalGuide(PyroModule):
+class AmortizedNormalGuide(LocalPyroModule):
     """Diagonal-Gaussian guide whose mean and log-variance come from ``encoder(x)``.
 
     Shares the model's signature ``forward(x=None, *, num_data=None, batch_size=None,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -39,7 +40,7 @@ from pyrovae.vae import VAE
 if TYPE_CHECKING:
     from pyrovae.config import Config
 
-__all__ = ["ARCHITECTURE_KEYS", "SVITrainer", "heldout_elbo", "train"]
+__all__ = ["ARCHITECTURE_KEYS", "SVITrainer", "heldout_elbo", "refuse_overwrite", "train"]
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +138,14 @@ def _write_metrics(history: list[dict[str, Any]], path: Path) -> None:
     os.replace(tmp, path)
 
 
+def refuse_overwrite(workdir: Path) -> None:
+    """Raise unless ``workdir`` is free for a new run (nothing of an old run is lost)."""
+    if (workdir / "checkpoint.pt").exists():
+        raise PyroVAEError(
+            f"{workdir} already holds a run; continue it with --resume or choose another --workdir"
+        )
+
+
 def _check_compatible(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
     changed = [k for k in ARCHITECTURE_KEYS if saved.get(k) != current[k]]
     if changed:
@@ -207,12 +216,9 @@ def train(
             set_rng_state(state["rng"])
             history = list(state["history"])
             logger.info("resuming %s after epoch %d", workdir, state["epoch"])
-        elif checkpoint is not None and checkpoint.exists():
-            raise PyroVAEError(
-                f"{workdir} already holds a run; continue it with --resume or choose another "
-                "--workdir"
-            )
         else:
+            if workdir is not None:
+                refuse_overwrite(workdir)
             pyro.set_rng_seed(config.seed)
         start = len(history)
         steps = max(1, len(data.train) // config.batch_size)
@@ -226,7 +232,7 @@ def train(
         for epoch in range(start, config.num_epochs):
             begin = time.perf_counter()
             train_elbo = trainer.epoch(data)
-            if not torch.isfinite(torch.tensor(train_elbo)):
+            if not math.isfinite(train_elbo):
                 raise PyroVAEError(
                     f"the ELBO became {train_elbo} in epoch {epoch + 1}; lower --learning-rate "
                     "or set --clip-norm"

@@ -23,7 +23,27 @@ from torch import nn
 from pyrovae.model.likelihoods import Likelihood
 from pyrovae.model.priors import Prior
 
-__all__ = ["VAEModel", "data_plate"]
+__all__ = ["LocalPyroModule", "VAEModel", "data_plate"]
+
+
+class LocalPyroModule(PyroModule):
+    """A ``PyroModule`` that returns its plain ``nn.Module`` children directly when
+    parameters are module-local (pyrovae's default).
+
+    ``PyroModule.__getattr__`` announces every parameter of a child to Pyro's handlers
+    with a ``param`` message on each access; with module-local parameters nothing in
+    training reads those messages, and they cost ~0.3 ms per SVI step (~6% of a step
+    of the MLP 784-400-50 at batch 64). With ``module_local_params=False`` (as the JIT
+    ELBOs need, to find parameters in the param store) the usual path is taken.
+    """
+
+    def __getattr__(self, name: str) -> object:
+        modules = self.__dict__["_modules"]
+        if name in modules and pyro.settings.get("module_local_params"):
+            child = modules[name]
+            if not isinstance(child, PyroModule):
+                return child
+        return super().__getattr__(name)
 
 
 def data_plate(batch_size: int, num_data: int | None, device: torch.device) -> pyro.plate:
@@ -38,7 +58,7 @@ def data_plate(batch_size: int, num_data: int | None, device: torch.device) -> p
     return pyro.plate("data", num_data or batch_size, subsample=subsample)
 
 
-class VAEModel(PyroModule):
+class VAEModel(LocalPyroModule):
     """The model ``z -> x``: a prior, a decoder and a likelihood.
 
     Parameters
