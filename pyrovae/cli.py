@@ -117,6 +117,10 @@ def _config_from_args(args: argparse.Namespace) -> Config:
     if "hidden" in flags:
         flags["hidden"] = tuple(flags["hidden"])
     config_file = args.config
+    if args.resume and not (args.workdir / "checkpoint.pt").exists():
+        raise PyroVAEError(
+            f"there is no run to resume in {args.workdir}; drop --resume to start one"
+        )
     if config_file is None and args.resume:
         config_file = args.workdir / "config.toml"
     if config_file is not None:
@@ -190,6 +194,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     pyro.set_rng_seed(args.seed)
     samples = vae.sample(args.num_samples).cpu()
     out = args.output or (args.run if args.run.is_dir() else args.run.parent)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--output {out} is a file; give a folder")
     out.mkdir(parents=True, exist_ok=True)
     np.save(out / "samples.npy", samples.numpy())
     save_figure(plots.image_grid(samples, title="samples from the prior"), out / "samples.png")
@@ -215,6 +221,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PyroVAEError as e:
         print(f"pyrovae {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\npyrovae {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
@@ -89,6 +90,10 @@ class Config:
                     f"unknown {f.name.replace('_', ' ')} {value!r}; choose one of: "
                     f"{', '.join(choices)}"
                 )
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{f.name} must be a finite number, got {value}")
         positive = (
             "latent_dim",
             "num_components",
@@ -174,6 +179,8 @@ def load_config(path: str | os.PathLike, **overrides: Any) -> Config:
         values = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
     return from_dict({**values, **overrides})

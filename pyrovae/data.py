@@ -184,6 +184,8 @@ def validate_data(
             f"{what} has no items (shape {tuple(x.shape)}); "
             "it needs at least one item along the first dimension"
         )
+    if x.shape[1:].numel() == 0:
+        raise DataError(f"{what} has empty items (shape {tuple(x.shape[1:])}); nothing to model")
     if event_shape is not None and tuple(x.shape[1:]) != tuple(event_shape):
         raise DataError(
             f"{what} has items of shape {tuple(x.shape[1:])}, but {tuple(event_shape)} was "

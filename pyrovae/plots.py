@@ -14,12 +14,18 @@ __all__ = ["elbo_curves", "image_grid", "reconstructions"]
 
 
 def _as_images(x: torch.Tensor) -> torch.Tensor:
-    """``(N, C, H, W)`` images in [0, 1]; flat items are shown as one-row strips."""
+    """``(N, C, H, W)`` images in [0, 1], C in {1, 3}.
+
+    ``(N, H, W)`` items are greyscale images, other channel counts are shown channel by
+    channel, and any other shape as one-row strips of its flattened values.
+    """
     x = x.detach().float().cpu()
-    if x.dim() == 2:
-        x = x[:, None, None, :]
-    elif x.dim() == 3:
+    if x.dim() == 3:
         x = x[:, None]
+    elif x.dim() == 4 and x.shape[1] not in (1, 3):
+        x = x.reshape(-1, 1, *x.shape[2:])
+    elif x.dim() != 4:
+        x = x.reshape(len(x), 1, 1, -1)
     return x.clamp(0, 1)
 
 

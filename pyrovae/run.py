@@ -27,7 +27,7 @@ from pyrovae.data import Dataset, load_dataset
 from pyrovae.errors import CheckpointError, ConfigError
 from pyrovae.inference.checkpoint import load_checkpoint
 from pyrovae.inference.evaluation import evaluate
-from pyrovae.inference.svi import refuse_overwrite, train
+from pyrovae.inference.svi import check_resumable, refuse_overwrite, train
 from pyrovae.vae import VAE
 
 __all__ = ["FitResult", "fit", "load_data", "load_run", "resolve_device", "save_figure"]
@@ -95,15 +95,22 @@ def fit(
     with ``config.num_eval_samples`` importance samples and saves figures.
     """
     workdir = Path(workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise ConfigError(f"--workdir {workdir} is a file; give a folder for the run")
     if not resume:
         refuse_overwrite(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    # absolute data paths, so evaluate and --resume find the same files from anywhere
+    paths = {k: str(Path(v).resolve()) for k in ("data", "data_dir") if (v := getattr(config, k))}
+    config = config.replace(**paths)
     device = resolve_device(config.device)
     if config.num_threads is not None:
         torch.set_num_threads(config.num_threads)
     torch.manual_seed(config.seed)
     data = load_data(config, device)
     vae = VAE.from_config(config, data.shape).to(device)
+    if resume:  # check before writing anything: a refused resume must leave the run as it was
+        check_resumable(workdir, {**config.to_dict(), **vae.spec})
+    workdir.mkdir(parents=True, exist_ok=True)
     save_config(config, workdir / "config.toml")
     history = train(vae, data, config, workdir, resume=resume, progress=progress)
     evaluation = evaluate(vae, data.test, config.num_eval_samples, config.eval_batch_size)

@@ -129,6 +129,10 @@ class VAE(PyroModule):
                 f"{what} has items of shape {tuple(x.shape[1:])} but the model expects "
                 f"{self.event_shape}; reshape the data or build the model for that shape"
             )
+        if x.shape[1:].numel() == 0:
+            raise DataError(
+                f"{what} has empty items (shape {tuple(x.shape[1:])}); nothing to model"
+            )
         if not torch.is_floating_point(x):
             raise DataError(f"{what} must be a floating-point tensor, got {x.dtype}")
         finite = torch.isfinite(x)

@@ -228,3 +228,76 @@ def test_evaluate_on_every_item_of_a_file(trained_run, tmp_path, capsys):
     code, out, err = run_cli(["evaluate", trained_run, "--data", path, "-k", "4"], capsys)
     assert code == 0, err
     assert '"num_data": 10' in out
+
+
+def test_refused_resume_leaves_the_run_as_it_was(tmp_path, capsys):
+    workdir = tmp_path / "run"
+    assert run_cli(["train", "--workdir", workdir, *TINY], capsys)[0] == 0
+    before = {p.name: p.read_bytes() for p in workdir.iterdir()}
+    code, _, err = run_cli(
+        ["train", "--workdir", workdir, "--resume", "--latent-dim", "4", "--no-progress", "-q"],
+        capsys,
+    )
+    assert code == 2 and "another architecture" in err
+    assert {p.name: p.read_bytes() for p in workdir.iterdir()} == before
+    code, _, err = run_cli(
+        ["train", "--workdir", workdir, "--resume", "--num-epochs", "3", "--no-progress", "-q"],
+        capsys,
+    )
+    assert code == 0, err
+
+
+def test_resume_applies_a_new_learning_rate(tmp_path, capsys):
+    workdir = tmp_path / "run"
+    assert run_cli(["train", "--workdir", workdir, *TINY], capsys)[0] == 0
+    code, _, err = run_cli(
+        [
+            "train",
+            "--workdir",
+            workdir,
+            "--resume",
+            "--num-epochs",
+            "3",
+            "--learning-rate",
+            "0.0005",
+            "--no-progress",
+            "-q",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    state = torch.load(workdir / "checkpoint.pt", weights_only=True)
+    assert {g["lr"] for g in state["optimizer"]["param_groups"]} == {0.0005}
+
+
+@pytest.mark.parametrize("shape", [(30, 2, 3, 4, 5), (30, 2, 8, 8), (30, 7)])
+def test_any_item_shape_trains_and_plots(shape, tmp_path, capsys):
+    path = _save(tmp_path / "x.npy", np.full(shape, 0.5, dtype=np.float32))
+    workdir = tmp_path / "run"
+    code, _, err = run_cli(["train", "--data", path, "--workdir", workdir, *TINY], capsys)
+    assert code == 0, err
+    assert (workdir / "samples.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    "argv, phrase",
+    [
+        (["--data", "EMPTY"], "empty items"),
+        (["--learning-rate", "nan"], "learning_rate must be a finite number"),
+        (["--beta", "inf"], "beta must be a finite number"),
+        (["--resume"], "no run to resume"),
+        (["--config", "."], "cannot read config file"),
+    ],
+)
+def test_more_bad_train_arguments_exit_2(argv, phrase, tmp_path, capsys):
+    empty = _save(tmp_path / "empty.npy", np.zeros((10, 0), dtype=np.float32))
+    argv = [str(empty) if a == "EMPTY" else a for a in argv]
+    code, _, err = run_cli(["train", *argv, "--workdir", tmp_path / "run", *TINY], capsys)
+    assert code == 2 and phrase in err and "Traceback" not in err
+
+
+def test_relative_data_path_is_stored_absolute(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _save(tmp_path / "x.npy", np.full((30, 4), 0.5, dtype=np.float32))
+    assert run_cli(["train", "--data", "x.npy", "--workdir", "run", *TINY], capsys)[0] == 0
+    assert load_config(tmp_path / "run" / "config.toml").data == str(tmp_path / "x.npy")

@@ -58,6 +58,10 @@ ARCHITECTURE_KEYS = (
 )
 
 
+#: what a checkpoint written by :func:`train` holds
+CHECKPOINT_KEYS = ("config", "event_shape", "epoch", "vae", "optimizer", "rng", "history")
+
+
 class SVITrainer:
     """One SVI step at a time: ``loss = -ELBO``, backward, optional clipping, Adam step.
 
@@ -146,6 +150,19 @@ def refuse_overwrite(workdir: Path) -> None:
         )
 
 
+def check_resumable(workdir: Path, current: dict[str, Any]) -> dict[str, Any]:
+    """Load ``workdir``'s checkpoint and check that ``current`` (config keys) can resume it."""
+    path = workdir / "checkpoint.pt"
+    if not path.exists():
+        raise PyroVAEError(f"there is no run to resume in {workdir}; drop --resume to start one")
+    state = load_checkpoint(path)
+    missing = [k for k in CHECKPOINT_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}; it cannot resume")
+    _check_compatible(state["config"], current, path)
+    return state
+
+
 def _check_compatible(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
     changed = [k for k in ARCHITECTURE_KEYS if saved.get(k) != current[k]]
     if changed:
@@ -204,16 +221,17 @@ def train(
         if resume:
             if checkpoint is None:
                 raise PyroVAEError("resume needs the run folder (workdir) to resume from")
-            state = load_checkpoint(checkpoint, map_location=vae.device)
-            _check_compatible(state["config"], resolved, checkpoint)
+            state = check_resumable(workdir, resolved)
             try:
                 vae.load_state_dict(state["vae"])
-            except RuntimeError as e:
+                trainer.optimizer.load_state_dict(state["optimizer"])
+                set_rng_state(state["rng"])
+            except (RuntimeError, ValueError, KeyError, TypeError) as e:
                 raise CheckpointError(
                     f"checkpoint {checkpoint} does not fit this model: {e}"
                 ) from None
-            trainer.optimizer.load_state_dict(state["optimizer"])
-            set_rng_state(state["rng"])
+            for group in trainer.optimizer.param_groups:  # a changed --learning-rate applies
+                group["lr"] = config.learning_rate
             history = list(state["history"])
             logger.info("resuming %s after epoch %d", workdir, state["epoch"])
         else:
