@@ -17,6 +17,7 @@ from pyro import poutine
 from pyro.infer import Predictive
 from pyro.nn import PyroModule
 
+from pyrovae.data import validate_data
 from pyrovae.errors import DataError
 from pyrovae.guides import ENCODERS, AmortizedNormalGuide
 from pyrovae.model import DECODERS, Likelihood, Prior, VAEModel, make_likelihood, make_prior
@@ -124,23 +125,9 @@ class VAE(PyroModule):
 
     def validate_data(self, x: torch.Tensor, what: str = "data") -> None:
         """Raise :class:`DataError` unless ``x`` is a finite batch this VAE can model."""
-        if tuple(x.shape[1:]) != self.event_shape:
-            raise DataError(
-                f"{what} has items of shape {tuple(x.shape[1:])} but the model expects "
-                f"{self.event_shape}; reshape the data or build the model for that shape"
-            )
-        if x.shape[1:].numel() == 0:
-            raise DataError(
-                f"{what} has empty items (shape {tuple(x.shape[1:])}); nothing to model"
-            )
+        validate_data(x, self.event_shape, what)  # items, shape, NaN/inf
         if not torch.is_floating_point(x):
             raise DataError(f"{what} must be a floating-point tensor, got {x.dtype}")
-        finite = torch.isfinite(x)
-        if not bool(finite.all()):
-            raise DataError(
-                f"{what} contains {int((~finite).sum())} NaN or infinite values; "
-                "clean or impute them first"
-            )
         self.model.likelihood.validate(x)
 
     @torch.no_grad()

@@ -21,7 +21,9 @@ References
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import pyro
 import torch
@@ -30,7 +32,13 @@ from pyro.poutine.util import site_is_subsample
 
 from pyrovae.vae import VAE
 
-__all__ = ["evaluate", "iwae_log_likelihood", "log_weights", "reconstruction_error"]
+__all__ = [
+    "evaluate",
+    "heldout_elbo",
+    "iwae_log_likelihood",
+    "log_weights",
+    "reconstruction_error",
+]
 
 #: elements per particle chunk (a few hundred MB of float32 activations at most)
 CHUNK_ELEMENTS = 2**24
@@ -70,6 +78,24 @@ def _batched(x: torch.Tensor, batch_size: int):
         yield x[start : start + batch_size]
 
 
+@contextlib.contextmanager
+def _eval_mode(vae: VAE) -> Iterator[None]:
+    was_training = vae.training
+    vae.eval()
+    try:
+        yield
+    finally:
+        vae.train(was_training)
+
+
+@torch.no_grad()
+def heldout_elbo(vae: VAE, x: torch.Tensor, batch_size: int = 500) -> float:
+    """Single-sample ELBO estimate on held-out data, nats per data point (no optimizer step)."""
+    with _eval_mode(vae):
+        total = sum(log_weights(vae, xb).sum() for xb in _batched(x, batch_size))
+    return float(total) / len(x)
+
+
 @torch.no_grad()
 def iwae_log_likelihood(
     vae: VAE, x: torch.Tensor, num_samples: int = 1000, batch_size: int = 500
@@ -101,14 +127,12 @@ def evaluate(
     with ``K`` samples), ``kl_gap`` (their difference, an upper bound on the mean
     KL(q(z|x) || p(z|x)) up to Monte Carlo error) and ``reconstruction_mse``.
     """
-    was_training = vae.training
-    vae.eval()
     elbos, log_px = [], []
-    for xb in _batched(x, batch_size):
-        lw = log_weights(vae, xb, num_samples)
-        elbos.append(lw.mean(0))
-        log_px.append(torch.logsumexp(lw, dim=0) - math.log(num_samples))
-    vae.train(was_training)
+    with _eval_mode(vae):
+        for xb in _batched(x, batch_size):
+            lw = log_weights(vae, xb, num_samples)
+            elbos.append(lw.mean(0))
+            log_px.append(torch.logsumexp(lw, dim=0) - math.log(num_samples))
     elbo, log_px = torch.cat(elbos).mean().item(), torch.cat(log_px).mean().item()
     return {
         "num_data": len(x),

@@ -33,14 +33,14 @@ from pyrovae.inference.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from pyrovae.inference.evaluation import log_weights
+from pyrovae.inference.evaluation import heldout_elbo
 from pyrovae.inference.objectives import elbo_context, make_elbo
 from pyrovae.vae import VAE
 
 if TYPE_CHECKING:
     from pyrovae.config import Config
 
-__all__ = ["ARCHITECTURE_KEYS", "SVITrainer", "heldout_elbo", "refuse_overwrite", "train"]
+__all__ = ["ARCHITECTURE_KEYS", "SVITrainer", "refuse_overwrite", "train"]
 
 logger = logging.getLogger(__name__)
 
@@ -124,16 +124,6 @@ class SVITrainer:
             total += self.step(x.to(self.vae.device, non_blocking=True))
             steps += 1
         return -total.item() / (steps * self.num_data)
-
-
-@torch.no_grad()
-def heldout_elbo(vae: VAE, x: torch.Tensor, batch_size: int = 500) -> float:
-    """Single-sample ELBO estimate on held-out data, nats per data point (no optimizer step)."""
-    was_training = vae.training
-    vae.eval()
-    total = sum(log_weights(vae, x[i : i + batch_size]).sum() for i in range(0, len(x), batch_size))
-    vae.train(was_training)
-    return float(total) / len(x)
 
 
 def _write_metrics(history: list[dict[str, Any]], path: Path) -> None:
