@@ -108,7 +108,42 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--output", type=Path, help="output folder (default: the run folder)")
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    sample.add_argument(
+        "--label",
+        type=int,
+        help="generate this class (runs of --model cvae or m2); default: the classes in turn",
+    )
+    _add_application_parsers(sub, common)
     return parser
+
+
+def _add_application_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser):
+    """Subcommands of the applications: augment, ..."""
+    from pyrovae.models import DRAWS
+
+    def run_parser(name: str, help: str, description: str) -> argparse.ArgumentParser:
+        parser = sub.add_parser(name, parents=[common], help=help, description=description)
+        parser.add_argument("run", type=Path, help="run folder (or its checkpoint.pt)")
+        parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+        parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+        return parser
+
+    augment = run_parser(
+        "augment",
+        "write a labelled synthetic data set from a conditional run",
+        "Class-conditional generation for data augmentation: draw z ~ p(z) and decode it "
+        "with every label; writes an .npz with x and y (load it with --data).",
+    )
+    augment.add_argument(
+        "--per-class", type=int, required=True, help="items per class", metavar="N"
+    )
+    augment.add_argument("--output", type=Path, required=True, help="the .npz file to write")
+    augment.add_argument(
+        "--draw",
+        choices=DRAWS,
+        default="mean",
+        help="mean: decoded means E[x|z,y]; sample: x ~ p(x|z,y), e.g. binary (default: mean)",
+    )
 
 
 def _config_from_args(args: argparse.Namespace) -> Config:
@@ -169,11 +204,21 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         binarize = "static" if config.binarize == "dynamic" else config.binarize
         data = load_dataset(path=args.data, binarize=binarize, seed=config.seed)
         x = torch.cat([data.train, data.test])
+        y = None
+        if data.train_labels is not None and data.test_labels is not None:
+            y = torch.cat([data.train_labels, data.test_labels])
     else:
-        x = load_data(config, vae.device).test
+        data = load_data(config, vae.device)
+        x, y = data.test, data.test_labels
     x = x.to(vae.device)
     vae.validate_data(x, "evaluation data")
-    results = evaluate(vae, x, args.num_samples, args.batch_size)
+    labels = {}
+    if vae.requires_y:
+        vae.validate_labels(y, len(x), f"the labels of {args.data or 'the test set'}")
+        labels = {"y": y.to(vae.device)}
+    results = evaluate(vae, x, args.num_samples, args.batch_size, **labels)
+    if y is not None:
+        results.update(vae.metrics(x, y.to(vae.device)))
     if args.run.is_dir() and not args.data:
         (args.run / "evaluation.json").write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
@@ -190,9 +235,17 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     matplotlib.use("Agg")
     if args.num_samples < 1:
         raise ConfigError(f"--num-samples must be >= 1, got {args.num_samples}")
-    vae, _, _ = load_run(args.run, args.device)
+    vae, config, _ = load_run(args.run, args.device)
     pyro.set_rng_seed(args.seed)
-    samples = vae.sample(args.num_samples).cpu()
+    if vae.needs_labels:
+        samples = vae.sample(args.num_samples, y=args.label).cpu()
+    elif args.label is not None:
+        raise ConfigError(
+            f"--label needs a run of a model with labels (--model cvae or m2); {args.run} is a "
+            f"plain {config.model}: drop --label"
+        )
+    else:
+        samples = vae.sample(args.num_samples).cpu()
     out = args.output or (args.run if args.run.is_dir() else args.run.parent)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--output {out} is a file; give a folder")
@@ -203,7 +256,47 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "sample": _cmd_sample}
+def _load_conditional(args: argparse.Namespace, what: str):
+    import pyro
+
+    from pyrovae.run import load_run
+
+    vae, config, _ = load_run(args.run, args.device)
+    if not vae.needs_labels:
+        raise ConfigError(
+            f"{what} needs a run of a model with labels (--model cvae or m2); {args.run} is a "
+            f"plain {config.model}"
+        )
+    pyro.set_rng_seed(args.seed)
+    return vae, config
+
+
+def _output_file(path: Path, suffix: str) -> Path:
+    if path.suffix != suffix:
+        raise ConfigError(f"--output {path} must end in {suffix}")
+    if path.is_dir():
+        raise ConfigError(f"--output {path} is a folder; give a {suffix} file name")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _cmd_augment(args: argparse.Namespace) -> int:
+    if args.per_class < 1:
+        raise ConfigError(f"--per-class must be >= 1, got {args.per_class}")
+    output = _output_file(args.output, ".npz")
+    vae, _ = _load_conditional(args, "augment")
+    x, y = vae.generate(args.per_class, draw=args.draw)
+    np.savez_compressed(output, x=x.cpu().numpy(), y=y.cpu().numpy())
+    print(f"wrote {output}: x {tuple(x.shape)} and y ({len(y)} labels, {vae.num_classes} classes)")
+    return 0
+
+
+COMMANDS = {
+    "train": _cmd_train,
+    "evaluate": _cmd_evaluate,
+    "sample": _cmd_sample,
+    "augment": _cmd_augment,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

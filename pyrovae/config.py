@@ -26,6 +26,7 @@ from pyrovae.inference.objectives import ELBOS
 from pyrovae.model.decoders import DECODERS
 from pyrovae.model.likelihoods import LEARN_SCALE, LIKELIHOODS
 from pyrovae.model.priors import PRIORS
+from pyrovae.models import MODELS
 
 __all__ = ["DEVICES", "Config", "load_config", "save_config"]
 
@@ -51,6 +52,12 @@ class Config:
     test_fraction: float = _field(0.2, "held-out fraction for data without an official split")
     limit: int | None = _field(None, "use only the first N train and test items")
     # model
+    model: str = _field(
+        "vae", "vae, cvae (conditional on labels y) or m2 (semi-supervised)", MODELS
+    )
+    num_classes: int | None = _field(
+        None, "labels of cvae/m2 (default: one more than the largest label in the data)"
+    )
     latent_dim: int = _field(8, "dimension of z")
     prior: str = _field("normal", "prior p(z)", PRIORS)
     num_components: int = _field(10, "components of the mixture prior")
@@ -116,6 +123,8 @@ class Config:
             raise ConfigError(f"clip_norm must be > 0, got {self.clip_norm}")
         if self.num_threads is not None and self.num_threads < 1:
             raise ConfigError(f"num_threads must be >= 1, got {self.num_threads}")
+        if self.num_classes is not None and self.num_classes < 2:
+            raise ConfigError(f"num_classes must be >= 2, got {self.num_classes}")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"limit must be >= 1, got {self.limit}")
 

@@ -24,13 +24,22 @@ import torch
 from pyrovae import plots
 from pyrovae.config import Config, from_dict, save_config
 from pyrovae.data import Dataset, load_dataset
-from pyrovae.errors import CheckpointError, ConfigError
+from pyrovae.errors import CheckpointError, ConfigError, DataError
 from pyrovae.inference.checkpoint import load_checkpoint
 from pyrovae.inference.evaluation import evaluate
 from pyrovae.inference.svi import check_resumable, refuse_overwrite, train
+from pyrovae.models import MODELS, build_vae
 from pyrovae.vae import VAE
 
-__all__ = ["FitResult", "fit", "load_data", "load_run", "resolve_device", "save_figure"]
+__all__ = [
+    "FitResult",
+    "fit",
+    "load_data",
+    "load_run",
+    "resolve_classes",
+    "resolve_device",
+    "save_figure",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +73,26 @@ def load_data(config: Config, device: torch.device) -> Dataset:
             logger.warning("data (%.1f GB) kept on the CPU: it does not fit the GPU", size / 1e9)
             return data
     return data.to(device)
+
+
+def resolve_classes(config: Config, data: Dataset) -> Config:
+    """Fill in ``num_classes`` from the data's labels for a model that needs labels."""
+    if not MODELS[config.model].needs_labels:
+        return config
+    if data.train_labels is None:
+        raise DataError(
+            f"--model {config.model} trains on labels, but {data.name} has none; use a labelled "
+            "data set (digits, mnist, fashion-mnist, or an .npz file with y / y_train and y_test)"
+        )
+    found = data.num_classes
+    if config.num_classes is None:
+        return config.replace(num_classes=found)
+    if found > config.num_classes:
+        raise DataError(
+            f"{data.name} has labels up to {found - 1}, but num_classes is {config.num_classes}; "
+            f"raise --num-classes to at least {found} or drop it"
+        )
+    return config
 
 
 def save_figure(fig: Any, path: str | os.PathLike) -> None:
@@ -107,13 +136,16 @@ def fit(
         torch.set_num_threads(config.num_threads)
     torch.manual_seed(config.seed)
     data = load_data(config, device)
-    vae = VAE.from_config(config, data.shape).to(device)
+    config = resolve_classes(config, data)
+    vae = build_vae(config, data.shape).to(device)
     if resume:  # check before writing anything: a refused resume must leave the run as it was
         check_resumable(workdir, {**config.to_dict(), **vae.spec})
     workdir.mkdir(parents=True, exist_ok=True)
     save_config(config, workdir / "config.toml")
     history = train(vae, data, config, workdir, resume=resume, progress=progress)
-    evaluation = evaluate(vae, data.test, config.num_eval_samples, config.eval_batch_size)
+    labels = {"y": data.test_labels} if vae.requires_y else {}
+    evaluation = evaluate(vae, data.test, config.num_eval_samples, config.eval_batch_size, **labels)
+    evaluation.update(vae.metrics(data.test, data.test_labels))
     (workdir / "evaluation.json").write_text(json.dumps(evaluation, indent=2) + "\n")
     logger.info(
         "held-out: ELBO %.3f, log p(x) >= %.3f (IWAE, K=%d) nats per data point",
@@ -132,9 +164,15 @@ def write_figures(vae: VAE, data: Dataset, history: list[dict[str, Any]], workdi
     matplotlib.use("Agg")
     save_figure(plots.elbo_curves(history), workdir / "elbo.png")
     x = data.test[:32]
-    save_figure(plots.reconstructions(x, vae.reconstruct(x)), workdir / "reconstructions.png")
+    labels = {"y": data.test_labels[:32]} if vae.requires_y else {}
     save_figure(
-        plots.image_grid(vae.sample(64), title="samples from the prior"), workdir / "samples.png"
+        plots.reconstructions(x, vae.reconstruct(x, **labels)), workdir / "reconstructions.png"
+    )
+    # conditional variants draw the classes in turn: each column of the grid is one class
+    title = "samples from the prior" + (", one class per column" if vae.needs_labels else "")
+    nrow = getattr(vae, "num_classes", 8)
+    save_figure(
+        plots.image_grid(vae.sample(8 * nrow), nrow=nrow, title=title), workdir / "samples.png"
     )
 
 
@@ -157,7 +195,7 @@ def load_run(
         )
     try:
         config = from_dict(checkpoint["config"])
-        vae = VAE.from_config(config, checkpoint["event_shape"])
+        vae = build_vae(config, checkpoint["event_shape"])
         vae.load_state_dict(checkpoint["vae"])
     except (KeyError, RuntimeError, ConfigError) as e:
         raise CheckpointError(

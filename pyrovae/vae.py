@@ -8,14 +8,15 @@ encode, decode, reconstruct and generate.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import pyro.distributions as dist
 import torch
 from pyro import poutine
-from pyro.infer import Predictive
+from pyro.infer import ELBO, Predictive, Trace_ELBO
 from pyro.nn import PyroModule
+from torch import nn
 
 from pyrovae.data import validate_data
 from pyrovae.errors import DataError
@@ -24,6 +25,7 @@ from pyrovae.model import DECODERS, Likelihood, Prior, VAEModel, make_likelihood
 
 if TYPE_CHECKING:
     from pyrovae.config import Config
+    from pyrovae.data import Dataset
 
 __all__ = ["VAE"]
 
@@ -63,6 +65,11 @@ class VAE(PyroModule):
     >>> vae.sample(16).shape
     torch.Size([16, 1, 8, 8])
     """
+
+    #: the training data must carry labels (conditional and semi-supervised variants)
+    needs_labels: bool = False
+    #: the model and guide take the label ``y`` as an input, so evaluation needs labels too
+    requires_y: bool = False
 
     def __init__(
         self,
@@ -113,6 +120,36 @@ class VAE(PyroModule):
             scale=config.scale,
             learn_scale=config.learn_scale,
         )
+
+    # -- hooks of the training loop: a variant of the VAE overrides these, never the loop --
+
+    def training_loss(self, elbo: ELBO) -> nn.Module:
+        """The module :class:`~pyrovae.inference.SVITrainer` minimises: ``elbo(model, guide)``.
+
+        It is called with the keyword arguments of a :meth:`training_batches` item plus
+        ``num_data`` and ``beta``, and returns the differentiable loss.
+        """
+        return elbo(self.model, self.guide)
+
+    def training_batches(
+        self, data: Dataset, batch_size: int, *, shuffle: bool = True, drop_last: bool = False
+    ) -> Iterator[dict[str, Any]]:
+        """One epoch of the loss's keyword arguments: ``{"x": x}`` per minibatch."""
+        for x in data.batches("train", batch_size, shuffle=shuffle, drop_last=drop_last):
+            yield {"x": x}
+
+    def training_size(self, data: Dataset) -> int:
+        """The ``N`` of the data plate's ``N / B`` scaling: the training items the loss sums."""
+        return len(data.train)
+
+    def check_loss(self, batch: dict[str, Any], num_data: int) -> None:
+        """Evaluate the ELBO of one :meth:`training_batches` item (the caller turns on Pyro's
+        validation), so shape and support errors surface before training."""
+        Trace_ELBO(max_plate_nesting=1).loss(self.model, self.guide, **batch, num_data=num_data)
+
+    def metrics(self, x: torch.Tensor, y: torch.Tensor | None) -> dict[str, float]:
+        """Extra held-out numbers for ``metrics.jsonl`` and ``evaluation.json`` (none here)."""
+        return {}
 
     @property
     def is_custom(self) -> bool:

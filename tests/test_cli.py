@@ -14,7 +14,12 @@ import torch
 from pyrovae import cli, load_config
 
 #: every CLI command with the test that runs it; test_every_command_is_tested checks it
-CLI_TESTED = {"train": "trained_run", "evaluate": "test_evaluate", "sample": "test_sample"}
+CLI_TESTED = {
+    "train": "trained_run",
+    "evaluate": "test_evaluate",
+    "sample": "test_sample",
+    "augment": "test_augment",
+}
 TINY = ["--num-epochs", "2", "--num-eval-samples", "8", "--no-progress", "-q"]
 
 
@@ -31,6 +36,13 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
 def trained_run(tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("run")
     assert cli.main(["train", "--workdir", str(workdir), *TINY]) == 0
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def cvae_run(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("cvae")
+    assert cli.main(["train", "--model", "cvae", "--workdir", str(workdir), *TINY]) == 0
     return workdir
 
 
@@ -66,7 +78,47 @@ def test_sample(trained_run, tmp_path, capsys):
     assert samples.shape == (16, 1, 8, 8) and (tmp_path / "samples.png").stat().st_size > 0
 
 
-@pytest.mark.parametrize("command", ["train", "evaluate", "sample"])
+def test_sample_a_class(cvae_run, tmp_path, capsys):
+    code, _, err = run_cli(
+        ["sample", cvae_run, "--label", "3", "-n", "8", "--output", tmp_path], capsys
+    )
+    assert code == 0, err
+    assert np.load(tmp_path / "samples.npy").shape == (8, 1, 8, 8)
+    code, out, err = run_cli(["evaluate", cvae_run, "-k", "4"], capsys)
+    assert code == 0 and '"log_likelihood"' in out, err
+
+
+def test_augment(cvae_run, tmp_path, capsys):
+    output = tmp_path / "aug.npz"
+    code, _, err = run_cli(
+        ["augment", cvae_run, "--per-class", "3", "--output", output, "--draw", "sample"], capsys
+    )
+    assert code == 0, err
+    with np.load(output) as data:
+        assert data["x"].shape == (30, 1, 8, 8) and set(np.unique(data["x"])) <= {0.0, 1.0}
+        assert data["y"].tolist() == [c for c in range(10) for _ in range(3)]
+    # the file is a labelled data set pyrovae reads
+    code, _, err = run_cli(["evaluate", cvae_run, "--data", output, "-k", "2"], capsys)
+    assert code == 0, err
+
+
+@pytest.mark.parametrize(
+    "argv, phrase",
+    [
+        (["sample", "RUN", "--label", "2"], "drop --label"),
+        (["augment", "RUN", "--per-class", "2", "--output", "OUT"], "augment needs a run"),
+        (["sample", "CVAE", "--label", "10"], "class indices 0..9"),
+        (["augment", "CVAE", "--per-class", "0", "--output", "OUT"], "--per-class must be"),
+        (["augment", "CVAE", "--per-class", "2", "--output", "x.npy"], "must end in .npz"),
+    ],
+)
+def test_label_errors_exit_2(argv, phrase, trained_run, cvae_run, tmp_path, capsys):
+    paths = {"RUN": trained_run, "CVAE": cvae_run, "OUT": tmp_path / "a.npz"}
+    code, _, err = run_cli([paths.get(a, a) for a in argv], capsys)
+    assert code == 2 and phrase in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", list(cli.COMMANDS))
 def test_help(command, capsys):
     code, out, _ = run_cli([command, "--help"], capsys)
     assert code == 0 and "usage: pyrovae " + command in out

@@ -54,28 +54,34 @@ def _log_prob(trace: poutine.Trace) -> torch.Tensor:
 
 
 @torch.no_grad()
-def log_weights(vae: VAE, x: torch.Tensor, num_samples: int = 1) -> torch.Tensor:
+def log_weights(
+    vae: VAE, x: torch.Tensor, num_samples: int = 1, y: torch.Tensor | None = None
+) -> torch.Tensor:
     r"""Log importance weights :math:`\log p(x, z_k) - \log q(z_k \mid x)`, shape ``(K, len(x))``.
 
     Computed without the KL weight :math:`\beta` or minibatch scaling, i.e. for the
-    true joint density.
+    true joint density. Labels ``y`` (one per item) are passed to the model and the
+    guide of a VAE that takes them (conditional and semi-supervised variants).
     """
+    labels = {} if y is None else {"y": y}
     per_particle = max(1, len(x) * math.prod(x.shape[1:]) * 4)
     chunk = max(1, min(num_samples, CHUNK_ELEMENTS // per_particle))
     weights = []
     for start in range(0, num_samples, chunk):
         size = min(chunk, num_samples - start)
         with pyro.plate("particles", size, dim=-2):
-            guide_trace = poutine.trace(vae.guide).get_trace(x)
+            guide_trace = poutine.trace(vae.guide).get_trace(x, **labels)
             model = poutine.replay(vae.model, trace=guide_trace)
-            model_trace = poutine.trace(model).get_trace(x)
+            model_trace = poutine.trace(model).get_trace(x, **labels)
         weights.append(_log_prob(model_trace) - _log_prob(guide_trace))
     return torch.cat(weights).reshape(num_samples, len(x))
 
 
-def _batched(x: torch.Tensor, batch_size: int):
+def _batched(x: torch.Tensor, batch_size: int, y: torch.Tensor | None = None):
+    """``(x, y)`` slices of ``batch_size`` items (``y`` slices are ``None`` without labels)."""
     for start in range(0, len(x), batch_size):
-        yield x[start : start + batch_size]
+        end = start + batch_size
+        yield x[start:end], None if y is None else y[start:end]
 
 
 @contextlib.contextmanager
@@ -89,37 +95,56 @@ def _eval_mode(vae: VAE) -> Iterator[None]:
 
 
 @torch.no_grad()
-def heldout_elbo(vae: VAE, x: torch.Tensor, batch_size: int = 500) -> float:
+def heldout_elbo(
+    vae: VAE, x: torch.Tensor, batch_size: int = 500, y: torch.Tensor | None = None
+) -> float:
     """Single-sample ELBO estimate on held-out data, nats per data point (no optimizer step)."""
     with _eval_mode(vae):
-        total = sum(log_weights(vae, xb).sum() for xb in _batched(x, batch_size))
+        total = sum(log_weights(vae, xb, 1, yb).sum() for xb, yb in _batched(x, batch_size, y))
     return float(total) / len(x)
 
 
 @torch.no_grad()
 def iwae_log_likelihood(
-    vae: VAE, x: torch.Tensor, num_samples: int = 1000, batch_size: int = 500
+    vae: VAE,
+    x: torch.Tensor,
+    num_samples: int = 1000,
+    batch_size: int = 500,
+    y: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    r"""Per-item IWAE estimate :math:`\mathcal{L}_K(x)` of :math:`\log p(x)` in nats."""
+    r"""Per-item IWAE estimate :math:`\mathcal{L}_K(x)` of :math:`\log p(x)` in nats
+    (of :math:`\log p(x \mid y)` for a conditional VAE given labels ``y``)."""
     return torch.cat(
         [
-            torch.logsumexp(log_weights(vae, xb, num_samples), dim=0) - math.log(num_samples)
-            for xb in _batched(x, batch_size)
+            torch.logsumexp(log_weights(vae, xb, num_samples, yb), dim=0) - math.log(num_samples)
+            for xb, yb in _batched(x, batch_size, y)
         ]
     )
 
 
 @torch.no_grad()
-def reconstruction_error(vae: VAE, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+def reconstruction_error(
+    vae: VAE, x: torch.Tensor, batch_size: int = 500, y: torch.Tensor | None = None
+) -> torch.Tensor:
     r"""Per-item mean squared error between ``x`` and :math:`E[x \mid z = \mu_\phi(x)]`."""
     return torch.cat(
-        [(vae.reconstruct(xb) - xb).pow(2).flatten(1).mean(1) for xb in _batched(x, batch_size)]
+        [
+            (vae.reconstruct(xb, **({} if yb is None else {"y": yb})) - xb)
+            .pow(2)
+            .flatten(1)
+            .mean(1)
+            for xb, yb in _batched(x, batch_size, y)
+        ]
     )
 
 
 @torch.no_grad()
 def evaluate(
-    vae: VAE, x: torch.Tensor, num_samples: int = 1000, batch_size: int = 500
+    vae: VAE,
+    x: torch.Tensor,
+    num_samples: int = 1000,
+    batch_size: int = 500,
+    y: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """Held-out summary in nats per data point (higher ELBO and log p(x) are better).
 
@@ -129,8 +154,8 @@ def evaluate(
     """
     elbos, log_px = [], []
     with _eval_mode(vae):
-        for xb in _batched(x, batch_size):
-            lw = log_weights(vae, xb, num_samples)
+        for xb, yb in _batched(x, batch_size, y):
+            lw = log_weights(vae, xb, num_samples, yb)
             elbos.append(lw.mean(0))
             log_px.append(torch.logsumexp(lw, dim=0) - math.log(num_samples))
     elbo, log_px = torch.cat(elbos).mean().item(), torch.cat(log_px).mean().item()
@@ -140,5 +165,5 @@ def evaluate(
         "elbo": elbo,
         "log_likelihood": log_px,
         "kl_gap": log_px - elbo,
-        "reconstruction_mse": reconstruction_error(vae, x, batch_size).mean().item(),
+        "reconstruction_mse": reconstruction_error(vae, x, batch_size, y).mean().item(),
     }

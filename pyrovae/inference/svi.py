@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 
 import pyro
 import torch
-from pyro.infer import Trace_ELBO
 from tqdm.auto import tqdm
 
 from pyrovae.data import Dataset
@@ -47,6 +46,8 @@ logger = logging.getLogger(__name__)
 #: config keys that decide the shapes in ``state_dict()``: a checkpoint only fits a
 #: VAE built with the same values
 ARCHITECTURE_KEYS = (
+    "model",
+    "num_classes",
     "latent_dim",
     "prior",
     "num_components",
@@ -81,16 +82,20 @@ class SVITrainer:
         self.config = config
         self.num_data = num_data
         elbo = make_elbo(config.elbo, config.num_particles, config.vectorize_particles)
-        self.loss = elbo(vae.model, vae.guide)
+        self.loss = vae.training_loss(elbo)
         self.parameters = list(self.loss.parameters())
         self.optimizer = torch.optim.Adam(self.parameters, lr=config.learning_rate)
 
-    def step(self, x: torch.Tensor, beta: float | None = None) -> torch.Tensor:
-        """One gradient step on minibatch ``x``; returns the (detached) loss, not synced."""
+    def step(self, x: torch.Tensor, beta: float | None = None, **batch: Any) -> torch.Tensor:
+        """One gradient step on minibatch ``x``; returns the (detached) loss, not synced.
+
+        ``batch`` holds further keyword arguments of the loss, e.g. the labels ``y`` of a
+        conditional VAE (see :meth:`pyrovae.VAE.training_batches`).
+        """
         beta = self.config.beta if beta is None else beta
         # per-step validation costs ~0.3 ms; check() validated model, guide and data once
         with pyro.validation_enabled(False):
-            loss = self.loss(x, num_data=self.num_data, beta=beta)
+            loss = self.loss(x, num_data=self.num_data, beta=beta, **batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.config.clip_norm is not None:
@@ -98,16 +103,16 @@ class SVITrainer:
         self.optimizer.step()
         return loss.detach()
 
-    def check(self, x: torch.Tensor) -> None:
+    def check(self, x: torch.Tensor, **batch: Any) -> None:
         """Evaluate the loss once with Pyro's validation on, without stepping.
 
         Catches shape and support errors (e.g. in a user's prior or likelihood) with
         Pyro's messages before training; the epochs then run without per-step
         validation, which costs about 20% of a step (the data were checked once).
+        ``batch`` holds further keyword arguments of the loss (labels).
         """
         with pyro.validation_enabled(True):
-            elbo = Trace_ELBO(max_plate_nesting=1)
-            elbo.loss(self.vae.model, self.vae.guide, x, num_data=self.num_data)
+            self.vae.check_loss({"x": x, **batch}, self.num_data)
 
     def epoch(self, data: Dataset) -> float:
         """One pass over shuffled training minibatches; returns the mean train ELBO per point.
@@ -118,12 +123,22 @@ class SVITrainer:
         self.vae.train()
         total = torch.zeros((), device=self.vae.device)
         steps = 0
-        drop_last = len(data.train) > self.config.batch_size
-        batches = data.batches("train", self.config.batch_size, shuffle=True, drop_last=drop_last)
-        for x in batches:
-            total += self.step(x.to(self.vae.device, non_blocking=True))
+        drop_last = self.num_data > self.config.batch_size
+        # a plain VAE yields {"x": x}; conditional variants add their labels (VAE hooks)
+        batches = self.vae.training_batches(
+            data, self.config.batch_size, shuffle=True, drop_last=drop_last
+        )
+        for batch in batches:
+            total += self.step(**_to_device(batch, self.vae.device))
             steps += 1
         return -total.item() / (steps * self.num_data)
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {
+        k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+        for k, v in batch.items()
+    }
 
 
 def _write_metrics(history: list[dict[str, Any]], path: Path) -> None:
@@ -154,7 +169,11 @@ def check_resumable(workdir: Path, current: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check_compatible(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
-    changed = [k for k in ARCHITECTURE_KEYS if saved.get(k) != current[k]]
+    from pyrovae.config import Config
+
+    # keys added later (model, num_classes) read as their defaults in older checkpoints
+    defaults = Config().to_dict()
+    changed = [k for k in ARCHITECTURE_KEYS if saved.get(k, defaults[k]) != current[k]]
     if changed:
         detail = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed)
         raise CheckpointError(
@@ -205,8 +224,11 @@ def train(
     vae.validate_data(data.train, "training data")
     vae.validate_data(data.test, "held-out data")
     with elbo_context(config.elbo):
-        trainer = SVITrainer(vae, config, num_data=len(data.train))
-        trainer.check(data.train[: config.batch_size].to(vae.device))
+        trainer = SVITrainer(vae, config, num_data=vae.training_size(data))
+        first = next(vae.training_batches(data, config.batch_size, shuffle=False))
+        trainer.check(**_to_device(first, vae.device))
+        # a VAE that conditions on labels is evaluated with the held-out labels
+        test_labels = {"y": data.test_labels} if vae.requires_y else {}
         history: list[dict[str, Any]] = []
         if resume:
             if checkpoint is None:
@@ -229,7 +251,7 @@ def train(
                 refuse_overwrite(workdir)
             pyro.set_rng_seed(config.seed)
         start = len(history)
-        steps = max(1, len(data.train) // config.batch_size)
+        steps = max(1, trainer.num_data // config.batch_size)
         bar = tqdm(
             total=config.num_epochs * steps,
             initial=start * steps,
@@ -248,7 +270,8 @@ def train(
             row = {
                 "epoch": epoch + 1,
                 "train_elbo": train_elbo,
-                "test_elbo": heldout_elbo(vae, data.test, config.eval_batch_size),
+                "test_elbo": heldout_elbo(vae, data.test, config.eval_batch_size, **test_labels),
+                **vae.metrics(data.test, data.test_labels),
                 "beta": config.beta,
                 "seconds": time.perf_counter() - begin,
             }
