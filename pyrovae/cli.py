@@ -119,6 +119,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _add_application_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser):
     """Subcommands of the applications: augment, ..."""
+    from pyrovae.inference.anomaly import SCORES
     from pyrovae.models import DRAWS
 
     def run_parser(name: str, help: str, description: str) -> argparse.ArgumentParser:
@@ -138,6 +139,48 @@ def _add_application_parsers(sub: argparse._SubParsersAction, common: argparse.A
         "--per-class", type=int, required=True, help="items per class", metavar="N"
     )
     augment.add_argument("--output", type=Path, required=True, help="the .npz file to write")
+
+    anomaly = run_parser(
+        "anomaly",
+        "score items as anomalies (negative ELBO, IWAE NLL, reconstruction error, KL)",
+        "Score every item (higher = more anomalous), flag those above a percentile of the "
+        "training items' scores, write a CSV and a histogram figure. With --labels or "
+        "--anomalous, also report ROC-AUC and average precision of every score.",
+    )
+    anomaly.add_argument(
+        "--data", help="the .npy/.npz items to score (default: the run's held-out split)"
+    )
+    group = anomaly.add_mutually_exclusive_group()
+    group.add_argument(
+        "--labels", help=".npy of 0 (normal) / 1 (anomalous), one per --data item: evaluation"
+    )
+    group.add_argument(
+        "--anomalous", help=".npy/.npz of known anomalies, scored after --data: evaluation"
+    )
+    anomaly.add_argument(
+        "--score", choices=SCORES, default="neg-elbo", help="the score to threshold"
+    )
+    anomaly.add_argument(
+        "--percentile",
+        type=float,
+        default=99.0,
+        help="threshold = this percentile of the training items' scores (default 99)",
+    )
+    anomaly.add_argument(
+        "-k", "--num-samples", type=int, default=100, help="guide samples per item (default 100)"
+    )
+    anomaly.add_argument(
+        "--reference-size",
+        type=int,
+        default=5000,
+        help="training items scored for the threshold (the first N; default 5000)",
+    )
+    anomaly.add_argument("--batch-size", type=int, default=500, help="items per batch")
+    anomaly.add_argument(
+        "--output",
+        type=Path,
+        help="the CSV to write (default: RUN/anomaly_scores.csv); the figure gets its stem",
+    )
     augment.add_argument(
         "--draw",
         choices=DRAWS,
@@ -189,9 +232,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import pyro
-    import torch
 
-    from pyrovae.data import load_dataset
     from pyrovae.inference.evaluation import evaluate
     from pyrovae.run import load_data, load_run
 
@@ -200,13 +241,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     vae, config, _ = load_run(args.run, args.device)
     pyro.set_rng_seed(args.seed)
     if args.data:
-        # every item of the file; a dynamic binarization is drawn once, as for a test set
-        binarize = "static" if config.binarize == "dynamic" else config.binarize
-        data = load_dataset(path=args.data, binarize=binarize, seed=config.seed)
-        x = torch.cat([data.train, data.test])
-        y = None
-        if data.train_labels is not None and data.test_labels is not None:
-            y = torch.cat([data.train_labels, data.test_labels])
+        x, y = _load_items(args.data, config)
     else:
         data = load_data(config, vae.device)
         x, y = data.test, data.test_labels
@@ -223,6 +258,22 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         (args.run / "evaluation.json").write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
     return 0
+
+
+def _load_items(path: str | Path, config: Config):
+    """Every item of a .npy/.npz file (and its labels, if it has them), as a run scores them."""
+    import torch
+
+    from pyrovae.data import load_dataset
+
+    # a dynamic binarization is drawn once, as for a test set
+    binarize = "static" if config.binarize == "dynamic" else config.binarize
+    data = load_dataset(path=path, binarize=binarize, seed=config.seed)
+    x = torch.cat([data.train, data.test])
+    y = None
+    if data.train_labels is not None and data.test_labels is not None:
+        y = torch.cat([data.train_labels, data.test_labels])
+    return x, y
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
@@ -291,11 +342,120 @@ def _cmd_augment(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_anomaly(args: argparse.Namespace) -> int:
+    import csv
+
+    import matplotlib
+    import pyro
+    import torch
+
+    from pyrovae.inference import anomaly
+    from pyrovae.run import load_data, load_run, save_figure
+
+    matplotlib.use("Agg")
+    if args.num_samples < 1 or args.batch_size < 1 or args.reference_size < 1:
+        raise ConfigError("-k/--num-samples, --batch-size and --reference-size must be >= 1")
+    if not 0.0 <= args.percentile <= 100.0:
+        raise ConfigError(f"--percentile must be in [0, 100], got {args.percentile}")
+    output = args.output or (args.run if args.run.is_dir() else args.run.parent) / (
+        "anomaly_scores.csv"
+    )
+    output = _output_file(output, ".csv")
+    vae, config, _ = load_run(args.run, args.device)
+    pyro.set_rng_seed(args.seed)
+    data = load_data(config, vae.device)
+    sources = []
+    if args.data:
+        x, y = _load_items(args.data, config)
+    else:
+        x, y = data.test, data.test_labels
+    sources += [args.data or "held-out"] * len(x)
+    is_anomaly = None
+    if args.labels:
+        is_anomaly = torch.as_tensor(_load_flags(args.labels, len(x)))
+    elif args.anomalous:
+        xa, ya = _load_items(args.anomalous, config)
+        is_anomaly = torch.cat([torch.zeros(len(x)), torch.ones(len(xa))])
+        x = torch.cat([x.to(vae.device), xa.to(vae.device)])
+        y = None if y is None or ya is None else torch.cat([y.to(ya.device), ya])
+        sources += [args.anomalous] * len(xa)
+    x = x.to(vae.device)
+    vae.validate_data(x, "the items to score")
+    labels: dict = {}
+    reference_labels: dict = {}
+    reference = data.train[: args.reference_size]
+    if vae.requires_y:
+        vae.validate_labels(y, len(x), "the class labels of the items to score")
+        labels = {"y": y.to(vae.device)}
+        reference_labels = {"y": data.train_labels[: args.reference_size]}
+    options = {"num_samples": args.num_samples, "batch_size": args.batch_size}
+    scores = anomaly.anomaly_scores(vae, x, **options, **labels)
+    reference_scores = anomaly.anomaly_scores(vae, reference, **options, **reference_labels)
+    thresholds = {
+        name: anomaly.threshold(values, args.percentile)
+        for name, values in reference_scores.items()
+    }
+    flagged = scores[args.score] > thresholds[args.score]
+    with output.open("w", newline="") as file:
+        writer = csv.writer(file)
+        names = list(scores)
+        writer.writerow(
+            [
+                "item",
+                "source",
+                *(["anomalous"] if is_anomaly is not None else []),
+                *names,
+                f"flagged_by_{args.score}",
+            ]
+        )
+        for i in range(len(x)):
+            known = [int(is_anomaly[i])] if is_anomaly is not None else []
+            values = [f"{float(scores[n][i]):.6g}" for n in names]
+            writer.writerow([i, sources[i], *known, *values, int(flagged[i])])
+    figure = output.with_suffix(".png")
+    save_figure(anomaly.score_histograms(scores, is_anomaly, thresholds), figure)
+    summary = {
+        "score": args.score,
+        "percentile": args.percentile,
+        "threshold": thresholds[args.score],
+        "num_items": len(x),
+        "num_flagged": int(flagged.sum()),
+        "reference_items": len(reference),
+        "num_samples": args.num_samples,
+        "csv": str(output),
+        "figure": str(figure),
+    }
+    if is_anomaly is not None:
+        summary["detection"] = anomaly.detection_metrics(scores, is_anomaly)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _load_flags(path: str, num_items: int) -> np.ndarray:
+    from pyrovae.errors import DataError
+
+    try:
+        flags = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise DataError(
+            f"cannot read --labels {path}: {e}; save 0/1 flags with numpy.save"
+        ) from None
+    if not isinstance(flags, np.ndarray) or flags.shape != (num_items,):
+        raise DataError(
+            f"--labels {path} must hold one 0/1 flag per item ({num_items}), got shape "
+            f"{getattr(flags, 'shape', None)}"
+        )
+    if not np.isin(flags, (0, 1)).all():
+        raise DataError(f"--labels {path} must hold 0 (normal) and 1 (anomalous) only")
+    return flags.astype(np.int64)
+
+
 COMMANDS = {
     "train": _cmd_train,
     "evaluate": _cmd_evaluate,
     "sample": _cmd_sample,
     "augment": _cmd_augment,
+    "anomaly": _cmd_anomaly,
 }
 
 

@@ -15,6 +15,8 @@ from pyrovae.data import DEBIAN_FASHION_MNIST
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = ["svi_step", "svi_epoch"]
+#: benchmarks of the applications: a --quick run on the digits prints their table
+APPLICATION_BENCHMARKS = {"anomaly": ["experiment", "score", "ROC-AUC"]}
 
 
 @pytest.fixture
@@ -38,7 +40,17 @@ def parse_table(text: str) -> tuple[list[str], list[list[str]]]:
 
 def test_every_benchmark_is_tested():
     scripts = {p.stem for p in (ROOT / "benchmarks").glob("*.py")} - {"__init__", "common"}
-    assert scripts == set(BENCHMARKS)
+    assert scripts == set(BENCHMARKS) | set(APPLICATION_BENCHMARKS)
+
+
+@pytest.mark.parametrize("name", APPLICATION_BENCHMARKS)
+def test_quick_application_benchmark_prints_its_table(name, import_benchmark, tmp_path, capsys):
+    assert import_benchmark(name).main(["--quick", "--markdown", str(tmp_path / "t.md")]) == 0
+    out = capsys.readouterr().out
+    header, rows = parse_table(out)
+    assert header[: len(APPLICATION_BENCHMARKS[name])] == APPLICATION_BENCHMARKS[name]
+    assert rows and all(len(row) == len(header) for row in rows)
+    assert (tmp_path / "t.md").read_text() in out
 
 
 @pytest.mark.parametrize("name", BENCHMARKS)

@@ -19,6 +19,7 @@ CLI_TESTED = {
     "evaluate": "test_evaluate",
     "sample": "test_sample",
     "augment": "test_augment",
+    "anomaly": "test_anomaly",
 }
 TINY = ["--num-epochs", "2", "--num-eval-samples", "8", "--no-progress", "-q"]
 
@@ -100,6 +101,68 @@ def test_augment(cvae_run, tmp_path, capsys):
     # the file is a labelled data set pyrovae reads
     code, _, err = run_cli(["evaluate", cvae_run, "--data", output, "-k", "2"], capsys)
     assert code == 0, err
+
+
+def test_anomaly(trained_run, tmp_path, capsys):
+    import json
+
+    normal = _save(tmp_path / "normal.npy", np.full((12, 1, 8, 8), 0.1, dtype=np.float32))
+    odd = _save(tmp_path / "odd.npy", np.full((5, 1, 8, 8), 0.9, dtype=np.float32))
+    output = tmp_path / "out" / "scores.csv"
+    argv = ["anomaly", trained_run, "--data", normal, "--anomalous", odd, "-k", "4"]
+    code, out, err = run_cli([*argv, "--output", output, "--score", "kl"], capsys)
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["num_items"] == 17 and set(summary["detection"]) == {
+        "neg-elbo",
+        "iwae-nll",
+        "reconstruction",
+        "kl",
+    }
+    lines = output.read_text().splitlines()
+    assert lines[0].startswith("item,source,anomalous,neg-elbo") and len(lines) == 18
+    assert output.with_suffix(".png").stat().st_size > 0
+    flags = _save(tmp_path / "flags.npy", np.array([0, 1] * 6))
+    code, out, err = run_cli(
+        [
+            "anomaly",
+            trained_run,
+            "--data",
+            normal,
+            "--labels",
+            flags,
+            "-k",
+            "2",
+            "--percentile",
+            "50",
+            "--output",
+            output,
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    summary = json.loads(out)
+    # 12 identical items: the deterministic reconstruction error cannot rank them
+    assert summary["detection"]["reconstruction"]["roc_auc"] == 0.5
+    # the default: the run's held-out items, written into the run folder
+    code, out, err = run_cli(["anomaly", trained_run, "-k", "2"], capsys)
+    assert code == 0 and (trained_run / "anomaly_scores.csv").exists(), err
+
+
+@pytest.mark.parametrize(
+    "argv, phrase",
+    [
+        (["anomaly", "RUN", "--percentile", "120"], "--percentile must be in [0, 100]"),
+        (["anomaly", "RUN", "--labels", "FLAGS"], "one 0/1 flag per item"),
+        (["anomaly", "RUN", "-k", "0"], "must be >= 1"),
+        (["anomaly", "RUN", "--output", "x.txt"], "must end in .csv"),
+    ],
+)
+def test_anomaly_errors_exit_2(argv, phrase, trained_run, tmp_path, capsys):
+    flags = _save(tmp_path / "flags.npy", np.array([0, 1, 1]))
+    paths = {"RUN": trained_run, "FLAGS": flags}
+    code, _, err = run_cli([paths.get(a, a) for a in argv], capsys)
+    assert code == 2 and phrase in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize(

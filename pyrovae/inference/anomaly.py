@@ -1,0 +1,197 @@
+r"""Anomaly and out-of-distribution detection with a trained VAE: per-item scores.
+
+A VAE trained on normal data gives every item a score; higher is more anomalous. From one
+pass of ``K`` guide samples :math:`z_k \sim q(z \mid x)` with log weights
+:math:`\log w_k = \log p(x \mid z_k) + \log p(z_k) - \log q(z_k \mid x)`:
+
+.. math::
+
+    \mathrm{neg\text{-}elbo}(x) &= -\frac{1}{K}\sum_k \log w_k, \qquad
+    \mathrm{iwae\text{-}nll}(x) = -\log \frac{1}{K}\sum_k w_k \;(\ge -\log p(x)
+        \text{ in expectation}),\\
+    \mathrm{kl}(x) &= \frac{1}{K}\sum_k \log q(z_k \mid x) - \log p(z_k)
+        \approx \mathrm{KL}(q(z \mid x) \,\|\, p(z)),
+
+and ``reconstruction`` is the mean squared error of the reconstruction
+:math:`E[x \mid z = \mu_\phi(x)]`. A threshold is a chosen percentile of the scores of
+the training (normal) data; items above it are flagged. With labelled normal and
+anomalous items, :func:`detection_metrics` reports the area under the ROC curve and the
+average precision of every score (scikit-learn).
+
+References
+----------
+- An & Cho (2015), Variational Autoencoder based Anomaly Detection using Reconstruction
+  Probability.
+- Nalisnick, Matsukawa, Teh, Gorur & Lakshminarayanan (2019), Do Deep Generative Models
+  Know What They Don't Know?
+- Burda, Grosse & Salakhutdinov (2016), Importance Weighted Autoencoders.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyro
+import torch
+from pyro import poutine
+from pyro.poutine.util import site_is_subsample
+
+from pyrovae.errors import ConfigError, DataError
+from pyrovae.inference.evaluation import _batched, _eval_mode, reconstruction_error
+from pyrovae.vae import VAE
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = [
+    "SCORES",
+    "anomaly_scores",
+    "detection_metrics",
+    "score_histograms",
+    "threshold",
+]
+
+#: every score, higher = more anomalous
+SCORES = ("neg-elbo", "iwae-nll", "reconstruction", "kl")
+
+
+@torch.no_grad()
+def _elbo_terms(
+    vae: VAE, x: torch.Tensor, num_samples: int, y: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(log p(x | z_k), log p(z_k) - log q(z_k | x))``, each of shape ``(K, len(x))``."""
+    labels = {} if y is None else {"y": y}
+    with pyro.plate("particles", num_samples, dim=-2):
+        guide_trace = poutine.trace(vae.guide).get_trace(x, **labels)
+        model_trace = poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(
+            x, **labels
+        )
+    model_trace.compute_log_prob()
+    guide_trace.compute_log_prob()
+    log_lik = torch.zeros(num_samples, len(x), device=x.device)
+    log_ratio = torch.zeros_like(log_lik)
+    for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
+        for name, site in trace.nodes.items():
+            if site["type"] != "sample" or site_is_subsample(site):
+                continue
+            target = log_lik if name == "x" else log_ratio  # "x" is every model's likelihood
+            target += sign * site["unscaled_log_prob"].expand(num_samples, len(x))
+    return log_lik, log_ratio
+
+
+@torch.no_grad()
+def anomaly_scores(
+    vae: VAE,
+    x: torch.Tensor,
+    *,
+    num_samples: int = 100,
+    batch_size: int = 500,
+    y: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """Every score of :data:`SCORES` for each item of ``x`` (higher = more anomalous).
+
+    Parameters
+    ----------
+    vae : VAE
+        A trained VAE (its guide gives :math:`q(z \\mid x)`).
+    x : torch.Tensor
+        Items of shape ``(N, *event_shape)``.
+    num_samples : int
+        :math:`K`, guide samples per item for ``neg-elbo``, ``iwae-nll`` and ``kl``.
+    batch_size : int
+        Items per pass.
+    y : torch.Tensor, optional
+        Labels, for a VAE that conditions on them (scores are then of :math:`p(x \\mid y)`).
+
+    Returns
+    -------
+    dict of str to torch.Tensor
+        Score name -> shape ``(N,)`` tensor, in nats (``reconstruction``: squared error
+        per pixel).
+    """
+    if num_samples < 1 or batch_size < 1:
+        raise ConfigError("num_samples and batch_size must be >= 1")
+    chunk = max(1, min(batch_size, 2**24 // max(1, num_samples * math.prod(x.shape[1:]))))
+    parts: dict[str, list[torch.Tensor]] = {name: [] for name in SCORES}
+    with _eval_mode(vae):
+        for xb, yb in _batched(x, chunk, y):
+            log_lik, log_ratio = _elbo_terms(vae, xb, num_samples, yb)
+            log_w = log_lik + log_ratio
+            parts["neg-elbo"].append(-log_w.mean(0))
+            parts["iwae-nll"].append(math.log(num_samples) - torch.logsumexp(log_w, 0))
+            parts["kl"].append(-log_ratio.mean(0))
+        parts["reconstruction"] = [reconstruction_error(vae, x, batch_size, y)]
+    return {name: torch.cat(values) for name, values in parts.items()}
+
+
+def threshold(reference: torch.Tensor | np.ndarray, percentile: float = 99.0) -> float:
+    """The ``percentile`` of the reference (normal, training) scores: items scoring above
+    it are flagged, so about ``100 - percentile`` % of normal items are false alarms."""
+    if not 0.0 <= percentile <= 100.0:
+        raise ConfigError(f"percentile must be in [0, 100], got {percentile}")
+    reference = np.asarray(torch.as_tensor(reference).cpu())
+    if reference.size == 0:
+        raise DataError("no reference scores to take a percentile of")
+    return float(np.percentile(reference, percentile))
+
+
+def detection_metrics(
+    scores: dict[str, torch.Tensor], is_anomaly: torch.Tensor | np.ndarray
+) -> dict[str, dict[str, float]]:
+    """ROC-AUC and average precision of each score, anomalies being the positive class.
+
+    ``sklearn.metrics.roc_auc_score`` (0.5 = chance, 1 = every anomaly scores above every
+    normal item) and ``average_precision_score`` (chance = the share of anomalies).
+    """
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    labels = np.asarray(torch.as_tensor(is_anomaly).cpu()).astype(int)
+    if labels.ndim != 1 or set(np.unique(labels)) != {0, 1}:
+        raise DataError(
+            "anomaly labels must be 0 (normal) and 1 (anomalous), one per item, and both "
+            "kinds must occur"
+        )
+    results = {}
+    for name, values in scores.items():
+        values = np.asarray(values.cpu(), dtype=np.float64)
+        if len(values) != len(labels):
+            raise DataError(f"{len(labels)} anomaly labels for {len(values)} scored items")
+        results[name] = {
+            "roc_auc": float(roc_auc_score(labels, values)),
+            "average_precision": float(average_precision_score(labels, values)),
+        }
+    return results
+
+
+def score_histograms(
+    scores: dict[str, torch.Tensor],
+    is_anomaly: torch.Tensor | np.ndarray | None = None,
+    thresholds: dict[str, float] | None = None,
+    names: Sequence[str] | None = None,
+) -> Figure:
+    """One histogram panel per score: normal and anomalous items (when labelled) overlaid,
+    with the threshold as a vertical line."""
+    from matplotlib.figure import Figure
+
+    names = list(names or scores)
+    fig = Figure(figsize=(4 * len(names), 3.2))
+    axes = fig.subplots(1, len(names), squeeze=False)[0]
+    labels = None if is_anomaly is None else np.asarray(torch.as_tensor(is_anomaly).cpu())
+    for ax, name in zip(axes, names):
+        values = np.asarray(scores[name].cpu(), dtype=np.float64)
+        bins = np.histogram_bin_edges(values, bins=40)
+        if labels is None:
+            ax.hist(values, bins=bins, alpha=0.7, label="items")
+        else:
+            ax.hist(values[labels == 0], bins=bins, alpha=0.6, density=True, label="normal")
+            ax.hist(values[labels == 1], bins=bins, alpha=0.6, density=True, label="anomalous")
+        if thresholds and name in thresholds:
+            ax.axvline(thresholds[name], color="k", linestyle="--", label="threshold")
+        ax.set_xlabel(name)
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("density" if labels is not None else "count")
+    fig.tight_layout()
+    return fig
