@@ -140,6 +140,47 @@ def _add_application_parsers(sub: argparse._SubParsersAction, common: argparse.A
     )
     augment.add_argument("--output", type=Path, required=True, help="the .npz file to write")
 
+    def items_parser(name: str, help: str, description: str) -> argparse.ArgumentParser:
+        parser = run_parser(name, help, description)
+        parser.add_argument(
+            "--data", help="take the items from this .npy/.npz file (default: the held-out split)"
+        )
+        parser.add_argument("--output", type=Path, help="output folder (default: the run folder)")
+        return parser
+
+    interpolate = items_parser(
+        "interpolate",
+        "decode the path between two items' latent means",
+        "Linear (or spherical, --slerp) interpolation between the posterior means of two "
+        "items; writes interpolation.png and interpolation.npy.",
+    )
+    interpolate.add_argument(
+        "--items", type=int, nargs=2, required=True, metavar=("I", "J"), help="item indices"
+    )
+    interpolate.add_argument("--slerp", action="store_true", help="spherical interpolation")
+    interpolate.add_argument("--steps", type=int, default=10, help="points on the path (10)")
+
+    traverse = items_parser(
+        "traverse",
+        "vary each latent dimension around an item",
+        "Decode the item's posterior mean with one latent coordinate at a time swept over "
+        "[-span, span]; one row per dimension; writes traversal.png and traversal.npy.",
+    )
+    traverse.add_argument("--item", type=int, default=0, help="item index (default 0)")
+    traverse.add_argument("--dims", type=int, nargs="+", help="latent dimensions (default: all)")
+    traverse.add_argument("--span", type=float, default=3.0, help="sweep -span..span (3)")
+    traverse.add_argument("--steps", type=int, default=9, help="values per dimension (9)")
+
+    arithmetic = items_parser(
+        "arithmetic",
+        "decode mu(a) - mu(b) + mu(c)",
+        "Latent arithmetic on posterior means: decode mu(a) - mu(b) + mu(c); writes "
+        "arithmetic.png (a, b, c, result).",
+    )
+    arithmetic.add_argument(
+        "--items", type=int, nargs=3, required=True, metavar=("A", "B", "C"), help="indices"
+    )
+
     anomaly = run_parser(
         "anomaly",
         "score items as anomalies (negative ELBO, IWAE NLL, reconstruction error, KL)",
@@ -431,6 +472,76 @@ def _cmd_anomaly(args: argparse.Namespace) -> int:
     return 0
 
 
+def _latent_items(args: argparse.Namespace, indices: Sequence[int]):
+    """The run's VAE and the chosen items (of --data, or of the held-out split)."""
+    import pyro
+
+    from pyrovae.run import load_data, load_run
+
+    vae, config, _ = load_run(args.run, args.device)
+    pyro.set_rng_seed(args.seed)
+    x = _load_items(args.data, config)[0] if args.data else load_data(config, vae.device).test
+    bad = [i for i in indices if not -len(x) <= i < len(x)]
+    if bad:
+        raise ConfigError(f"item index {bad[0]} is out of range: there are {len(x)} items")
+    out = args.output or (args.run if args.run.is_dir() else args.run.parent)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--output {out} is a file; give a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    return vae, x[list(indices)].to(vae.device), out
+
+
+def _save_images(images, out: Path, name: str, figure) -> None:
+    import matplotlib
+
+    from pyrovae.run import save_figure
+
+    matplotlib.use("Agg")
+    np.save(out / f"{name}.npy", images.cpu().numpy())
+    save_figure(figure, out / f"{name}.png")
+    print(f"wrote {out / (name + '.png')} and {out / (name + '.npy')} ({tuple(images.shape)})")
+
+
+def _cmd_interpolate(args: argparse.Namespace) -> int:
+    import torch
+
+    from pyrovae.inference import latent_ops
+
+    vae, x, out = _latent_items(args, args.items)
+    method = "slerp" if args.slerp else "lerp"
+    path = latent_ops.interpolate(vae, x[0], x[1], args.steps, method)
+    rows = torch.cat([x[:1], path, x[1:]])[None]  # input, decoded path, input
+    title = f"{method}: item {args.items[0]}, decoded path, item {args.items[1]}"
+    _save_images(path, out, "interpolation", latent_ops.path_figure(rows, title))
+    return 0
+
+
+def _cmd_traverse(args: argparse.Namespace) -> int:
+    from pyrovae.inference import latent_ops
+
+    vae, x, out = _latent_items(args, [args.item])
+    grid = latent_ops.traverse(vae, x[0], args.dims, args.span, args.steps)
+    dims = args.dims or list(range(vae.latent_dim))
+    title = f"item {args.item}: rows vary z{dims} over [-{args.span}, {args.span}]"
+    _save_images(grid, out, "traversal", latent_ops.path_figure(grid, title))
+    return 0
+
+
+def _cmd_arithmetic(args: argparse.Namespace) -> int:
+    import torch
+
+    from pyrovae.inference import latent_ops
+
+    vae, x, out = _latent_items(args, args.items)
+    result = latent_ops.latent_arithmetic(vae, x[0], x[1], x[2])
+    a, b, c = args.items
+    figure = latent_ops.path_figure(
+        torch.cat([x, result[None]])[None], f"mu({a}) - mu({b}) + mu({c}): a, b, c, result"
+    )
+    _save_images(result[None], out, "arithmetic", figure)
+    return 0
+
+
 def _load_flags(path: str, num_items: int) -> np.ndarray:
     from pyrovae.errors import DataError
 
@@ -456,6 +567,9 @@ COMMANDS = {
     "sample": _cmd_sample,
     "augment": _cmd_augment,
     "anomaly": _cmd_anomaly,
+    "interpolate": _cmd_interpolate,
+    "traverse": _cmd_traverse,
+    "arithmetic": _cmd_arithmetic,
 }
 
 

@@ -22,6 +22,14 @@ from pyrovae.inference.anomaly import (
     score_histograms,
     threshold,
 )
+from pyrovae.inference.latent_ops import (
+    INTERPOLATIONS,
+    interpolate,
+    latent_arithmetic,
+    lerp,
+    slerp,
+    traverse,
+)
 from pyrovae.vae import VAE
 
 
@@ -99,3 +107,55 @@ def test_threshold_is_a_percentile_of_the_reference(vae, digits):
     with pytest.raises(DataError, match="both kinds"):
         detection_metrics({"kl": reference}, torch.zeros(len(reference)))
     assert math.isfinite(cut)
+
+
+# -- latent-space operations ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["lerp", "slerp"])
+def test_interpolation_ends_decode_to_the_reconstructions(vae, digits, method):
+    x0, x1 = digits.test[0], digits.test[7]
+    path = interpolate(vae, x0, x1, steps=6, method=method)
+    assert path.shape == (6, 1, 8, 8)
+    ends = vae.reconstruct(torch.stack([x0, x1]))
+    # the path's ends are the means themselves (exactly); only the batch size of the
+    # decoder's matrix products differs, so the images agree to float32 rounding
+    torch.testing.assert_close(path[[0, -1]], ends, rtol=1e-6, atol=1e-6)
+    z = vae.encode(torch.stack([x0, x1]))[0]
+    path_z = INTERPOLATIONS[method](z[0], z[1], 6)
+    assert torch.equal(path_z[0], z[0]) and torch.equal(path_z[-1], z[1])
+
+
+def test_slerp_follows_the_great_circle():
+    """Between orthogonal unit vectors the arc is (cos(t pi/2), sin(t pi/2))."""
+    t = torch.linspace(0, 1, 5)
+    expected = torch.stack([torch.cos(t * torch.pi / 2), torch.sin(t * torch.pi / 2)], -1)
+    torch.testing.assert_close(
+        slerp(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]), 5), expected
+    )
+    torch.testing.assert_close(lerp(torch.zeros(2), torch.ones(2), 3)[1], torch.full((2,), 0.5))
+    # parallel codes: the arc is undefined, slerp falls back to the straight line
+    a = torch.tensor([1.0, 2.0])
+    torch.testing.assert_close(slerp(a, 2 * a, 3), lerp(a, 2 * a, 3))
+
+
+def test_traversal_varies_one_coordinate(vae, digits):
+    x = digits.test[3]
+    grid = traverse(vae, x, dims=[2, 5], span=2.0, steps=5)
+    assert grid.shape == (2, 5, 1, 8, 8)
+    mu = vae.encode(x[None])[0][0]
+    z = mu.repeat(5, 1)
+    z[:, 5] = torch.linspace(-2, 2, 5)
+    torch.testing.assert_close(grid[1], vae.decode(z))
+    with pytest.raises(ConfigError, match=r"latent dimensions 0\.\.7"):
+        traverse(vae, x, dims=[8])
+
+
+def test_latent_arithmetic(vae, digits):
+    a, b, c = digits.test[:3]
+    # mu(a) - mu(a) + mu(c) = mu(c) exactly
+    torch.testing.assert_close(
+        latent_arithmetic(vae, a, a, c), vae.reconstruct(c[None])[0], rtol=1e-6, atol=1e-6
+    )
+    mu = vae.encode(torch.stack([a, b, c]))[0]
+    torch.testing.assert_close(latent_arithmetic(vae, a, b, c), vae.decode(mu[0] - mu[1] + mu[2]))

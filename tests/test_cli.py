@@ -20,6 +20,9 @@ CLI_TESTED = {
     "sample": "test_sample",
     "augment": "test_augment",
     "anomaly": "test_anomaly",
+    "interpolate": "test_latent_commands",
+    "traverse": "test_latent_commands",
+    "arithmetic": "test_latent_commands",
 }
 TINY = ["--num-epochs", "2", "--num-eval-samples", "8", "--no-progress", "-q"]
 
@@ -150,17 +153,40 @@ def test_anomaly(trained_run, tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
+    "argv, name, shape",
+    [
+        (["interpolate", "--items", "0", "5", "--steps", "4"], "interpolation", (4, 1, 8, 8)),
+        (["interpolate", "--items", "0", "5", "--slerp"], "interpolation", (10, 1, 8, 8)),
+        (
+            ["traverse", "--item", "2", "--dims", "0", "3", "--steps", "5"],
+            "traversal",
+            (2, 5, 1, 8, 8),
+        ),
+        (["arithmetic", "--items", "0", "1", "2"], "arithmetic", (1, 1, 8, 8)),
+    ],
+)
+def test_latent_commands(argv, name, shape, trained_run, tmp_path, capsys):
+    code, _, err = run_cli([argv[0], trained_run, *argv[1:], "--output", tmp_path], capsys)
+    assert code == 0, err
+    assert np.load(tmp_path / f"{name}.npy").shape == shape
+    assert (tmp_path / f"{name}.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize(
     "argv, phrase",
     [
+        (["interpolate", "RUN", "--items", "0", "360"], "out of range: there are 360 items"),
+        (["interpolate", "CVAE", "--items", "0", "1"], "conditions on labels"),
+        (["traverse", "RUN", "--span", "0"], "span > 0"),
         (["anomaly", "RUN", "--percentile", "120"], "--percentile must be in [0, 100]"),
         (["anomaly", "RUN", "--labels", "FLAGS"], "one 0/1 flag per item"),
         (["anomaly", "RUN", "-k", "0"], "must be >= 1"),
         (["anomaly", "RUN", "--output", "x.txt"], "must end in .csv"),
     ],
 )
-def test_anomaly_errors_exit_2(argv, phrase, trained_run, tmp_path, capsys):
+def test_application_errors_exit_2(argv, phrase, trained_run, cvae_run, tmp_path, capsys):
     flags = _save(tmp_path / "flags.npy", np.array([0, 1, 1]))
-    paths = {"RUN": trained_run, "FLAGS": flags}
+    paths = {"RUN": trained_run, "CVAE": cvae_run, "FLAGS": flags}
     code, _, err = run_cli([paths.get(a, a) for a in argv], capsys)
     assert code == 2 and phrase in err and "Traceback" not in err
 
