@@ -120,6 +120,7 @@ def _parser() -> argparse.ArgumentParser:
 def _add_application_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser):
     """Subcommands of the applications: augment, ..."""
     from pyrovae.inference.anomaly import SCORES
+    from pyrovae.inference.inpainting import CORRUPTIONS, MASKS
     from pyrovae.models import DRAWS
 
     def run_parser(name: str, help: str, description: str) -> argparse.ArgumentParser:
@@ -180,6 +181,35 @@ def _add_application_parsers(sub: argparse._SubParsersAction, common: argparse.A
     arithmetic.add_argument(
         "--items", type=int, nargs=3, required=True, metavar=("A", "B", "C"), help="indices"
     )
+
+    inpaint = items_parser(
+        "inpaint",
+        "fill in missing pixels from the posterior (masked likelihood)",
+        "Hide pixels of the held-out items (or --data), condition on the observed ones only "
+        "and fill in the missing ones by importance sampling; prints the error on the missing "
+        "pixels next to the mean-image baseline; writes inpainting.png and inpainting.npy.",
+    )
+    inpaint.add_argument("--mask", choices=MASKS.names(), default="center", help="(center)")
+    inpaint.add_argument(
+        "--fraction", type=float, default=0.5, help="missing share for --mask random (0.5)"
+    )
+    inpaint.add_argument(
+        "-k", "--num-samples", type=int, default=100, help="importance samples (100)"
+    )
+    inpaint.add_argument("--rounds", type=int, default=3, help="importance-sampling rounds (3)")
+    inpaint.add_argument("--show", type=int, default=8, help="items in the figure (8)")
+
+    denoise = items_parser(
+        "denoise",
+        "reconstruct corrupted items",
+        "Corrupt the held-out items (or --data) and reconstruct them; prints the error of the "
+        "corrupted and of the denoised items; writes denoising.png and denoising.npy.",
+    )
+    denoise.add_argument("--noise", choices=CORRUPTIONS.names(), default="flip", help="(flip)")
+    denoise.add_argument(
+        "--level", type=float, default=0.1, help="flip probability or Gaussian sd (0.1)"
+    )
+    denoise.add_argument("--show", type=int, default=8, help="items in the figure (8)")
 
     anomaly = run_parser(
         "anomaly",
@@ -472,23 +502,31 @@ def _cmd_anomaly(args: argparse.Namespace) -> int:
     return 0
 
 
-def _latent_items(args: argparse.Namespace, indices: Sequence[int]):
-    """The run's VAE and the chosen items (of --data, or of the held-out split)."""
+def _run_items(args: argparse.Namespace):
+    """The run's VAE, its data, the items to work on (--data, or the held-out split) and the
+    output folder."""
     import pyro
 
     from pyrovae.run import load_data, load_run
 
     vae, config, _ = load_run(args.run, args.device)
     pyro.set_rng_seed(args.seed)
-    x = _load_items(args.data, config)[0] if args.data else load_data(config, vae.device).test
-    bad = [i for i in indices if not -len(x) <= i < len(x)]
-    if bad:
-        raise ConfigError(f"item index {bad[0]} is out of range: there are {len(x)} items")
+    data = load_data(config, vae.device)
+    x = _load_items(args.data, config)[0].to(vae.device) if args.data else data.test
     out = args.output or (args.run if args.run.is_dir() else args.run.parent)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--output {out} is a file; give a folder")
     out.mkdir(parents=True, exist_ok=True)
-    return vae, x[list(indices)].to(vae.device), out
+    return vae, data, x, out
+
+
+def _latent_items(args: argparse.Namespace, indices: Sequence[int]):
+    """The run's VAE, the chosen items and the output folder."""
+    vae, _, x, out = _run_items(args)
+    bad = [i for i in indices if not -len(x) <= i < len(x)]
+    if bad:
+        raise ConfigError(f"item index {bad[0]} is out of range: there are {len(x)} items")
+    return vae, x[list(indices)], out
 
 
 def _save_images(images, out: Path, name: str, figure) -> None:
@@ -542,6 +580,89 @@ def _cmd_arithmetic(args: argparse.Namespace) -> int:
     return 0
 
 
+def _all_items(args: argparse.Namespace):
+    """The run's VAE, its mean training image, every item and the output folder."""
+    if args.show < 1:
+        raise ConfigError(f"--show must be >= 1, got {args.show}")
+    vae, data, x, out = _run_items(args)
+    return vae, data.train.mean(0), x, out
+
+
+def _rows_figure(rows, title: str):
+    import torch
+
+    from pyrovae import plots
+
+    return plots.image_grid(torch.cat(rows), nrow=len(rows[0]), title=title)
+
+
+def _cmd_inpaint(args: argparse.Namespace) -> int:
+    import torch
+
+    from pyrovae.inference import inpainting
+
+    if args.num_samples < 1 or args.rounds < 1:
+        raise ConfigError("-k/--num-samples and --rounds must be >= 1")
+    vae, mean, x, out = _all_items(args)
+    mask = inpainting.make_mask(args.mask, len(x), x.shape[1:], args.fraction, args.seed)
+    mask = mask.to(x.device)
+    completed = inpainting.inpaint(
+        vae, x, mask, fill=mean, num_samples=args.num_samples, rounds=args.rounds
+    )
+    filled = torch.where(mask, x, mean)
+    missing = ~mask
+
+    def error(estimate: torch.Tensor) -> float:
+        return float((estimate - x).pow(2)[missing].mean())
+
+    results = {
+        "mask": args.mask,
+        "num_items": len(x),
+        "missing_fraction": float(missing.float().mean()),
+        "num_samples": args.num_samples,
+        "rounds": args.rounds,
+        "mse_on_missing_pixels": {
+            "inpainting": error(completed),
+            "mean_image": error(filled),
+            "reconstruct_mean_filled": error(torch.where(mask, x, vae.reconstruct(filled))),
+        },
+    }
+    n = min(args.show, len(x))
+    shown = torch.where(mask[:n], x[:n], torch.full_like(x[:n], 0.5))
+    figure = _rows_figure(
+        [shown, completed[:n], x[:n]],
+        f"{args.mask}: masked (grey), inpainted, truth",
+    )
+    _save_images(completed, out, "inpainting", figure)
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+def _cmd_denoise(args: argparse.Namespace) -> int:
+    from pyrovae.inference import inpainting
+
+    vae, _, x, out = _all_items(args)
+    noisy = inpainting.corrupt(x, args.noise, args.level, args.seed)
+    clean = inpainting.denoise(vae, noisy)
+    results = {
+        "noise": args.noise,
+        "level": args.level,
+        "num_items": len(x),
+        "mse": {
+            "corrupted": float((noisy - x).pow(2).mean()),
+            "denoised": float((clean - x).pow(2).mean()),
+            "reconstruction_of_clean": float((vae.reconstruct(x) - x).pow(2).mean()),
+        },
+    }
+    n = min(args.show, len(x))
+    figure = _rows_figure(
+        [x[:n], noisy[:n], clean[:n]], f"{args.noise} {args.level}: clean, noisy, denoised"
+    )
+    _save_images(clean, out, "denoising", figure)
+    print(json.dumps(results, indent=2))
+    return 0
+
+
 def _load_flags(path: str, num_items: int) -> np.ndarray:
     from pyrovae.errors import DataError
 
@@ -570,6 +691,8 @@ COMMANDS = {
     "interpolate": _cmd_interpolate,
     "traverse": _cmd_traverse,
     "arithmetic": _cmd_arithmetic,
+    "inpaint": _cmd_inpaint,
+    "denoise": _cmd_denoise,
 }
 
 

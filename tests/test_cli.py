@@ -23,6 +23,8 @@ CLI_TESTED = {
     "interpolate": "test_latent_commands",
     "traverse": "test_latent_commands",
     "arithmetic": "test_latent_commands",
+    "inpaint": "test_inpaint_and_denoise",
+    "denoise": "test_inpaint_and_denoise",
 }
 TINY = ["--num-epochs", "2", "--num-eval-samples", "8", "--no-progress", "-q"]
 
@@ -173,8 +175,40 @@ def test_latent_commands(argv, name, shape, trained_run, tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
+    "argv, name",
+    [
+        (
+            ["inpaint", "--mask", "random", "--fraction", "0.3", "-k", "4", "--rounds", "1"],
+            "inpainting",
+        ),
+        (["inpaint", "--mask", "half", "-k", "2", "--show", "3"], "inpainting"),
+        (["denoise", "--noise", "gaussian", "--level", "0.2"], "denoising"),
+    ],
+)
+def test_inpaint_and_denoise(argv, name, trained_run, tmp_path, capsys):
+    import json
+
+    code, out, err = run_cli([argv[0], trained_run, *argv[1:], "--output", tmp_path], capsys)
+    assert code == 0, err
+    results = json.loads(out[out.index("{") :])
+    assert results["num_items"] == 360
+    assert np.load(tmp_path / f"{name}.npy").shape == (360, 1, 8, 8)
+    assert (tmp_path / f"{name}.png").stat().st_size > 0
+    if name == "inpainting":
+        assert set(results["mse_on_missing_pixels"]) == {
+            "inpainting",
+            "mean_image",
+            "reconstruct_mean_filled",
+        }
+
+
+@pytest.mark.parametrize(
     "argv, phrase",
     [
+        (["inpaint", "RUN", "--mask", "random", "--fraction", "1.5"], "must be in (0, 1)"),
+        (["inpaint", "CVAE"], "plain VAE run"),
+        (["inpaint", "RUN", "--rounds", "0"], "must be >= 1"),
+        (["denoise", "RUN", "--level", "-1"], "noise level must be > 0"),
         (["interpolate", "RUN", "--items", "0", "360"], "out of range: there are 360 items"),
         (["interpolate", "CVAE", "--items", "0", "1"], "conditions on labels"),
         (["traverse", "RUN", "--span", "0"], "span > 0"),

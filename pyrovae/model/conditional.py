@@ -99,6 +99,7 @@ class ConditionalVAEModel(LocalPyroModule):
         num_data: int | None = None,
         batch_size: int | None = None,
         beta: float = 1.0,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Run the generative story given labels ``y``; with ``x=None`` draw new data.
 
@@ -118,6 +119,8 @@ class ConditionalVAEModel(LocalPyroModule):
             params = self.decoder(join(z, one_hot(y, self.num_classes, z.dtype)))
             likelihood = self.likelihood(params)
             pixel_dims = len(self.event_shape) - len(likelihood.event_shape)
+            if mask is not None:  # observed pixels only: masked ones add nothing to log p
+                likelihood = likelihood.mask(mask)
             pyro.sample("x", likelihood.to_event(pixel_dims), obs=x)
         return params
 

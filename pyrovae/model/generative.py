@@ -93,10 +93,14 @@ class VAEModel(LocalPyroModule):
         num_data: int | None = None,
         batch_size: int | None = None,
         beta: float = 1.0,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Run the generative story; with ``x=None`` draw ``batch_size`` new data points.
+        r"""Run the generative story; with ``x=None`` draw ``batch_size`` new data points.
 
-        Returns the decoder's output (the likelihood's parameters) for the batch.
+        ``mask`` (boolean, broadcastable to ``x``; ``True`` = observed) conditions on the
+        observed pixels only: the likelihood is ``MaskedDistribution``, so
+        :math:`\log p(x_{obs} \mid z)` sums over the observed pixels and the others may hold
+        anything (inpainting). Returns the decoder's output (the likelihood's parameters).
         """
         size = len(x) if x is not None else (batch_size or 1)
         device = x.device if x is not None else self.device
@@ -106,6 +110,8 @@ class VAEModel(LocalPyroModule):
             params = self.decoder(z)
             likelihood = self.likelihood(params)
             pixel_dims = len(self.event_shape) - len(likelihood.event_shape)
+            if mask is not None:  # observed pixels only: masked ones add nothing to log p
+                likelihood = likelihood.mask(mask)
             pyro.sample("x", likelihood.to_event(pixel_dims), obs=x)
         return params
 
