@@ -58,6 +58,12 @@ class Config:
     num_classes: int | None = _field(
         None, "labels of cvae/m2 (default: one more than the largest label in the data)"
     )
+    labels_per_class: int = _field(
+        10, "m2: labelled training items per class (the rest are used without labels)"
+    )
+    alpha: float | None = _field(
+        None, "m2: weight of the classification loss (default: 0.1 * training items)"
+    )
     latent_dim: int = _field(8, "dimension of z")
     prior: str = _field("normal", "prior p(z)", PRIORS)
     num_components: int = _field(10, "components of the mixture prior")
@@ -123,6 +129,10 @@ class Config:
             raise ConfigError(f"clip_norm must be > 0, got {self.clip_norm}")
         if self.num_threads is not None and self.num_threads < 1:
             raise ConfigError(f"num_threads must be >= 1, got {self.num_threads}")
+        if self.labels_per_class < 1:
+            raise ConfigError(f"labels_per_class must be >= 1, got {self.labels_per_class}")
+        if self.alpha is not None and self.alpha < 0:
+            raise ConfigError(f"alpha must be >= 0, got {self.alpha}")
         if self.num_classes is not None and self.num_classes < 2:
             raise ConfigError(f"num_classes must be >= 2, got {self.num_classes}")
         if self.limit is not None and self.limit < 1:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import pyro.distributions as dist
 import torch
 from pyro import poutine
-from pyro.infer import Predictive
+from pyro.infer import ELBO, Predictive, Trace_ELBO, TraceEnum_ELBO
 
 from pyrovae.errors import ConfigError, DataError
 from pyrovae.guides.conditional import ConditionalEncoder, ConditionalNormalGuide
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from pyrovae.config import Config
     from pyrovae.data import Dataset
 
-__all__ = ["MODELS", "ConditionalVAE", "build_vae", "check_labels"]
+__all__ = ["MODELS", "ConditionalVAE", "SemiSupervisedVAE", "build_vae", "check_labels"]
 
 #: ``--model``: name -> VAE class with ``from_config(config, event_shape)``
 MODELS: Registry[type[VAE]] = Registry("model")
@@ -210,11 +210,12 @@ class ConditionalVAE(VAE):
     def predictive(
         self,
         x: torch.Tensor,
-        y: torch.Tensor,
+        y: torch.Tensor | None = None,
         num_samples: int = 1,
         return_sites: Sequence[str] = ("z", "x"),
     ) -> dict[str, torch.Tensor]:
-        """Posterior predictive draws ``z ~ q(z | x, y)``, ``x ~ p(x | z, y)``."""
+        """Posterior predictive draws ``z ~ q(z | x, y)``, ``x ~ p(x | z, y)`` (M2 draws
+        ``y ~ q(y | x)`` when no labels are given)."""
         predictive = Predictive(
             poutine.uncondition(self.model),
             guide=self.guide,
@@ -222,7 +223,7 @@ class ConditionalVAE(VAE):
             return_sites=list(return_sites),
             parallel=True,
         )
-        return predictive(x, y)
+        return predictive(x) if y is None else predictive(x, y)
 
     @torch.no_grad()
     def sample(
@@ -274,6 +275,210 @@ class ConditionalVAE(VAE):
 
 #: how :meth:`ConditionalVAE.generate` turns a latent code into an item
 DRAWS = ("mean", "sample")
+
+
+@MODELS.register("m2")
+class SemiSupervisedVAE(ConditionalVAE):
+    r"""The M2 model of semi-supervised learning: :math:`p(y)\,p(z)\,p(x \mid y, z)` with
+    the guide :math:`q(y \mid x)\,q(z \mid x, y)`.
+
+    Trains with the shared SVI loop on a few labelled items per class and the rest of the
+    training set unlabelled (see :mod:`pyrovae.inference.semisupervised` for the
+    objective); the classifier :math:`q(y \mid x)` is the product
+    (:meth:`classify`). ``TraceEnum_ELBO`` sums the class out of the unlabelled ELBO.
+
+    Parameters
+    ----------
+    event_shape, num_classes, latent_dim, prior, likelihood, encoder, decoder, hidden
+        As for :class:`ConditionalVAE`.
+    labels_per_class : int
+        Labelled training items per class; the others are used without their labels.
+    alpha : float, optional
+        Weight of the classification loss; ``None`` is :math:`0.1\,N` (the paper's).
+    label_seed : int
+        Seeds the choice of the labelled items.
+
+    References
+    ----------
+    - Kingma, Rezende, Mohamed & Welling (2014), Semi-Supervised Learning with Deep
+      Generative Models.
+    """
+
+    needs_labels = True
+    requires_y = False
+    model_name = "m2"
+
+    def __init__(
+        self,
+        event_shape: Sequence[int],
+        num_classes: int,
+        *args: Any,
+        labels_per_class: int = 10,
+        alpha: float | None = None,
+        label_seed: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        if labels_per_class < 1:
+            raise ConfigError(f"labels_per_class must be >= 1, got {labels_per_class}")
+        if alpha is not None and alpha < 0:
+            raise ConfigError(f"alpha must be >= 0, got {alpha}")
+        self._hidden = tuple(kwargs.get("hidden", (256, 128)))
+        super().__init__(event_shape, num_classes, *args, **kwargs)
+        self.labels_per_class = labels_per_class
+        self.alpha = alpha
+        self.label_seed = label_seed
+        self.spec.update(labels_per_class=labels_per_class, alpha=alpha)
+
+    def _make_model(self, prior: Prior, decoder: torch.nn.Module, likelihood: Likelihood):
+        from pyrovae.model.semisupervised import SemiSupervisedModel
+
+        return SemiSupervisedModel(prior, decoder, likelihood, self.event_shape, self.num_classes)
+
+    def _make_guide(self, encoder: ConditionalEncoder):
+        from pyrovae.guides.semisupervised import Classifier, SemiSupervisedGuide
+
+        classifier = Classifier(self.event_shape, self.num_classes, self._hidden)
+        return SemiSupervisedGuide(encoder, classifier)
+
+    @classmethod
+    def from_config(cls, config: Config, event_shape: Sequence[int]) -> SemiSupervisedVAE:
+        if config.elbo != "Trace_ELBO":
+            raise ConfigError(
+                "--model m2 trains with TraceEnum_ELBO (it sums the class out of the "
+                f"unlabelled ELBO); drop --elbo {config.elbo}"
+            )
+        if config.num_classes is None:
+            raise ConfigError("--model m2 needs num_classes (fit() reads it from the labels)")
+        return cls(
+            event_shape,
+            config.num_classes,
+            labels_per_class=config.labels_per_class,
+            alpha=config.alpha,
+            label_seed=config.seed,
+            latent_dim=config.latent_dim,
+            prior=config.prior,
+            likelihood=config.likelihood,
+            encoder=config.encoder,
+            decoder=config.decoder,
+            hidden=config.hidden,
+            num_components=config.num_components,
+            scale=config.scale,
+            learn_scale=config.learn_scale,
+        )
+
+    # -- training-loop hooks --
+
+    def _split(self, data: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+        from pyrovae.inference.semisupervised import labeled_subset
+
+        if data.train_labels is None:
+            raise DataError(f"--model m2 needs training labels; {data.name} has none")
+        labeled = labeled_subset(data.train_labels, self.labels_per_class, self.label_seed)
+        unlabeled = torch.ones(len(data.train), dtype=torch.bool)
+        unlabeled[labeled] = False
+        return labeled.to(data.train.device), unlabeled.nonzero().flatten().to(data.train.device)
+
+    def training_size(self, data: Dataset) -> int:
+        """The unlabelled items: the ``N`` of the unlabelled ELBO's plate."""
+        return len(self._split(data)[1])
+
+    def training_loss(self, elbo: ELBO) -> torch.nn.Module:
+        """:math:`-\\mathcal{J}^\\alpha` with ``TraceEnum_ELBO`` (the particles of ``elbo``)."""
+        from pyrovae.inference.semisupervised import SemiSupervisedLoss
+
+        particles = {
+            "max_plate_nesting": 1,
+            "num_particles": elbo.num_particles,
+            "vectorize_particles": elbo.vectorize_particles,
+        }
+        return SemiSupervisedLoss(
+            TraceEnum_ELBO(**particles)(self.model, self.guide),
+            Trace_ELBO(**particles)(self.model, self.guide),
+            self.guide.classifier,
+            self.alpha,
+        )
+
+    def training_batches(
+        self, data: Dataset, batch_size: int, *, shuffle: bool = True, drop_last: bool = False
+    ) -> Iterator[dict[str, Any]]:
+        """One pass over the unlabelled items; each minibatch comes with a labelled one of
+        the same size (or all labelled items, if fewer), cycling through them."""
+        labeled, unlabeled = self._split(data)
+        device = data.train.device
+
+        def order(n: int) -> torch.Tensor:
+            return (torch.randperm(n) if shuffle else torch.arange(n)).to(device)
+
+        unlabeled = unlabeled[order(len(unlabeled))]
+        stop = len(unlabeled) - len(unlabeled) % batch_size if drop_last else len(unlabeled)
+        size = min(batch_size, len(labeled))
+        queue = labeled[order(len(labeled))]
+        for start in range(0, stop, batch_size):
+            if len(queue) < size:
+                queue = torch.cat([queue, labeled[order(len(labeled))]])
+            take, queue = queue[:size], queue[size:]
+            x, xl = data.train[unlabeled[start : start + batch_size]], data.train[take]
+            if data.binarize == "dynamic":
+                x, xl = torch.bernoulli(x), torch.bernoulli(xl)
+            yield {
+                "x": x,
+                "x_labeled": xl,
+                "y_labeled": data.train_labels[take],
+                "num_labeled": len(labeled),
+            }
+
+    def check_loss(self, batch: dict[str, Any], num_data: int) -> None:
+        TraceEnum_ELBO(max_plate_nesting=1).loss(
+            self.model, self.guide, batch["x"], num_data=num_data
+        )
+        Trace_ELBO(max_plate_nesting=1).loss(
+            self.model,
+            self.guide,
+            batch["x_labeled"],
+            batch["y_labeled"],
+            num_data=batch["num_labeled"],
+        )
+
+    def metrics(self, x: torch.Tensor, y: torch.Tensor | None) -> dict[str, float]:
+        """The classifier's held-out accuracy (when the held-out items have labels)."""
+        if y is None:
+            return {}
+        return {"accuracy": float((self.predict(x) == y.to(x.device)).float().mean())}
+
+    # -- the classifier and label-free operations --
+
+    @torch.no_grad()
+    def classify(self, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+        r"""Class probabilities :math:`q(y \mid x)`, shape ``(N, num_classes)``."""
+        was_training = self.training
+        self.eval()
+        try:
+            return torch.cat(
+                [
+                    torch.softmax(self.guide.classifier(x[i : i + batch_size]), -1)
+                    for i in range(0, len(x), batch_size)
+                ]
+            )
+        finally:
+            self.train(was_training)
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        r"""The most probable class under :math:`q(y \mid x)`."""
+        return self.classify(x).argmax(-1)
+
+    @torch.no_grad()
+    def encode(
+        self, x: torch.Tensor, y: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        r""":math:`q(z \mid x, y)`, with the predicted class when ``y`` is not given."""
+        return self.guide.encoder(x, self.predict(x) if y is None else y)
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        r"""Decode :math:`\mu_\phi(x, y)` with ``y`` (the predicted class if not given)."""
+        y = self.predict(x) if y is None else y
+        loc, _ = self.encode(x, y)
+        return self.decode(loc, y)
 
 
 def build_vae(config: Config, event_shape: Sequence[int]) -> VAE:

@@ -94,6 +94,36 @@ def test_sample_a_class(cvae_run, tmp_path, capsys):
     assert code == 0 and '"log_likelihood"' in out, err
 
 
+def test_m2_from_the_cli(tmp_path, capsys):
+    import json
+
+    workdir = tmp_path / "m2"
+    argv = ["train", "--model", "m2", "--labels-per-class", "5", "--workdir", workdir, *TINY]
+    code, out, err = run_cli(argv, capsys)
+    assert code == 0, err
+    assert 0.0 <= json.loads(out)["evaluation"]["accuracy"] <= 1.0
+    code, _, err = run_cli(
+        ["sample", workdir, "--label", "7", "-n", "4", "--output", tmp_path], capsys
+    )
+    assert code == 0, err
+    code, out, err = run_cli(["evaluate", workdir, "-k", "2"], capsys)
+    assert code == 0 and '"accuracy"' in out, err
+    code, _, err = run_cli(
+        [
+            "train",
+            "--model",
+            "m2",
+            "--elbo",
+            "TraceMeanField_ELBO",
+            "--workdir",
+            tmp_path / "bad",
+            *TINY,
+        ],
+        capsys,
+    )
+    assert code == 2 and "TraceEnum_ELBO" in err
+
+
 def test_augment(cvae_run, tmp_path, capsys):
     output = tmp_path / "aug.npz"
     code, _, err = run_cli(
