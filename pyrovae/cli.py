@@ -373,7 +373,14 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         raise ConfigError(f"--output {out} is a file; give a folder")
     out.mkdir(parents=True, exist_ok=True)
     np.save(out / "samples.npy", samples.numpy())
-    save_figure(plots.image_grid(samples, title="samples from the prior"), out / "samples.png")
+    title, nrow = "samples from the prior", 8
+    if vae.needs_labels:  # the classes in turn (one per column), or the requested one
+        title, nrow = (
+            (f"samples of class {args.label}", 8)
+            if args.label is not None
+            else ("samples, one class per column", vae.num_classes)
+        )
+    save_figure(plots.image_grid(samples, nrow=nrow, title=title), out / "samples.png")
     print(f"wrote {out / 'samples.png'} and {out / 'samples.npy'} ({tuple(samples.shape)})")
     return 0
 

@@ -145,6 +145,13 @@ class ConditionalVAE(VAE):
 
     @classmethod
     def from_config(cls, config: Config, event_shape: Sequence[int]) -> ConditionalVAE:
+        if config.elbo.startswith("Jit"):
+            # pyro.ops.jit hashes keyword arguments as constants: every minibatch's labels
+            # would compile a new graph
+            raise ConfigError(
+                f"--model {cls.model_name} passes labels as keyword arguments, which Pyro's JIT "
+                f"treats as constants; use --elbo Trace_ELBO or TraceMeanField_ELBO"
+            )
         if config.num_classes is None:
             raise ConfigError(
                 f"--model {cls.model_name} needs num_classes (fit() reads it from the labels)"

@@ -16,7 +16,10 @@ from pyrovae.data import DEBIAN_FASHION_MNIST
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = ["svi_step", "svi_epoch"]
 #: benchmarks of the applications: a --quick run on the digits prints their table
-APPLICATION_BENCHMARKS = {"anomaly": ["experiment", "score", "ROC-AUC"]}
+APPLICATION_BENCHMARKS = {
+    "anomaly": ["experiment", "score", "ROC-AUC"],
+    "semisupervised": ["data set", "labels per class", "alpha / N", "M2"],
+}
 
 
 @pytest.fixture

@@ -66,6 +66,13 @@ def test_models_registry_builds_every_variant():
         Config(model="gan")
 
 
+def test_cvae_refuses_the_jit():
+    with pytest.raises(ConfigError, match="treats as constants"):
+        ConditionalVAE.from_config(
+            Config(model="cvae", elbo="JitTrace_ELBO", num_classes=10), (1, 8, 8)
+        )
+
+
 def test_cvae_needs_labels(tmp_path):
     np.save(tmp_path / "x.npy", torch.rand(40, 6).numpy())
     config = Config(model="cvae", data=str(tmp_path / "x.npy"), num_epochs=1, num_eval_samples=2)
