@@ -3,7 +3,9 @@ shared loop on labelled and unlabelled minibatches, and the CLI runs it."""
 
 from __future__ import annotations
 
+import importlib
 import math
+from pathlib import Path
 
 import pyro
 import pytest
@@ -15,6 +17,15 @@ from pyrovae import Config, ConfigError, DataError, fit, load_dataset, load_run
 from pyrovae.inference.semisupervised import labeled_subset
 from pyrovae.model.conditional import one_hot
 from pyrovae.models import SemiSupervisedVAE
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def import_benchmark(monkeypatch: pytest.MonkeyPatch):
+    """Import ``benchmarks.<name>`` from the repository root (benchmarks is not installed)."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    return lambda name: importlib.import_module(f"benchmarks.{name}")
 
 
 @pytest.fixture
@@ -100,3 +111,33 @@ def test_m2_trains_and_reloads(tmp_path):
     digits = load_dataset("digits")
     assert torch.equal(vae.predict(digits.test), result.vae.predict(digits.test))
     assert vae.sample(6, y=4).shape == (6, 1, 8, 8)
+
+
+def test_unlabelled_items_train_the_classifier(m2):
+    """The enumerated ELBO of unlabelled items reaches q(y|x): its gradient with respect to
+    the classifier's weights is non-zero (with Trace_ELBO and a sampled y it would only
+    arrive through the score function)."""
+    x = torch.rand(8, 1, 4, 4).round()
+    loss = TraceEnum_ELBO(max_plate_nesting=1).differentiable_loss(m2.model, m2.guide, x)
+    loss.backward()
+    grads = [p.grad for p in m2.guide.classifier.parameters()]
+    assert all(g is not None for g in grads) and sum(g.abs().sum() for g in grads) > 0
+
+
+@pytest.mark.slow
+def test_m2_beats_the_supervised_baseline_on_digits(import_benchmark):
+    """10 labels per class on the digits (100 labelled, 1337 unlabelled), alpha = 10 N,
+    100 epochs, seed 0: M2's classifier against the same network trained on the 100
+    labelled digits alone and against logistic regression on their pixels, on the 360
+    held-out digits. Measured: M2 0.917, network 0.894, logistic regression 0.897. The
+    margin is small (8 digits of 360; a McNemar test would not call it significant), and
+    with 3 labels per class M2 loses (0.69 vs 0.79, benchmarks/semisupervised.py), so this
+    guards the configuration the README reports rather than a general claim."""
+    bench = import_benchmark("semisupervised")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = bench.compare(load_dataset("digits"), 10, 100, seed=0, alpha_factor=10.0)
+    finally:
+        torch.set_num_threads(threads)
+    assert result["m2"] > max(result["network"], result["logistic"]), result
