@@ -13,19 +13,23 @@ from pyrovae.config import Config, load_config  # noqa: E402
 from pyrovae.data import Dataset, load_dataset  # noqa: E402
 from pyrovae.errors import CheckpointError, ConfigError, DataError, PyroVAEError  # noqa: E402
 from pyrovae.inference import evaluate, iwae_log_likelihood, train  # noqa: E402
+from pyrovae.models import MODELS, ConditionalVAE, SemiSupervisedVAE  # noqa: E402
 from pyrovae.run import fit, load_run  # noqa: E402
 from pyrovae.vae import VAE  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "MODELS",
     "VAE",
     "CheckpointError",
+    "ConditionalVAE",
     "Config",
     "ConfigError",
     "DataError",
     "Dataset",
     "PyroVAEError",
+    "SemiSupervisedVAE",
     "evaluate",
     "fit",
     "iwae_log_likelihood",
