@@ -98,7 +98,8 @@ def test_m2_from_the_cli(tmp_path, capsys):
     import json
 
     workdir = tmp_path / "m2"
-    argv = ["train", "--model", "m2", "--labels-per-class", "5", "--workdir", workdir, *TINY]
+    argv = ["train", "--model", "m2", "--labels-per-class", "5", "--limit", "300", "--workdir"]
+    argv += [workdir, *TINY]
     code, out, err = run_cli(argv, capsys)
     assert code == 0, err
     assert 0.0 <= json.loads(out)["evaluation"]["accuracy"] <= 1.0
