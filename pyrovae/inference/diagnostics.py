@@ -1,0 +1,185 @@
+r"""Diagnostics of the latent code: KL per dimension, active units, mutual information.
+
+They tell whether the posterior has collapsed onto the prior (a decoder that ignores
+:math:`z`): a collapsed dimension has :math:`\mathrm{KL}_d \approx 0`, its posterior
+mean does not vary with :math:`x` (an inactive unit), and it carries no information
+about :math:`x`.
+
+All of them read the Gaussian :math:`q(z \mid x) = \mathcal{N}(\mu_\phi(x),
+\operatorname{diag}\sigma^2_\phi(x))` that :meth:`pyrovae.VAE.encode` returns.
+
+References
+----------
+- Burda, Grosse & Salakhutdinov (2016), Importance Weighted Autoencoders (active units).
+- Hoffman & Johnson (2016), ELBO surgery: yet another way to carve up the variational
+  evidence lower bound.
+- He, Spokoyny, Neubig & Berg-Kirkpatrick (2019), Lagging Inference Networks and
+  Posterior Collapse in Variational Autoencoders.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pyro.distributions as dist
+import torch
+from torch.distributions import kl_divergence
+
+from pyrovae.errors import ConfigError, DataError
+from pyrovae.vae import VAE
+
+__all__ = [
+    "active_units",
+    "diagnose",
+    "encode_all",
+    "kl_per_dimension",
+    "mutual_information",
+    "total_kl",
+]
+
+
+@torch.no_grad()
+def encode_all(
+    vae: VAE, x: torch.Tensor, batch_size: int = 500
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior means and log-variances of ``q(z | x)`` for every item, shape ``(N, D)``."""
+    was_training = vae.training
+    vae.eval()
+    try:
+        pairs = [vae.encode(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+    finally:
+        vae.train(was_training)
+    return torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
+
+
+def _factorized_prior(vae: VAE) -> dist.Normal | None:
+    """The prior as a batch of univariate Normals over the latent dimensions, when it is one."""
+    prior = vae.model.prior()
+    while isinstance(prior, dist.Independent):
+        prior = prior.base_dist
+    if isinstance(prior, dist.Normal):
+        return prior
+    return None
+
+
+@torch.no_grad()
+def kl_per_dimension(vae: VAE, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    r"""Mean over items of :math:`\mathrm{KL}(q(z_d \mid x) \,\|\, p(z_d))`, shape ``(D,)``.
+
+    .. math::
+
+        \mathrm{KL}_d = \frac{1}{N} \sum_{n=1}^N
+        \mathrm{KL}\big(\mathcal{N}(\mu_{nd}, \sigma^2_{nd}) \,\|\, p(z_d)\big)
+
+    computed in closed form with ``torch.distributions.kl_divergence``. It is defined
+    when the prior factorises over dimensions (``normal``, ``learned-normal``, or any
+    diagonal Normal); then the total KL is the sum over ``d``.
+
+    Raises
+    ------
+    ConfigError
+        If the prior does not factorise over dimensions (e.g. the mixture prior).
+    """
+    prior = _factorized_prior(vae)
+    if prior is None:
+        raise ConfigError(
+            f"KL per dimension needs a prior that factorises over dimensions (a diagonal "
+            f"Normal such as 'normal' or 'learned-normal'); this VAE's prior is "
+            f"{type(vae.model.prior()).__name__}: use total_kl() for it"
+        )
+    loc, log_var = encode_all(vae, x, batch_size)
+    q = dist.Normal(loc, torch.exp(0.5 * log_var))
+    return kl_divergence(q, prior).mean(0)
+
+
+@torch.no_grad()
+def total_kl(vae: VAE, x: torch.Tensor, num_samples: int = 16, batch_size: int = 500) -> float:
+    r"""Mean over items of :math:`\mathrm{KL}(q(z \mid x) \,\|\, p(z))` in nats.
+
+    In closed form where ``torch.distributions`` has one; otherwise (e.g. the mixture
+    prior) the Monte Carlo estimate
+    :math:`\frac{1}{S}\sum_s \log q(z_s \mid x) - \log p(z_s)` with ``num_samples``
+    draws :math:`z_s \sim q(z \mid x)` per item.
+    """
+    loc, log_var = encode_all(vae, x, batch_size)
+    q = dist.Normal(loc, torch.exp(0.5 * log_var)).to_event(1)
+    prior = vae.model.prior()
+    try:
+        return kl_divergence(q, prior).mean().item()
+    except NotImplementedError:  # torch has no closed form for this pair
+        z = q.rsample((num_samples,))
+        return (q.log_prob(z) - prior.log_prob(z)).mean().item()
+
+
+@torch.no_grad()
+def active_units(
+    vae: VAE, x: torch.Tensor, threshold: float = 0.01, batch_size: int = 500
+) -> tuple[int, torch.Tensor]:
+    r"""Number of active latent units and each unit's activity, after Burda et al. (2016).
+
+    .. math::
+
+        A_d = \operatorname{Cov}_x\big(E_{q(z \mid x)}[z_d]\big) > \text{threshold}
+
+    Returns ``(count, activity)`` where ``activity`` (shape ``(D,)``) is the variance
+    over the items of the posterior mean of each dimension (unbiased, ``N - 1``).
+    """
+    if len(x) < 2:
+        raise DataError("active units need at least 2 items to measure a variance")
+    loc, _ = encode_all(vae, x, batch_size)
+    activity = loc.var(0)
+    return int((activity > threshold).sum()), activity
+
+
+@torch.no_grad()
+def mutual_information(vae: VAE, x: torch.Tensor, batch_size: int = 500) -> float:
+    r"""Minibatch estimate of the mutual information :math:`I_q(x; z)` in nats.
+
+    Under :math:`q(x, z) = p_\text{data}(x)\,q(z \mid x)` (Hoffman & Johnson 2016),
+
+    .. math::
+
+        I_q(x; z) = E_x\big[E_{q(z \mid x)}[\log q(z \mid x)]\big] - E_{q(z)}[\log q(z)],
+        \qquad q(z) \approx \frac{1}{N} \sum_{j=1}^N q(z \mid x_j)
+
+    with one draw :math:`z_n \sim q(z \mid x_n)` per item and the aggregate posterior
+    :math:`q(z)` replaced by the mixture over the ``N`` given items, as in He et al.
+    (2019). The first term is the negative entropy of the Gaussians in closed form.
+    The estimate is biased for small ``N`` and at most :math:`\log N`; compare values
+    computed on the same number of items. Memory and time grow as :math:`N^2 D`.
+    """
+    loc, log_var = encode_all(vae, x, batch_size)
+    n, d = loc.shape
+    if n < 2:
+        raise DataError("the mutual information estimate needs at least 2 items")
+    neg_entropy = (-0.5 * d * math.log(2 * math.pi) - 0.5 * (1 + log_var).sum(-1)).mean()
+    q = dist.Normal(loc, torch.exp(0.5 * log_var))
+    z = q.sample()
+    log_q_zx = []  # log q(z_i | x_j) for every pair, a block of rows at a time
+    for start in range(0, n, batch_size):
+        zi = z[start : start + batch_size, None, :]
+        log_q_zx.append(q.log_prob(zi).sum(-1))
+    log_qz = torch.logsumexp(torch.cat(log_q_zx), dim=1) - math.log(n)
+    return (neg_entropy - log_qz.mean()).item()
+
+
+@torch.no_grad()
+def diagnose(
+    vae: VAE, x: torch.Tensor, threshold: float = 0.01, batch_size: int = 500
+) -> dict[str, object]:
+    """All diagnostics on ``x`` as a JSON-ready dict.
+
+    Keys: ``kl`` (total, nats per item), ``kl_per_dim`` (list, or ``None`` when the
+    prior does not factorise), ``active_units``, ``mutual_information``.
+    """
+    try:
+        per_dim: list[float] | None = kl_per_dimension(vae, x, batch_size).tolist()
+    except ConfigError:
+        per_dim = None
+    count, _ = active_units(vae, x, threshold, batch_size)
+    return {
+        "kl": total_kl(vae, x, batch_size=batch_size),
+        "kl_per_dim": per_dim,
+        "active_units": count,
+        "mutual_information": mutual_information(vae, x, batch_size),
+    }
