@@ -2,8 +2,8 @@ r"""A non-amortized Gaussian guide: free mean and log-variance for each data poi
 
 .. math::
 
-    q_{\lambda_n}(z_n) = \mathcal{N}\big(z_n \mid \mu_n, \operatorname{diag}\exp(\log\sigma^2_n)\big),
-    \qquad \lambda_n = (\mu_n, \log\sigma^2_n)
+    q_{\lambda_n}(z_n) = \mathcal{N}\big(z_n \mid \mu_n,
+        \operatorname{diag}\exp(\log\sigma^2_n)\big), \qquad \lambda_n = (\mu_n, \log\sigma^2_n)
 
 Optimizing each :math:`\lambda_n` on its own ELBO gives the best guide of the
 encoder's family for that data point; the difference from the amortized guide's ELBO
@@ -77,7 +77,6 @@ class LocalNormalGuide(LocalPyroModule):
                 f"this guide holds parameters for {len(self.loc)} data points but got "
                 f"{len(x)}; build one for these data with LocalNormalGuide.from_encoder"
             )
-        with data_plate(len(x), num_data, x.device):
-            with poutine.scale(scale=beta):
-                pyro.sample("z", dist.Normal(self.loc, self.scale).to_event(1))
+        with data_plate(len(x), num_data, x.device), poutine.scale(scale=beta):
+            pyro.sample("z", dist.Normal(self.loc, self.scale).to_event(1))
         return self.loc, self.log_var

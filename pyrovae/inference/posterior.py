@@ -65,13 +65,19 @@ logger = logging.getLogger(__name__)
 
 
 def import_arviz() -> Any:
-    """``import arviz``, without the once-a-day FutureWarning about its coming refactor."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore", message=".*ArviZ is undergoing a major refactor", category=FutureWarning
-        )
-        import arviz
-
+    """``import arviz``, without the once-a-day FutureWarning about its coming refactor and
+    the INFO lines on which of its preview packages are missing."""
+    preview = logging.getLogger("arviz.preview")
+    level = preview.level
+    preview.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore", message=".*ArviZ is undergoing a major refactor", category=FutureWarning
+            )
+            import arviz
+    finally:
+        preview.setLevel(level)
     return arviz
 
 
