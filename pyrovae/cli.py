@@ -329,10 +329,6 @@ def _output_folder(args: argparse.Namespace, default: str | None) -> Path:
     return out
 
 
-#: pandas display options for printed tables: every row and column
-_TABLE_OPTIONS = ("display.width", 200, "display.max_rows", None, "display.max_columns", None)
-
-
 def _inspect_inputs(args: argparse.Namespace, vae, config, heldout) -> tuple:
     """The inputs to inspect and their indices: held-out items, or rows of --data."""
     from pyrovae.data import load_items
@@ -358,7 +354,6 @@ def _inspect_inputs(args: argparse.Namespace, vae, config, heldout) -> tuple:
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
     import matplotlib
-    import pandas as pd
     import pyro
     import torch
 
@@ -409,8 +404,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
     q = posterior_draws(vae, x, args.num_samples, items=items)
     written.append(save_inference_data(q, out / "posterior.nc"))
-    with pd.option_context(*_TABLE_OPTIONS):
-        print(f"q(z|x): {args.num_samples} draws per input\n{posterior_summary(q)}\n")
+    print(f"q(z|x): {args.num_samples} draws per input\n{posterior_summary(q).to_string()}\n")
     q_scale = q.constant_data["q_scale"].values
     dims = args.dims or sorted(np.argsort(q_scale.mean(0))[: min(4, vae.latent_dim)].tolist())
     figures = {
@@ -434,12 +428,25 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         table.to_csv(out / "comparison.csv")
         written.append(out / "comparison.csv")
         divergent = int(nuts.sample_stats["diverging"].sum())
-        with pd.option_context(*_TABLE_OPTIONS):
-            print(
-                f"NUTS p(z|x): {args.num_chains} chains x {args.num_mcmc_samples} draws, "
-                f"{divergent} divergent\n{posterior_summary(nuts)}\n"
+        nuts_summary = posterior_summary(nuts)
+        print(
+            f"NUTS p(z|x): {args.num_chains} chains x {args.num_mcmc_samples} draws, "
+            f"{divergent} divergent\n{nuts_summary.to_string()}\n"
+        )
+        print(
+            "q(z|x) vs NUTS p(z|x) (overlap: Bhattacharyya coefficient of Gaussian fits)\n"
+            f"{table.round(3).to_string()}\n"
+        )
+        if not (nuts_summary["r_hat"] < 1.01).all():
+            logger.warning(
+                "NUTS chains have not mixed (r_hat up to %.3g, > 1.01 or undefined): the "
+                "reference is not trustworthy; raise --num-warmup and --num-mcmc-samples",
+                nuts_summary["r_hat"].max(),
             )
-            print(f"q(z|x) vs NUTS p(z|x) (overlap: Bhattacharyya coefficient)\n{table.round(3)}\n")
+        if divergent:
+            logger.warning(
+                "NUTS had %d divergent transitions: treat the reference with care", divergent
+            )
         figures["comparison.png"] = lambda: plots.posterior_comparison(q, nuts, dims=dims)
         figures["forest_nuts.png"] = lambda: plots.posterior_forest(
             {"q(z|x)": q, "NUTS p(z|x)": nuts}, dims=dims

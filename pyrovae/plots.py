@@ -3,7 +3,9 @@ the CLI saves them as PNG."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import warnings
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -89,6 +91,18 @@ def elbo_curves(history: Sequence[dict[str, Any]]) -> Figure:
 # --- posteriors and the latent space -----------------------------------------------------
 
 
+@contextlib.contextmanager
+def _arviz_plotting() -> Iterator[Any]:
+    """ArviZ, with its matplotlib >= 3.11 deprecation warning silenced (ArviZ 0.23 passes a
+    dict to ``normalize_kwargs``; nothing a pyrovae user can act on)."""
+    from pyrovae.inference.posterior import import_arviz
+
+    az = import_arviz()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Passing a dict or None as alias_mapping")
+        yield az
+
+
 def _arviz_figure(axes: Any) -> Figure:
     """The Figure of ArviZ's axes, detached from pyplot's registry (ArviZ draws with pyplot)."""
     import matplotlib.pyplot as plt
@@ -112,20 +126,18 @@ def posterior_densities(
 ) -> Figure:
     """``arviz.plot_posterior`` of ``z``: a density with its 94% HDI per item (rows) and
     latent dim (columns)."""
-    from pyrovae.inference.posterior import import_arviz
-
-    az = import_arviz()
     z = idata.posterior["z"]
     items = list(z["item"].values) if items is None else list(items)
     dims = list(z["latent_dim"].values) if dims is None else list(dims)
-    axes = az.plot_posterior(
-        idata,
-        var_names=["z"],
-        coords={"item": items, "latent_dim": dims},
-        grid=(len(items), len(dims)),
-        figsize=(3.2 * len(dims), 2.8 * len(items)),
-        textsize=9,
-    )
+    with _arviz_plotting() as az:
+        axes = az.plot_posterior(
+            idata,
+            var_names=["z"],
+            coords={"item": items, "latent_dim": dims},
+            grid=(len(items), len(dims)),
+            figsize=(3.2 * len(dims), 2.8 * len(items)),
+            textsize=9,
+        )
     return _arviz_figure(axes)
 
 
@@ -137,37 +149,33 @@ def posterior_forest(
 ) -> Figure:
     """``arviz.plot_forest`` of ``z`` across inputs: 94% HDI bars of one or more posteriors
     (e.g. ``{"q(z|x)": q, "NUTS": nuts}``) per item and latent dim."""
-    from pyrovae.inference.posterior import import_arviz
-
-    az = import_arviz()
     names, datas = list(posteriors), list(posteriors.values())
-    axes = az.plot_forest(
-        datas,
-        model_names=names if len(datas) > 1 else None,
-        var_names=["z"],
-        coords=_coords(items, dims),
-        combined=True,
-        textsize=8,
-    )
+    with _arviz_plotting() as az:
+        axes = az.plot_forest(
+            datas,
+            model_names=names if len(datas) > 1 else None,
+            var_names=["z"],
+            coords=_coords(items, dims),
+            combined=True,
+            textsize=8,
+        )
     return _arviz_figure(axes)
 
 
 def posterior_pair(idata: Any, *, item: int, dims: Sequence[int]) -> Figure:
     """``arviz.plot_pair`` of the selected latent dims of one item (scatter and marginals)."""
-    from pyrovae.inference.posterior import import_arviz
-
-    az = import_arviz()
     if len(dims) < 2:
         raise ValueError("a pair plot needs at least two latent dims")
-    axes = az.plot_pair(
-        idata,
-        var_names=["z"],
-        coords={"item": [item], "latent_dim": list(dims)},
-        marginals=True,
-        scatter_kwargs={"alpha": 0.3, "s": 6},
-        figsize=(2.6 * len(dims), 2.6 * len(dims)),
-        textsize=9,
-    )
+    with _arviz_plotting() as az:
+        axes = az.plot_pair(
+            idata,
+            var_names=["z"],
+            coords={"item": [item], "latent_dim": list(dims)},
+            marginals=True,
+            scatter_kwargs={"alpha": 0.3, "s": 6},
+            figsize=(2.6 * len(dims), 2.6 * len(dims)),
+            textsize=9,
+        )
     return _arviz_figure(axes)
 
 

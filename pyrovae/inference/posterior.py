@@ -216,7 +216,9 @@ def posterior_summary(
     az = import_arviz()
     if kind is None:
         kind = "all" if idata.posterior.sizes["chain"] > 1 else "stats"
-    return az.summary(idata, var_names=list(var_names), kind=kind)
+    # a chain that never moved (e.g. too short a warmup) has zero variance: NaN diagnostics
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return az.summary(idata, var_names=list(var_names), kind=kind)
 
 
 def _moments(idata: arviz.InferenceData) -> tuple[np.ndarray, np.ndarray]:
@@ -271,7 +273,8 @@ def compare_posteriors(
             f"{mean_p.shape} (item, latent_dim)"
         )
     if z.sizes["chain"] * z.sizes["draw"] >= 4 and z.sizes["draw"] >= 4:
-        mcse = az.mcse(reference, var_names=["z"], method="mean")["z"]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            mcse = az.mcse(reference, var_names=["z"], method="mean")["z"]
         mcse_p = mcse.transpose("item", "latent_dim").values
     else:
         mcse_p = np.full_like(mean_p, np.nan)
