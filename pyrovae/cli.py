@@ -359,7 +359,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
     from pyrovae import plots
     from pyrovae.inference.gaps import inference_gaps
-    from pyrovae.inference.mcmc import nuts_posterior
+    from pyrovae.inference.mcmc import max_r_hat, nuts_posterior
     from pyrovae.inference.posterior import (
         compare_posteriors,
         posterior_draws,
@@ -437,11 +437,12 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
             "q(z|x) vs NUTS p(z|x) (overlap: Bhattacharyya coefficient of Gaussian fits)\n"
             f"{table.round(3).to_string()}\n"
         )
-        if not (nuts_summary["r_hat"] < 1.01).all():
+        r_hat = max_r_hat(nuts)
+        if not r_hat < 1.01:  # Vehtari et al. (2021); NaN when a chain never moved
             logger.warning(
-                "NUTS chains have not mixed (r_hat up to %.3g, > 1.01 or undefined): the "
-                "reference is not trustworthy; raise --num-warmup and --num-mcmc-samples",
-                nuts_summary["r_hat"].max(),
+                "NUTS chains have not mixed (largest r_hat %.4g, above 1.01 or undefined): "
+                "the reference is not trustworthy; raise --num-warmup and --num-mcmc-samples",
+                r_hat,
             )
         if divergent:
             logger.warning(
@@ -492,6 +493,7 @@ def _cmd_graph(args: argparse.Namespace) -> int:
 
 def _cmd_latent(args: argparse.Namespace) -> int:
     import matplotlib
+    import pyro
 
     from pyrovae import plots
     from pyrovae.inference.latent import embed, encode_dataset, latent_report, save_codes
@@ -504,6 +506,7 @@ def _cmd_latent(args: argparse.Namespace) -> int:
     vae, config, _ = load_run(args.run, args.device)
     data = load_data(config, vae.device)
     out = _output_folder(args, "latent")
+    pyro.set_rng_seed(args.seed)  # the mutual information estimate draws z ~ q(z|x)
     codes = encode_dataset(vae, data, args.batch_size)
     save_codes(codes, out / "latent.npz")
     report = latent_report(vae, data, codes, threshold=args.threshold, batch_size=args.batch_size)

@@ -44,7 +44,7 @@ from pyrovae.vae import VAE
 if TYPE_CHECKING:
     import arviz
 
-__all__ = ["frozen", "nuts_posterior"]
+__all__ = ["frozen", "max_r_hat", "nuts_posterior"]
 
 logger = logging.getLogger(__name__)
 
@@ -159,3 +159,12 @@ def nuts_posterior(
             "step_size": step_sizes,
         },
     )
+
+
+def max_r_hat(idata: arviz.InferenceData) -> float:
+    """The largest rank-normalized split-:math:`\\hat R` of ``z`` (unrounded; NaN if undefined,
+    e.g. for a chain that never moved). Below 1.01 is the usual criterion of mixing."""
+    az = import_arviz()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r_hat = az.rhat(idata, var_names=["z"])["z"].values
+    return float("nan") if np.isnan(r_hat).any() else float(r_hat.max())
