@@ -15,7 +15,7 @@ The Python side of ``pyrovae inspect``, ``pyrovae latent``:
 
 Run it with::
 
-    .venv/bin/python examples/inspect_posterior.py          # about 3 minutes on 2 CPU cores
+    .venv/bin/python examples/inspect_posterior.py          # about a minute on 2 CPU cores
     .venv/bin/python examples/inspect_posterior.py --num-epochs 1 --limit 64 \\
         --num-warmup 20 --num-mcmc-samples 20 --num-gap-items 4 -k 10 --gap-steps 10
 """
@@ -43,8 +43,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num-epochs", type=int, default=100)
     parser.add_argument("--limit", type=int, help="use only the first N train and test digits")
-    parser.add_argument("--num-warmup", type=int, default=300)
-    parser.add_argument("--num-mcmc-samples", type=int, default=300)
+    parser.add_argument("--num-warmup", type=int, default=200)
+    parser.add_argument("--num-mcmc-samples", type=int, default=200)
     parser.add_argument("--num-gap-items", type=int, default=50)
     parser.add_argument("-k", type=int, default=1000, help="importance samples for the gaps")
     parser.add_argument("--gap-steps", type=int, default=500)

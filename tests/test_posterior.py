@@ -29,7 +29,7 @@ from torch import nn
 
 from pyrovae import VAE
 from pyrovae.data import Dataset, load_items
-from pyrovae.errors import DataError
+from pyrovae.errors import ConfigError, DataError
 from pyrovae.guides import LocalNormalGuide
 from pyrovae.inference import (
     compare_posteriors,
@@ -256,6 +256,9 @@ def test_compare_posteriors_overlap_is_the_bhattacharyya_coefficient():
         bc, _ = integrate.quad(root_product, -30, 30, points=[mq, mp])
         assert row.overlap == pytest.approx(bc, abs=1e-6)
         assert row.mcse_mean_p > 0
+    other = posterior_draws(vae, x, num_samples=10, items=[5, 6], prior=False)
+    with pytest.raises(ConfigError, match="different inputs"):
+        compare_posteriors(other, reference)
 
 
 # --- the amortized guide of a trained linear-Gaussian VAE --------------------------------
@@ -442,6 +445,8 @@ def test_embed_and_latent_report():
     assert report["active_units"] == int((activity > 0.01).sum())
     np.testing.assert_allclose(report["activity"], activity.numpy(), rtol=1e-4)
     assert len(report["kl_per_dim"]) == 3 and 0.0 <= report["probe_accuracy"] <= 1.0
+    unlabeled = Dataset("toy", data.train, data.test, None, None)
+    assert latent_report(vae, unlabeled)["probe_accuracy"] is None
 
 
 def test_load_items_keeps_file_order(tmp_path):

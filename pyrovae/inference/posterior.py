@@ -267,10 +267,12 @@ def compare_posteriors(
     z = reference.posterior["z"]
     mean_p = z.mean(("chain", "draw")).transpose("item", "latent_dim").values
     sd_p = z.std(("chain", "draw"), ddof=1).transpose("item", "latent_dim").values
-    if mean_q.shape != mean_p.shape:
+    items_q = approximate.posterior["item"].values.tolist()
+    items_p = reference.posterior["item"].values.tolist()
+    if mean_q.shape != mean_p.shape or items_q != items_p:
         raise ConfigError(
-            f"the posteriors cover different inputs or latent dims: {mean_q.shape} vs "
-            f"{mean_p.shape} (item, latent_dim)"
+            f"the posteriors cover different inputs or latent dims: items {items_q} vs "
+            f"{items_p}, (item, latent_dim) shapes {mean_q.shape} vs {mean_p.shape}"
         )
     if z.sizes["chain"] * z.sizes["draw"] >= 4 and z.sizes["draw"] >= 4:
         with np.errstate(divide="ignore", invalid="ignore"):
