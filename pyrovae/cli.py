@@ -410,6 +410,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     figures = {
         "posterior.png": lambda: plots.posterior_densities(q, dims=dims),
         "forest.png": lambda: plots.posterior_forest({"q(z|x)": q}),
+        "predictive.png": lambda: plots.posterior_predictive_grid(q),
     }
     if len(dims) >= 2:
         figures["pair.png"] = lambda: plots.posterior_pair(q, item=items[0], dims=dims)

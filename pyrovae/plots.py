@@ -21,6 +21,7 @@ __all__ = [
     "posterior_densities",
     "posterior_forest",
     "posterior_pair",
+    "posterior_predictive_grid",
     "reconstructions",
 ]
 
@@ -220,6 +221,23 @@ def posterior_comparison(
     fig.suptitle("posterior marginals: guide (line) vs NUTS (histogram)", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def posterior_predictive_grid(idata: Any, *, num_draws: int = 7) -> Figure:
+    """Each input (first column) followed by the decoded means :math:`E[x \\mid z]` of
+    ``num_draws`` posterior draws :math:`z \\sim q(z \\mid x)`, one row per item."""
+    observed = torch.as_tensor(idata.observed_data["x"].values)
+    decoded = idata.posterior_predictive["x_mean"].values[0]  # (draw, item, ...)
+    num_draws = min(num_draws, decoded.shape[0])
+    rows = [
+        torch.cat([observed[i : i + 1], torch.as_tensor(decoded[:num_draws, i])])
+        for i in range(len(observed))
+    ]
+    return image_grid(
+        torch.cat(rows),
+        nrow=num_draws + 1,
+        title="input, then decoded draws of q(z|x)",
+    )
 
 
 def latent_scatter(

@@ -332,7 +332,8 @@ def test_inspect(trained_run, tmp_path, capsys, one_thread):
     argv += ["--gaps", "--num-gap-items", "4", "-k", "20", "--gap-steps", "10", "-q"]
     code, stdout, err = run_cli([*argv, *one_thread], capsys)
     assert code == 0, err
-    for name in ("posterior.png", "forest.png", "pair.png", "comparison.png", "forest_nuts.png"):
+    figures = ["posterior.png", "forest.png", "pair.png", "predictive.png", "comparison.png"]
+    for name in [*figures, "forest_nuts.png"]:
         assert (out / name).stat().st_size > 0, name
     q = load_inference_data(out / "posterior.nc")
     assert q.posterior["z"].shape == (1, 40, 2, 8)

@@ -161,7 +161,9 @@ class InferenceGaps:
 
 
 def _seeded_log_weights(vae: VAE, x: torch.Tensor, num_samples: int, seed: int, guide):
-    devices = [x.device] if x.device.type == "cuda" else []
+    devices = []
+    if x.device.type == "cuda":
+        devices = [torch.cuda.current_device() if x.device.index is None else x.device.index]
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         return log_weights(vae, x, num_samples, guide=guide)
