@@ -407,9 +407,10 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     print(f"q(z|x): {args.num_samples} draws per input\n{posterior_summary(q).to_string()}\n")
     q_scale = q.constant_data["q_scale"].values
     dims = args.dims or sorted(np.argsort(q_scale.mean(0))[: min(4, vae.latent_dim)].tolist())
+    forest_dims = None if vae.latent_dim <= 16 else dims  # every dim while the plot stays legible
     figures = {
         "posterior.png": lambda: plots.posterior_densities(q, dims=dims),
-        "forest.png": lambda: plots.posterior_forest({"q(z|x)": q}),
+        "forest.png": lambda: plots.posterior_forest({"q(z|x)": q}, dims=forest_dims),
         "predictive.png": lambda: plots.posterior_predictive_grid(q),
     }
     if len(dims) >= 2:
