@@ -23,7 +23,8 @@ Estimates (nats, per data point):
   importance weights :math:`\log p(x, z_k) - \log q(z_k)`. Both guides reparameterize
   the same standard-normal noise (common random numbers: the random stream is reset to
   one seed before each), so the amortization gap's Monte Carlo error is that of the
-  *difference* of weights, much smaller than either ELBO's.
+  *difference* of paired weights, smaller than with independent draws when the two
+  guides are alike.
 - :math:`\log p(x)`: the IWAE bound :math:`\mathcal{L}_K` (Burda et al. 2016) with the
   same ``K`` samples of :math:`q^*` as proposal (the guide closest to the posterior),
   a lower bound in expectation that tends to :math:`\log p(x)` as ``K`` grows. On the
