@@ -27,6 +27,11 @@ EXAMPLES: dict[str, list[str]] = {
     "swap_prior_likelihood.py": [*TINY, "--num-eval-samples", "4"],
     "custom_prior_likelihood.py": [*TINY, "--num-eval-samples", "4"],
     "svi_by_hand.py": [*TINY, "--num-samples", "3"],
+    "inspect_posterior.py": [
+        *TINY,
+        *("--num-warmup", "20", "--num-mcmc-samples", "20"),
+        *("--num-gap-items", "4", "-k", "10", "--gap-steps", "10"),
+    ],
 }
 
 NUMBER = r"-?\d+\.\d+"
@@ -50,6 +55,15 @@ EXPECTED: dict[str, list[str]] = {
         rf"\n\s+1\s+{NUMBER}\s+{NUMBER}\n",
         r"posterior predictive: z \(3, 4, 8\), x \(3, 4, 1, 8, 8\)",
         r"prior samples \(8, 1, 8, 8\)",
+    ],
+    "inspect_posterior.py": [
+        r"groups: posterior, posterior_predictive, prior, prior_predictive, observed_data",
+        r"dims of posterior z: \{'chain': 1, 'draw': 1000, 'item': 3, 'latent_dim': 8\}",
+        r"mean_q\s+mean_p\s+sd_q\s+sd_p\s+overlap",
+        rf"approximation_gap\s+{NUMBER} \+- {NUMBER}",
+        rf"amortization_gap\s+{NUMBER} \+- {NUMBER}",
+        r"active units: \d of 8",
+        rf"linear probe accuracy: {NUMBER}",
     ],
 }
 

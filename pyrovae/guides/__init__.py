@@ -2,5 +2,6 @@
 
 from pyrovae.guides.amortized import AmortizedNormalGuide
 from pyrovae.guides.encoders import ENCODERS, ConvEncoder, MLPEncoder
+from pyrovae.guides.local import LocalNormalGuide
 
-__all__ = ["ENCODERS", "AmortizedNormalGuide", "ConvEncoder", "MLPEncoder"]
+__all__ = ["ENCODERS", "AmortizedNormalGuide", "ConvEncoder", "LocalNormalGuide", "MLPEncoder"]
