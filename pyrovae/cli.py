@@ -838,6 +838,15 @@ def _inspect_inputs(args: argparse.Namespace, vae, config, heldout) -> tuple:
     return x, items
 
 
+def _refuse_labelled(vae, config: Config, command: str, attribute: str) -> None:
+    """``inspect`` and ``latent`` analyse the guide q(z|x) of a plain VAE."""
+    if getattr(vae, attribute):
+        raise ConfigError(
+            f"pyrovae {command} analyses q(z|x) of a plain VAE; this run's model is "
+            f"{config.model}, whose guide also reads the label y"
+        )
+
+
 def _cmd_inspect(args: argparse.Namespace) -> int:
     import matplotlib
     import pyro
@@ -869,6 +878,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     if bad:
         raise ConfigError("; ".join(bad))
     vae, config, _ = load_run(args.run, args.device)
+    _refuse_labelled(vae, config, "inspect", "needs_labels")
     if args.dims is not None:
         bad_dims = [d for d in args.dims if not 0 <= d < vae.latent_dim]
         if bad_dims:
@@ -992,6 +1002,7 @@ def _cmd_latent(args: argparse.Namespace) -> int:
     if args.max_points < 2 or args.batch_size < 1:
         raise ConfigError("--max-points must be >= 2 and --batch-size >= 1")
     vae, config, _ = load_run(args.run, args.device)
+    _refuse_labelled(vae, config, "latent", "requires_y")
     data = load_data(config, vae.device)
     out = _output_folder(args, "latent")
     pyro.set_rng_seed(args.seed)  # the mutual information estimate draws z ~ q(z|x)

@@ -243,6 +243,8 @@ def test_inpaint_and_denoise(argv, name, trained_run, tmp_path, capsys):
     [
         (["inpaint", "RUN", "--mask", "random", "--fraction", "1.5"], "must be in (0, 1)"),
         (["inpaint", "CVAE"], "plain VAE run"),
+        (["latent", "CVAE"], "analyses q(z|x) of a plain VAE"),
+        (["inspect", "CVAE"], "analyses q(z|x) of a plain VAE"),
         (["inpaint", "RUN", "--rounds", "0"], "must be >= 1"),
         (["denoise", "RUN", "--level", "-1"], "noise level must be > 0"),
         (["interpolate", "RUN", "--items", "0", "360"], "out of range: there are 360 items"),
