@@ -211,6 +211,12 @@ def _parser() -> argparse.ArgumentParser:
     latent.add_argument(
         "--threshold", type=float, default=0.01, help="active-unit threshold (0.01, Burda et al.)"
     )
+    latent.add_argument(
+        "--probe-max-train",
+        type=int,
+        default=10000,
+        help="fit the linear probe on at most this many train items (a seeded sample; 10000)",
+    )
     latent.add_argument("--output", type=Path, help="output folder (default: RUN/latent)")
     latent.add_argument("--batch-size", type=int, default=500, help="data points per batch")
     latent.add_argument("--seed", type=int, default=0)
@@ -503,15 +509,23 @@ def _cmd_latent(args: argparse.Namespace) -> int:
 
     matplotlib.use("Agg")
     _set_threads(args.num_threads)
-    if args.max_points < 2 or args.batch_size < 1:
-        raise ConfigError("--max-points must be >= 2 and --batch-size >= 1")
+    if args.max_points < 2 or args.batch_size < 1 or args.probe_max_train < 2:
+        raise ConfigError("--max-points and --probe-max-train must be >= 2, --batch-size >= 1")
     vae, config, _ = load_run(args.run, args.device)
     data = load_data(config, vae.device)
     out = _output_folder(args, "latent")
     pyro.set_rng_seed(args.seed)  # the mutual information estimate draws z ~ q(z|x)
     codes = encode_dataset(vae, data, args.batch_size)
     save_codes(codes, out / "latent.npz")
-    report = latent_report(vae, data, codes, threshold=args.threshold, batch_size=args.batch_size)
+    report = latent_report(
+        vae,
+        data,
+        codes,
+        threshold=args.threshold,
+        batch_size=args.batch_size,
+        max_probe_train=args.probe_max_train,
+        seed=args.seed,
+    )
     rng = np.random.default_rng(args.seed)
     loc = codes["test_loc"]
     shown = np.sort(rng.permutation(len(loc))[: args.max_points])
