@@ -20,9 +20,14 @@ at the sampled :math:`z_n`; ``TraceMeanField_ELBO`` the closed form
 
     \mathrm{KL}_n = \tfrac12 \sum_j \big(\mu_{nj}^2 + \sigma_{nj}^2 - 1 - \log \sigma_{nj}^2\big).
 
-Times are only comparable within one process on a machine that drifts, so the two
+A third candidate, :class:`MinimalPyroVAE`, is the same VAE written the shortest way
+in Pyro (Pyro's VAE tutorial with logits, minibatch scaling and module-local
+parameters): it separates what Pyro's ``Trace_ELBO`` itself costs per step from what
+pyrovae adds on top.
+
+Times are only comparable within one process on a machine that drifts, so the
 methods alternate round by round (the order flips every round) and the reported
-ratio is the median of the per-round ratios.
+ratios are medians of the per-round ratios.
 """
 
 from __future__ import annotations
@@ -37,7 +42,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyro
+import pyro.distributions as dist
 import torch
+from pyro import poutine
 from pyro.infer.util import is_validation_enabled
 from torch import nn
 from torch.nn import functional as F
@@ -51,11 +58,12 @@ from pyrovae.run import resolve_device
 
 __all__ = [
     "KL_ESTIMATORS",
+    "MinimalPyroVAE",
     "ReferenceTrainer",
     "ReferenceVAE",
     "Timing",
     "add_common_arguments",
-    "build_pair",
+    "build_candidates",
     "environment",
     "markdown_table",
     "parse_args",
@@ -133,17 +141,69 @@ class ReferenceVAE(nn.Module):
         return (nll + kl) * (num_data / len(x))
 
 
-class ReferenceTrainer:
-    """Adam on :meth:`ReferenceVAE.loss`, mirroring ``SVITrainer.step`` and ``.epoch``."""
+class MinimalPyroVAE(nn.Module):
+    """The same VAE in the fewest lines of Pyro: Pyro's VAE tutorial, in logits.
 
-    def __init__(self, vae: ReferenceVAE, num_data: int, learning_rate: float) -> None:
+    ``model`` and ``guide`` are plain ``nn.Module``s whose ``forward`` calls
+    ``pyro.sample``; ``elbo(model, guide)`` collects their parameters, and the
+    minibatch is scaled by ``N / B`` with ``poutine.scale``, so the loss is
+    :class:`ReferenceVAE`'s.
+    """
+
+    class Model(nn.Module):
+        def __init__(self, decoder: nn.Module, latent_dim: int, num_data: int) -> None:
+            super().__init__()
+            self.decoder, self.latent_dim, self.num_data = decoder, latent_dim, num_data
+
+        def forward(self, x: torch.Tensor) -> None:
+            x = x.flatten(1)
+            with pyro.plate("data", len(x)), poutine.scale(scale=self.num_data / len(x)):
+                loc = x.new_zeros(len(x), self.latent_dim)
+                z = pyro.sample("z", dist.Normal(loc, torch.ones_like(loc)).to_event(1))
+                # grey levels allowed, as in pyrovae's Bernoulli (a cross-entropy on [0, 1])
+                likelihood = dist.Bernoulli(logits=self.decoder(z), validate_args=False)
+                pyro.sample("x", likelihood.to_event(1), obs=x)
+
+    class Guide(nn.Module):
+        def __init__(self, encoder: nn.Module, num_data: int) -> None:
+            super().__init__()
+            self.encoder, self.num_data = encoder, num_data
+
+        def forward(self, x: torch.Tensor) -> None:
+            x = x.flatten(1)
+            with pyro.plate("data", len(x)), poutine.scale(scale=self.num_data / len(x)):
+                loc, log_var = self.encoder(x).chunk(2, dim=-1)
+                pyro.sample("z", dist.Normal(loc, torch.exp(0.5 * log_var)).to_event(1))
+
+    def __init__(self, reference: ReferenceVAE, num_data: int, elbo: str) -> None:
+        super().__init__()
+        latent_dim = reference.decoder[0].in_features
+        self.model = self.Model(reference.decoder, latent_dim, num_data)
+        self.guide = self.Guide(reference.encoder, num_data)
+        options = {"max_plate_nesting": 1}
+        if elbo.startswith("Jit"):
+            options["ignore_jit_warnings"] = True
+        self.loss = ELBOS[elbo](**options)(self.model, self.guide)
+
+
+class ReferenceTrainer:
+    """Adam on :meth:`ReferenceVAE.loss` (or a :class:`MinimalPyroVAE`'s ELBO), mirroring
+    ``SVITrainer.step`` and ``.epoch``."""
+
+    def __init__(
+        self, vae: ReferenceVAE | MinimalPyroVAE, num_data: int, learning_rate: float
+    ) -> None:
         self.vae = vae
         self.num_data = num_data
         self.optimizer = torch.optim.Adam(vae.parameters(), lr=learning_rate)
 
     def step(self, x: torch.Tensor) -> torch.Tensor:
         """One gradient step on minibatch ``x``; returns the detached loss, not synced."""
-        loss = self.vae.loss(x, self.num_data)
+        if isinstance(self.vae, MinimalPyroVAE):
+            with pyro.validation_enabled(False):  # as pyrovae's trainer: no per-step checks
+                loss = self.vae.loss(x)
+        else:
+            loss = self.vae.loss(x, self.num_data)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -163,18 +223,21 @@ class ReferenceTrainer:
         return -total.item() / (steps * self.num_data)
 
 
-def build_pair(
+def build_candidates(
     elbo: str,
     batch_size: int,
     event_shape: Sequence[int],
     num_data: int,
     device: torch.device,
     seed: int = 0,
-) -> tuple[SVITrainer, ReferenceTrainer]:
-    """pyrovae's trainer and the reference, with the same architecture and initial weights.
+) -> tuple[SVITrainer, ReferenceTrainer, ReferenceTrainer | None]:
+    """pyrovae's trainer, the PyTorch reference and the minimal Pyro VAE, all with the
+    same architecture and initial weights.
 
     The pyrovae side is built exactly as :func:`pyrovae.train` builds it; call this
-    inside ``pyrovae.inference.objectives.elbo_context(elbo)``.
+    inside ``pyrovae.inference.objectives.elbo_context(elbo)``. The minimal Pyro VAE
+    is ``None`` for JIT objectives (Pyro's JIT finds parameters through the global
+    param store, which the minimal version does not use).
     """
     config = Config(
         hidden=HIDDEN,
@@ -187,14 +250,21 @@ def build_pair(
     pyro.set_rng_seed(seed)
     vae = VAE.from_config(config, event_shape).to(device)
     trainer = SVITrainer(vae, config, num_data=num_data)
-    reference = ReferenceVAE(math.prod(event_shape), HIDDEN, LATENT_DIM, KL_ESTIMATORS[elbo])
-    reference.encoder.load_state_dict(vae.guide.encoder.net.state_dict())
-    reference.decoder.load_state_dict(vae.model.decoder.net.state_dict())
-    reference.to(device)
+
+    def copy() -> ReferenceVAE:
+        net = ReferenceVAE(math.prod(event_shape), HIDDEN, LATENT_DIM, KL_ESTIMATORS[elbo])
+        net.encoder.load_state_dict(vae.guide.encoder.net.state_dict())
+        net.decoder.load_state_dict(vae.model.decoder.net.state_dict())
+        return net.to(device)
+
+    reference = copy()
     sizes = [p.shape for p in trainer.parameters], [p.shape for p in reference.parameters()]
     if sorted(map(tuple, sizes[0])) != sorted(map(tuple, sizes[1])):
         raise RuntimeError(f"pyrovae and the reference train different parameters: {sizes}")
-    return trainer, ReferenceTrainer(reference, num_data, LEARNING_RATE)
+    minimal = None
+    if not elbo.startswith("Jit"):
+        minimal = ReferenceTrainer(MinimalPyroVAE(copy(), num_data, elbo), num_data, LEARNING_RATE)
+    return trainer, ReferenceTrainer(reference, num_data, LEARNING_RATE), minimal
 
 
 def synchronize(device: torch.device) -> None:
@@ -224,12 +294,26 @@ def time_paired(
 
 @dataclass
 class Timing:
-    """Paired per-round times of pyrovae and the reference for one setting."""
+    """Paired per-round times of pyrovae, the reference and (optionally) minimal Pyro."""
 
     batch_size: int
     objective: str
     pyrovae: list[float]
     torch: list[float]
+    minimal_pyro: list[float] | None = None
+
+    #: the columns :meth:`summary` fills
+    COLUMNS = (
+        "batch size",
+        "objective",
+        "pyrovae",
+        "minimal Pyro",
+        "torch",
+        "ratio",
+        "ratio range",
+        "minimal Pyro / torch",
+        "pyrovae / minimal Pyro",
+    )
 
     @property
     def ratios(self) -> list[float]:
@@ -241,14 +325,26 @@ class Timing:
         return statistics.median(self.ratios)
 
     def summary(self, scale: float, digits: int) -> list[str]:
-        """Median times (multiplied by ``scale``), the median ratio and its range over rounds."""
+        """The :attr:`COLUMNS`: median times (multiplied by ``scale``), the median ratio
+        pyrovae / torch and its range over rounds, and the medians of the per-round
+        ratios that involve minimal Pyro (``-`` without it)."""
+        minimal = ["-", "-", "-"]
+        m = self.minimal_pyro
+        if m is not None:
+            minimal = [
+                f"{statistics.median(m) * scale:.{digits}f}",
+                f"{statistics.median(a / t for a, t in zip(m, self.torch, strict=True)):.3f}",
+                f"{statistics.median(p / a for p, a in zip(self.pyrovae, m, strict=True)):.3f}",
+            ]
         return [
             str(self.batch_size),
             self.objective,
             f"{statistics.median(self.pyrovae) * scale:.{digits}f}",
+            minimal[0],
             f"{statistics.median(self.torch) * scale:.{digits}f}",
             f"{self.ratio:.3f}",
             f"{min(self.ratios):.2f}-{max(self.ratios):.2f}",
+            *minimal[1:],
         ]
 
 

@@ -72,7 +72,8 @@ def test_quick_run_prints_a_table_of_ratios(name, import_benchmark, tmp_path, ca
     assert {row[1] for row in rows} == {"Trace_ELBO", "TraceMeanField_ELBO"}
     for row in rows:
         assert len(row) == len(header)
-        assert float(row[header.index("ratio")]) > 0
+        for column in ("ratio", "minimal Pyro / torch", "pyrovae / minimal Pyro"):
+            assert float(row[header.index(column)]) > 0
     assert (tmp_path / "table.md").read_text() in out
 
 
@@ -86,7 +87,9 @@ def test_bad_options_are_rejected(import_benchmark, capsys):
 def test_reference_matches_pyrovae_loss_and_gradients(elbo, import_benchmark):
     common = import_benchmark("common")
     num_data, event_shape = 1000, (1, 28, 28)
-    trainer, reference = common.build_pair(elbo, 8, event_shape, num_data, torch.device("cpu"))
+    trainer, reference, minimal = common.build_candidates(
+        elbo, 8, event_shape, num_data, torch.device("cpu")
+    )
     x = torch.rand(8, *event_shape)
     vae = trainer.vae
     # Draw z once, then evaluate pyrovae's own ELBO object at that z.
@@ -99,6 +102,12 @@ def test_reference_matches_pyrovae_loss_and_gradients(elbo, import_benchmark):
     eps = ((z - loc) / torch.exp(0.5 * log_var)).detach()
     expected = reference.vae.loss(x, num_data, eps=eps)
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-2)
+    # the minimal Pyro VAE, at the same z, computes the same loss
+    pyro_vae = minimal.vae
+    minimal_loss = pyro_vae.loss.elbo.differentiable_loss(
+        pyro_vae.model, poutine.replay(pyro_vae.guide, trace=guide_trace), x
+    )
+    torch.testing.assert_close(minimal_loss, expected, rtol=1e-5, atol=1e-2)
 
     loss.backward()
     expected.backward()
