@@ -16,11 +16,24 @@ from pyrovae.inference.evaluation import (
     log_weights,
     reconstruction_error,
 )
-from pyrovae.inference.objectives import ELBOS, make_elbo
+from pyrovae.inference.objectives import (
+    ELBOS,
+    IWAE,
+    FreeBitsELBO,
+    InfoVAEELBO,
+    RenyiObjective,
+    make_elbo,
+)
+from pyrovae.inference.schedules import SCHEDULES, make_schedule
 from pyrovae.inference.svi import SVITrainer, train
 
 __all__ = [
     "ELBOS",
+    "IWAE",
+    "SCHEDULES",
+    "FreeBitsELBO",
+    "InfoVAEELBO",
+    "RenyiObjective",
     "SVITrainer",
     "active_units",
     "diagnose",
@@ -32,6 +45,7 @@ __all__ = [
     "load_checkpoint",
     "log_weights",
     "make_elbo",
+    "make_schedule",
     "mutual_information",
     "reconstruction_error",
     "save_checkpoint",
