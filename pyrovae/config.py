@@ -171,6 +171,12 @@ class Config:
                 "free bits need the KL of each latent dimension, which a mixture prior does not "
                 "have; use --prior normal or learned-normal, or another --elbo"
             )
+        if self.elbo.startswith("Jit") and self.kl_schedule != "constant":
+            raise ConfigError(
+                f"{self.elbo} compiles the loss once per value of beta, so a changing KL weight "
+                f"(--kl-schedule {self.kl_schedule}) would recompile it every step; use --elbo "
+                "Trace_ELBO with a schedule"
+            )
         if self.elbo == "FreeBits_ELBO" and self.guide != "normal":
             raise ConfigError(
                 f"free bits need the KL of each latent dimension, which the {self.guide} guide "

@@ -359,6 +359,7 @@ def test_config_round_trip_keeps_the_objective(tmp_path):
         ({"elbo": "FreeBits_ELBO", "guide": "iaf"}, "--guide normal"),
         ({"elbo": "InfoVAE_ELBO", "mmd_lambda": 0.5}, "mmd_alpha \\+ mmd_lambda >= 1"),
         ({"cycle_ratio": 0.0}, "cycle_ratio"),
+        ({"elbo": "JitTrace_ELBO", "kl_schedule": "linear"}, "recompile"),
         ({"free_bits": -1.0}, "free_bits"),
         ({"guide": "flow"}, "unknown guide"),
         ({"kl_schedule": "cosine"}, "unknown kl schedule"),
