@@ -152,7 +152,7 @@ class SVITrainer:
             elbo.loss(self.vae.model, self.vae.guide, x, num_data=self.num_data)
 
     def epoch(self, data: Dataset) -> float:
-        """One pass over shuffled training minibatches; returns the mean train ELBO per point.
+        """One pass over shuffled training minibatches; returns the mean objective per point.
 
         A last batch smaller than ``batch_size`` is dropped (the JIT's traced graph
         fixes the batch size, and equal batches keep the gradient noise constant).
