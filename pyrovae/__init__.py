@@ -12,7 +12,14 @@ pyro.settings.set(module_local_params=True)
 from pyrovae.config import Config, load_config  # noqa: E402
 from pyrovae.data import Dataset, load_dataset  # noqa: E402
 from pyrovae.errors import CheckpointError, ConfigError, DataError, PyroVAEError  # noqa: E402
-from pyrovae.inference import evaluate, iwae_log_likelihood, train  # noqa: E402
+from pyrovae.inference import (  # noqa: E402
+    evaluate,
+    inference_gaps,
+    iwae_log_likelihood,
+    nuts_posterior,
+    posterior_draws,
+    train,
+)
 from pyrovae.run import fit, load_run  # noqa: E402
 from pyrovae.vae import VAE  # noqa: E402
 
@@ -28,9 +35,12 @@ __all__ = [
     "PyroVAEError",
     "evaluate",
     "fit",
+    "inference_gaps",
     "iwae_log_likelihood",
     "load_config",
     "load_dataset",
     "load_run",
+    "nuts_posterior",
+    "posterior_draws",
     "train",
 ]

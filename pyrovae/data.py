@@ -76,6 +76,7 @@ __all__ = [
     "Dataset",
     "DatasetLoader",
     "load_dataset",
+    "load_items",
     "read_idx",
     "validate_data",
 ]
@@ -949,3 +950,29 @@ def _load_file(path: Path, *, test_fraction: float, seed: int, limit: int | None
         train_labels=labels["train"],
         test_labels=labels["test"],
     )
+
+
+def load_items(
+    path: str | os.PathLike[str], *, binarize: str = "none", seed: int = 0
+) -> torch.Tensor:
+    """Every item of a user's ``.npy`` / ``.npz`` file, in file order, as float32.
+
+    ``x`` (or ``x_train`` followed by ``x_test``), read as :func:`load_dataset` reads it,
+    then binarized as a test set (``"static"`` and ``"dynamic"``: one Bernoulli draw
+    seeded with ``seed``), so row ``i`` of the file is item ``i``.
+    """
+    _check_binarize(binarize)
+    path = Path(path)
+    arrays = _read_arrays(path)
+    keys = ["x"] if "x" in arrays else ["x_train", "x_test"]
+    parts = [_items_tensor(arrays[k], what=f"{path.name} {k}") for k in keys]
+    if len({p.shape[1:] for p in parts}) > 1:
+        raise DataError(
+            f"{path.name}: x_train and x_test items have different shapes "
+            f"{[tuple(p.shape[1:]) for p in parts]}; both splits need the same item shape"
+        )
+    x = torch.cat(parts)
+    if binarize != "none":
+        _check_unit_interval(x, binarize, what=path.name)
+    _, test_transform = _BINARIZERS[binarize]
+    return test_transform(x, torch.Generator().manual_seed(seed))

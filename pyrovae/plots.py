@@ -3,15 +3,28 @@ the CLI saves them as PNG."""
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from matplotlib.figure import Figure
 from torchvision.utils import make_grid
 
-__all__ = ["elbo_curves", "image_grid", "reconstructions"]
+__all__ = [
+    "elbo_curves",
+    "image_grid",
+    "latent_scatter",
+    "posterior_comparison",
+    "posterior_densities",
+    "posterior_forest",
+    "posterior_pair",
+    "posterior_predictive_grid",
+    "reconstructions",
+]
 
 
 def _as_images(x: torch.Tensor) -> torch.Tensor:
@@ -74,5 +87,192 @@ def elbo_curves(history: Sequence[dict[str, Any]]) -> Figure:
     ax.set_ylabel("ELBO (nats per data point)")
     ax.grid(alpha=0.3)
     ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+# --- posteriors and the latent space -----------------------------------------------------
+
+
+@contextlib.contextmanager
+def _arviz_plotting() -> Iterator[Any]:
+    """ArviZ, with its matplotlib >= 3.11 deprecation warning silenced (ArviZ 0.23 passes a
+    dict to ``normalize_kwargs``; nothing a pyrovae user can act on)."""
+    from pyrovae.inference.posterior import import_arviz
+
+    az = import_arviz()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Passing a dict or None as alias_mapping")
+        yield az
+
+
+def _arviz_figure(axes: Any) -> Figure:
+    """The Figure of ArviZ's axes, detached from pyplot's registry (ArviZ draws with pyplot)."""
+    import matplotlib.pyplot as plt
+
+    fig = np.ravel(axes)[0].figure
+    plt.close(fig)
+    return fig
+
+
+def _coords(items: Sequence[int] | None, dims: Sequence[int] | None) -> dict[str, list[int]]:
+    coords = {}
+    if items is not None:
+        coords["item"] = list(items)
+    if dims is not None:
+        coords["latent_dim"] = list(dims)
+    return coords
+
+
+def posterior_densities(
+    idata: Any, *, items: Sequence[int] | None = None, dims: Sequence[int] | None = None
+) -> Figure:
+    """``arviz.plot_posterior`` of ``z``: a density with its 94% HDI per item (rows) and
+    latent dim (columns)."""
+    z = idata.posterior["z"]
+    items = list(z["item"].values) if items is None else list(items)
+    dims = list(z["latent_dim"].values) if dims is None else list(dims)
+    with _arviz_plotting() as az:
+        axes = az.plot_posterior(
+            idata,
+            var_names=["z"],
+            coords={"item": items, "latent_dim": dims},
+            grid=(len(items), len(dims)),
+            figsize=(3.2 * len(dims), 2.8 * len(items)),
+            textsize=9,
+        )
+    return _arviz_figure(axes)
+
+
+def posterior_forest(
+    posteriors: dict[str, Any],
+    *,
+    items: Sequence[int] | None = None,
+    dims: Sequence[int] | None = None,
+) -> Figure:
+    """``arviz.plot_forest`` of ``z`` across inputs: 94% HDI bars of one or more posteriors
+    (e.g. ``{"q(z|x)": q, "NUTS": nuts}``) per item and latent dim."""
+    names, datas = list(posteriors), list(posteriors.values())
+    with _arviz_plotting() as az:
+        axes = az.plot_forest(
+            datas,
+            model_names=names if len(datas) > 1 else None,
+            var_names=["z"],
+            coords=_coords(items, dims),
+            combined=True,
+            textsize=8,
+        )
+    return _arviz_figure(axes)
+
+
+def posterior_pair(idata: Any, *, item: int, dims: Sequence[int]) -> Figure:
+    """``arviz.plot_pair`` of the selected latent dims of one item (scatter and marginals)."""
+    if len(dims) < 2:
+        raise ValueError("a pair plot needs at least two latent dims")
+    with _arviz_plotting() as az:
+        axes = az.plot_pair(
+            idata,
+            var_names=["z"],
+            coords={"item": [item], "latent_dim": list(dims)},
+            marginals=True,
+            scatter_kwargs={"alpha": 0.3, "s": 6},
+            figsize=(2.6 * len(dims), 2.6 * len(dims)),
+            textsize=9,
+        )
+    return _arviz_figure(axes)
+
+
+def posterior_comparison(
+    approximate: Any,
+    reference: Any,
+    *,
+    items: Sequence[int] | None = None,
+    dims: Sequence[int] | None = None,
+    labels: tuple[str, str] = ("q(z|x)", "NUTS p(z|x)"),
+) -> Figure:
+    """1-D marginals: a histogram of the reference draws (NUTS) under the guide's Gaussian
+    density, one panel per item (rows) and latent dim (columns)."""
+    from scipy.stats import norm
+
+    from pyrovae.inference.posterior import _moments
+
+    mean_q, sd_q = _moments(approximate)
+    z = reference.posterior["z"]
+    item_coords = list(z["item"].values)
+    items = item_coords if items is None else list(items)
+    dims = list(z["latent_dim"].values) if dims is None else list(dims)
+    fig = Figure(figsize=(2.2 * len(dims), 1.8 * len(items)))
+    axes = fig.subplots(len(items), len(dims), squeeze=False)
+    for r, item in enumerate(items):
+        i = item_coords.index(item)
+        for c, d in enumerate(dims):
+            ax = axes[r, c]
+            draws = z.sel(item=item, latent_dim=d).values.ravel()
+            ax.hist(draws, bins=40, density=True, color="0.7", label=labels[1])
+            lo = min(draws.min(), mean_q[i, d] - 4 * sd_q[i, d])
+            hi = max(draws.max(), mean_q[i, d] + 4 * sd_q[i, d])
+            grid = np.linspace(lo, hi, 200)
+            ax.plot(grid, norm.pdf(grid, mean_q[i, d], sd_q[i, d]), color="C0", label=labels[0])
+            ax.set_yticks([])
+            ax.tick_params(labelsize=7)
+            if r == 0:
+                ax.set_title(f"z[{d}]", fontsize=9)
+            if c == 0:
+                ax.set_ylabel(f"item {item}", fontsize=9)
+    axes[0, -1].legend(fontsize=7, loc="upper right")
+    fig.suptitle("posterior marginals: guide (line) vs NUTS (histogram)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def posterior_predictive_grid(idata: Any, *, num_draws: int = 7) -> Figure:
+    """Each input (first column) followed by the decoded means :math:`E[x \\mid z]` of
+    ``num_draws`` posterior draws :math:`z \\sim q(z \\mid x)`, one row per item."""
+    observed = torch.as_tensor(idata.observed_data["x"].values)
+    decoded = idata.posterior_predictive["x_mean"].values[0]  # (draw, item, ...)
+    num_draws = min(num_draws, decoded.shape[0])
+    rows = [
+        torch.cat([observed[i : i + 1], torch.as_tensor(decoded[:num_draws, i])])
+        for i in range(len(observed))
+    ]
+    return image_grid(
+        torch.cat(rows),
+        nrow=num_draws + 1,
+        title="input, then decoded draws of q(z|x)",
+    )
+
+
+def latent_scatter(
+    embeddings: dict[str, np.ndarray],
+    labels: np.ndarray | None = None,
+    *,
+    title: str = "posterior means of the held-out items",
+) -> Figure:
+    """One scatter panel per 2-D embedding (``latent``, ``pca``, ``tsne``), coloured by label."""
+    titles = {"latent": "z", "pca": "PCA of the means", "tsne": "t-SNE of the means"}
+    fig = Figure(figsize=(5 * len(embeddings), 4.6))
+    axes = fig.subplots(1, len(embeddings), squeeze=False)[0]
+    for ax, (name, xy) in zip(axes, embeddings.items()):
+        if labels is None:
+            ax.scatter(xy[:, 0], xy[:, 1], s=6, alpha=0.7)
+        else:
+            classes = np.unique(labels)
+            cmap = "tab10" if len(classes) <= 10 else "tab20" if len(classes) <= 20 else "viridis"
+            points = ax.scatter(
+                xy[:, 0],
+                xy[:, 1],
+                c=labels,
+                cmap=cmap,
+                s=6,
+                alpha=0.8,
+                vmin=-0.5,
+                vmax=classes.max() + 0.5,
+            )
+            if len(classes) <= 20:
+                fig.colorbar(points, ax=ax, ticks=classes, label="label")
+        ax.set_title(titles.get(name, name))
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title)
     fig.tight_layout()
     return fig

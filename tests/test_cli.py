@@ -4,6 +4,7 @@ config file, and every kind of bad input ends with one readable message and exit
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,14 @@ import torch
 from pyrovae import cli, load_config
 
 #: every CLI command with the test that runs it; test_every_command_is_tested checks it
-CLI_TESTED = {"train": "trained_run", "evaluate": "test_evaluate", "sample": "test_sample"}
+CLI_TESTED = {
+    "train": "trained_run",
+    "evaluate": "test_evaluate",
+    "sample": "test_sample",
+    "inspect": "test_inspect",
+    "graph": "test_graph",
+    "latent": "test_latent",
+}
 TINY = ["--num-epochs", "2", "--num-eval-samples", "8", "--no-progress", "-q"]
 
 
@@ -67,7 +75,7 @@ def test_sample(trained_run, tmp_path, capsys):
     assert samples.shape == (16, 1, 8, 8) and (tmp_path / "samples.png").stat().st_size > 0
 
 
-@pytest.mark.parametrize("command", ["train", "evaluate", "sample"])
+@pytest.mark.parametrize("command", list(cli.COMMANDS))
 def test_help(command, capsys):
     code, out, _ = run_cli([command, "--help"], capsys)
     assert code == 0 and "usage: pyrovae " + command in out
@@ -171,6 +179,8 @@ def test_conv_networks_on_flat_data_exit_2(tmp_path, capsys):
         (["train", "--latent-dim", "0"], "latent_dim must be >= 1"),
         (["evaluate", "no-such-run"], "no checkpoint"),
         (["sample", "no-such-run"], "no checkpoint"),
+        (["inspect", "no-such-run"], "no checkpoint"),
+        (["latent", "no-such-run"], "no checkpoint"),
     ],
 )
 def test_bad_arguments_exit_2(argv, phrase, tmp_path, capsys, monkeypatch):
@@ -338,3 +348,107 @@ def test_bad_objective_combinations_exit_2(flags, phrase, tmp_path, capsys):
     code, _, err = run_cli(["train", "--workdir", tmp_path / "r", *flags, *TINY], capsys)
     assert code == 2
     assert phrase in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.fixture
+def one_thread():
+    """Commands here get ``--num-threads 1``, which sets torch's global thread count;
+    put the previous count back afterwards."""
+    threads = torch.get_num_threads()
+    yield ["--num-threads", "1"]
+    torch.set_num_threads(threads)
+
+
+def test_inspect(trained_run, tmp_path, capsys, one_thread):
+    from pyrovae.inference import load_inference_data
+
+    out = tmp_path / "inspect"
+    argv = ["inspect", trained_run, "--items", "0", "2", "-s", "40", "--output", out]
+    argv += ["--nuts", "--num-chains", "2", "--num-warmup", "30", "--num-mcmc-samples", "30"]
+    argv += ["--gaps", "--num-gap-items", "4", "-k", "20", "--gap-steps", "10", "-q"]
+    code, stdout, err = run_cli([*argv, *one_thread], capsys)
+    assert code == 0, err
+    figures = ["posterior.png", "forest.png", "pair.png", "predictive.png", "comparison.png"]
+    for name in [*figures, "forest_nuts.png"]:
+        assert (out / name).stat().st_size > 0, name
+    q = load_inference_data(out / "posterior.nc")
+    assert q.posterior["z"].shape == (1, 40, 2, 8)
+    assert q.posterior["item"].values.tolist() == [0, 2]
+    nuts = load_inference_data(out / "nuts.nc")
+    assert nuts.posterior["z"].shape == (2, 30, 2, 8)
+    assert nuts.sample_stats["diverging"].shape == (2, 30)
+    assert len((out / "comparison.csv").read_text().splitlines()) == 1 + 2 * 8
+    gaps = json.loads((out / "gaps.json").read_text())
+    assert gaps["num_data"] == 4 and len(gaps["items"]) == 4
+    assert gaps["approximation_gap"] + gaps["amortization_gap"] == pytest.approx(
+        gaps["inference_gap"], abs=1e-4
+    )
+    assert "r_hat" in stdout and "overlap" in stdout and "amortization_gap" in stdout
+
+
+def test_inspect_items_of_a_data_file(trained_run, tmp_path, capsys):
+    from pyrovae.inference import load_inference_data
+
+    rows = np.random.default_rng(0).random((5, 1, 8, 8)).astype(np.float32)
+    path = _save(tmp_path / "x.npy", rows)
+    argv = ["inspect", trained_run, "--data", path, "--items", "3", "1", "-s", "10", "-q"]
+    code, _, err = run_cli([*argv, "--dims", "0", "5", "--output", tmp_path / "out"], capsys)
+    assert code == 0, err
+    q = load_inference_data(tmp_path / "out" / "posterior.nc")
+    assert q.posterior["item"].values.tolist() == [3, 1]
+    np.testing.assert_array_equal(q.observed_data["x"].values, rows[[3, 1]])
+
+
+@pytest.mark.parametrize(
+    "argv, phrase",
+    [
+        (["--items", "360"], "--items 360 out of range: the held-out set has 360 items"),
+        (["--items", "-1"], "out of range"),
+        (["--items", "1", "1"], "repeats an index"),
+        (["--dims", "8"], "--dims 8 out of range"),
+        (["-s", "0"], "-s/--num-samples must be >= 1"),
+        (["--nuts", "--num-chains", "0"], "--num-chains must be >= 1"),
+        (["--data", "missing.npy"], "does not exist"),
+    ],
+)
+def test_bad_inspect_arguments_exit_2(argv, phrase, trained_run, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(["inspect", trained_run, *argv, "--output", tmp_path / "o"], capsys)
+    assert code == 2 and phrase in err and "Traceback" not in err, err
+
+
+def test_graph(trained_run, tmp_path, capsys):
+    pytest.importorskip("graphviz", reason="the optional extra pyrovae[graph] is not installed")
+    if shutil.which("dot") is None:
+        pytest.skip("Graphviz's dot program is not installed")
+    code, _, err = run_cli(["graph", trained_run, "--output", tmp_path], capsys)
+    assert code == 0, err
+    model, guide = (tmp_path / "model.svg").read_text(), (tmp_path / "guide.svg").read_text()
+    assert "<svg" in model and "cluster_data" in model
+    # the model draws z and the observed x with their distributions; the guide only z
+    assert "z ~ Normal" in model and "x ~ Bernoulli" in model
+    assert "z ~ Normal" in guide and "x ~" not in guide
+    code, _, err = run_cli(["graph", trained_run, "--output", tmp_path, "--format", "dot"], capsys)
+    assert code == 0 and "fillcolor=gray" in (tmp_path / "model.dot").read_text()
+
+
+def test_graph_without_graphviz_exits_2(trained_run, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "graphviz", None)  # import graphviz raises ImportError
+    code, _, err = run_cli(["graph", trained_run, "--output", tmp_path], capsys)
+    assert code == 2 and "pip install 'pyrovae[graph]'" in err and "Traceback" not in err
+    assert not (tmp_path / "model.svg").exists()
+
+
+def test_latent(trained_run, tmp_path, capsys, one_thread):
+    code, stdout, err = run_cli(
+        ["latent", trained_run, "--output", tmp_path, "--max-points", "100", *one_thread], capsys
+    )
+    assert code == 0, err
+    codes = np.load(tmp_path / "latent.npz")
+    assert codes["train_loc"].shape == (1437, 8) and codes["test_log_var"].shape == (360, 8)
+    assert codes["test_labels"].shape == (360,)
+    report = json.loads((tmp_path / "latent.json").read_text())
+    assert len(report["kl_per_dim"]) == 8 and 0 <= report["active_units"] <= 8
+    assert 0.0 <= report["probe_accuracy"] <= 1.0
+    assert (tmp_path / "latent.png").stat().st_size > 0
+    assert json.loads(stdout[: stdout.rindex("}") + 1]) == report

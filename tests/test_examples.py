@@ -28,6 +28,11 @@ EXAMPLES: dict[str, list[str]] = {
     "custom_prior_likelihood.py": [*TINY, "--num-eval-samples", "4"],
     "svi_by_hand.py": [*TINY, "--num-samples", "3"],
     "objectives_by_hand.py": ["--num-epochs", "2", "--limit", "128"],
+    "inspect_posterior.py": [
+        *TINY,
+        *("--num-warmup", "20", "--num-mcmc-samples", "20"),
+        *("--num-gap-items", "4", "-k", "10", "--gap-steps", "10"),
+    ],
 }
 
 NUMBER = r"-?\d+\.\d+"
@@ -55,6 +60,15 @@ EXPECTED: dict[str, list[str]] = {
     "objectives_by_hand.py": [
         r"epoch\s+beta\s+held-out ELBO\s+KL\s+active units",
         rf"\n\s+2\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}\s+\d / 8\n",
+    ],
+    "inspect_posterior.py": [
+        r"groups: posterior, posterior_predictive, prior, prior_predictive, observed_data",
+        r"dims of posterior z: \{'chain': 1, 'draw': 1000, 'item': 3, 'latent_dim': 8\}",
+        r"mean_q\s+mean_p\s+sd_q\s+sd_p\s+overlap",
+        rf"approximation_gap\s+{NUMBER} \+- {NUMBER}",
+        rf"amortization_gap\s+{NUMBER} \+- {NUMBER}",
+        r"active units: \d of 8",
+        rf"linear probe accuracy: {NUMBER}",
     ],
 }
 

@@ -8,6 +8,7 @@ autoregressive flow steps); :func:`make_guide` builds one with its encoder.
 from pyrovae.guides.amortized import GUIDES, AmortizedGuide, AmortizedNormalGuide, make_guide
 from pyrovae.guides.encoders import ENCODERS, ConvEncoder, MLPEncoder
 from pyrovae.guides.flows import IAFGuide
+from pyrovae.guides.local import LocalNormalGuide
 from pyrovae.guides.lowrank import LowRankNormalGuide
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "AmortizedNormalGuide",
     "ConvEncoder",
     "IAFGuide",
+    "LocalNormalGuide",
     "LowRankNormalGuide",
     "MLPEncoder",
     "make_guide",

@@ -1,4 +1,5 @@
-"""Inference: the SVI loop, objectives, evaluation, diagnostics and checkpoints."""
+"""Inference: the SVI loop, objectives, evaluation, diagnostics, posterior inspection
+(ArviZ draws, NUTS, inference gaps, the latent space) and checkpoints."""
 
 from pyrovae.inference.checkpoint import load_checkpoint, save_checkpoint
 from pyrovae.inference.diagnostics import (
@@ -16,6 +17,16 @@ from pyrovae.inference.evaluation import (
     log_weights,
     reconstruction_error,
 )
+from pyrovae.inference.gaps import InferenceGaps, inference_gaps, optimize_local_guide
+from pyrovae.inference.latent import (
+    EMBEDDINGS,
+    embed,
+    encode_dataset,
+    latent_report,
+    linear_probe,
+    save_codes,
+)
+from pyrovae.inference.mcmc import nuts_posterior
 from pyrovae.inference.objectives import (
     ELBOS,
     IWAE,
@@ -24,31 +35,53 @@ from pyrovae.inference.objectives import (
     RenyiObjective,
     make_elbo,
 )
+from pyrovae.inference.posterior import (
+    compare_posteriors,
+    load_inference_data,
+    posterior_draws,
+    posterior_summary,
+    save_inference_data,
+)
 from pyrovae.inference.schedules import SCHEDULES, make_schedule
 from pyrovae.inference.svi import SVITrainer, train
 
 __all__ = [
     "ELBOS",
+    "EMBEDDINGS",
     "IWAE",
     "SCHEDULES",
     "FreeBitsELBO",
+    "InferenceGaps",
     "InfoVAEELBO",
     "RenyiObjective",
     "SVITrainer",
     "active_units",
+    "compare_posteriors",
     "diagnose",
+    "embed",
     "encode_all",
+    "encode_dataset",
     "evaluate",
     "heldout_elbo",
+    "inference_gaps",
     "iwae_log_likelihood",
     "kl_per_dimension",
+    "latent_report",
+    "linear_probe",
     "load_checkpoint",
+    "load_inference_data",
     "log_weights",
     "make_elbo",
     "make_schedule",
     "mutual_information",
+    "nuts_posterior",
+    "optimize_local_guide",
+    "posterior_draws",
+    "posterior_summary",
     "reconstruction_error",
     "save_checkpoint",
+    "save_codes",
+    "save_inference_data",
     "total_kl",
     "train",
 ]

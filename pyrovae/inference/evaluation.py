@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pyro
 import torch
@@ -54,19 +54,24 @@ def _log_prob(trace: poutine.Trace) -> torch.Tensor:
 
 
 @torch.no_grad()
-def log_weights(vae: VAE, x: torch.Tensor, num_samples: int = 1) -> torch.Tensor:
+def log_weights(
+    vae: VAE, x: torch.Tensor, num_samples: int = 1, *, guide: Callable | None = None
+) -> torch.Tensor:
     r"""Log importance weights :math:`\log p(x, z_k) - \log q(z_k \mid x)`, shape ``(K, len(x))``.
 
     Computed without the KL weight :math:`\beta` or minibatch scaling, i.e. for the
-    true joint density.
+    true joint density. ``guide`` replaces the VAE's amortized guide as the proposal
+    :math:`q` (any guide with the model's signature, e.g. a
+    :class:`~pyrovae.guides.LocalNormalGuide`).
     """
+    guide = vae.guide if guide is None else guide
     per_particle = max(1, len(x) * math.prod(x.shape[1:]) * 4)
     chunk = max(1, min(num_samples, CHUNK_ELEMENTS // per_particle))
     weights = []
     for start in range(0, num_samples, chunk):
         size = min(chunk, num_samples - start)
         with pyro.plate("particles", size, dim=-2):
-            guide_trace = poutine.trace(vae.guide).get_trace(x)
+            guide_trace = poutine.trace(guide).get_trace(x)
             model = poutine.replay(vae.model, trace=guide_trace)
             model_trace = poutine.trace(model).get_trace(x)
         weights.append(_log_prob(model_trace) - _log_prob(guide_trace))
