@@ -412,3 +412,12 @@ def test_every_registered_objective_is_a_pyro_elbo():
     assert {"IWAE", "RenyiELBO", "FreeBits_ELBO", "InfoVAE_ELBO"} <= set(ELBOS)
     for name in ELBOS:
         assert issubclass(ELBOS[name], ELBO)
+
+
+@pytest.mark.parametrize("guide", ["lowrank", "iaf"])
+def test_amortization_gap_needs_the_diagonal_guide(guide):
+    from pyrovae.inference.gaps import optimize_local_guide
+
+    vae = VAE((1, 8, 8), latent_dim=3, guide=guide)
+    with pytest.raises(ConfigError, match="per-point diagonal Gaussian"):
+        optimize_local_guide(vae, torch.rand(4, 1, 8, 8), num_steps=1)
