@@ -15,7 +15,10 @@ epochs from the same initial weights and differs only in the objective:
   of the run (Bowman et al. 2016);
 - ``cyclical annealing``: 4 cycles, half of each spent increasing (Fu et al. 2019);
 - ``free bits``: ``FreeBits_ELBO``, every dimension charged at least
-  :math:`\lambda` nats (Kingma et al. 2016).
+  :math:`\lambda` nats (Kingma et al. 2016);
+- ``InfoVAE``: ``InfoVAE_ELBO`` (Zhao et al. 2017) with :math:`\alpha = 0` (the ELBO plus
+  an MMD penalty between the aggregate posterior and the prior) and with
+  :math:`\alpha = 1` (the MMD-VAE: no per-point KL term, only the MMD).
 
 Columns (all on the held-out digits): active units (Burda et al. 2016, threshold
 0.01), the KL and the mutual information :math:`I(x; z)` of
@@ -79,6 +82,16 @@ def rows(args: argparse.Namespace) -> dict[str, dict[str, object]]:
         f"free bits (lambda = {args.free_bits:g})": {
             "elbo": "FreeBits_ELBO",
             "free_bits": args.free_bits,
+        },
+        "InfoVAE (alpha = 0, lambda = 1000)": {
+            "elbo": "InfoVAE_ELBO",
+            "mmd_alpha": 0.0,
+            "mmd_lambda": 1000.0,
+        },
+        "MMD-VAE (alpha = 1, lambda = 100)": {
+            "elbo": "InfoVAE_ELBO",
+            "mmd_alpha": 1.0,
+            "mmd_lambda": 100.0,
         },
     }
 
