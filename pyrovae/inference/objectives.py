@@ -179,7 +179,9 @@ class TraceObjective(Trace_ELBO):
         """The loss of one trace pair (summed over a vectorized particle dimension)."""
         raise NotImplementedError  # abstract
 
-    def differentiable_loss(self, model: Any, guide: Any, *args: Any, **kwargs: Any):
+    def differentiable_loss(
+        self, model: Any, guide: Any, *args: Any, **kwargs: Any
+    ) -> torch.Tensor:
         loss = 0.0
         elbo = 0.0
         for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
