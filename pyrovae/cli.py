@@ -96,6 +96,11 @@ def _parser() -> argparse.ArgumentParser:
         "--data", help="evaluate on every item of this .npy/.npz file instead of the test set"
     )
     evaluate.add_argument("--batch-size", type=int, default=500, help="data points per batch")
+    evaluate.add_argument(
+        "--num-items",
+        type=int,
+        help="evaluate only the first N items (of the test set or --data; default: all)",
+    )
     evaluate.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the importance samples")
 
@@ -276,6 +281,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     if args.num_samples < 1 or args.batch_size < 1:
         raise ConfigError("-k/--num-samples and --batch-size must be >= 1")
+    if args.num_items is not None and args.num_items < 1:
+        raise ConfigError(f"--num-items must be >= 1, got {args.num_items}")
     vae, config, _ = load_run(args.run, args.device)
     pyro.set_rng_seed(args.seed)
     if args.data:
@@ -285,10 +292,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         x = torch.cat([data.train, data.test])
     else:
         x = load_data(config, vae.device).test
+    if args.num_items is not None:
+        x = x[: args.num_items]
     x = x.to(vae.device)
     vae.validate_data(x, "evaluation data")
     results = evaluate(vae, x, args.num_samples, args.batch_size)
-    if args.run.is_dir() and not args.data:
+    if args.run.is_dir() and not args.data and args.num_items is None:
         (args.run / "evaluation.json").write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
     return 0
