@@ -96,6 +96,11 @@ def _parser() -> argparse.ArgumentParser:
         "--data", help="evaluate on every item of this .npy/.npz file instead of the test set"
     )
     evaluate.add_argument("--batch-size", type=int, default=500, help="data points per batch")
+    evaluate.add_argument(
+        "--num-items",
+        type=int,
+        help="evaluate only the first N items (of the test set or --data; default: all)",
+    )
     evaluate.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the importance samples")
 
@@ -215,6 +220,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     latent.add_argument(
         "--threshold", type=float, default=0.01, help="active-unit threshold (0.01, Burda et al.)"
+    )
+    latent.add_argument(
+        "--probe-max-train",
+        type=int,
+        default=10000,
+        help="fit the linear probe on at most this many train items (a seeded sample; 10000)",
     )
     latent.add_argument("--output", type=Path, help="output folder (default: RUN/latent)")
     latent.add_argument("--batch-size", type=int, default=500, help="data points per batch")
@@ -417,6 +428,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     if args.num_samples < 1 or args.batch_size < 1:
         raise ConfigError("-k/--num-samples and --batch-size must be >= 1")
+    if args.num_items is not None and args.num_items < 1:
+        raise ConfigError(f"--num-items must be >= 1, got {args.num_items}")
     vae, config, _ = load_run(args.run, args.device)
     pyro.set_rng_seed(args.seed)
     if args.data:
@@ -424,6 +437,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         data = load_data(config, vae.device)
         x, y = data.test, data.test_labels
+    if args.num_items is not None:
+        x = x[: args.num_items]
+        y = None if y is None else y[: args.num_items]
     x = x.to(vae.device)
     vae.validate_data(x, "evaluation data")
     labels = {}
@@ -433,7 +449,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     results = evaluate(vae, x, args.num_samples, args.batch_size, **labels)
     if y is not None:
         results.update(vae.metrics(x, y.to(vae.device)))
-    if args.run.is_dir() and not args.data:
+    if args.run.is_dir() and not args.data and args.num_items is None:
         (args.run / "evaluation.json").write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
     return 0
@@ -999,8 +1015,8 @@ def _cmd_latent(args: argparse.Namespace) -> int:
 
     matplotlib.use("Agg")
     _set_threads(args.num_threads)
-    if args.max_points < 2 or args.batch_size < 1:
-        raise ConfigError("--max-points must be >= 2 and --batch-size >= 1")
+    if args.max_points < 2 or args.batch_size < 1 or args.probe_max_train < 2:
+        raise ConfigError("--max-points and --probe-max-train must be >= 2, --batch-size >= 1")
     vae, config, _ = load_run(args.run, args.device)
     _refuse_labelled(vae, config, "latent", "requires_y")
     data = load_data(config, vae.device)
@@ -1008,7 +1024,15 @@ def _cmd_latent(args: argparse.Namespace) -> int:
     pyro.set_rng_seed(args.seed)  # the mutual information estimate draws z ~ q(z|x)
     codes = encode_dataset(vae, data, args.batch_size)
     save_codes(codes, out / "latent.npz")
-    report = latent_report(vae, data, codes, threshold=args.threshold, batch_size=args.batch_size)
+    report = latent_report(
+        vae,
+        data,
+        codes,
+        threshold=args.threshold,
+        batch_size=args.batch_size,
+        max_probe_train=args.probe_max_train,
+        seed=args.seed,
+    )
     rng = np.random.default_rng(args.seed)
     loc = codes["test_loc"]
     shown = np.sort(rng.permutation(len(loc))[: args.max_points])

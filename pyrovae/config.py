@@ -21,8 +21,10 @@ import tomllib
 
 from pyrovae.data import BINARIZE, DATASETS
 from pyrovae.errors import ConfigError
+from pyrovae.guides import GUIDES
 from pyrovae.guides.encoders import ENCODERS
-from pyrovae.inference.objectives import ELBOS
+from pyrovae.inference.objectives import ELBOS, KERNELS
+from pyrovae.inference.schedules import SCHEDULES
 from pyrovae.model.decoders import DECODERS
 from pyrovae.model.likelihoods import LEARN_SCALE, LIKELIHOODS
 from pyrovae.model.priors import PRIORS
@@ -77,11 +79,26 @@ class Config:
     hidden: tuple[int, ...] = _field(
         (256, 128), "hidden layer sizes (encoder order; decoder mirrors)"
     )
+    guide: str = _field("normal", "guide q(z|x): diagonal, low-rank Gaussian, or IAF", GUIDES)
+    guide_rank: int = _field(2, "rank of the low-rank guide's covariance factor")
+    num_flows: int = _field(2, "inverse autoregressive flow steps of the iaf guide")
     # objective
     elbo: str = _field("Trace_ELBO", "Pyro ELBO to optimise", ELBOS)
     num_particles: int = _field(1, "samples of z per data point in the ELBO estimate")
     vectorize_particles: bool = _field(False, "draw the particles in one vectorized pass")
     beta: float = _field(1.0, "weight of the KL term (beta-VAE), via poutine.scale")
+    kl_schedule: str = _field(
+        "constant", "KL weight over the steps: beta, warm-up to beta, or cycles", SCHEDULES
+    )
+    warmup_epochs: int = _field(10, "linear schedule: epochs of warm-up from 0 to beta")
+    warmup_steps: int | None = _field(None, "linear schedule: warm-up in steps (overrides epochs)")
+    num_cycles: int = _field(4, "cyclical schedule: cycles over the run")
+    cycle_ratio: float = _field(0.5, "cyclical schedule: fraction of a cycle spent increasing")
+    free_bits: float = _field(0.25, "FreeBits_ELBO: KL floor lambda in nats per latent dimension")
+    mmd_alpha: float = _field(0.0, "InfoVAE_ELBO: alpha (the KL term is weighted 1 - alpha)")
+    mmd_lambda: float = _field(1000.0, "InfoVAE_ELBO: lambda (MMD weight is alpha + lambda - 1)")
+    mmd_kernel: str = _field("rbf", "InfoVAE_ELBO: kernel of the MMD", KERNELS)
+    renyi_alpha: float = _field(0.0, "RenyiELBO: order alpha of the bound (0 is IWAE)")
     # optimisation
     num_epochs: int = _field(300, "passes over the training data")
     batch_size: int = _field(64, "minibatch size")
@@ -93,6 +110,9 @@ class Config:
     # evaluation
     num_eval_samples: int = _field(500, "importance samples K for the IWAE log p(x) at the end")
     eval_batch_size: int = _field(500, "data points per evaluation batch")
+    diagnostic_items: int = _field(
+        1000, "held-out points for the per-epoch collapse diagnostics (0: none)"
+    )
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -109,6 +129,9 @@ class Config:
                 raise ConfigError(f"{f.name} must be a finite number, got {value}")
         positive = (
             "latent_dim",
+            "guide_rank",
+            "num_flows",
+            "num_cycles",
             "num_components",
             "num_particles",
             "num_epochs",
@@ -137,6 +160,47 @@ class Config:
             raise ConfigError(f"num_classes must be >= 2, got {self.num_classes}")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"limit must be >= 1, got {self.limit}")
+        if self.diagnostic_items < 0:
+            raise ConfigError(f"diagnostic_items must be >= 0, got {self.diagnostic_items}")
+        self._check_objective()
+
+    def _check_objective(self) -> None:
+        """Combinations of objective, schedule, prior and guide that cannot work."""
+        if self.warmup_epochs < 0 or (self.warmup_steps is not None and self.warmup_steps < 0):
+            raise ConfigError("warmup_epochs and warmup_steps must be >= 0")
+        if not 0.0 < self.cycle_ratio <= 1.0:
+            raise ConfigError(f"cycle_ratio must be in (0, 1], got {self.cycle_ratio}")
+        if self.free_bits < 0:
+            raise ConfigError(f"free_bits must be >= 0 nats per dimension, got {self.free_bits}")
+        if self.elbo in ("IWAE", "RenyiELBO") and self.num_particles < 2:
+            raise ConfigError(
+                f"{self.elbo} with one particle is the ELBO; set --num-particles K >= 2 "
+                "(e.g. 5 or 50)"
+            )
+        if self.elbo == "RenyiELBO" and self.renyi_alpha == 1:
+            raise ConfigError("renyi_alpha = 1 is the ELBO; use --elbo Trace_ELBO")
+        if self.elbo == "InfoVAE_ELBO" and self.mmd_alpha + self.mmd_lambda < 1:
+            raise ConfigError(
+                "InfoVAE needs mmd_alpha + mmd_lambda >= 1 (the MMD weight is their sum - 1)"
+            )
+        if self.elbo == "InfoVAE_ELBO" and self.batch_size < 2:
+            raise ConfigError("InfoVAE_ELBO estimates an MMD within a minibatch: batch_size >= 2")
+        if self.elbo == "FreeBits_ELBO" and self.prior == "mixture":
+            raise ConfigError(
+                "free bits need the KL of each latent dimension, which a mixture prior does not "
+                "have; use --prior normal or learned-normal, or another --elbo"
+            )
+        if self.elbo.startswith("Jit") and self.kl_schedule != "constant":
+            raise ConfigError(
+                f"{self.elbo} compiles the loss once per value of beta, so a changing KL weight "
+                f"(--kl-schedule {self.kl_schedule}) would recompile it every step; use --elbo "
+                "Trace_ELBO with a schedule"
+            )
+        if self.elbo == "FreeBits_ELBO" and self.guide != "normal":
+            raise ConfigError(
+                f"free bits need the KL of each latent dimension, which the {self.guide} guide "
+                "(correlated dimensions) does not have; use --guide normal"
+            )
 
     def replace(self, **changes: Any) -> Config:
         """A copy with ``changes`` applied (validated like any other config)."""

@@ -4,6 +4,7 @@ the CLI saves them as PNG."""
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -79,7 +80,8 @@ def elbo_curves(history: Sequence[dict[str, Any]]) -> Figure:
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot()
     epochs = [row["epoch"] for row in history]
-    ax.plot(epochs, [row["train_elbo"] for row in history], label="train (running average)")
+    train = [math.nan if row.get("train_elbo") is None else row["train_elbo"] for row in history]
+    ax.plot(epochs, train, label="train (running average)")
     ax.plot(epochs, [row["test_elbo"] for row in history], label="held-out")
     ax.set_xlabel("epoch")
     ax.set_ylabel("ELBO (nats per data point)")

@@ -5,7 +5,8 @@ A run folder holds::
 
     config.toml         the resolved configuration (repeat with --config)
     checkpoint.pt       model, guide, optimizer, RNG states, metrics (resume with --resume)
-    metrics.jsonl       one line per epoch: train and held-out ELBO in nats per data point
+    metrics.jsonl       one line per epoch: objective, train and held-out ELBO (nats per data
+                        point), KL weight, collapse diagnostics
     evaluation.json     held-out ELBO, IWAE log p(x) with K samples, reconstruction error
     elbo.png, reconstructions.png, samples.png
 """

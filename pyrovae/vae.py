@@ -20,7 +20,7 @@ from torch import nn
 
 from pyrovae.data import validate_data
 from pyrovae.errors import DataError
-from pyrovae.guides import ENCODERS, AmortizedNormalGuide
+from pyrovae.guides import AmortizedGuide, make_guide
 from pyrovae.model import DECODERS, Likelihood, Prior, VAEModel, make_likelihood, make_prior
 
 if TYPE_CHECKING:
@@ -28,6 +28,10 @@ if TYPE_CHECKING:
     from pyrovae.data import Dataset
 
 __all__ = ["VAE"]
+
+
+#: options recorded in ``VAE.spec`` next to the component names
+SPEC_OPTIONS = ("num_components", "scale", "learn_scale", "guide_rank", "num_flows")
 
 
 def _spec_name(component: object) -> str:
@@ -53,11 +57,16 @@ class VAE(PyroModule):
         callable from the decoder's output to an elementwise distribution.
     encoder, decoder : str
         Registered network names (``"mlp"``, ``"conv"``).
+    guide : str or AmortizedGuide
+        A registered guide (``"normal"``: diagonal Gaussian, ``"lowrank"``: low-rank
+        plus diagonal Gaussian, ``"iaf"``: Gaussian followed by inverse autoregressive
+        flow steps; see :data:`pyrovae.guides.GUIDES`), built with the ``encoder``
+        network, or a guide object of your own.
     hidden : sequence of int
         Hidden layer sizes in encoder order; the decoder mirrors them.
     **options
-        Extra options for the prior and likelihood (``num_components``, ``scale``,
-        ``learn_scale``).
+        Extra options for the prior, likelihood and guide (``num_components``,
+        ``scale``, ``learn_scale``, ``guide_rank``, ``num_flows``).
 
     Examples
     --------
@@ -80,6 +89,7 @@ class VAE(PyroModule):
         encoder: str = "mlp",
         decoder: str = "mlp",
         hidden: Sequence[int] = (256, 128),
+        guide: str | AmortizedGuide = "normal",
         **options: object,
     ) -> None:
         super().__init__()
@@ -94,7 +104,8 @@ class VAE(PyroModule):
             "encoder": encoder,
             "decoder": decoder,
             "hidden": list(hidden),
-            **{k: v for k, v in options.items() if k in ("num_components", "scale", "learn_scale")},
+            "guide": _spec_name(guide),
+            **{k: v for k, v in options.items() if k in SPEC_OPTIONS},
         }
         net = {"latent_dim": latent_dim, "event_shape": self.event_shape, "hidden": tuple(hidden)}
         self.model = VAEModel(
@@ -103,7 +114,9 @@ class VAE(PyroModule):
             make_likelihood(likelihood, self.event_shape, **options),
             self.event_shape,
         )
-        self.guide = AmortizedNormalGuide(ENCODERS.build(encoder, **net))
+        if isinstance(guide, str):
+            guide = make_guide(guide, encoder, **net, **options)
+        self.guide = guide
 
     @classmethod
     def from_config(cls, config: Config, event_shape: Sequence[int]) -> VAE:
@@ -116,6 +129,9 @@ class VAE(PyroModule):
             encoder=config.encoder,
             decoder=config.decoder,
             hidden=config.hidden,
+            guide=config.guide,
+            guide_rank=config.guide_rank,
+            num_flows=config.num_flows,
             num_components=config.num_components,
             scale=config.scale,
             learn_scale=config.learn_scale,
@@ -169,8 +185,13 @@ class VAE(PyroModule):
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The guide's mean and log-variance of :math:`q(z \\mid x)`."""
-        return self.guide.encoder(x)
+        """The guide's mean and log-variance of :math:`q(z \\mid x)`.
+
+        For the diagonal Gaussian guide these define :math:`q` exactly; the low-rank
+        guide gives the mean and the log of the marginal variances; the IAF guide the
+        mean and log-variance of its base Gaussian (before the flow).
+        """
+        return self.guide.encode(x)
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:

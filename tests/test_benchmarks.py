@@ -4,6 +4,7 @@ reference computes exactly the loss and gradients of pyrovae's SVI step."""
 from __future__ import annotations
 
 import importlib
+import math
 from pathlib import Path
 from types import ModuleType
 
@@ -20,6 +21,8 @@ APPLICATION_BENCHMARKS = {
     "anomaly": ["experiment", "score", "ROC-AUC"],
     "semisupervised": ["data set", "labels per class", "alpha / N", "M2"],
 }
+#: benchmarks that print a table of their own (not timings against PyTorch)
+OTHER_BENCHMARKS = ["collapse"]
 
 
 @pytest.fixture
@@ -43,7 +46,7 @@ def parse_table(text: str) -> tuple[list[str], list[list[str]]]:
 
 def test_every_benchmark_is_tested():
     scripts = {p.stem for p in (ROOT / "benchmarks").glob("*.py")} - {"__init__", "common"}
-    assert scripts == set(BENCHMARKS) | set(APPLICATION_BENCHMARKS)
+    assert scripts == set(BENCHMARKS) | set(OTHER_BENCHMARKS) | set(APPLICATION_BENCHMARKS)
 
 
 @pytest.mark.parametrize("name", APPLICATION_BENCHMARKS)
@@ -54,6 +57,21 @@ def test_quick_application_benchmark_prints_its_table(name, import_benchmark, tm
     assert header[: len(APPLICATION_BENCHMARKS[name])] == APPLICATION_BENCHMARKS[name]
     assert rows and all(len(row) == len(header) for row in rows)
     assert (tmp_path / "t.md").read_text() in out
+
+
+def test_collapse_quick_run_prints_one_row_per_objective(import_benchmark, tmp_path, capsys):
+    argv = ["--quick", "--markdown", str(tmp_path / "table.md")]
+    assert import_benchmark("collapse").main(argv) == 0
+    out = capsys.readouterr().out
+    header, rows = parse_table(out)
+    assert header[:2] == ["objective", "active units"]
+    assert [row[0] for row in rows][:3] == ["ELBO", "linear annealing", "cyclical annealing"]
+    assert rows[3][0].startswith("free bits")
+    for row in rows:
+        active, latent = row[1].split(" / ")
+        assert 0 <= int(active) <= int(latent) == 16
+        assert math.isfinite(float(row[header.index("IWAE log p(x)")]))
+    assert (tmp_path / "table.md").read_text() in out
 
 
 @pytest.mark.parametrize("name", BENCHMARKS)

@@ -518,6 +518,42 @@ def test_relative_data_path_is_stored_absolute(tmp_path, capsys, monkeypatch):
     assert load_config(tmp_path / "run" / "config.toml").data == str(tmp_path / "x.npy")
 
 
+def test_objective_guide_and_schedule_flags(tmp_path, capsys):
+    workdir = tmp_path / "iwae"
+    argv = ["train", "--workdir", workdir, "--elbo", "IWAE", "--num-particles", "3"]
+    argv += ["--guide", "iaf", "--num-flows", "1", "--kl-schedule", "cyclical"]
+    argv += ["--num-cycles", "2", "--cycle-ratio", "0.5", "--diagnostic-items", "50", *TINY]
+    code, out, _ = run_cli(argv, capsys)
+    assert code == 0, out
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["beta"] == 1.0 and rows[0]["beta_mean"] < 1.0  # first cycle
+    assert {"kl", "active_units", "mutual_information"} <= rows[0].keys()
+    config = load_config(workdir / "config.toml")
+    assert (config.elbo, config.guide, config.kl_schedule) == ("IWAE", "iaf", "cyclical")
+    code, out, _ = run_cli(["evaluate", workdir, "-k", "4", "--num-items", "7"], capsys)
+    assert code == 0 and '"num_data": 7' in out
+    code, _, err = run_cli(["evaluate", workdir, "--num-items", "0"], capsys)
+    assert code == 2 and "--num-items" in err
+
+
+@pytest.mark.parametrize(
+    "flags, phrase",
+    [
+        (["--elbo", "FreeBits_ELBO", "--prior", "mixture"], "mixture prior"),
+        (["--elbo", "FreeBits_ELBO", "--guide", "lowrank"], "--guide normal"),
+        (["--elbo", "IWAE"], "--num-particles K >= 2"),
+        (["--elbo", "RenyiELBO", "--num-particles", "2", "--renyi-alpha", "1"], "alpha = 1"),
+        (["--kl-schedule", "cyclical", "--cycle-ratio", "1.5"], "cycle_ratio"),
+        (["--guide", "lowrank", "--guide-rank", "0"], "guide_rank"),
+        (["--warmup-epochs", "-1"], "warmup"),
+    ],
+)
+def test_bad_objective_combinations_exit_2(flags, phrase, tmp_path, capsys):
+    code, _, err = run_cli(["train", "--workdir", tmp_path / "r", *flags, *TINY], capsys)
+    assert code == 2
+    assert phrase in err and len(err.strip().splitlines()) == 1
+
+
 @pytest.fixture
 def one_thread():
     """Commands here get ``--num-threads 1``, which sets torch's global thread count;

@@ -27,6 +27,7 @@ EXAMPLES: dict[str, list[str]] = {
     "swap_prior_likelihood.py": [*TINY, "--num-eval-samples", "4"],
     "custom_prior_likelihood.py": [*TINY, "--num-eval-samples", "4"],
     "svi_by_hand.py": [*TINY, "--num-samples", "3"],
+    "objectives_by_hand.py": ["--num-epochs", "2", "--limit", "128"],
     "inspect_posterior.py": [
         *TINY,
         *("--num-warmup", "20", "--num-mcmc-samples", "20"),
@@ -55,6 +56,10 @@ EXPECTED: dict[str, list[str]] = {
         rf"\n\s+1\s+{NUMBER}\s+{NUMBER}\n",
         r"posterior predictive: z \(3, 4, 8\), x \(3, 4, 1, 8, 8\)",
         r"prior samples \(8, 1, 8, 8\)",
+    ],
+    "objectives_by_hand.py": [
+        r"epoch\s+beta\s+held-out ELBO\s+KL\s+active units",
+        rf"\n\s+2\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}\s+\d / 8\n",
     ],
     "inspect_posterior.py": [
         r"groups: posterior, posterior_predictive, prior, prior_predictive, observed_data",

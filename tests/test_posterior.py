@@ -445,6 +445,8 @@ def test_embed_and_latent_report():
     assert report["active_units"] == int((activity > 0.01).sum())
     np.testing.assert_allclose(report["activity"], activity.numpy(), rtol=1e-4)
     assert len(report["kl_per_dim"]) == 3 and 0.0 <= report["probe_accuracy"] <= 1.0
+    assert report["probe_train_size"] == 50
+    assert latent_report(vae, data, codes, max_probe_train=20)["probe_train_size"] == 20
     unlabeled = Dataset("toy", data.train, data.test, None, None)
     assert latent_report(vae, unlabeled)["probe_accuracy"] is None
 

@@ -1,7 +1,25 @@
-"""Guides q(z|x): amortized encoders and the posteriors they parameterize."""
+"""Guides q(z|x): amortized encoders and the posteriors they parameterize.
 
-from pyrovae.guides.amortized import AmortizedNormalGuide
+``GUIDES`` holds the registered guides: ``normal`` (diagonal Gaussian), ``lowrank``
+(low-rank-plus-diagonal Gaussian) and ``iaf`` (Gaussian followed by inverse
+autoregressive flow steps); :func:`make_guide` builds one with its encoder.
+"""
+
+from pyrovae.guides.amortized import GUIDES, AmortizedGuide, AmortizedNormalGuide, make_guide
 from pyrovae.guides.encoders import ENCODERS, ConvEncoder, MLPEncoder
+from pyrovae.guides.flows import IAFGuide
 from pyrovae.guides.local import LocalNormalGuide
+from pyrovae.guides.lowrank import LowRankNormalGuide
 
-__all__ = ["ENCODERS", "AmortizedNormalGuide", "ConvEncoder", "LocalNormalGuide", "MLPEncoder"]
+__all__ = [
+    "ENCODERS",
+    "GUIDES",
+    "AmortizedGuide",
+    "AmortizedNormalGuide",
+    "ConvEncoder",
+    "IAFGuide",
+    "LocalNormalGuide",
+    "LowRankNormalGuide",
+    "MLPEncoder",
+    "make_guide",
+]

@@ -1,4 +1,4 @@
-r"""The amortized Gaussian guide :math:`q_\phi(z \mid x)`.
+r"""Amortized guides :math:`q_\phi(z \mid x)`: the diagonal Gaussian and the ``GUIDES`` registry.
 
 .. math::
 
@@ -7,7 +7,8 @@ r"""The amortized Gaussian guide :math:`q_\phi(z \mid x)`.
 
 One encoder network serves every data point (amortized inference). ``z`` is drawn
 with ``rsample`` (the reparameterization trick), so gradients of the ELBO flow into
-the encoder's mean and log-variance outputs.
+the encoder's outputs. Richer guides (:mod:`pyrovae.guides.lowrank`,
+:mod:`pyrovae.guides.flows`) share the signature and register in ``GUIDES``.
 
 References
 ----------
@@ -18,28 +19,47 @@ References
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro import poutine
 from torch import nn
 
-from pyrovae.model.generative import LocalPyroModule, data_plate
+from pyrovae.guides.encoders import ENCODERS
+from pyrovae.model.generative import LocalPyroModule, data_plate, kl_weight
+from pyrovae.registry import Registry
 
-__all__ = ["AmortizedNormalGuide"]
+__all__ = ["GUIDES", "AmortizedGuide", "AmortizedNormalGuide", "make_guide"]
+
+GUIDES: Registry[type[AmortizedGuide]] = Registry("guide")
 
 
-class AmortizedNormalGuide(LocalPyroModule):
-    """Diagonal-Gaussian guide whose mean and log-variance come from ``encoder(x)``.
+class AmortizedGuide(LocalPyroModule):
+    """Base class of the guides: ``encoder(x)`` parameterizes ``posterior(...)``, drawn as ``z``.
 
     Shares the model's signature ``forward(x=None, *, num_data=None, batch_size=None,
     beta=1.0)``; with ``x=None`` (generation) there is nothing to infer and the guide
-    samples nothing, so the model draws ``z`` from its prior.
+    samples nothing, so the model draws ``z`` from its prior. ``forward`` returns what
+    :meth:`encode` returns.
     """
 
     def __init__(self, encoder: nn.Module) -> None:
         super().__init__()
         self.encoder = encoder
+
+    @staticmethod
+    def num_encoder_outputs(**options: object) -> int:
+        """How many ``latent_dim``-wide outputs the encoder needs (given the guide's options)."""
+        return 2
+
+    def posterior(self, *params: torch.Tensor) -> dist.TorchDistribution:
+        """:math:`q(z \\mid x)` from the encoder's outputs, ``event_shape == (latent_dim,)``."""
+        raise NotImplementedError  # abstract
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A Gaussian summary ``(loc, log_var)`` of :math:`q(z \\mid x)`, shape ``(..., D)``."""
+        raise NotImplementedError  # abstract
 
     def forward(
         self,
@@ -52,7 +72,50 @@ class AmortizedNormalGuide(LocalPyroModule):
         if x is None:
             return None
         with data_plate(len(x), num_data, x.device):
-            loc, log_var = self.encoder(x)
-            with poutine.scale(scale=beta):
-                pyro.sample("z", dist.Normal(loc, torch.exp(0.5 * log_var)).to_event(1))
+            params = self.encoder(x)
+            with kl_weight(beta):
+                pyro.sample("z", self.posterior(*params))
+        return self._summary(*params)
+
+    def _summary(self, *params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return params[0], params[1]
+
+
+@GUIDES.register("normal")
+class AmortizedNormalGuide(AmortizedGuide):
+    """Diagonal-Gaussian guide whose mean and log-variance come from ``encoder(x)``.
+
+    :meth:`encode` returns that mean and log-variance.
+    """
+
+    def posterior(self, loc: torch.Tensor, log_var: torch.Tensor) -> dist.TorchDistribution:
+        return dist.Normal(loc, torch.exp(0.5 * log_var)).to_event(1)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loc, log_var = self.encoder(x)
         return loc, log_var
+
+
+def make_guide(
+    name: str,
+    encoder: str,
+    *,
+    latent_dim: int,
+    event_shape: Sequence[int],
+    hidden: Sequence[int],
+    **options: object,
+) -> AmortizedGuide:
+    """Build the guide registered as ``name`` with a fresh ``encoder`` network.
+
+    ``options`` are the guides' own settings (``guide_rank``, ``num_flows``); each
+    guide takes the ones its constructor names.
+    """
+    cls = GUIDES[name]
+    net = ENCODERS.build(
+        encoder,
+        latent_dim=latent_dim,
+        event_shape=tuple(event_shape),
+        hidden=tuple(hidden),
+        num_outputs=cls.num_encoder_outputs(**options),
+    )
+    return GUIDES.build(name, net, latent_dim=latent_dim, **options)

@@ -1,7 +1,9 @@
 r"""Encoders: networks from data :math:`x` to the mean and log-variance of :math:`q(z \mid x)`.
 
 An encoder maps ``x`` of shape ``(..., *event_shape)`` to a pair ``(loc, log_var)``,
-each of shape ``(..., latent_dim)``.
+each of shape ``(..., latent_dim)``. With ``num_outputs = m > 2`` its last layer is
+``m`` times ``latent_dim`` wide and it returns ``m`` such tensors: richer guides read
+the extra ones (a low-rank covariance factor, a flow's context).
 """
 
 from __future__ import annotations
@@ -25,16 +27,20 @@ class MLPEncoder(nn.Module):
     """``prod(event_shape) -> hidden[0] -> ... -> hidden[-1] -> 2 * latent_dim`` with ReLUs."""
 
     def __init__(
-        self, latent_dim: int, event_shape: Sequence[int], hidden: Sequence[int] = (256, 128)
+        self,
+        latent_dim: int,
+        event_shape: Sequence[int],
+        hidden: Sequence[int] = (256, 128),
+        num_outputs: int = 2,
     ) -> None:
         super().__init__()
         self.event_dim = len(event_shape)
-        self.net = mlp([prod(event_shape), *hidden, 2 * latent_dim])
+        self.num_outputs = num_outputs
+        self.net = mlp([prod(event_shape), *hidden, num_outputs * latent_dim])
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         h = self.net(x.flatten(-self.event_dim) if self.event_dim else x.unsqueeze(-1))
-        loc, log_var = h.chunk(2, dim=-1)
-        return loc, log_var
+        return h.chunk(self.num_outputs, dim=-1)
 
 
 @ENCODERS.register("conv")
@@ -50,18 +56,19 @@ class ConvEncoder(nn.Module):
         event_shape: Sequence[int],
         hidden: Sequence[int] = (256,),
         channels: Sequence[int] = (32, 64),
+        num_outputs: int = 2,
     ) -> None:
         super().__init__()
         self.event_shape = tuple(event_shape)
+        self.num_outputs = num_outputs
         feature_shape = conv_feature_shape(self.event_shape, channels)
         layers: list[nn.Module] = []
         for c_in, c_out in zip([self.event_shape[0], *channels[:-1]], channels):
             layers += [nn.Conv2d(c_in, c_out, kernel_size=4, stride=2, padding=1), nn.ReLU()]
         self.conv = nn.Sequential(*layers, nn.Flatten())
-        self.head = mlp([prod(feature_shape), hidden[0], 2 * latent_dim])
+        self.head = mlp([prod(feature_shape), hidden[0], num_outputs * latent_dim])
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         batch_shape = x.shape[: x.dim() - 3]
         h = self.head(self.conv(x.reshape(-1, *self.event_shape)))
-        loc, log_var = h.reshape(*batch_shape, -1).chunk(2, dim=-1)
-        return loc, log_var
+        return h.reshape(*batch_shape, -1).chunk(self.num_outputs, dim=-1)

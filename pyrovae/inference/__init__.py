@@ -27,7 +27,14 @@ from pyrovae.inference.latent import (
     save_codes,
 )
 from pyrovae.inference.mcmc import nuts_posterior
-from pyrovae.inference.objectives import ELBOS, make_elbo
+from pyrovae.inference.objectives import (
+    ELBOS,
+    IWAE,
+    FreeBitsELBO,
+    InfoVAEELBO,
+    RenyiObjective,
+    make_elbo,
+)
 from pyrovae.inference.posterior import (
     compare_posteriors,
     load_inference_data,
@@ -35,12 +42,18 @@ from pyrovae.inference.posterior import (
     posterior_summary,
     save_inference_data,
 )
+from pyrovae.inference.schedules import SCHEDULES, make_schedule
 from pyrovae.inference.svi import SVITrainer, train
 
 __all__ = [
     "ELBOS",
     "EMBEDDINGS",
+    "IWAE",
+    "SCHEDULES",
+    "FreeBitsELBO",
     "InferenceGaps",
+    "InfoVAEELBO",
+    "RenyiObjective",
     "SVITrainer",
     "active_units",
     "compare_posteriors",
@@ -59,6 +72,7 @@ __all__ = [
     "load_inference_data",
     "log_weights",
     "make_elbo",
+    "make_schedule",
     "mutual_information",
     "nuts_posterior",
     "optimize_local_guide",

@@ -155,11 +155,15 @@ def mutual_information(vae: VAE, x: torch.Tensor, batch_size: int = 500) -> floa
     neg_entropy = (-0.5 * d * math.log(2 * math.pi) - 0.5 * (1 + log_var).sum(-1)).mean()
     q = dist.Normal(loc, torch.exp(0.5 * log_var))
     z = q.sample()
-    log_q_zx = []  # log q(z_i | x_j) for every pair, a block of rows at a time
-    for start in range(0, n, batch_size):
-        zi = z[start : start + batch_size, None, :]
-        log_q_zx.append(q.log_prob(zi).sum(-1))
-    log_qz = torch.logsumexp(torch.cat(log_q_zx), dim=1) - math.log(n)
+    # log q(z_i | x_j) for every pair, reduced over j a block of rows at a time; a block
+    # holds rows x N x D values, at most 2^24 (64 MB of float32) whatever N and D are
+    rows = max(1, min(batch_size, 2**24 // (n * d)))
+    log_qz = torch.cat(
+        [
+            torch.logsumexp(q.log_prob(z[start : start + rows, None, :]).sum(-1), dim=1)
+            for start in range(0, n, rows)
+        ]
+    ) - math.log(n)
     return (neg_entropy - log_qz.mean()).item()
 
 

@@ -8,6 +8,13 @@ state lives in ``state_dict()``: there is no global param store to save or clear
 
 The loss of a minibatch is scaled by ``N / B`` through the data plate, so the
 per-data-point ELBO is ``-loss / N``.
+
+The KL weight of step ``t`` comes from a schedule (:mod:`pyrovae.inference.schedules`)
+and after every epoch the latent code is diagnosed on a fixed slice of the held-out
+data (:mod:`pyrovae.inference.diagnostics`): total KL, KL per dimension, active
+units and the mutual information :math:`I(x; z)`. A warning is logged when the code
+looks collapsed: a KL below :data:`COLLAPSE_KL` nats per data point (summed over
+dimensions) or no active unit.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyro
 import torch
+from pyro.infer.elbo import ELBOModule
 from tqdm.auto import tqdm
 
 from pyrovae.data import Dataset
@@ -32,14 +40,16 @@ from pyrovae.inference.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from pyrovae.inference.diagnostics import diagnose
 from pyrovae.inference.evaluation import heldout_elbo
 from pyrovae.inference.objectives import elbo_context, make_elbo
+from pyrovae.inference.schedules import Schedule, make_schedule
 from pyrovae.vae import VAE
 
 if TYPE_CHECKING:
     from pyrovae.config import Config
 
-__all__ = ["ARCHITECTURE_KEYS", "SVITrainer", "refuse_overwrite", "train"]
+__all__ = ["ARCHITECTURE_KEYS", "COLLAPSE_KL", "SVITrainer", "refuse_overwrite", "train"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +66,17 @@ ARCHITECTURE_KEYS = (
     "encoder",
     "decoder",
     "hidden",
+    "guide",
+    "guide_rank",
+    "num_flows",
 )
+
+#: total KL (nats per held-out data point, summed over dimensions) below which the
+#: trainer warns that the posterior is collapsing onto the prior
+COLLAPSE_KL = 0.1
+
+#: config keys that the objectives read (each takes the ones it names)
+OBJECTIVE_KEYS = ("free_bits", "mmd_alpha", "mmd_lambda", "mmd_kernel", "renyi_alpha")
 
 
 #: what a checkpoint written by :func:`train` holds
@@ -71,20 +91,43 @@ class SVITrainer:
     vae : VAE
         The model and guide to train.
     config : Config
-        Reads ``elbo``, ``num_particles``, ``vectorize_particles``, ``beta``,
+        Reads ``elbo`` and the objectives' options, ``num_particles``,
+        ``vectorize_particles``, the KL schedule (``beta``, ``kl_schedule``, ...),
         ``learning_rate`` and ``clip_norm``.
     num_data : int
         Size of the training set, for the plate's minibatch scaling.
+    steps_per_epoch : int, optional
+        SVI steps in one epoch, for schedules counted in epochs (default: the number
+        of full minibatches of ``num_data``).
+
+    Attributes
+    ----------
+    schedule : Schedule
+        :math:`\beta_t` for step ``t``; :meth:`epoch` steps with ``schedule(t)``.
+    step_count : int
+        Steps taken so far in the run (``t`` of the next step); a resumed run sets it.
+    epoch_stats : dict
+        After :meth:`epoch`: ``train_objective``, ``train_elbo`` (the true ELBO where
+        the objective provides it, else ``None``), ``beta`` (of the epoch's last step)
+        and ``beta_mean``.
     """
 
-    def __init__(self, vae: VAE, config: Config, num_data: int) -> None:
+    def __init__(
+        self, vae: VAE, config: Config, num_data: int, steps_per_epoch: int | None = None
+    ) -> None:
         self.vae = vae
         self.config = config
         self.num_data = num_data
-        elbo = make_elbo(config.elbo, config.num_particles, config.vectorize_particles)
+        options = {k: getattr(config, k) for k in OBJECTIVE_KEYS}
+        elbo = make_elbo(config.elbo, config.num_particles, config.vectorize_particles, **options)
         self.loss = vae.training_loss(elbo)
         self.parameters = list(self.loss.parameters())
         self.optimizer = torch.optim.Adam(self.parameters, lr=config.learning_rate)
+        if steps_per_epoch is None:
+            steps_per_epoch = max(1, num_data // config.batch_size)
+        self.schedule: Schedule = make_schedule(config, steps_per_epoch)
+        self.step_count = 0
+        self.epoch_stats: dict[str, Any] = {}
 
     def step(self, x: torch.Tensor, beta: float | None = None, **batch: Any) -> torch.Tensor:
         """One gradient step on minibatch ``x``; returns the (detached) loss, not synced.
@@ -115,23 +158,69 @@ class SVITrainer:
             self.vae.check_loss({"x": x, **batch}, self.num_data)
 
     def epoch(self, data: Dataset) -> float:
-        """One pass over shuffled training minibatches; returns the mean train ELBO per point.
+        """One pass over shuffled training minibatches; returns the mean objective per point.
 
         A last batch smaller than ``batch_size`` is dropped (the JIT's traced graph
         fixes the batch size, and equal batches keep the gradient noise constant).
+        Step ``t`` uses the KL weight ``schedule(t)``. The returned value is the
+        training objective (the ELBO with :math:`\beta_t`, or the IWAE, free-bits,
+        InfoVAE objective); :attr:`epoch_stats` has the true ELBO next to it.
         """
         self.vae.train()
         total = torch.zeros((), device=self.vae.device)
-        steps = 0
+        elbo_total = torch.zeros((), device=self.vae.device)
+        has_elbo = True
+        betas = []
         drop_last = self.num_data > self.config.batch_size
         # a plain VAE yields {"x": x}; conditional variants add their labels (VAE hooks)
         batches = self.vae.training_batches(
             data, self.config.batch_size, shuffle=True, drop_last=drop_last
         )
+        # a variant's own loss (M2: ELBOs plus a classification term) is not -ELBO
+        is_elbo = isinstance(self.loss, ELBOModule)
         for batch in batches:
-            total += self.step(**_to_device(batch, self.vae.device))
-            steps += 1
-        return -total.item() / (steps * self.num_data)
+            beta = self.schedule(self.step_count)
+            loss = self.step(**_to_device(batch, self.vae.device), beta=beta)
+            total += loss
+            last_elbo = getattr(getattr(self.loss, "elbo", None), "last_elbo", None)
+            if last_elbo is not None:  # our objectives report the true ELBO of their draws
+                elbo_total += last_elbo
+            elif beta == 1.0 and is_elbo:  # a Pyro ELBO at beta = 1: the loss is -ELBO
+                elbo_total -= loss
+            else:
+                has_elbo = False
+            betas.append(beta)
+            self.step_count += 1
+        steps = len(betas)
+        objective = -total.item() / (steps * self.num_data)
+        self.epoch_stats = {
+            "train_objective": objective,
+            "train_elbo": elbo_total.item() / (steps * self.num_data) if has_elbo else None,
+            "beta": betas[-1],
+            "beta_mean": sum(betas) / steps,
+        }
+        return objective
+
+
+def _warn_if_collapsed(row: dict[str, Any], epoch: int, was_collapsed: bool) -> bool:
+    """Warn when the code collapses (once, until it recovers); returns whether it is collapsed."""
+    collapsed = row["kl"] < COLLAPSE_KL or row["active_units"] == 0
+    if collapsed and not was_collapsed:
+        logger.warning(
+            "epoch %d: the posterior is collapsing onto the prior (KL %.3f nats per point, "
+            "%d active units); consider --kl-schedule linear/cyclical or --elbo FreeBits_ELBO",
+            epoch,
+            row["kl"],
+            row["active_units"],
+        )
+    elif was_collapsed and not collapsed:
+        logger.info(
+            "epoch %d: the code recovered (KL %.3f nats per point, %d active units)",
+            epoch,
+            row["kl"],
+            row["active_units"],
+        )
+    return collapsed
 
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -169,9 +258,8 @@ def check_resumable(workdir: Path, current: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check_compatible(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
-    from pyrovae.config import Config
+    from pyrovae.config import Config  # the defaults stand in for keys of older checkpoints
 
-    # keys added later (model, num_classes) read as their defaults in older checkpoints
     defaults = Config().to_dict()
     changed = [k for k in ARCHITECTURE_KEYS if saved.get(k, defaults[k]) != current[k]]
     if changed:
@@ -214,8 +302,14 @@ def train(
     Returns
     -------
     list of dict
-        One row per epoch: ``epoch``, ``train_elbo`` and ``test_elbo`` (nats per data
-        point), ``beta`` and ``seconds``.
+        One row per epoch: ``epoch``; ``train_objective`` (what the steps optimised,
+        nats per data point, averaged over the epoch), ``train_elbo`` (the true ELBO
+        of the same steps, or ``None`` for a Pyro ELBO trained with
+        :math:`\beta \ne 1`) and ``test_elbo``; ``beta`` (the KL weight of the
+        epoch's last step) and ``beta_mean``; the diagnostics of
+        :func:`~pyrovae.inference.diagnostics.diagnose` on the first
+        ``config.diagnostic_items`` held-out points (``kl``, ``kl_per_dim``,
+        ``active_units``, ``mutual_information``; left out when it is 0); ``seconds``.
     """
     workdir = Path(workdir) if workdir is not None else None
     # the config as it applies to this VAE: its own spec wins over the config's model keys
@@ -224,7 +318,9 @@ def train(
     vae.validate_data(data.train, "training data")
     vae.validate_data(data.test, "held-out data")
     with elbo_context(config.elbo):
-        trainer = SVITrainer(vae, config, num_data=vae.training_size(data))
+        num_data = vae.training_size(data)
+        steps = max(1, num_data // config.batch_size)
+        trainer = SVITrainer(vae, config, num_data=num_data, steps_per_epoch=steps)
         first = next(vae.training_batches(data, config.batch_size, shuffle=False))
         trainer.check(**_to_device(first, vae.device))
         # a VAE that conditions on labels is evaluated with the held-out labels
@@ -251,7 +347,9 @@ def train(
                 refuse_overwrite(workdir)
             pyro.set_rng_seed(config.seed)
         start = len(history)
-        steps = max(1, trainer.num_data // config.batch_size)
+        trainer.step_count = start * steps  # the schedule continues where the run stopped
+        probe = data.test[: config.diagnostic_items].to(vae.device)
+        was_collapsed = False
         bar = tqdm(
             total=config.num_epochs * steps,
             initial=start * steps,
@@ -269,12 +367,14 @@ def train(
                 )
             row = {
                 "epoch": epoch + 1,
-                "train_elbo": train_elbo,
+                **trainer.epoch_stats,
                 "test_elbo": heldout_elbo(vae, data.test, config.eval_batch_size, **test_labels),
                 **vae.metrics(data.test, data.test_labels),
-                "beta": config.beta,
-                "seconds": time.perf_counter() - begin,
             }
+            if len(probe) >= 2 and not vae.requires_y:  # diagnostics encode x alone
+                row.update(diagnose(vae, probe, batch_size=config.eval_batch_size))
+                was_collapsed = _warn_if_collapsed(row, epoch + 1, was_collapsed)
+            row["seconds"] = time.perf_counter() - begin
             history.append(row)
             bar.update(steps)
             bar.set_postfix(
@@ -285,7 +385,7 @@ def train(
             level = logging.INFO if (epoch + 1) % every == 0 or epoch == start else logging.DEBUG
             logger.log(
                 level,
-                "epoch %(epoch)d: train ELBO %(train_elbo).3f, held-out ELBO "
+                "epoch %(epoch)d: train objective %(train_objective).3f, held-out ELBO "
                 "%(test_elbo).3f nats/point (%(seconds).1f s)",
                 row,
             )

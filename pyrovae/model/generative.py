@@ -9,7 +9,9 @@ Inside ``pyro.plate("data", N, subsample=...)`` a minibatch of ``B`` points is
 scaled by ``N / B``, so the ELBO of a minibatch estimates the ELBO of the whole data
 set. The KL weight :math:`\beta` is ``poutine.scale`` on the latent site, applied
 in the model and the guide alike, so an ELBO computes
-:math:`E_q[\log p(x \mid z)] - \beta\,\mathrm{KL}(q(z \mid x) \,\|\, p(z))`.
+:math:`E_q[\log p(x \mid z)] - \beta\,\mathrm{KL}(q(z \mid x) \,\|\, p(z))`;
+:math:`\beta = 0` (the start of a KL warm-up) masks the latent site's densities
+instead, as ``poutine.scale`` takes positive scales only (see :func:`kl_weight`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from torch import nn
 from pyrovae.model.likelihoods import Likelihood
 from pyrovae.model.priors import Prior
 
-__all__ = ["LocalPyroModule", "VAEModel", "data_plate"]
+__all__ = ["LocalPyroModule", "VAEModel", "data_plate", "kl_weight"]
 
 
 class LocalPyroModule(PyroModule):
@@ -44,6 +46,17 @@ class LocalPyroModule(PyroModule):
             if not isinstance(child, PyroModule):
                 return child
         return super().__getattr__(name)
+
+
+def kl_weight(beta: float) -> poutine.messenger.Messenger:
+    """The handler that weights the latent site's log-densities by ``beta`` (>= 0).
+
+    ``poutine.scale(beta)`` for ``beta > 0``; ``poutine.mask(mask=False)`` for ``beta == 0``,
+    which zeroes them (``poutine.scale`` refuses 0). Used in the model and the guide.
+    """
+    if beta == 0:
+        return poutine.mask(mask=False)
+    return poutine.scale(scale=beta)
 
 
 def data_plate(batch_size: int, num_data: int | None, device: torch.device) -> pyro.plate:
@@ -105,7 +118,7 @@ class VAEModel(LocalPyroModule):
         size = len(x) if x is not None else (batch_size or 1)
         device = x.device if x is not None else self.device
         with data_plate(size, num_data, device):
-            with poutine.scale(scale=beta):
+            with kl_weight(beta):
                 z = pyro.sample("z", self.prior())
             params = self.decoder(z)
             likelihood = self.likelihood(params)

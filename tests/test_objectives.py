@@ -1,0 +1,423 @@
+"""Objectives and posterior collapse: KL schedules, beta, free bits, IWAE, InfoVAE, the
+richer guides, and the per-epoch collapse diagnostics. Every bound is checked against an
+independent computation with ``torch.distributions`` at the same draws of ``z``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+
+import pyro
+import pytest
+import torch
+import torch.distributions as td
+from pyro import poutine
+from torch.nn import functional as F
+
+from pyrovae import VAE, Config, ConfigError, load_dataset, load_run, train
+from pyrovae.config import load_config, save_config
+from pyrovae.guides import GUIDES
+from pyrovae.inference import SVITrainer
+from pyrovae.inference.diagnostics import diagnose
+from pyrovae.inference.objectives import (
+    ELBOS,
+    IWAE,
+    FreeBitsELBO,
+    InfoVAEELBO,
+    RenyiObjective,
+    make_elbo,
+    mmd,
+)
+from pyrovae.inference.schedules import (
+    SCHEDULES,
+    ConstantSchedule,
+    CyclicalSchedule,
+    LinearSchedule,
+    make_schedule,
+)
+from pyrovae.run import fit
+
+FAST = {"num_eval_samples": 8, "batch_size": 64}
+NUM_DATA = 1000
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+@pytest.fixture
+def one_thread():
+    """Training tests run on one torch thread: on a busy small machine OpenMP threads stall."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def vae_and_batch(digits):
+    torch.manual_seed(1)
+    vae = VAE(digits.shape, latent_dim=4, hidden=(32,))
+    return vae, digits.train[:16]
+
+
+# --- schedules -------------------------------------------------------------------------
+
+
+def test_constant_schedule():
+    schedule = ConstantSchedule(2.5)
+    assert [schedule(t) for t in (0, 1, 10**6)] == [2.5, 2.5, 2.5]
+
+
+def test_linear_schedule_values():
+    schedule = LinearSchedule(beta=2.0, warmup_steps=4)
+    assert [schedule(t) for t in range(7)] == [0.0, 0.5, 1.0, 1.5, 2.0, 2.0, 2.0]
+    assert [LinearSchedule(1.0, 0)(t) for t in range(3)] == [1.0, 1.0, 1.0]
+
+
+def test_cyclical_schedule_values():
+    # T = 8 steps, M = 2 cycles of P = 4 steps, R = 0.5: tau = 0, 1/4, 1/2, 3/4 per cycle
+    schedule = CyclicalSchedule(beta=1.0, total_steps=8, num_cycles=2, cycle_ratio=0.5)
+    assert [schedule(t) for t in range(10)] == [0.0, 0.5, 1.0, 1.0] * 2 + [0.0, 0.5]
+    # P = 10 / 3 steps: tau(t) = (t mod P) / P, beta = min(1, tau / 0.8)
+    schedule = CyclicalSchedule(beta=3.0, total_steps=10, num_cycles=3, cycle_ratio=0.8)
+    expected = [3.0 * min(1.0, ((t % (10 / 3)) / (10 / 3)) / 0.8) for t in range(10)]
+    assert [schedule(t) for t in range(10)] == pytest.approx(expected, abs=1e-12)
+    assert schedule(4) == pytest.approx(3.0 * (2 / 3 * 3 / 10) / 0.8)  # 4 - P = 2/3
+
+
+def test_make_schedule_reads_epochs_or_steps():
+    config = Config(kl_schedule="linear", warmup_epochs=2, beta=1.0)
+    assert make_schedule(config, steps_per_epoch=3).warmup_steps == 6
+    assert make_schedule(config.replace(warmup_steps=5), 3).warmup_steps == 5
+    cyclical = make_schedule(config.replace(kl_schedule="cyclical", num_epochs=7), 3)
+    assert (cyclical.total_steps, cyclical.num_cycles, cyclical.cycle_ratio) == (21, 4, 0.5)
+    assert set(SCHEDULES) == {"constant", "linear", "cyclical"}
+
+
+def test_trainer_follows_the_schedule_and_resume_continues_it(one_thread, tmp_path):
+    digits = load_dataset("digits", limit=320)
+    config = Config(kl_schedule="linear", warmup_epochs=1, num_epochs=2, **FAST)
+    steps = len(digits.train) // config.batch_size  # 5 full batches
+    whole = train(VAE.from_config(config, digits.shape), digits, config, progress=False)
+    assert whole[0]["beta"] == pytest.approx((steps - 1) / steps)
+    assert whole[0]["beta_mean"] == pytest.approx((steps - 1) / 2 / steps)
+    assert whole[0]["train_elbo"] is None  # a Pyro ELBO with beta != 1: not the ELBO
+    assert (whole[1]["beta"], whole[1]["beta_mean"]) == (1.0, 1.0)
+    assert whole[1]["train_elbo"] == whole[1]["train_objective"]
+
+    pyro.set_rng_seed(0)
+    torch.manual_seed(0)
+    first = train(
+        VAE.from_config(config, digits.shape), digits, config.replace(num_epochs=1), tmp_path
+    )
+    vae = VAE.from_config(config, digits.shape)
+    resumed = train(vae, digits, config, tmp_path, resume=True, progress=False)
+    assert [r["beta_mean"] for r in resumed] == [r["beta_mean"] for r in whole]
+    assert first[0]["beta"] == whole[0]["beta"]
+
+
+# --- beta, free bits, IWAE, InfoVAE against hand computations ---------------------------
+
+
+def _draw(vae, x, particles=None):
+    """A guide trace (z fixed) and the independent torch.distributions terms at its z."""
+    if particles is None:
+        trace = poutine.trace(vae.guide).get_trace(x, num_data=NUM_DATA)
+    else:
+        with pyro.plate("num_particles_vectorized", particles, dim=-2):
+            trace = poutine.trace(vae.guide).get_trace(x, num_data=NUM_DATA)
+    z = trace.nodes["z"]["value"].detach()
+    loc, log_var = vae.guide.encoder(x)
+    q = td.Normal(loc, torch.exp(0.5 * log_var))
+    p = td.Normal(torch.zeros(4), torch.ones(4))
+    terms = {
+        # Bernoulli log-density of grayscale pixels: minus the binary cross-entropy
+        "log_px": -F.binary_cross_entropy_with_logits(
+            vae.model.decoder(z), x.expand(*z.shape[:-1], *x.shape[1:]), reduction="none"
+        )
+        .flatten(-3)
+        .sum(-1),
+        "log_pz": p.log_prob(z).sum(-1),
+        "log_qz": q.log_prob(z).sum(-1),
+        "kl": 0.5 * (loc**2 + log_var.exp() - 1 - log_var),  # per point and dimension
+    }
+    return trace, terms
+
+
+def _loss(elbo, vae, x, trace, beta=1.0):
+    guide = poutine.replay(vae.guide, trace=trace)
+    return elbo.differentiable_loss(vae.model, guide, x, num_data=NUM_DATA, beta=beta)
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.5, 1.0, 4.0])
+def test_beta_scales_exactly_the_kl_term(beta, vae_and_batch):
+    vae, x = vae_and_batch
+    trace, t = _draw(vae, x)
+    scale = NUM_DATA / len(x)
+    monte_carlo = make_elbo("Trace_ELBO")
+    expected = -scale * (t["log_px"] + beta * (t["log_pz"] - t["log_qz"])).sum()
+    torch.testing.assert_close(_loss(monte_carlo, vae, x, trace, beta), expected)
+    closed_form = make_elbo("TraceMeanField_ELBO")
+    expected = -scale * (t["log_px"] - beta * t["kl"].sum(-1)).sum()
+    torch.testing.assert_close(_loss(closed_form, vae, x, trace, beta), expected)
+
+
+@pytest.mark.parametrize("beta", [1.0, 2.0, 0.0])
+def test_free_bits_charge_at_least_lambda_per_dimension(beta, vae_and_batch):
+    vae, x = vae_and_batch
+    trace, t = _draw(vae, x)
+    kl_per_dim = t["kl"].mean(0)  # minibatch average per dimension
+    lam = kl_per_dim.median().item()  # some dimensions below the floor, some above
+    assert (kl_per_dim < lam).any() and (kl_per_dim > lam).any()
+    loss = _loss(FreeBitsELBO(free_bits=lam, max_plate_nesting=1), vae, x, trace, beta)
+    charged = torch.where(kl_per_dim < lam, torch.full_like(kl_per_dim, lam), kl_per_dim)
+    expected = -(NUM_DATA / len(x)) * t["log_px"].sum() + beta * NUM_DATA * charged.sum()
+    torch.testing.assert_close(loss, expected)
+    # the KL part of the loss, per point and dimension, is never below lambda
+    kl_part = (loss + (NUM_DATA / len(x)) * t["log_px"].sum()) / NUM_DATA
+    assert kl_part >= beta * 4 * lam - 1e-4
+    # lambda = 0 is the closed-form ELBO
+    zero = _loss(FreeBitsELBO(free_bits=0.0, max_plate_nesting=1), vae, x, trace, beta)
+    torch.testing.assert_close(zero, _loss(make_elbo("TraceMeanField_ELBO"), vae, x, trace, beta))
+
+
+def test_free_bits_give_no_gradient_below_the_floor(vae_and_batch):
+    vae, x = vae_and_batch
+    trace, _ = _draw(vae, x)
+    loss = _loss(FreeBitsELBO(free_bits=1e6, max_plate_nesting=1), vae, x, trace)
+    loss.backward()  # every dimension is below the floor: the KL term is a constant
+    decoder_free = _loss(make_elbo("TraceMeanField_ELBO"), vae, x, trace)
+    assert loss.item() > decoder_free.item() + NUM_DATA * 4 * 1e6 * 0.99
+
+
+def test_free_bits_refuse_a_mixture_prior(digits):
+    vae = VAE(digits.shape, latent_dim=4, prior="mixture")
+    elbo = FreeBitsELBO(max_plate_nesting=1)(vae.model, vae.guide)
+    with pytest.raises(ConfigError, match="factorises over dimensions"):
+        elbo(digits.train[:8], num_data=100)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5])
+def test_iwae_is_the_log_mean_exp_of_independent_importance_weights(alpha, vae_and_batch):
+    vae, x = vae_and_batch
+    K = 7
+    objective = RenyiObjective(alpha, num_particles=K, max_plate_nesting=1)
+    if alpha == 0:
+        objective = IWAE(num_particles=K, max_plate_nesting=1)
+    pyro.set_rng_seed(5)  # the objective draws z first (guide, then the model replayed)
+    loss = objective.differentiable_loss(vae.model, vae.guide, x, num_data=NUM_DATA)
+    pyro.set_rng_seed(5)  # the same K draws, again
+    _, t = _draw(vae, x, particles=K)
+    log_w = t["log_px"] + t["log_pz"] - t["log_qz"]  # (K, B)
+    assert log_w.shape == (K, len(x))
+    a = 1 - alpha
+    bound = (torch.logsumexp(a * log_w, 0) - math.log(K)) / a
+    torch.testing.assert_close(loss, -(NUM_DATA / len(x)) * bound.sum())
+    # it reports the true ELBO of the same draws next to it
+    torch.testing.assert_close(
+        objective.last_elbo, (NUM_DATA / len(x)) * log_w.detach().mean(0).sum()
+    )
+
+
+def test_mmd_matches_a_hand_computation():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(5, 3, generator=g), torch.randn(4, 3, generator=g) + 1.0
+
+    def k(u, v):
+        return math.exp(-float(((u - v) ** 2).sum()) / 6.0)
+
+    aa = sum(k(a[i], a[j]) for i in range(5) for j in range(5) if i != j) / 20
+    bb = sum(k(b[i], b[j]) for i in range(4) for j in range(4) if i != j) / 12
+    ab = sum(k(a[i], b[j]) for i in range(5) for j in range(4)) / 20
+    assert mmd(a, b).item() == pytest.approx(aa + bb - 2 * ab, rel=1e-5)
+    imq = mmd(a, b, "imq").item()
+    c = 6.0
+    kk = lambda u, v: c / (c + float(((u - v) ** 2).sum()))  # noqa: E731
+    aa = sum(kk(a[i], a[j]) for i in range(5) for j in range(5) if i != j) / 20
+    bb = sum(kk(b[i], b[j]) for i in range(4) for j in range(4) if i != j) / 12
+    ab = sum(kk(a[i], b[j]) for i in range(5) for j in range(4)) / 20
+    assert imq == pytest.approx(aa + bb - 2 * ab, rel=1e-5)
+
+
+def test_infovae_with_alpha_0_lambda_1_is_the_elbo(vae_and_batch):
+    vae, x = vae_and_batch
+    trace, _ = _draw(vae, x)
+    info = InfoVAEELBO(mmd_alpha=0.0, mmd_lambda=1.0, max_plate_nesting=1)
+    torch.testing.assert_close(
+        _loss(info, vae, x, trace), _loss(make_elbo("Trace_ELBO"), vae, x, trace)
+    )
+
+
+def test_infovae_penalty_is_the_mmd_to_prior_draws(vae_and_batch):
+    vae, x = vae_and_batch
+    trace, t = _draw(vae, x)
+    info = InfoVAEELBO(mmd_alpha=1.0, mmd_lambda=10.0, max_plate_nesting=1)
+    pyro.set_rng_seed(3)
+    loss = _loss(info, vae, x, trace)
+    pyro.set_rng_seed(3)
+    zp = td.Normal(torch.zeros(4), torch.ones(4)).sample((len(x),))
+    z = trace.nodes["z"]["value"]
+    # alpha = 1: no KL term; the MMD weight is alpha + lambda - 1 = 10, times N
+    expected = -(NUM_DATA / len(x)) * t["log_px"].sum() + 10 * NUM_DATA * mmd(z, zp)
+    torch.testing.assert_close(loss, expected)
+
+
+# --- every objective and guide trains; collapse --------------------------------------
+
+
+@pytest.mark.parametrize("guide", GUIDES.names())
+def test_every_guide_trains_one_step_and_encodes(guide, digits):
+    config = Config(guide=guide, guide_rank=3, num_flows=2, latent_dim=4)
+    vae = VAE.from_config(config, digits.shape)
+    x = digits.train[:32]
+    trainer = SVITrainer(vae, config, num_data=1000)
+    trainer.check(x)
+    before = [p.detach().clone() for p in trainer.parameters]
+    assert torch.isfinite(trainer.step(x))
+    assert all(not torch.equal(a, b) for a, b in zip(before, trainer.parameters))
+    loc, log_var = vae.encode(x)
+    assert loc.shape == log_var.shape == (32, 4)
+    assert vae.spec["guide"] == guide
+    # every objective runs with every guide except free bits' closed form
+    for elbo in ("TraceMeanField_ELBO", "IWAE", "InfoVAE_ELBO"):
+        objective = make_elbo(elbo, num_particles=3, vectorize_particles=True)
+        assert torch.isfinite(objective(vae.model, vae.guide)(x, num_data=1000))
+
+
+def test_lowrank_guide_is_the_gaussian_it_says():
+    vae = VAE((1, 8, 8), latent_dim=3, guide="lowrank", guide_rank=2)
+    x = torch.rand(5, 1, 8, 8)
+    loc, log_var, c1, c2 = vae.guide.encoder(x)
+    factor = torch.stack([c1, c2], -1)
+    cov = factor @ factor.transpose(-1, -2) + torch.diag_embed(log_var.exp())
+    q = td.MultivariateNormal(loc, covariance_matrix=cov)
+    trace = poutine.trace(vae.guide).get_trace(x)
+    z = trace.nodes["z"]["value"]
+    torch.testing.assert_close(trace.nodes["z"]["fn"].log_prob(z), q.log_prob(z))
+    _, marginal = vae.encode(x)
+    torch.testing.assert_close(marginal.exp(), cov.diagonal(dim1=-2, dim2=-1))
+
+
+def test_iaf_guide_density_is_base_density_minus_log_scales():
+    torch.manual_seed(0)
+    vae = VAE((1, 8, 8), latent_dim=3, guide="iaf", num_flows=1)
+    for p in vae.guide.flows.parameters():  # move the flow away from its initial identity-ish map
+        torch.nn.init.normal_(p, std=0.3)
+    x = torch.rand(5, 1, 8, 8)
+    trace = poutine.trace(vae.guide).get_trace(x)
+    site = trace.nodes["z"]
+    loc, log_var, context = vae.guide.encoder(x)
+    transform = vae.guide.flows[0].condition(context)
+    z0 = transform.inv(site["value"])
+    base = td.Normal(loc, torch.exp(0.5 * log_var)).log_prob(z0).sum(-1)
+    expected = base - transform.log_abs_det_jacobian(z0, site["value"])
+    torch.testing.assert_close(site["fn"].log_prob(site["value"]), expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("guide", ["lowrank", "iaf"])
+def test_richer_guides_survive_a_checkpoint(one_thread, guide, tmp_path):
+    config = Config(guide=guide, num_epochs=1, limit=200, latent_dim=4, **FAST)
+    result = fit(config, tmp_path / guide, progress=False)
+    vae, loaded, _ = load_run(tmp_path / guide)
+    assert loaded.guide == guide
+    x = result.data.test[:10]
+    torch.testing.assert_close(vae.encode(x), result.vae.encode(x))
+    pyro.set_rng_seed(0)
+    expected = result.vae.predictive(x, 2)["z"]
+    pyro.set_rng_seed(0)
+    torch.testing.assert_close(vae.predictive(x, 2)["z"], expected)
+
+
+def test_config_round_trip_keeps_the_objective(tmp_path):
+    config = Config(
+        elbo="InfoVAE_ELBO",
+        mmd_alpha=0.5,
+        mmd_lambda=50.0,
+        mmd_kernel="imq",
+        kl_schedule="cyclical",
+        num_cycles=3,
+        cycle_ratio=0.25,
+        warmup_steps=7,
+        guide="lowrank",
+        guide_rank=4,
+        free_bits=0.1,
+        renyi_alpha=0.3,
+        diagnostic_items=10,
+    )
+    save_config(config, tmp_path / "c.toml")
+    assert load_config(tmp_path / "c.toml") == config
+
+
+@pytest.mark.parametrize(
+    "changes, phrase",
+    [
+        ({"elbo": "IWAE"}, "num-particles K >= 2"),
+        ({"elbo": "FreeBits_ELBO", "prior": "mixture"}, "mixture prior"),
+        ({"elbo": "FreeBits_ELBO", "guide": "iaf"}, "--guide normal"),
+        ({"elbo": "InfoVAE_ELBO", "mmd_lambda": 0.5}, "mmd_alpha \\+ mmd_lambda >= 1"),
+        ({"cycle_ratio": 0.0}, "cycle_ratio"),
+        ({"elbo": "JitTrace_ELBO", "kl_schedule": "linear"}, "recompile"),
+        ({"free_bits": -1.0}, "free_bits"),
+        ({"guide": "flow"}, "unknown guide"),
+        ({"kl_schedule": "cosine"}, "unknown kl schedule"),
+    ],
+)
+def test_bad_objective_settings_are_refused(changes, phrase):
+    with pytest.raises(ConfigError, match=phrase):
+        Config(**changes)
+
+
+def test_objectives_report_the_true_elbo_and_diagnostics(one_thread, digits, caplog):
+    config = Config(elbo="FreeBits_ELBO", free_bits=2.0, num_epochs=1, diagnostic_items=100, **FAST)
+    history = train(VAE.from_config(config, digits.shape), digits, config, progress=False)
+    row = history[0]
+    # the floor is charged on top of the true KL: the objective is below the true ELBO
+    assert row["train_objective"] < row["train_elbo"]
+    assert {"kl", "kl_per_dim", "active_units", "mutual_information"} <= row.keys()
+    assert len(row["kl_per_dim"]) == config.latent_dim
+    assert sum(row["kl_per_dim"]) == pytest.approx(row["kl"], rel=1e-4)
+    json.dumps(row)  # JSON-ready for metrics.jsonl
+
+
+def test_collapse_is_logged(one_thread, digits, caplog):
+    config = Config(beta=500.0, num_epochs=3, diagnostic_items=100, **FAST)
+    with caplog.at_level(logging.WARNING, logger="pyrovae"):
+        history = train(VAE.from_config(config, digits.shape), digits, config, progress=False)
+    assert history[-1]["kl"] < 0.1
+    messages = [r.getMessage() for r in caplog.records if "collapsing" in r.getMessage()]
+    assert len(messages) == 1  # once, not every epoch
+
+
+def test_large_beta_reduces_kl_and_active_units(one_thread, digits):
+    """The beta-VAE objective trades rate for distortion: at its optimum the KL (rate) is
+    non-increasing in beta. With beta = 8 each nat of KL must buy 8 nats of
+    reconstruction, which few latent directions of 8x8 digits can."""
+    results = {}
+    for beta in (1.0, 8.0):
+        config = Config(beta=beta, num_epochs=20, latent_dim=8, diagnostic_items=0, **FAST)
+        torch.manual_seed(0)
+        vae = VAE.from_config(config, digits.shape)
+        train(vae, digits, config, progress=False)
+        results[beta] = diagnose(vae, digits.test)
+    assert results[8.0]["kl"] < results[1.0]["kl"]
+    assert results[8.0]["active_units"] < results[1.0]["active_units"]
+
+
+def test_every_registered_objective_is_a_pyro_elbo():
+    from pyro.infer import ELBO
+
+    assert {"IWAE", "RenyiELBO", "FreeBits_ELBO", "InfoVAE_ELBO"} <= set(ELBOS)
+    for name in ELBOS:
+        assert issubclass(ELBOS[name], ELBO)
+
+
+@pytest.mark.parametrize("guide", ["lowrank", "iaf"])
+def test_amortization_gap_needs_the_diagonal_guide(guide):
+    from pyrovae.inference.gaps import optimize_local_guide
+
+    vae = VAE((1, 8, 8), latent_dim=3, guide=guide)
+    with pytest.raises(ConfigError, match="per-point diagonal Gaussian"):
+        optimize_local_guide(vae, torch.rand(4, 1, 8, 8), num_steps=1)
