@@ -152,6 +152,11 @@ class ConditionalVAE(VAE):
                 f"--model {cls.model_name} passes labels as keyword arguments, which Pyro's JIT "
                 f"treats as constants; use --elbo Trace_ELBO or TraceMeanField_ELBO"
             )
+        if config.guide != "normal":
+            raise ConfigError(
+                f"--model {cls.model_name} has its own guide q(z|x,y) (diagonal Gaussian); "
+                f"drop --guide {config.guide}"
+            )
         if config.num_classes is None:
             raise ConfigError(
                 f"--model {cls.model_name} needs num_classes (fit() reads it from the labels)"
@@ -353,6 +358,10 @@ class SemiSupervisedVAE(ConditionalVAE):
             raise ConfigError(
                 "--model m2 trains with TraceEnum_ELBO (it sums the class out of the "
                 f"unlabelled ELBO); drop --elbo {config.elbo}"
+            )
+        if config.guide != "normal":
+            raise ConfigError(
+                f"--model m2 has its own guide q(y|x) q(z|x,y); drop --guide {config.guide}"
             )
         if config.num_classes is None:
             raise ConfigError("--model m2 needs num_classes (fit() reads it from the labels)")

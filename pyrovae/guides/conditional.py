@@ -23,13 +23,12 @@ from math import prod
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro import poutine
 from torch import nn
 
 from pyrovae.errors import DataError
 from pyrovae.guides.encoders import ENCODERS
 from pyrovae.model.conditional import join, one_hot
-from pyrovae.model.generative import LocalPyroModule, data_plate
+from pyrovae.model.generative import LocalPyroModule, data_plate, kl_weight
 
 __all__ = ["ConditionalEncoder", "ConditionalNormalGuide"]
 
@@ -117,6 +116,6 @@ class ConditionalNormalGuide(LocalPyroModule):
             )
         with data_plate(len(x), num_data, x.device):
             loc, log_var = self.encoder(x, y)
-            with poutine.scale(scale=beta):
+            with kl_weight(beta):
                 pyro.sample("z", dist.Normal(loc, torch.exp(0.5 * log_var)).to_event(1))
         return loc, log_var

@@ -28,11 +28,10 @@ from math import prod
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro import poutine
 from torch import nn
 
 from pyrovae.guides.conditional import ConditionalEncoder
-from pyrovae.model.generative import LocalPyroModule, data_plate
+from pyrovae.model.generative import LocalPyroModule, data_plate, kl_weight
 from pyrovae.networks import mlp
 
 __all__ = ["Classifier", "SemiSupervisedGuide"]
@@ -78,6 +77,6 @@ class SemiSupervisedGuide(LocalPyroModule):
                     "y", dist.Categorical(logits=logits), infer={"enumerate": "parallel"}
                 )
             loc, log_var = self.encoder(x, y)
-            with poutine.scale(scale=beta):
+            with kl_weight(beta):
                 pyro.sample("z", dist.Normal(loc, torch.exp(0.5 * log_var)).to_event(1))
         return loc, log_var

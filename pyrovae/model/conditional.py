@@ -24,11 +24,10 @@ from __future__ import annotations
 import pyro
 import torch
 import torch.nn.functional as F
-from pyro import poutine
 from torch import nn
 
 from pyrovae.errors import DataError
-from pyrovae.model.generative import LocalPyroModule, data_plate
+from pyrovae.model.generative import LocalPyroModule, data_plate, kl_weight
 from pyrovae.model.likelihoods import Likelihood
 from pyrovae.model.priors import Prior
 
@@ -114,7 +113,7 @@ class ConditionalVAEModel(LocalPyroModule):
         device = x.device if x is not None else self.device
         with data_plate(size, num_data, device):
             y = self.label(y)
-            with poutine.scale(scale=beta):
+            with kl_weight(beta):
                 z = pyro.sample("z", self.prior())
             params = self.decoder(join(z, one_hot(y, self.num_classes, z.dtype)))
             likelihood = self.likelihood(params)
