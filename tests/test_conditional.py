@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.distributions as td
 
-from pyrovae import Config, DataError, fit, load_dataset, load_run
+from pyrovae import Config, DataError, fit, load_dataset, load_run, train
 from pyrovae.errors import ConfigError
 from pyrovae.inference import log_weights
 from pyrovae.model.conditional import join, one_hot
@@ -116,3 +116,14 @@ def test_samples_carry_the_requested_class(cvae_run):
     z = torch.zeros(2, 8)
     a, b = cvae_run.vae.decode(z, torch.tensor([0, 1]))
     assert (a - b).abs().max() > 0.1
+
+
+def test_cvae_trains_under_a_kl_warmup_and_refuses_other_guides():
+    """A linear warm-up starts at beta = 0, where the latent sites are masked out."""
+    digits = load_dataset("digits", limit=128)
+    config = Config(model="cvae", kl_schedule="linear", num_epochs=1, num_classes=10)
+    cvae = ConditionalVAE.from_config(config, digits.shape)
+    history = train(cvae, digits, config, progress=False)
+    assert np.isfinite(history[-1]["test_elbo"])
+    with pytest.raises(ConfigError, match="drop --guide iaf"):
+        ConditionalVAE.from_config(config.replace(guide="iaf"), digits.shape)
