@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyrovae.errors import DataError
-from pyrovae.model.generative import LocalPyroModule, data_plate, kl_weight
+from pyrovae.model.generative import VAEModel, data_plate, kl_weight
 from pyrovae.model.likelihoods import Likelihood
 from pyrovae.model.priors import Prior
 
@@ -49,7 +49,7 @@ def join(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.cat([a.expand(*batch, a.shape[-1]), b.expand(*batch, b.shape[-1])], dim=-1)
 
 
-class ConditionalVAEModel(LocalPyroModule):
+class ConditionalVAEModel(VAEModel):
     """The model ``(z, y) -> x``: a prior, a decoder on ``[z, onehot(y)]`` and a likelihood.
 
     Parameters
@@ -75,11 +75,7 @@ class ConditionalVAEModel(LocalPyroModule):
         event_shape: tuple[int, ...],
         num_classes: int,
     ) -> None:
-        super().__init__()
-        self.prior = prior
-        self.decoder = decoder
-        self.likelihood = likelihood
-        self.event_shape = tuple(event_shape)
+        super().__init__(prior, decoder, likelihood, event_shape)
         self.num_classes = num_classes
 
     def label(self, y: torch.Tensor | None) -> torch.Tensor:
@@ -116,16 +112,5 @@ class ConditionalVAEModel(LocalPyroModule):
             with kl_weight(beta):
                 z = pyro.sample("z", self.prior())
             params = self.decoder(join(z, one_hot(y, self.num_classes, z.dtype)))
-            likelihood = self.likelihood(params)
-            pixel_dims = len(self.event_shape) - len(likelihood.event_shape)
-            if mask is not None:  # observed pixels only: masked ones add nothing to log p
-                likelihood = likelihood.mask(mask)
-            pyro.sample("x", likelihood.to_event(pixel_dims), obs=x)
+            self.observe(params, x, mask)
         return params
-
-    @property
-    def device(self) -> torch.device:
-        """The device of the model's parameters and buffers."""
-        for tensor in (*self.parameters(), *self.buffers()):
-            return tensor.device
-        return torch.device("cpu")

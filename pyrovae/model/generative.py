@@ -121,12 +121,19 @@ class VAEModel(LocalPyroModule):
             with kl_weight(beta):
                 z = pyro.sample("z", self.prior())
             params = self.decoder(z)
-            likelihood = self.likelihood(params)
-            pixel_dims = len(self.event_shape) - len(likelihood.event_shape)
-            if mask is not None:  # observed pixels only: masked ones add nothing to log p
-                likelihood = likelihood.mask(mask)
-            pyro.sample("x", likelihood.to_event(pixel_dims), obs=x)
+            self.observe(params, x, mask)
         return params
+
+    def observe(
+        self, params: torch.Tensor, x: torch.Tensor | None, mask: torch.Tensor | None = None
+    ) -> None:
+        r"""The site ``x ~ p(x | params)``, the pixels an event; with ``mask``, only the
+        pixels where it is true enter :math:`\log p(x \mid z)` (the others may hold anything)."""
+        likelihood = self.likelihood(params)
+        pixel_dims = len(self.event_shape) - len(likelihood.event_shape)
+        if mask is not None:  # observed pixels only: masked ones add nothing to log p
+            likelihood = likelihood.mask(mask)
+        pyro.sample("x", likelihood.to_event(pixel_dims), obs=x)
 
     @property
     def device(self) -> torch.device:
