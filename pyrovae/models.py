@@ -27,7 +27,7 @@ from pyrovae.guides.conditional import ConditionalEncoder, ConditionalNormalGuid
 from pyrovae.model import DECODERS, Likelihood, Prior
 from pyrovae.model.conditional import ConditionalVAEModel
 from pyrovae.registry import Registry
-from pyrovae.vae import VAE
+from pyrovae.vae import VAE, network_options
 
 if TYPE_CHECKING:
     from pyrovae.config import Config
@@ -161,19 +161,7 @@ class ConditionalVAE(VAE):
             raise ConfigError(
                 f"--model {cls.model_name} needs num_classes (fit() reads it from the labels)"
             )
-        return cls(
-            event_shape,
-            num_classes=config.num_classes,
-            latent_dim=config.latent_dim,
-            prior=config.prior,
-            likelihood=config.likelihood,
-            encoder=config.encoder,
-            decoder=config.decoder,
-            hidden=config.hidden,
-            num_components=config.num_components,
-            scale=config.scale,
-            learn_scale=config.learn_scale,
-        )
+        return cls(event_shape, num_classes=config.num_classes, **network_options(config))
 
     # -- training-loop hooks --
 
@@ -371,15 +359,7 @@ class SemiSupervisedVAE(ConditionalVAE):
             labels_per_class=config.labels_per_class,
             alpha=config.alpha,
             label_seed=config.seed,
-            latent_dim=config.latent_dim,
-            prior=config.prior,
-            likelihood=config.likelihood,
-            encoder=config.encoder,
-            decoder=config.decoder,
-            hidden=config.hidden,
-            num_components=config.num_components,
-            scale=config.scale,
-            learn_scale=config.learn_scale,
+            **network_options(config),
         )
 
     # -- training-loop hooks --

@@ -34,6 +34,14 @@ __all__ = ["VAE"]
 SPEC_OPTIONS = ("num_components", "scale", "learn_scale", "guide_rank", "num_flows")
 
 
+def network_options(config: Config) -> dict[str, object]:
+    """The config keys every VAE variant is built from: latent size, prior, likelihood,
+    networks and their options (a variant adds its own, e.g. the number of classes)."""
+    keys = ("latent_dim", "prior", "likelihood", "encoder", "decoder", "hidden")
+    options = ("num_components", "scale", "learn_scale")
+    return {k: getattr(config, k) for k in (*keys, *options)}
+
+
 def _spec_name(component: object) -> str:
     return component if isinstance(component, str) else f"custom {type(component).__name__}"
 
@@ -123,18 +131,10 @@ class VAE(PyroModule):
         """Build the VAE that ``config`` describes, for data of shape ``event_shape``."""
         return cls(
             event_shape,
-            latent_dim=config.latent_dim,
-            prior=config.prior,
-            likelihood=config.likelihood,
-            encoder=config.encoder,
-            decoder=config.decoder,
-            hidden=config.hidden,
             guide=config.guide,
             guide_rank=config.guide_rank,
             num_flows=config.num_flows,
-            num_components=config.num_components,
-            scale=config.scale,
-            learn_scale=config.learn_scale,
+            **network_options(config),
         )
 
     # -- hooks of the training loop: a variant of the VAE overrides these, never the loop --
