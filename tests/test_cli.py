@@ -4,6 +4,7 @@ config file, and every kind of bad input ends with one readable message and exit
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -656,3 +657,21 @@ def test_latent(trained_run, tmp_path, capsys, one_thread):
     assert 0.0 <= report["probe_accuracy"] <= 1.0
     assert (tmp_path / "latent.png").stat().st_size > 0
     assert json.loads(stdout[: stdout.rindex("}") + 1]) == report
+
+
+def test_output_piped_into_head_ends_quietly():
+    """A reader that stops early (``| head``) gets no BrokenPipeError traceback."""
+    code = (
+        "import sys; from pyrovae import cli; "
+        "cli.COMMANDS['evaluate'] = lambda args: print('x\\n' * 10**6) or 0; "
+        "sys.exit(cli.main(['evaluate', 'run']))"
+    )
+    result = subprocess.run(
+        f"{shlex.quote(sys.executable)} -c {shlex.quote(code)} | head -n 1",
+        shell=True,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.stdout == "x\n"
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr
