@@ -1,0 +1,73 @@
+"""The command line: ``pyrovae COMMAND``, one module per group of subcommands.
+
+A thin layer over the library: it parses flags into a :class:`~pyrovae.config.Config`
+(explicit flags override ``--config FILE``), calls :func:`pyrovae.fit` and friends,
+and turns every :class:`~pyrovae.errors.PyroVAEError` into one message on stderr and
+exit status 2.
+
+Subcommands live in :mod:`~pyrovae.cli.training` (train, evaluate, sample),
+:mod:`~pyrovae.cli.inspection` (inspect, graph, latent) and
+:mod:`~pyrovae.cli.applications` (augment, anomaly, interpolate, traverse, arithmetic,
+inpaint, denoise); each module has ``add_parsers(sub, common)`` and ``COMMANDS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from pyrovae.cli import applications, inspection, training
+from pyrovae.errors import PyroVAEError
+
+__all__ = ["COMMANDS", "main"]
+
+logger = logging.getLogger("pyrovae")
+
+GROUPS = (training, inspection, applications)
+
+#: subcommand name -> function(args) -> exit status
+COMMANDS = {name: command for group in GROUPS for name, command in group.COMMANDS.items()}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pyrovae", description="Variational autoencoders as Pyro programs."
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for group in GROUPS:
+        group.add_parsers(sub, common)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (2 for a user error, with one message)."""
+    args = _parser().parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            format="%(message)s", level=logging.WARNING if args.quiet else logging.INFO
+        )
+    try:
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        with logging_redirect_tqdm():
+            return COMMANDS[args.command](args)
+    except PyroVAEError as e:
+        print(f"pyrovae {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\npyrovae {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # whoever read our output stopped (e.g. `| head`): end quietly, as shell tools do;
+        # stdout goes to devnull so the interpreter's final flush cannot fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

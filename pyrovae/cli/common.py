@@ -1,0 +1,34 @@
+"""What the subcommands share: reading items from a file, naming output files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pyrovae.config import Config
+from pyrovae.errors import ConfigError
+
+
+def load_items(path: str | Path, config: Config):
+    """Every item of a .npy/.npz file (and its labels, if it has them), as a run scores them."""
+    import torch
+
+    from pyrovae.data import load_dataset
+
+    # a dynamic binarization is drawn once, as for a test set
+    binarize = "static" if config.binarize == "dynamic" else config.binarize
+    data = load_dataset(path=path, binarize=binarize, seed=config.seed)
+    x = torch.cat([data.train, data.test])
+    y = None
+    if data.train_labels is not None and data.test_labels is not None:
+        y = torch.cat([data.train_labels, data.test_labels])
+    return x, y
+
+
+def output_file(path: Path, suffix: str) -> Path:
+    """``--output`` as a file name ending in ``suffix``, its folder created."""
+    if path.suffix != suffix:
+        raise ConfigError(f"--output {path} must end in {suffix}")
+    if path.is_dir():
+        raise ConfigError(f"--output {path} is a folder; give a {suffix} file name")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path

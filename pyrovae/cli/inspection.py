@@ -1,0 +1,370 @@
+"""``pyrovae inspect | graph | latent``: posteriors, the graphical model, the latent space."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from pyrovae.config import Config
+from pyrovae.errors import ConfigError
+from pyrovae.graph import FORMATS as GRAPH_FORMATS
+from pyrovae.inference.latent import EMBEDDINGS
+
+logger = logging.getLogger(__name__)
+
+
+def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """The subcommands inspect, graph and latent."""
+    inspect = sub.add_parser(
+        "inspect",
+        parents=[common],
+        help="posterior draws as ArviZ data; NUTS gold standard; inference gaps",
+        description=(
+            "Draw from the guide q(z|x) for chosen inputs into ArviZ InferenceData (NetCDF), "
+            "print arviz.summary and save ArviZ plots; optionally sample the exact posterior "
+            "p(z|x) with NUTS and compare, and estimate the approximation and amortization "
+            "gaps of Cremer et al. (2018) on held-out data."
+        ),
+    )
+    inspect.add_argument("run", type=Path, help="run folder (or its checkpoint.pt)")
+    inspect.add_argument(
+        "--items",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="I",
+        help="indices of the inputs: into the held-out set, or rows of --data (default: 0 1 2)",
+    )
+    inspect.add_argument("--data", help="take the inputs from this .npy/.npz file (file order)")
+    inspect.add_argument(
+        "-s", "--num-samples", type=int, default=1000, help="draws of q(z|x) per input (1000)"
+    )
+    inspect.add_argument(
+        "--dims",
+        type=int,
+        nargs="+",
+        metavar="D",
+        help="latent dims to plot (default: up to 4 with the narrowest q(z|x))",
+    )
+    inspect.add_argument(
+        "--nuts", action="store_true", help="also sample p(z|x) with NUTS and compare with q"
+    )
+    inspect.add_argument("--num-chains", type=int, default=4, help="NUTS chains (4)")
+    inspect.add_argument("--num-warmup", type=int, default=500, help="NUTS warmup steps (500)")
+    inspect.add_argument(
+        "--num-mcmc-samples", type=int, default=500, help="NUTS draws per chain (500)"
+    )
+    inspect.add_argument(
+        "--gaps",
+        action="store_true",
+        help="estimate log p(x), the optimized and amortized ELBOs and their gaps",
+    )
+    inspect.add_argument(
+        "--num-gap-items",
+        type=int,
+        default=100,
+        help="held-out items (a seeded random sample) for --gaps (100)",
+    )
+    inspect.add_argument(
+        "-k", type=int, default=1000, help="importance samples K for --gaps (1000)"
+    )
+    inspect.add_argument(
+        "--gap-steps", type=int, default=1000, help="Adam steps of the per-item guide (1000)"
+    )
+    inspect.add_argument("--output", type=Path, help="output folder (default: RUN/inspect)")
+    inspect.add_argument("--seed", type=int, default=0)
+    inspect.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    inspect.add_argument("--num-threads", type=int, help="torch CPU threads (default: torch's)")
+
+    graph = sub.add_parser(
+        "graph",
+        parents=[common],
+        help="draw the model and the guide as graphical models (needs graphviz)",
+        description="Draw the model and the guide with pyro.render_model.",
+    )
+    graph.add_argument("run", type=Path, help="run folder (or its checkpoint.pt)")
+    graph.add_argument("--format", default="svg", choices=GRAPH_FORMATS, help="svg (default)")
+    graph.add_argument("--output", type=Path, help="output folder (default: the run folder)")
+    graph.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+
+    latent = sub.add_parser(
+        "latent",
+        parents=[common],
+        help="encode the data set; 2-D scatter, KL per dim, active units, linear probe",
+        description=(
+            "Encode the run's train and held-out data to posterior means and log-variances "
+            "(latent.npz), draw a 2-D scatter of the held-out means coloured by label, and "
+            "report KL per dimension, active units, mutual information and the accuracy of "
+            "a linear probe (latent.json)."
+        ),
+    )
+    latent.add_argument("run", type=Path, help="run folder (or its checkpoint.pt)")
+    latent.add_argument(
+        "--embedding",
+        nargs="+",
+        default=["pca", "tsne"],
+        choices=EMBEDDINGS.names(),
+        help="2-D embeddings of latents with more than 2 dims (default: pca tsne)",
+    )
+    latent.add_argument(
+        "--max-points",
+        type=int,
+        default=2000,
+        help="held-out points in the scatter (a seeded random sample; default 2000)",
+    )
+    latent.add_argument(
+        "--threshold", type=float, default=0.01, help="active-unit threshold (0.01, Burda et al.)"
+    )
+    latent.add_argument(
+        "--probe-max-train",
+        type=int,
+        default=10000,
+        help="fit the linear probe on at most this many train items (a seeded sample; 10000)",
+    )
+    latent.add_argument("--output", type=Path, help="output folder (default: RUN/latent)")
+    latent.add_argument("--batch-size", type=int, default=500, help="data points per batch")
+    latent.add_argument("--seed", type=int, default=0)
+    latent.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    latent.add_argument("--num-threads", type=int, help="torch CPU threads (default: torch's)")
+
+
+def _set_threads(num_threads: int | None) -> None:
+    import torch
+
+    if num_threads is not None:
+        if num_threads < 1:
+            raise ConfigError(f"--num-threads must be >= 1, got {num_threads}")
+        torch.set_num_threads(num_threads)
+
+
+def _output_folder(args: argparse.Namespace, default: str | None) -> Path:
+    run_dir = args.run if args.run.is_dir() else args.run.parent
+    out = args.output or (run_dir / default if default else run_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--output {out} is a file; give a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _inspect_inputs(args: argparse.Namespace, vae, config, heldout) -> tuple:
+    """The inputs to inspect and their indices: held-out items, or rows of --data."""
+    from pyrovae.data import load_items
+
+    if args.data:
+        binarize = "static" if config.binarize == "dynamic" else config.binarize
+        pool, where = load_items(args.data, binarize=binarize, seed=config.seed), args.data
+    else:
+        pool, where = heldout(), "the held-out set"
+    items = args.items if args.items is not None else list(range(min(3, len(pool))))
+    bad = [i for i in items if not 0 <= i < len(pool)]
+    if bad:
+        raise ConfigError(
+            f"--items {' '.join(map(str, bad))} out of range: {where} has {len(pool)} items "
+            f"(indices 0 to {len(pool) - 1})"
+        )
+    if len(set(items)) != len(items):
+        raise ConfigError(f"--items repeats an index: {' '.join(map(str, items))}")
+    x = pool[items].to(vae.device)
+    vae.validate_data(x, "inputs to inspect")
+    return x, items
+
+
+def _refuse_labelled(vae, config: Config, command: str, attribute: str) -> None:
+    """``inspect`` and ``latent`` analyse the guide q(z|x) of a plain VAE."""
+    if getattr(vae, attribute):
+        raise ConfigError(
+            f"pyrovae {command} analyses q(z|x) of a plain VAE; this run's model is "
+            f"{config.model}, whose guide also reads the label y"
+        )
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    import matplotlib
+    import pyro
+    import torch
+
+    from pyrovae import plots
+    from pyrovae.inference.gaps import inference_gaps
+    from pyrovae.inference.mcmc import max_r_hat, nuts_posterior
+    from pyrovae.inference.posterior import (
+        compare_posteriors,
+        posterior_draws,
+        posterior_summary,
+        save_inference_data,
+    )
+    from pyrovae.run import load_data, load_run, save_figure
+
+    matplotlib.use("Agg")
+    _set_threads(args.num_threads)
+    checks = {"-s/--num-samples": args.num_samples, "-k": args.k}
+    if args.nuts:
+        checks.update(
+            {"--num-chains": args.num_chains, "--num-mcmc-samples": args.num_mcmc_samples}
+        )
+    if args.gaps:
+        checks["--num-gap-items"] = args.num_gap_items
+    bad = [f"{k} must be >= 1, got {v}" for k, v in checks.items() if v < 1]
+    if args.num_warmup < 0 or args.gap_steps < 0:
+        bad.append("--num-warmup and --gap-steps must be >= 0")
+    if bad:
+        raise ConfigError("; ".join(bad))
+    vae, config, _ = load_run(args.run, args.device)
+    _refuse_labelled(vae, config, "inspect", "needs_labels")
+    if args.dims is not None:
+        bad_dims = [d for d in args.dims if not 0 <= d < vae.latent_dim]
+        if bad_dims:
+            raise ConfigError(
+                f"--dims {' '.join(map(str, bad_dims))} out of range: the latent has "
+                f"{vae.latent_dim} dims (0 to {vae.latent_dim - 1})"
+            )
+    test = []
+
+    def heldout() -> torch.Tensor:  # the run's held-out set, loaded once when needed
+        if not test:
+            test.append(load_data(config, vae.device).test)
+        return test[0]
+
+    x, items = _inspect_inputs(args, vae, config, heldout)
+    out = _output_folder(args, "inspect")
+    pyro.set_rng_seed(args.seed)
+    written = []
+
+    q = posterior_draws(vae, x, args.num_samples, items=items)
+    written.append(save_inference_data(q, out / "posterior.nc"))
+    print(f"q(z|x): {args.num_samples} draws per input\n{posterior_summary(q).to_string()}\n")
+    q_scale = q.constant_data["q_scale"].values
+    dims = args.dims or sorted(np.argsort(q_scale.mean(0))[: min(4, vae.latent_dim)].tolist())
+    forest_dims = None if vae.latent_dim <= 16 else dims  # every dim while the plot stays legible
+    figures = {
+        "posterior.png": lambda: plots.posterior_densities(q, dims=dims),
+        "forest.png": lambda: plots.posterior_forest({"q(z|x)": q}, dims=forest_dims),
+        "predictive.png": lambda: plots.posterior_predictive_grid(q),
+    }
+    if len(dims) >= 2:
+        figures["pair.png"] = lambda: plots.posterior_pair(q, item=items[0], dims=dims)
+
+    if args.nuts:
+        nuts = nuts_posterior(
+            vae,
+            x,
+            num_samples=args.num_mcmc_samples,
+            num_warmup=args.num_warmup,
+            num_chains=args.num_chains,
+            items=items,
+        )
+        written.append(save_inference_data(nuts, out / "nuts.nc"))
+        table = compare_posteriors(q, nuts)
+        table.to_csv(out / "comparison.csv")
+        written.append(out / "comparison.csv")
+        divergent = int(nuts.sample_stats["diverging"].sum())
+        nuts_summary = posterior_summary(nuts)
+        print(
+            f"NUTS p(z|x): {args.num_chains} chains x {args.num_mcmc_samples} draws, "
+            f"{divergent} divergent\n{nuts_summary.to_string()}\n"
+        )
+        print(
+            "q(z|x) vs NUTS p(z|x) (overlap: Bhattacharyya coefficient of Gaussian fits)\n"
+            f"{table.round(3).to_string()}\n"
+        )
+        r_hat = max_r_hat(nuts)
+        if not r_hat < 1.01:  # Vehtari et al. (2021); NaN when a chain never moved
+            logger.warning(
+                "NUTS chains have not mixed (largest r_hat %.4g, above 1.01 or undefined): "
+                "the reference is not trustworthy; raise --num-warmup and --num-mcmc-samples",
+                r_hat,
+            )
+        if divergent:
+            logger.warning(
+                "NUTS had %d divergent transitions: treat the reference with care", divergent
+            )
+        figures["comparison.png"] = lambda: plots.posterior_comparison(q, nuts, dims=dims)
+        figures["forest_nuts.png"] = lambda: plots.posterior_forest(
+            {"q(z|x)": q, "NUTS p(z|x)": nuts}, dims=dims
+        )
+
+    for name, make in figures.items():
+        save_figure(make(), out / name)
+        written.append(out / name)
+
+    if args.gaps:
+        test = heldout()
+        generator = torch.Generator().manual_seed(args.seed)
+        index = torch.randperm(len(test), generator=generator)[: args.num_gap_items].sort().values
+        gaps = inference_gaps(vae, test[index.to(test.device)], args.k, num_steps=args.gap_steps)
+        result = {
+            **gaps.summary(),
+            "gap_steps": args.gap_steps,
+            "items": index.tolist(),
+            "per_item": {
+                name: getattr(gaps, name).tolist()
+                for name in ("log_likelihood", "elbo_optimized", "elbo_amortized")
+            },
+        }
+        (out / "gaps.json").write_text(json.dumps(result, indent=2) + "\n")
+        written.append(out / "gaps.json")
+        summary = {k: v for k, v in result.items() if k not in ("items", "per_item")}
+        print(f"gaps in nats per data point:\n{json.dumps(summary, indent=2)}\n")
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def _cmd_graph(args: argparse.Namespace) -> int:
+    from pyrovae.graph import require_graphviz, save_graphs
+    from pyrovae.run import load_data, load_run
+
+    require_graphviz()  # before loading anything
+    vae, config, _ = load_run(args.run, args.device)
+    x = load_data(config, vae.device).test[:2]
+    paths = save_graphs(vae, x, _output_folder(args, None), args.format)
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def _cmd_latent(args: argparse.Namespace) -> int:
+    import matplotlib
+    import pyro
+
+    from pyrovae import plots
+    from pyrovae.inference.latent import embed, encode_dataset, latent_report, save_codes
+    from pyrovae.run import load_data, load_run, save_figure
+
+    matplotlib.use("Agg")
+    _set_threads(args.num_threads)
+    if args.max_points < 2 or args.batch_size < 1 or args.probe_max_train < 2:
+        raise ConfigError("--max-points and --probe-max-train must be >= 2, --batch-size >= 1")
+    vae, config, _ = load_run(args.run, args.device)
+    _refuse_labelled(vae, config, "latent", "requires_y")
+    data = load_data(config, vae.device)
+    out = _output_folder(args, "latent")
+    pyro.set_rng_seed(args.seed)  # the mutual information estimate draws z ~ q(z|x)
+    codes = encode_dataset(vae, data, args.batch_size)
+    save_codes(codes, out / "latent.npz")
+    report = latent_report(
+        vae,
+        data,
+        codes,
+        threshold=args.threshold,
+        batch_size=args.batch_size,
+        max_probe_train=args.probe_max_train,
+        seed=args.seed,
+    )
+    rng = np.random.default_rng(args.seed)
+    loc = codes["test_loc"]
+    shown = np.sort(rng.permutation(len(loc))[: args.max_points])
+    labels = codes.get("test_labels")
+    embeddings = embed(loc[shown], args.embedding, seed=args.seed)
+    save_figure(
+        plots.latent_scatter(embeddings, None if labels is None else labels[shown]),
+        out / "latent.png",
+    )
+    (out / "latent.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    print(f"wrote {out / 'latent.npz'}, {out / 'latent.png'}, {out / 'latent.json'}")
+    return 0
+
+
+COMMANDS = {"inspect": _cmd_inspect, "graph": _cmd_graph, "latent": _cmd_latent}

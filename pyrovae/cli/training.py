@@ -1,0 +1,220 @@
+"""``pyrovae train | evaluate | sample``: train a run, score it, generate from it."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from pyrovae.cli.common import load_items
+from pyrovae.config import Config, field_type, from_dict, load_config
+from pyrovae.errors import ConfigError, PyroVAEError
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per Config field; defaults are SUPPRESSed so only explicit flags override."""
+    group = parser.add_argument_group("run configuration (also keys of --config FILE)")
+    for f in dataclasses.fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        kind = field_type(f)
+        default = f.default
+        kwargs: dict = {
+            "default": argparse.SUPPRESS,
+            "dest": f.name,
+            "help": f"{f.metadata['help']} (default: {default})",
+        }
+        if f.metadata.get("choices") is not None:
+            kwargs["choices"] = list(f.metadata["choices"])
+        if kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif kind is tuple:
+            kwargs.update(type=int, nargs="+", metavar="N")
+        else:
+            kwargs["type"] = kind
+        group.add_argument(flag, **kwargs)
+
+
+def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """The subcommands train, evaluate and sample."""
+    train = sub.add_parser(
+        "train",
+        parents=[common],
+        help="train a VAE and write a run folder",
+        description="Train a VAE with SVI and write a run folder.",
+    )
+    train.add_argument(
+        "--workdir",
+        default="runs/default",
+        type=Path,
+        help="the run folder (default: runs/default)",
+    )
+    train.add_argument("--config", type=Path, help="TOML file with config keys")
+    train.add_argument(
+        "--resume", action="store_true", help="continue the run in --workdir where it stopped"
+    )
+    train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_config_flags(train)
+
+    evaluate = sub.add_parser(
+        "evaluate",
+        parents=[common],
+        help="held-out ELBO and IWAE log-likelihood of a run",
+        description="Evaluate a trained run on its held-out data.",
+    )
+    evaluate.add_argument("run", type=Path, help="run folder (or its checkpoint.pt)")
+    evaluate.add_argument(
+        "-k",
+        "--num-samples",
+        type=int,
+        default=1000,
+        help="importance samples K for the IWAE log p(x) (default: 1000)",
+    )
+    evaluate.add_argument(
+        "--data", help="evaluate on every item of this .npy/.npz file instead of the test set"
+    )
+    evaluate.add_argument("--batch-size", type=int, default=500, help="data points per batch")
+    evaluate.add_argument(
+        "--num-items",
+        type=int,
+        help="evaluate only the first N items (of the test set or --data; default: all)",
+    )
+    evaluate.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the importance samples")
+
+    sample = sub.add_parser(
+        "sample",
+        parents=[common],
+        help="generate from the prior of a trained run",
+        description="Draw z from the prior and decode: PNG grid and .npy.",
+    )
+    sample.add_argument("run", type=Path, help="run folder (or its checkpoint.pt)")
+    sample.add_argument("-n", "--num-samples", type=int, default=64, help="how many (default 64)")
+    sample.add_argument("--output", type=Path, help="output folder (default: the run folder)")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    sample.add_argument(
+        "--label",
+        type=int,
+        help="generate this class (runs of --model cvae or m2); default: the classes in turn",
+    )
+
+
+def _config_from_args(args: argparse.Namespace) -> Config:
+    names = {f.name for f in dataclasses.fields(Config)}
+    flags = {k: v for k, v in vars(args).items() if k in names}
+    if "hidden" in flags:
+        flags["hidden"] = tuple(flags["hidden"])
+    config_file = args.config
+    if args.resume and not (args.workdir / "checkpoint.pt").exists():
+        raise PyroVAEError(
+            f"there is no run to resume in {args.workdir}; drop --resume to start one"
+        )
+    if config_file is None and args.resume:
+        config_file = args.workdir / "config.toml"
+    if config_file is not None:
+        return load_config(config_file, **flags)
+    return from_dict(flags)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from pyrovae.run import fit
+
+    config = _config_from_args(args)
+    try:
+        result = fit(
+            config, args.workdir, resume=args.resume, progress=False if args.no_progress else None
+        )
+    except KeyboardInterrupt:
+        print(
+            f"\ninterrupted; the last finished epoch is saved. Continue with:\n  pyrovae train "
+            f"--workdir {args.workdir} --resume",
+            file=sys.stderr,
+        )
+        return 130
+    last = result.history[-1] if result.history else {}
+    print(
+        json.dumps(
+            {"workdir": str(args.workdir), **last, "evaluation": result.evaluation}, indent=2
+        )
+    )
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import pyro
+
+    from pyrovae.inference.evaluation import evaluate
+    from pyrovae.run import load_data, load_run
+
+    if args.num_samples < 1 or args.batch_size < 1:
+        raise ConfigError("-k/--num-samples and --batch-size must be >= 1")
+    if args.num_items is not None and args.num_items < 1:
+        raise ConfigError(f"--num-items must be >= 1, got {args.num_items}")
+    vae, config, _ = load_run(args.run, args.device)
+    pyro.set_rng_seed(args.seed)
+    if args.data:
+        x, y = load_items(args.data, config)
+    else:
+        data = load_data(config, vae.device)
+        x, y = data.test, data.test_labels
+    if args.num_items is not None:
+        x = x[: args.num_items]
+        y = None if y is None else y[: args.num_items]
+    x = x.to(vae.device)
+    vae.validate_data(x, "evaluation data")
+    labels = {}
+    if vae.requires_y:
+        vae.validate_labels(y, len(x), f"the labels of {args.data or 'the test set'}")
+        labels = {"y": y.to(vae.device)}
+    results = evaluate(vae, x, args.num_samples, args.batch_size, **labels)
+    if y is not None:
+        results.update(vae.metrics(x, y.to(vae.device)))
+    if args.run.is_dir() and not args.data and args.num_items is None:
+        (args.run / "evaluation.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    import matplotlib
+    import pyro
+
+    from pyrovae import plots
+    from pyrovae.run import load_run, save_figure
+
+    matplotlib.use("Agg")
+    if args.num_samples < 1:
+        raise ConfigError(f"--num-samples must be >= 1, got {args.num_samples}")
+    vae, config, _ = load_run(args.run, args.device)
+    pyro.set_rng_seed(args.seed)
+    if vae.needs_labels:
+        samples = vae.sample(args.num_samples, y=args.label).cpu()
+    elif args.label is not None:
+        raise ConfigError(
+            f"--label needs a run of a model with labels (--model cvae or m2); {args.run} is a "
+            f"plain {config.model}: drop --label"
+        )
+    else:
+        samples = vae.sample(args.num_samples).cpu()
+    out = args.output or (args.run if args.run.is_dir() else args.run.parent)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--output {out} is a file; give a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / "samples.npy", samples.numpy())
+    title, nrow = "samples from the prior", 8
+    if vae.needs_labels:  # the classes in turn (one per column), or the requested one
+        title, nrow = (
+            (f"samples of class {args.label}", 8)
+            if args.label is not None
+            else ("samples, one class per column", vae.num_classes)
+        )
+    save_figure(plots.image_grid(samples, nrow=nrow, title=title), out / "samples.png")
+    print(f"wrote {out / 'samples.png'} and {out / 'samples.npy'} ({tuple(samples.shape)})")
+    return 0
+
+
+COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "sample": _cmd_sample}
