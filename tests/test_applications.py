@@ -23,7 +23,13 @@ from pyrovae.inference.anomaly import (
     score_histograms,
     threshold,
 )
-from pyrovae.inference.inpainting import corrupt, denoise, inpaint, make_mask
+from pyrovae.inference.inpainting import (
+    corrupt,
+    denoise,
+    inpaint,
+    make_mask,
+    masked_log_weights,
+)
 from pyrovae.inference.latent_ops import (
     INTERPOLATIONS,
     interpolate,
@@ -167,28 +173,66 @@ def test_latent_arithmetic(vae, digits):
 
 
 def test_masked_likelihood_ignores_the_missing_pixels(vae, digits):
-    """With a mask, log p(x | z) sums the observed pixels only: changing the missing ones
-    leaves it unchanged, and it equals torch's Bernoulli log-density over the observed."""
+    """With a mask, the model observes x through Pyro's obs_mask: log p(x_obs | z) sums the
+    observed pixels only (changing the missing ones leaves it unchanged, and it equals
+    torch's Bernoulli log-density over the observed), the missing pixels are a latent site
+    whose density does not count, and the site's value keeps every observed pixel."""
     x = digits.test[:5]
     mask = make_mask("center", 5, x.shape[1:])
     other = torch.where(mask, x, 1 - x)  # the missing pixels changed
     guide_trace = pyro.poutine.trace(vae.guide).get_trace(x)
-    log_probs = []
+
+    def per_item(trace, name):
+        return trace.nodes[name]["log_prob"].flatten(1).sum(1)
+
+    traces = []
     for items in (x, other):
         model = pyro.poutine.replay(vae.model, trace=guide_trace)
         trace = pyro.poutine.trace(model).get_trace(items, mask=mask)
         trace.compute_log_prob()
-        log_probs.append(trace.nodes["x"]["log_prob"])
-    torch.testing.assert_close(log_probs[0], log_probs[1], rtol=0, atol=0)
-    logits = trace.nodes["_RETURN"]["value"]
+        traces.append(trace)
+    assert {"x_observed", "x_unobserved", "x"} <= set(traces[0].nodes)
+    observed = [per_item(t, "x_observed") for t in traces]
+    torch.testing.assert_close(observed[0], observed[1], rtol=0, atol=0)
+    logits = traces[0].nodes["_RETURN"]["value"]
     hand = (Bernoulli(logits=logits, validate_args=False).log_prob(x) * mask).flatten(1).sum(1)
-    torch.testing.assert_close(log_probs[0], hand)
+    torch.testing.assert_close(observed[0], hand)
+    # the missing pixels are a latent site, masked where pixels are observed
+    unobserved = traces[0].nodes["x_unobserved"]
+    assert not unobserved["is_observed"]
+    assert torch.count_nonzero(unobserved["log_prob"][mask]) == 0
+    value = traces[1].nodes["x"]["value"]
+    assert torch.equal(value[mask], other[mask])  # observed pixels untouched
     # without the mask the changed pixels do count
     unmasked = pyro.poutine.trace(pyro.poutine.replay(vae.model, trace=guide_trace)).get_trace(
         other
     )
     unmasked.compute_log_prob()
-    assert not torch.allclose(unmasked.nodes["x"]["log_prob"], log_probs[1])
+    assert not torch.allclose(unmasked.nodes["x"]["log_prob"], observed[1])
+
+
+def test_masked_log_weights_match_a_hand_computation(vae, digits):
+    """log w_k = log p(x_obs | z_k) + log p(z_k) - log q(z_k | x_fill) at the same draws,
+    computed with torch.distributions (the imputed pixels' density cancels)."""
+    x = digits.test[:3]
+    mask = make_mask("half", 3, x.shape[1:])
+    x_fill = torch.where(mask, x, 0.5)
+    num_samples = 4
+    pyro.set_rng_seed(7)
+    log_w, means = masked_log_weights(vae, x_fill, mask, num_samples)
+    pyro.set_rng_seed(7)  # the guide draws first, so the same z come out
+    copies = x_fill.repeat(num_samples, 1, 1, 1)
+    z = pyro.poutine.trace(vae.guide).get_trace(copies).nodes["z"]["value"]
+    loc, log_var = vae.encode(copies)
+    logits = vae.model.decoder(z)
+    observed = Bernoulli(logits=logits, validate_args=False).log_prob(copies)
+    hand = (
+        (observed * mask.repeat(num_samples, 1, 1, 1)).flatten(1).sum(1)
+        + Normal(0.0, 1.0).log_prob(z).sum(-1)
+        - Normal(loc, torch.exp(0.5 * log_var)).log_prob(z).sum(-1)
+    )
+    torch.testing.assert_close(log_w, hand.reshape(num_samples, 3), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(means, torch.sigmoid(logits).reshape(num_samples, *x.shape))
 
 
 def _paired_margin(baseline: torch.Tensor, ours: torch.Tensor) -> tuple[float, float]:

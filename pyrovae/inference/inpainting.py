@@ -1,8 +1,8 @@
 r"""Inpainting and denoising with a trained VAE.
 
 **Inpainting.** Given an item :math:`x` whose pixels are observed only where a boolean
-mask :math:`m` is true, the model conditions on the observed pixels alone: its
-likelihood site is masked (``MaskedDistribution``), so
+mask :math:`m` is true, the model conditions on the observed pixels alone with Pyro's
+``obs_mask`` at its likelihood site, so
 
 .. math::
 
@@ -40,7 +40,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import pyro
 import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
@@ -132,19 +131,36 @@ def masked_log_weights(
     vae: VAE, x_fill: torch.Tensor, mask: torch.Tensor, num_samples: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Log weights :math:`\log p(x_{obs} \mid z_k) + \log p(z_k) - \log q(z_k \mid x_{fill})`
-    and the means :math:`E[x \mid z_k]`, shapes ``(K, B)`` and ``(K, B, *event_shape)``."""
-    with pyro.plate("particles", num_samples, dim=-2):
-        guide_trace = poutine.trace(vae.guide).get_trace(x_fill)
-        model = poutine.replay(vae.model, trace=guide_trace)
-        model_trace = poutine.trace(model).get_trace(x_fill, mask=mask)
-    log_w = torch.zeros(num_samples, len(x_fill), device=x_fill.device)
+    and the means :math:`E[x \mid z_k]`, shapes ``(K, B)`` and ``(K, B, *event_shape)``.
+
+    The model conditions on the observed pixels with ``obs_mask``
+    (:meth:`~pyrovae.model.VAEModel.observe_pixels`), whose pixel site lies outside the
+    data plate; so the ``K`` samples are ``K`` copies of the batch, not a plate. The
+    missing pixels ``x_unobserved`` are drawn from :math:`p(x_{miss} \mid z_k)`, so the
+    proposal is :math:`q(z \mid x_{fill})\,p(x_{miss} \mid z)` and their density cancels.
+    """
+    batch, event = len(x_fill), x_fill.shape[1:]
+    ones = [1] * len(event)
+    copies = x_fill.repeat(num_samples, *ones)  # (K * B, *event), sample-major
+    guide_trace = poutine.trace(vae.guide).get_trace(copies)
+    model = poutine.replay(vae.model, trace=guide_trace)
+    model_trace = poutine.trace(model).get_trace(copies, mask=mask.repeat(num_samples, *ones))
+    log_w = torch.zeros(num_samples * batch, device=x_fill.device)
     for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
         trace.compute_log_prob()
-        for site in trace.nodes.values():
-            if site["type"] == "sample" and not site_is_subsample(site):
-                log_w = log_w + sign * site["unscaled_log_prob"]
+        for name, site in trace.nodes.items():
+            if site["type"] != "sample" or site_is_subsample(site):
+                continue
+            if trace is model_trace and not site["is_observed"] and name not in guide_trace:
+                # x_unobserved is drawn from p(x_miss | z) itself: it is part of the proposal,
+                # and its density cancels from the weight
+                continue
+            # per item: the pixel site carries a log-density per pixel. "log_prob", not
+            # "unscaled_log_prob": obs_mask's poutine.mask applies to the former only (the
+            # plate's scale is 1 here: no num_data, beta 1)
+            log_w = log_w + sign * site["log_prob"].reshape(len(log_w), -1).sum(-1)
     means = vae.model.likelihood.mean(model_trace.nodes["_RETURN"]["value"])
-    return log_w, means
+    return log_w.reshape(num_samples, batch), means.reshape(num_samples, batch, *event)
 
 
 @torch.no_grad()

@@ -94,7 +94,6 @@ class ConditionalVAEModel(VAEModel):
         num_data: int | None = None,
         batch_size: int | None = None,
         beta: float = 1.0,
-        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Run the generative story given labels ``y``; with ``x=None`` draw new data.
 
@@ -112,5 +111,5 @@ class ConditionalVAEModel(VAEModel):
             with kl_weight(beta):
                 z = pyro.sample("z", self.prior())
             params = self.decoder(join(z, one_hot(y, self.num_classes, z.dtype)))
-            self.observe(params, x, mask)
+            self.observe(params, x)
         return params

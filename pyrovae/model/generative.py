@@ -22,6 +22,7 @@ from pyro import poutine
 from pyro.nn import PyroModule
 from torch import nn
 
+from pyrovae.errors import ConfigError
 from pyrovae.model.likelihoods import Likelihood
 from pyrovae.model.priors import Prior
 
@@ -110,10 +111,11 @@ class VAEModel(LocalPyroModule):
     ) -> torch.Tensor:
         r"""Run the generative story; with ``x=None`` draw ``batch_size`` new data points.
 
-        ``mask`` (boolean, broadcastable to ``x``; ``True`` = observed) conditions on the
-        observed pixels only: the likelihood is ``MaskedDistribution``, so
-        :math:`\log p(x_{obs} \mid z)` sums over the observed pixels and the others may hold
-        anything (inpainting). Returns the decoder's output (the likelihood's parameters).
+        ``mask`` (boolean, the shape of ``x``; ``True`` = observed) conditions on the
+        observed pixels only, with Pyro's ``obs_mask`` (see :meth:`observe_pixels`):
+        :math:`\log p(x_{obs} \mid z)` sums over the observed pixels, and the missing ones
+        are drawn from the likelihood (inpainting). Returns the decoder's output (the
+        likelihood's parameters).
         """
         size = len(x) if x is not None else (batch_size or 1)
         device = x.device if x is not None else self.device
@@ -121,19 +123,37 @@ class VAEModel(LocalPyroModule):
             with kl_weight(beta):
                 z = pyro.sample("z", self.prior())
             params = self.decoder(z)
-            self.observe(params, x, mask)
+            if mask is None:
+                self.observe(params, x)
+        if mask is not None:
+            self.observe_pixels(params, x, mask)
         return params
 
-    def observe(
-        self, params: torch.Tensor, x: torch.Tensor | None, mask: torch.Tensor | None = None
-    ) -> None:
-        r"""The site ``x ~ p(x | params)``, the pixels an event; with ``mask``, only the
-        pixels where it is true enter :math:`\log p(x \mid z)` (the others may hold anything)."""
+    def observe(self, params: torch.Tensor, x: torch.Tensor | None) -> None:
+        """The site ``x ~ p(x | params)`` of one item, its pixels an event."""
         likelihood = self.likelihood(params)
         pixel_dims = len(self.event_shape) - len(likelihood.event_shape)
-        if mask is not None:  # observed pixels only: masked ones add nothing to log p
-            likelihood = likelihood.mask(mask)
         pyro.sample("x", likelihood.to_event(pixel_dims), obs=x)
+
+    def observe_pixels(self, params: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> None:
+        r"""The site ``x`` observed only where ``mask`` is true, with Pyro's ``obs_mask``.
+
+        ``obs_mask`` conditions on the batch elements where the mask is true and draws the
+        others from the likelihood as the latent site ``x_unobserved`` (its log-density
+        masked out), so :math:`\log p(x_{obs} \mid z) = \sum_{i:\, m_i} \log p(x_i \mid z)`
+        and ``x_unobserved`` holds imputed pixels. ``obs_mask`` masks batch elements, so the
+        pixels are batch elements here rather than an event; and as the data plate owns the
+        rightmost batch dimension, this site comes after the plate (per-item sums are the
+        caller's, e.g. :func:`pyrovae.inference.inpainting.masked_log_weights`, which runs
+        its importance samples as repeated items rather than in a plate).
+        """
+        likelihood = self.likelihood(params)
+        if likelihood.event_shape:
+            raise ConfigError(
+                "conditioning on some pixels needs an elementwise likelihood (one distribution "
+                f"per pixel); this one has event_shape {tuple(likelihood.event_shape)}"
+            )
+        pyro.sample("x", likelihood, obs=x, obs_mask=mask)
 
     @property
     def device(self) -> torch.device:
