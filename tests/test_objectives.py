@@ -389,6 +389,25 @@ def test_collapse_is_logged(one_thread, digits, caplog):
     assert history[-1]["kl"] < 0.1
     messages = [r.getMessage() for r in caplog.records if "collapsing" in r.getMessage()]
     assert len(messages) == 1  # once, not every epoch
+    assert messages[0].startswith("epoch 3:")  # after COLLAPSE_PATIENCE epochs in a row
+
+
+def test_collapse_warning_waits_for_a_run_of_collapsed_epochs(caplog):
+    """One collapsed-looking epoch (as at the start of training) does not warn; three in a
+    row do, once; the last epoch of a run warns at once; recovery is logged."""
+    from pyrovae.inference.svi import _warn_if_collapsed
+
+    low, high = {"kl": 0.01, "active_units": 0}, {"kl": 2.0, "active_units": 3}
+    with caplog.at_level(logging.INFO, logger="pyrovae"):
+        run = 0
+        for epoch, row in enumerate([low, high, low, low, low, low, high], start=1):
+            run = _warn_if_collapsed(row, epoch, run, last=False)
+        assert _warn_if_collapsed(low, 8, 0, last=True) == 1
+    warned = [r.getMessage()[:8] for r in caplog.records if "collapsing" in r.getMessage()]
+    assert warned == ["epoch 5:", "epoch 8:"]
+    assert [r.getMessage()[:8] for r in caplog.records if "recovered" in r.getMessage()] == [
+        "epoch 7:"
+    ]
 
 
 def test_large_beta_reduces_kl_and_active_units(one_thread, digits):

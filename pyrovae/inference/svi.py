@@ -13,8 +13,8 @@ The KL weight of step ``t`` comes from a schedule (:mod:`pyrovae.inference.sched
 and after every epoch the latent code is diagnosed on a fixed slice of the held-out
 data (:mod:`pyrovae.inference.diagnostics`): total KL, KL per dimension, active
 units and the mutual information :math:`I(x; z)`. A warning is logged when the code
-looks collapsed: a KL below :data:`COLLAPSE_KL` nats per data point (summed over
-dimensions) or no active unit.
+looks collapsed (a KL below :data:`COLLAPSE_KL` nats per data point, summed over
+dimensions, or no active unit) for :data:`COLLAPSE_PATIENCE` epochs in a row.
 """
 
 from __future__ import annotations
@@ -74,6 +74,10 @@ ARCHITECTURE_KEYS = (
 #: total KL (nats per held-out data point, summed over dimensions) below which the
 #: trainer warns that the posterior is collapsing onto the prior
 COLLAPSE_KL = 0.1
+
+#: consecutive collapsed-looking epochs before the warning (a fresh model starts near the
+#: prior); a run's last epoch warns sooner
+COLLAPSE_PATIENCE = 3
 
 #: config keys that the objectives read (each takes the ones it names)
 OBJECTIVE_KEYS = ("free_bits", "mmd_alpha", "mmd_lambda", "mmd_kernel", "renyi_alpha")
@@ -202,10 +206,24 @@ class SVITrainer:
         return objective
 
 
-def _warn_if_collapsed(row: dict[str, Any], epoch: int, was_collapsed: bool) -> bool:
-    """Warn when the code collapses (once, until it recovers); returns whether it is collapsed."""
-    collapsed = row["kl"] < COLLAPSE_KL or row["active_units"] == 0
-    if collapsed and not was_collapsed:
+def _warn_if_collapsed(row: dict[str, Any], epoch: int, collapsed_for: int, last: bool) -> int:
+    """Warn when the code has looked collapsed for :data:`COLLAPSE_PATIENCE` epochs in a row
+    (or in the run's last epoch), once until it recovers; returns the new run length.
+
+    A fresh model starts near the prior, so one collapsed-looking epoch early in training
+    is not yet a collapse.
+    """
+    if not (row["kl"] < COLLAPSE_KL or row["active_units"] == 0):
+        if collapsed_for >= COLLAPSE_PATIENCE:
+            logger.info(
+                "epoch %d: the code recovered (KL %.3f nats per point, %d active units)",
+                epoch,
+                row["kl"],
+                row["active_units"],
+            )
+        return 0
+    collapsed_for += 1
+    if collapsed_for == COLLAPSE_PATIENCE or (last and collapsed_for < COLLAPSE_PATIENCE):
         logger.warning(
             "epoch %d: the posterior is collapsing onto the prior (KL %.3f nats per point, "
             "%d active units); consider --kl-schedule linear/cyclical or --elbo FreeBits_ELBO",
@@ -213,14 +231,7 @@ def _warn_if_collapsed(row: dict[str, Any], epoch: int, was_collapsed: bool) -> 
             row["kl"],
             row["active_units"],
         )
-    elif was_collapsed and not collapsed:
-        logger.info(
-            "epoch %d: the code recovered (KL %.3f nats per point, %d active units)",
-            epoch,
-            row["kl"],
-            row["active_units"],
-        )
-    return collapsed
+    return collapsed_for
 
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -349,7 +360,7 @@ def train(
         start = len(history)
         trainer.step_count = start * steps  # the schedule continues where the run stopped
         probe = data.test[: config.diagnostic_items].to(vae.device)
-        was_collapsed = False
+        collapsed_for = 0  # epochs in a row that looked collapsed
         bar = tqdm(
             total=config.num_epochs * steps,
             initial=start * steps,
@@ -373,7 +384,8 @@ def train(
             }
             if len(probe) >= 2 and not vae.requires_y:  # diagnostics encode x alone
                 row.update(diagnose(vae, probe, batch_size=config.eval_batch_size))
-                was_collapsed = _warn_if_collapsed(row, epoch + 1, was_collapsed)
+                last = epoch + 1 == config.num_epochs
+                collapsed_for = _warn_if_collapsed(row, epoch + 1, collapsed_for, last)
             row["seconds"] = time.perf_counter() - begin
             history.append(row)
             bar.update(steps)
