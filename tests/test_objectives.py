@@ -401,8 +401,8 @@ def test_collapse_warning_waits_for_a_run_of_collapsed_epochs(caplog):
     with caplog.at_level(logging.INFO, logger="pyrovae"):
         run = 0
         for epoch, row in enumerate([low, high, low, low, low, low, high], start=1):
-            run = _warn_if_collapsed(row, epoch, run, last=False)
-        assert _warn_if_collapsed(low, 8, 0, last=True) == 1
+            run = _warn_if_collapsed(row, epoch, run, last=False, patience=3)
+        assert _warn_if_collapsed(low, 8, 0, last=True, patience=3) == 1
     warned = [r.getMessage()[:8] for r in caplog.records if "collapsing" in r.getMessage()]
     assert warned == ["epoch 5:", "epoch 8:"]
     assert [r.getMessage()[:8] for r in caplog.records if "recovered" in r.getMessage()] == [

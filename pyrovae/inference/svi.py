@@ -14,7 +14,8 @@ and after every epoch the latent code is diagnosed on a fixed slice of the held-
 data (:mod:`pyrovae.inference.diagnostics`): total KL, KL per dimension, active
 units and the mutual information :math:`I(x; z)`. A warning is logged when the code
 looks collapsed (a KL below :data:`COLLAPSE_KL` nats per data point, summed over
-dimensions, or no active unit) for :data:`COLLAPSE_PATIENCE` epochs in a row.
+dimensions, or no active unit) for a tenth of the run's epochs in a row (at least
+:data:`COLLAPSE_PATIENCE`).
 """
 
 from __future__ import annotations
@@ -75,8 +76,8 @@ ARCHITECTURE_KEYS = (
 #: trainer warns that the posterior is collapsing onto the prior
 COLLAPSE_KL = 0.1
 
-#: consecutive collapsed-looking epochs before the warning (a fresh model starts near the
-#: prior); a run's last epoch warns sooner
+#: consecutive collapsed-looking epochs before the warning: at least this many, and a
+#: tenth of the run (a fresh model starts near the prior); a run's last epoch warns sooner
 COLLAPSE_PATIENCE = 3
 
 #: config keys that the objectives read (each takes the ones it names)
@@ -206,15 +207,18 @@ class SVITrainer:
         return objective
 
 
-def _warn_if_collapsed(row: dict[str, Any], epoch: int, collapsed_for: int, last: bool) -> int:
-    """Warn when the code has looked collapsed for :data:`COLLAPSE_PATIENCE` epochs in a row
-    (or in the run's last epoch), once until it recovers; returns the new run length.
+def _warn_if_collapsed(
+    row: dict[str, Any], epoch: int, collapsed_for: int, last: bool, patience: int
+) -> int:
+    """Warn when the code has looked collapsed for ``patience`` epochs in a row (or in the
+    run's last epoch), once until it recovers; returns the new run length.
 
-    A fresh model starts near the prior, so one collapsed-looking epoch early in training
-    is not yet a collapse.
+    A fresh model starts near the prior and often stays there for a while before the
+    decoder starts using z (the default digits run does for 12 epochs), so a short run of
+    collapsed-looking epochs early in training is not yet a collapse.
     """
     if not (row["kl"] < COLLAPSE_KL or row["active_units"] == 0):
-        if collapsed_for >= COLLAPSE_PATIENCE:
+        if collapsed_for >= patience:
             logger.info(
                 "epoch %d: the code recovered (KL %.3f nats per point, %d active units)",
                 epoch,
@@ -223,7 +227,7 @@ def _warn_if_collapsed(row: dict[str, Any], epoch: int, collapsed_for: int, last
             )
         return 0
     collapsed_for += 1
-    if collapsed_for == COLLAPSE_PATIENCE or (last and collapsed_for < COLLAPSE_PATIENCE):
+    if collapsed_for == patience or (last and collapsed_for < patience):
         logger.warning(
             "epoch %d: the posterior is collapsing onto the prior (KL %.3f nats per point, "
             "%d active units); consider --kl-schedule linear/cyclical or --elbo FreeBits_ELBO",
@@ -361,6 +365,7 @@ def train(
         trainer.step_count = start * steps  # the schedule continues where the run stopped
         probe = data.test[: config.diagnostic_items].to(vae.device)
         collapsed_for = 0  # epochs in a row that looked collapsed
+        patience = max(COLLAPSE_PATIENCE, config.num_epochs // 10)
         bar = tqdm(
             total=config.num_epochs * steps,
             initial=start * steps,
@@ -385,7 +390,7 @@ def train(
             if len(probe) >= 2 and not vae.requires_y:  # diagnostics encode x alone
                 row.update(diagnose(vae, probe, batch_size=config.eval_batch_size))
                 last = epoch + 1 == config.num_epochs
-                collapsed_for = _warn_if_collapsed(row, epoch + 1, collapsed_for, last)
+                collapsed_for = _warn_if_collapsed(row, epoch + 1, collapsed_for, last, patience)
             row["seconds"] = time.perf_counter() - begin
             history.append(row)
             bar.update(steps)
