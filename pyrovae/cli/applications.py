@@ -215,6 +215,7 @@ def _cmd_anomaly(args: argparse.Namespace) -> int:
         is_anomaly = torch.as_tensor(_load_flags(args.labels, len(x)))
     elif args.anomalous:
         xa, ya = load_items(args.anomalous, config)
+        vae.validate_data(xa, f"the --anomalous items ({args.anomalous})")
         is_anomaly = torch.cat([torch.zeros(len(x)), torch.ones(len(xa))])
         x = torch.cat([x.to(vae.device), xa.to(vae.device)])
         y = None if y is None or ya is None else torch.cat([y.to(ya.device), ya])

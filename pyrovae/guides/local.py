@@ -19,11 +19,10 @@ from __future__ import annotations
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro import poutine
 from torch import nn
 
 from pyrovae.errors import DataError
-from pyrovae.model.generative import LocalPyroModule, data_plate
+from pyrovae.model.generative import LocalPyroModule, data_plate, kl_weight
 
 __all__ = ["LocalNormalGuide"]
 
@@ -77,6 +76,6 @@ class LocalNormalGuide(LocalPyroModule):
                 f"this guide holds parameters for {len(self.loc)} data points but got "
                 f"{len(x)}; build one for these data with LocalNormalGuide.from_encoder"
             )
-        with data_plate(len(x), num_data, x.device), poutine.scale(scale=beta):
+        with data_plate(len(x), num_data, x.device), kl_weight(beta):
             pyro.sample("z", dist.Normal(self.loc, self.scale).to_event(1))
         return self.loc, self.log_var

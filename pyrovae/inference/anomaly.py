@@ -114,6 +114,8 @@ def anomaly_scores(
     """
     if num_samples < 1 or batch_size < 1:
         raise ConfigError("num_samples and batch_size must be >= 1")
+    x = x.to(vae.device)
+    y = None if y is None else y.to(vae.device)
     chunk = max(1, min(batch_size, 2**24 // max(1, num_samples * math.prod(x.shape[1:]))))
     parts: dict[str, list[torch.Tensor]] = {name: [] for name in SCORES}
     with _eval_mode(vae):

@@ -199,6 +199,7 @@ def inpaint(
     """
     if num_samples < 1 or rounds < 1 or batch_size < 1:
         raise ConfigError("num_samples, rounds and batch_size must be >= 1")
+    x = x.to(vae.device)
     mask = _check(vae, x, mask)
     fill = torch.as_tensor(fill, dtype=x.dtype, device=x.device).expand_as(x)
     chunk = max(1, min(batch_size, 2**24 // max(1, num_samples * math.prod(x.shape[1:]))))
