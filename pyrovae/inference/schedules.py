@@ -23,7 +23,10 @@ passes it to :meth:`~pyrovae.inference.svi.SVITrainer.step`, which applies it wi
     :math:`\tau = (t \bmod P) / P \in [0, 1)`,
     :math:`\beta_t = \beta \min(1, \tau / R)`: the weight rises linearly from 0 during
     the first fraction :math:`R` of the cycle and stays at :math:`\beta` for the rest.
-    Steps past :math:`T` (a run resumed for more epochs) continue the cycles.
+    :math:`T` is the run's ``num_epochs`` times its steps per epoch, so resuming with the
+    same ``--num-epochs`` continues the cycles exactly, while extending a run
+    (``--resume --num-epochs`` larger) recomputes :math:`P` from the new :math:`T`: the
+    steps already taken keep their weights, and later steps follow the longer cycles.
 
 References
 ----------
