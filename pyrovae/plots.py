@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 import torch
 from matplotlib.figure import Figure
-from torchvision.utils import make_grid
 
 __all__ = [
     "elbo_curves",
@@ -48,6 +47,8 @@ def image_grid(
 ) -> Figure:
     """A grid of images (``torchvision.utils.make_grid``) as a figure."""
     images = _as_images(images)
+    from torchvision.utils import make_grid  # torchvision's import takes ~2 s; only here
+
     grid = make_grid(images, nrow=nrow, padding=1, pad_value=1.0)
     height, width = grid.shape[1:]
     fig = Figure(figsize=(max(2.0, width * scale / 10), max(2.0, height * scale / 10)))
