@@ -19,7 +19,7 @@ from pyro.nn import PyroModule
 from torch import nn
 
 from pyrovae.data import validate_data
-from pyrovae.errors import DataError
+from pyrovae.errors import ConfigError, DataError
 from pyrovae.guides import AmortizedGuide, make_guide
 from pyrovae.model import DECODERS, Likelihood, Prior, VAEModel, make_likelihood, make_prior
 
@@ -166,6 +166,15 @@ class VAE(PyroModule):
     def metrics(self, x: torch.Tensor, y: torch.Tensor | None) -> dict[str, float]:
         """Extra held-out numbers for ``metrics.jsonl`` and ``evaluation.json`` (none here)."""
         return {}
+
+    def require_unconditional(self, what: str) -> None:
+        """Raise :class:`ConfigError` unless the guide reads ``x`` alone, as ``what`` needs
+        (a conditional or semi-supervised model's guide also needs the labels)."""
+        if self.needs_labels:
+            raise ConfigError(
+                f"{what} works on a model whose guide reads x alone (--model vae); this "
+                "model conditions on labels"
+            )
 
     @property
     def is_custom(self) -> bool:

@@ -127,3 +127,16 @@ def test_cvae_trains_under_a_kl_warmup_and_refuses_other_guides():
     assert np.isfinite(history[-1]["test_elbo"])
     with pytest.raises(ConfigError, match="drop --guide iaf"):
         ConditionalVAE.from_config(config.replace(guide="iaf"), digits.shape)
+
+
+def test_inspection_of_a_conditional_model_is_refused_with_one_message():
+    """posterior draws, NUTS and the gaps read q(z | x); a CVAE's guide also needs y."""
+    from pyrovae.inference.gaps import inference_gaps
+    from pyrovae.inference.mcmc import nuts_posterior
+    from pyrovae.inference.posterior import posterior_draws
+
+    cvae = ConditionalVAE((6,), num_classes=3, likelihood="continuous-bernoulli")
+    x = torch.rand(2, 6)
+    for call in (posterior_draws, nuts_posterior, inference_gaps):
+        with pytest.raises(ConfigError, match="guide reads x alone"):
+            call(cvae, x)

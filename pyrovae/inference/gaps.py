@@ -230,11 +230,7 @@ def inference_gaps(
     """
     if num_samples < 1:
         raise ConfigError(f"-k/--num-samples must be >= 1, got {num_samples}")
-    if vae.needs_labels:  # these read q(z | x); a conditional guide also needs y
-        raise ConfigError(
-            "the gap decomposition works on a model whose guide reads x alone "
-            "(--model vae); this model conditions on labels"
-        )
+    vae.require_unconditional("the gap decomposition")
     vae.validate_data(x, "data for the gaps")
     x = x.to(vae.device)
     with frozen(vae):

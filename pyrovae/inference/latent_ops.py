@@ -82,11 +82,7 @@ INTERPOLATIONS = {"lerp": lerp, "slerp": slerp}
 
 
 def _check(vae: VAE) -> None:
-    if vae.needs_labels:
-        raise ConfigError(
-            "latent-space operations work on a model whose guide reads x alone (--model vae); "
-            "this run's model conditions on labels"
-        )
+    vae.require_unconditional("latent-space operations")
 
 
 def _means(vae: VAE, x: torch.Tensor) -> torch.Tensor:

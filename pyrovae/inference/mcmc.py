@@ -110,11 +110,7 @@ def nuts_posterior(
     ):
         if value < low:
             raise ConfigError(f"NUTS {name} must be >= {low}, got {value}")
-    if vae.needs_labels:  # these read q(z | x); a conditional guide also needs y
-        raise ConfigError(
-            "NUTS on p(z | x) works on a model whose guide reads x alone "
-            "(--model vae); this model conditions on labels"
-        )
+    vae.require_unconditional("NUTS on p(z | x)")
     vae.validate_data(x, "inputs to inspect")
     x = x.to(vae.device)
     coords = _coords(vae, x, items)

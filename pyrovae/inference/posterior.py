@@ -148,11 +148,7 @@ def posterior_draws(
     az = import_arviz()
     if num_samples < 1:
         raise ConfigError(f"the number of posterior draws must be >= 1, got {num_samples}")
-    if vae.needs_labels:  # these read q(z | x); a conditional guide also needs y
-        raise ConfigError(
-            "posterior inspection works on a model whose guide reads x alone "
-            "(--model vae); this model conditions on labels"
-        )
+    vae.require_unconditional("posterior inspection")
     vae.validate_data(x, "inputs to inspect")
     x = x.to(vae.device)
     coords = _coords(vae, x, items)
