@@ -52,16 +52,6 @@ def encode_all(
     return torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
 
 
-def _factorized_prior(vae: VAE) -> dist.Normal | None:
-    """The prior as a batch of univariate Normals over the latent dimensions, when it is one."""
-    prior = vae.model.prior()
-    while isinstance(prior, dist.Independent):
-        prior = prior.base_dist
-    if isinstance(prior, dist.Normal):
-        return prior
-    return None
-
-
 @torch.no_grad()
 def kl_per_dimension(vae: VAE, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
     r"""Mean over items of :math:`\mathrm{KL}(q(z_d \mid x) \,\|\, p(z_d))`, shape ``(D,)``.
@@ -80,16 +70,23 @@ def kl_per_dimension(vae: VAE, x: torch.Tensor, batch_size: int = 500) -> torch.
     ConfigError
         If the prior does not factorise over dimensions (e.g. the mixture prior).
     """
-    prior = _factorized_prior(vae)
-    if prior is None:
+    return _kl_per_dimension(vae.model.prior(), *encode_all(vae, x, batch_size))
+
+
+def _kl_per_dimension(
+    prior: dist.Distribution, loc: torch.Tensor, log_var: torch.Tensor
+) -> torch.Tensor:
+    base = prior
+    while isinstance(base, dist.Independent):
+        base = base.base_dist
+    if not isinstance(base, dist.Normal):
         raise ConfigError(
             f"KL per dimension needs a prior that factorises over dimensions (a diagonal "
             f"Normal such as 'normal' or 'learned-normal'); this VAE's prior is "
-            f"{type(vae.model.prior()).__name__}: use total_kl() for it"
+            f"{type(prior).__name__}: use total_kl() for it"
         )
-    loc, log_var = encode_all(vae, x, batch_size)
     q = dist.Normal(loc, torch.exp(0.5 * log_var))
-    return kl_divergence(q, prior).mean(0)
+    return kl_divergence(q, base).mean(0)
 
 
 @torch.no_grad()
@@ -101,9 +98,13 @@ def total_kl(vae: VAE, x: torch.Tensor, num_samples: int = 16, batch_size: int =
     :math:`\frac{1}{S}\sum_s \log q(z_s \mid x) - \log p(z_s)` with ``num_samples``
     draws :math:`z_s \sim q(z \mid x)` per item.
     """
-    loc, log_var = encode_all(vae, x, batch_size)
+    return _total_kl(vae.model.prior(), *encode_all(vae, x, batch_size), num_samples)
+
+
+def _total_kl(
+    prior: dist.Distribution, loc: torch.Tensor, log_var: torch.Tensor, num_samples: int
+) -> float:
     q = dist.Normal(loc, torch.exp(0.5 * log_var)).to_event(1)
-    prior = vae.model.prior()
     try:
         return kl_divergence(q, prior).mean().item()
     except NotImplementedError:  # torch has no closed form for this pair
@@ -126,7 +127,10 @@ def active_units(
     """
     if len(x) < 2:
         raise DataError("active units need at least 2 items to measure a variance")
-    loc, _ = encode_all(vae, x, batch_size)
+    return _active_units(encode_all(vae, x, batch_size)[0], threshold)
+
+
+def _active_units(loc: torch.Tensor, threshold: float) -> tuple[int, torch.Tensor]:
     activity = loc.var(0)
     return int((activity > threshold).sum()), activity
 
@@ -148,7 +152,10 @@ def mutual_information(vae: VAE, x: torch.Tensor, batch_size: int = 500) -> floa
     The estimate is biased for small ``N`` and at most :math:`\log N`; compare values
     computed on the same number of items. Memory and time grow as :math:`N^2 D`.
     """
-    loc, log_var = encode_all(vae, x, batch_size)
+    return _mutual_information(*encode_all(vae, x, batch_size), batch_size)
+
+
+def _mutual_information(loc: torch.Tensor, log_var: torch.Tensor, batch_size: int) -> float:
     n, d = loc.shape
     if n < 2:
         raise DataError("the mutual information estimate needs at least 2 items")
@@ -174,16 +181,21 @@ def diagnose(
     """All diagnostics on ``x`` as a JSON-ready dict.
 
     Keys: ``kl`` (total, nats per item), ``kl_per_dim`` (list, or ``None`` when the
-    prior does not factorise), ``active_units``, ``mutual_information``.
+    prior does not factorise), ``active_units``, ``mutual_information``. ``x`` is
+    encoded once for all of them (the trainer calls this every epoch).
     """
+    if len(x) < 2:
+        raise DataError("the diagnostics need at least 2 items")
+    loc, log_var = encode_all(vae, x, batch_size)
+    prior = vae.model.prior()
     try:
-        per_dim: list[float] | None = kl_per_dimension(vae, x, batch_size).tolist()
+        per_dim: list[float] | None = _kl_per_dimension(prior, loc, log_var).tolist()
     except ConfigError:
         per_dim = None
-    count, _ = active_units(vae, x, threshold, batch_size)
+    count, _ = _active_units(loc, threshold)
     return {
-        "kl": total_kl(vae, x, batch_size=batch_size),
+        "kl": _total_kl(prior, loc, log_var, num_samples=16),
         "kl_per_dim": per_dim,
         "active_units": count,
-        "mutual_information": mutual_information(vae, x, batch_size),
+        "mutual_information": _mutual_information(loc, log_var, batch_size),
     }
