@@ -6,7 +6,7 @@ autoregressive flow steps); :func:`make_guide` builds one with its encoder.
 """
 
 from pyrovae.guides.amortized import GUIDES, AmortizedGuide, AmortizedNormalGuide, make_guide
-from pyrovae.guides.encoders import ENCODERS, ConvEncoder, MLPEncoder
+from pyrovae.guides.encoders import ENCODERS, ConvEncoder, MLPEncoder, diagonal_normal
 from pyrovae.guides.flows import IAFGuide
 from pyrovae.guides.local import LocalNormalGuide
 from pyrovae.guides.lowrank import LowRankNormalGuide
@@ -21,5 +21,6 @@ __all__ = [
     "LocalNormalGuide",
     "LowRankNormalGuide",
     "MLPEncoder",
+    "diagonal_normal",
     "make_guide",
 ]

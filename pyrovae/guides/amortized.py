@@ -26,7 +26,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from pyrovae.guides.encoders import ENCODERS
+from pyrovae.guides.encoders import ENCODERS, diagonal_normal
 from pyrovae.model.generative import LocalPyroModule, data_plate, kl_weight
 from pyrovae.registry import Registry
 
@@ -89,7 +89,7 @@ class AmortizedNormalGuide(AmortizedGuide):
     """
 
     def posterior(self, loc: torch.Tensor, log_var: torch.Tensor) -> dist.TorchDistribution:
-        return dist.Normal(loc, torch.exp(0.5 * log_var)).to_event(1)
+        return diagonal_normal(loc, log_var)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         loc, log_var = self.encoder(x)

@@ -21,12 +21,11 @@ from collections.abc import Sequence
 from math import prod
 
 import pyro
-import pyro.distributions as dist
 import torch
 from torch import nn
 
 from pyrovae.errors import DataError
-from pyrovae.guides.encoders import ENCODERS
+from pyrovae.guides.encoders import ENCODERS, diagonal_normal
 from pyrovae.model.conditional import join, one_hot
 from pyrovae.model.generative import LocalPyroModule, data_plate, kl_weight
 
@@ -117,5 +116,5 @@ class ConditionalNormalGuide(LocalPyroModule):
         with data_plate(len(x), num_data, x.device):
             loc, log_var = self.encoder(x, y)
             with kl_weight(beta):
-                pyro.sample("z", dist.Normal(loc, torch.exp(0.5 * log_var)).to_event(1))
+                pyro.sample("z", diagonal_normal(loc, log_var))
         return loc, log_var

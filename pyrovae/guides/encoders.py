@@ -11,13 +11,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 from math import prod
 
+import pyro.distributions as dist
 import torch
 from torch import nn
 
 from pyrovae.networks import conv_feature_shape, mlp
 from pyrovae.registry import Registry
 
-__all__ = ["ENCODERS", "ConvEncoder", "MLPEncoder"]
+__all__ = ["ENCODERS", "ConvEncoder", "MLPEncoder", "diagonal_normal"]
+
+
+def diagonal_normal(loc: torch.Tensor, log_var: torch.Tensor) -> dist.TorchDistribution:
+    r""":math:`\mathcal{N}(\mu, \operatorname{diag}\exp(\log\sigma^2))` over the last
+    dimension, from an encoder's mean and log-variance outputs."""
+    return dist.Normal(loc, torch.exp(0.5 * log_var)).to_event(1)
+
 
 ENCODERS: Registry[type[nn.Module]] = Registry("encoder")
 

@@ -41,6 +41,7 @@ from torch import nn
 
 from pyrovae.errors import ConfigError
 from pyrovae.guides.amortized import GUIDES, AmortizedGuide
+from pyrovae.guides.encoders import diagonal_normal
 
 __all__ = ["IAFGuide"]
 
@@ -90,7 +91,7 @@ class IAFGuide(AmortizedGuide):
     def posterior(
         self, loc: torch.Tensor, log_var: torch.Tensor, context: torch.Tensor
     ) -> dist.TorchDistribution:
-        base = dist.Normal(loc, torch.exp(0.5 * log_var)).to_event(1)
+        base = diagonal_normal(loc, log_var)
         return dist.TransformedDistribution(base, [f.condition(context) for f in self.flows])
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

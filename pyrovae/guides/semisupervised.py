@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from pyrovae.guides.conditional import ConditionalEncoder
+from pyrovae.guides.encoders import diagonal_normal
 from pyrovae.model.generative import LocalPyroModule, data_plate, kl_weight
 from pyrovae.networks import mlp
 
@@ -78,5 +79,5 @@ class SemiSupervisedGuide(LocalPyroModule):
                 )
             loc, log_var = self.encoder(x, y)
             with kl_weight(beta):
-                pyro.sample("z", dist.Normal(loc, torch.exp(0.5 * log_var)).to_event(1))
+                pyro.sample("z", diagonal_normal(loc, log_var))
         return loc, log_var

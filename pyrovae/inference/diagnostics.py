@@ -26,6 +26,7 @@ import torch
 from torch.distributions import kl_divergence
 
 from pyrovae.errors import ConfigError, DataError
+from pyrovae.guides.encoders import diagonal_normal
 from pyrovae.vae import VAE
 
 __all__ = [
@@ -104,7 +105,7 @@ def total_kl(vae: VAE, x: torch.Tensor, num_samples: int = 16, batch_size: int =
 def _total_kl(
     prior: dist.Distribution, loc: torch.Tensor, log_var: torch.Tensor, num_samples: int
 ) -> float:
-    q = dist.Normal(loc, torch.exp(0.5 * log_var)).to_event(1)
+    q = diagonal_normal(loc, log_var)
     try:
         return kl_divergence(q, prior).mean().item()
     except NotImplementedError:  # torch has no closed form for this pair
