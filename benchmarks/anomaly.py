@@ -42,7 +42,7 @@ import torch.nn.functional as F
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import markdown_table
+from benchmarks.common import markdown_table, report
 from pyrovae import VAE, Config, Dataset, load_dataset, train
 from pyrovae.errors import DataError
 from pyrovae.inference.anomaly import anomaly_scores, detection_metrics
@@ -130,14 +130,12 @@ def _run(args: argparse.Namespace) -> int:
         else:
             rows += holdout(fashion, args.held_out_class, args.fashion_epochs, k, args.seed)
             rows += digits_vs_fashion(fashion, args.digits_epochs, k, args.seed)
-    table = markdown_table(HEADER, rows)
-    print(table)
-    print(
-        f"\nK = {k} guide samples per item; {time.perf_counter() - begin:.0f} s in all, "
+    seconds = time.perf_counter() - begin
+    lines = [
+        f"K = {k} guide samples per item; {seconds:.0f} s in all, "
         f"{torch.get_num_threads()} torch thread(s)"
-    )
-    if args.markdown:
-        args.markdown.write_text(table + "\n")
+    ]
+    report("Anomaly detection", lines, markdown_table(HEADER, rows), args.markdown)
     return 0
 
 

@@ -42,7 +42,7 @@ import torch
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import markdown_table
+from benchmarks.common import markdown_table, report
 from pyrovae import Config, Dataset, load_dataset, train
 from pyrovae.errors import DataError
 from pyrovae.guides.semisupervised import Classifier
@@ -168,14 +168,11 @@ def _run(args: argparse.Namespace) -> int:
                 ]
             )
             print(f"{name}, {n} labels per class: {r}", file=sys.stderr)
-    table = markdown_table(HEADER, rows)
-    print(table)
-    print(
-        f"\nheld-out accuracy; {time.perf_counter() - begin:.0f} s in all, "
-        f"{torch.get_num_threads()} torch thread(s)"
-    )
-    if args.markdown:
-        args.markdown.write_text(table + "\n")
+    seconds = time.perf_counter() - begin
+    lines = [
+        f"held-out accuracy; {seconds:.0f} s in all, {torch.get_num_threads()} torch thread(s)"
+    ]
+    report("Semi-supervised M2", lines, markdown_table(HEADER, rows), args.markdown)
     return 0
 
 
