@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pyrovae.cli.common import load_items, output_file
+from pyrovae.cli.common import load_items, output_file, run_parser
 from pyrovae.errors import ConfigError
 
 
@@ -19,14 +19,10 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     from pyrovae.inference.inpainting import CORRUPTIONS, MASKS
     from pyrovae.models import DRAWS
 
-    def run_parser(name: str, help: str, description: str) -> argparse.ArgumentParser:
-        parser = sub.add_parser(name, parents=[common], help=help, description=description)
-        parser.add_argument("run", type=Path, help="run folder (or its checkpoint.pt)")
-        parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-        parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-        return parser
+    def on_run(name: str, help: str, description: str) -> argparse.ArgumentParser:
+        return run_parser(sub, common, name, help=help, description=description)
 
-    augment = run_parser(
+    augment = on_run(
         "augment",
         "write a labelled synthetic data set from a conditional run",
         "Class-conditional generation for data augmentation: draw z ~ p(z) and decode it "
@@ -38,7 +34,7 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     augment.add_argument("--output", type=Path, required=True, help="the .npz file to write")
 
     def items_parser(name: str, help: str, description: str) -> argparse.ArgumentParser:
-        parser = run_parser(name, help, description)
+        parser = on_run(name, help, description)
         parser.add_argument(
             "--data", help="take the items from this .npy/.npz file (default: the held-out split)"
         )
@@ -107,7 +103,7 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     )
     denoise.add_argument("--show", type=int, default=8, help="items in the figure (8)")
 
-    anomaly = run_parser(
+    anomaly = on_run(
         "anomaly",
         "score items as anomalies (negative ELBO, IWAE NLL, reconstruction error, KL)",
         "Score every item (higher = more anomalous), flag those above a percentile of the "

@@ -1,11 +1,31 @@
-"""What the subcommands share: reading items from a file, naming output files."""
+"""What the subcommands share: a parser for a command on a run, reading items from a file,
+naming output files."""
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from pyrovae.config import Config
 from pyrovae.errors import ConfigError
+
+
+def run_parser(
+    sub: argparse._SubParsersAction,
+    common: argparse.ArgumentParser,
+    name: str,
+    *,
+    seed: bool = True,
+    **kwargs: str,
+) -> argparse.ArgumentParser:
+    """A subcommand on a trained run: ``RUN``, ``--device`` and (with ``seed``) ``--seed``;
+    ``kwargs`` are ``help`` and ``description``."""
+    parser = sub.add_parser(name, parents=[common], **kwargs)
+    parser.add_argument("run", type=Path, help="run folder (or its checkpoint.pt)")
+    if seed:
+        parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    return parser
 
 
 def load_items(path: str | Path, config: Config):

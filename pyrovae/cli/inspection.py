@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pyrovae.cli.common import run_parser
 from pyrovae.config import Config
 from pyrovae.errors import ConfigError
 from pyrovae.graph import FORMATS as GRAPH_FORMATS
@@ -19,9 +20,10 @@ logger = logging.getLogger(__name__)
 
 def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """The subcommands inspect, graph and latent."""
-    inspect = sub.add_parser(
+    inspect = run_parser(
+        sub,
+        common,
         "inspect",
-        parents=[common],
         help="posterior draws as ArviZ data; NUTS gold standard; inference gaps",
         description=(
             "Draw from the guide q(z|x) for chosen inputs into ArviZ InferenceData (NetCDF), "
@@ -30,7 +32,6 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
             "gaps of Cremer et al. (2018) on held-out data."
         ),
     )
-    inspect.add_argument("run", type=Path, help="run folder (or its checkpoint.pt)")
     inspect.add_argument(
         "--items",
         type=int,
@@ -76,24 +77,23 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
         "--gap-steps", type=int, default=1000, help="Adam steps of the per-item guide (1000)"
     )
     inspect.add_argument("--output", type=Path, help="output folder (default: RUN/inspect)")
-    inspect.add_argument("--seed", type=int, default=0)
-    inspect.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     inspect.add_argument("--num-threads", type=int, help="torch CPU threads (default: torch's)")
 
-    graph = sub.add_parser(
+    graph = run_parser(
+        sub,
+        common,
         "graph",
-        parents=[common],
+        seed=False,
         help="draw the model and the guide as graphical models (needs graphviz)",
         description="Draw the model and the guide with pyro.render_model.",
     )
-    graph.add_argument("run", type=Path, help="run folder (or its checkpoint.pt)")
     graph.add_argument("--format", default="svg", choices=GRAPH_FORMATS, help="svg (default)")
     graph.add_argument("--output", type=Path, help="output folder (default: the run folder)")
-    graph.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
-    latent = sub.add_parser(
+    latent = run_parser(
+        sub,
+        common,
         "latent",
-        parents=[common],
         help="encode the data set; 2-D scatter, KL per dim, active units, linear probe",
         description=(
             "Encode the run's train and held-out data to posterior means and log-variances "
@@ -102,7 +102,6 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
             "a linear probe (latent.json)."
         ),
     )
-    latent.add_argument("run", type=Path, help="run folder (or its checkpoint.pt)")
     latent.add_argument(
         "--embedding",
         nargs="+",
@@ -127,8 +126,6 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     )
     latent.add_argument("--output", type=Path, help="output folder (default: RUN/latent)")
     latent.add_argument("--batch-size", type=int, default=500, help="data points per batch")
-    latent.add_argument("--seed", type=int, default=0)
-    latent.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     latent.add_argument("--num-threads", type=int, help="torch CPU threads (default: torch's)")
 
 

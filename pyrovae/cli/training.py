@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pyrovae.cli.common import load_items
+from pyrovae.cli.common import load_items, run_parser
 from pyrovae.config import Config, field_type, from_dict, load_config
 from pyrovae.errors import ConfigError, PyroVAEError
 
@@ -59,13 +59,13 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     _add_config_flags(train)
 
-    evaluate = sub.add_parser(
+    evaluate = run_parser(
+        sub,
+        common,
         "evaluate",
-        parents=[common],
         help="held-out ELBO and IWAE log-likelihood of a run",
         description="Evaluate a trained run on its held-out data.",
     )
-    evaluate.add_argument("run", type=Path, help="run folder (or its checkpoint.pt)")
     evaluate.add_argument(
         "-k",
         "--num-samples",
@@ -82,20 +82,16 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
         type=int,
         help="evaluate only the first N items (of the test set or --data; default: all)",
     )
-    evaluate.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    evaluate.add_argument("--seed", type=int, default=0, help="seed of the importance samples")
 
-    sample = sub.add_parser(
+    sample = run_parser(
+        sub,
+        common,
         "sample",
-        parents=[common],
         help="generate from the prior of a trained run",
         description="Draw z from the prior and decode: PNG grid and .npy.",
     )
-    sample.add_argument("run", type=Path, help="run folder (or its checkpoint.pt)")
     sample.add_argument("-n", "--num-samples", type=int, default=64, help="how many (default 64)")
     sample.add_argument("--output", type=Path, help="output folder (default: the run folder)")
-    sample.add_argument("--seed", type=int, default=0)
-    sample.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     sample.add_argument(
         "--label",
         type=int,
