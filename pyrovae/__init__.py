@@ -18,17 +18,15 @@ from pyrovae.inference import (  # noqa: E402
     iwae_log_likelihood,
     nuts_posterior,
     posterior_draws,
-    train,
 )
-from pyrovae.models import MODELS, ConditionalVAE, SemiSupervisedVAE  # noqa: E402
-from pyrovae.run import fit, load_run  # noqa: E402
-from pyrovae.vae import VAE  # noqa: E402
+from pyrovae.run import fit, load_run, train  # noqa: E402
+from pyrovae.variants import VAE, VARIANTS, ConditionalVAE, SemiSupervisedVAE  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "MODELS",
     "VAE",
+    "VARIANTS",
     "CheckpointError",
     "ConditionalVAE",
     "Config",

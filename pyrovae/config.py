@@ -1,19 +1,36 @@
-"""The run configuration: one frozen dataclass, read from TOML and overridden by CLI flags.
+"""The run configuration: plain data in sections, read from TOML and overridden by CLI flags.
 
-Every field is a CLI flag of the same name (``latent_dim`` -> ``--latent-dim``) and a
-key of the TOML config file; the resolved configuration is written to the run folder
-as ``config.toml`` so a run can be repeated with ``--config RUN/config.toml``.
+A run is described by five sections, each a table of plain values::
+
+    [data]          dataset, data, data_dir, download, binarize, test_fraction, limit
+    [model]         latent_dim, hidden, and the components variant, prior, likelihood,
+                    encoder, decoder, guide
+    [objective]     num_particles, vectorize_particles, beta, kl_site_weights, and the
+                    components elbo, kl_schedule
+    [optimization]  num_epochs, batch_size, learning_rate, clip_norm
+    [run]           seed, device, num_threads, num_eval_samples, eval_batch_size,
+                    diagnostic_items
+
+A **component** is a table of its own, its registered ``name`` and its options
+(``[model.prior]`` ``name = "mixture"``, ``num_components = 3``); the options are the
+ones the component declares (:mod:`pyrovae.registry`), checked when the config is made.
+Every key and every declared option is also a CLI flag of the same name
+(``latent_dim`` -> ``--latent-dim``, ``num_components`` -> ``--num-components``;
+``--model`` picks the variant); an option flag goes to every chosen component that
+declares it, and a flag that no chosen component takes is an error. The resolved
+configuration is written to the run folder as ``config.toml``.
+
+This module is the run layer's: the library below it (model, guides, variants,
+inference) takes plain arguments and never imports it.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-import difflib
-import math
 import os
-import types
-import typing
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,242 +38,384 @@ import tomllib
 
 from pyrovae.data import BINARIZE, DATASETS
 from pyrovae.errors import ConfigError
-from pyrovae.guides import GUIDES
-from pyrovae.guides.encoders import ENCODERS
-from pyrovae.inference.objectives import ELBOS, KERNELS
-from pyrovae.inference.schedules import SCHEDULES
-from pyrovae.model.decoders import DECODERS
-from pyrovae.model.likelihoods import LEARN_SCALE, LIKELIHOODS
-from pyrovae.model.priors import PRIORS
-from pyrovae.models import MODELS
+from pyrovae.guides import ENCODERS, GUIDES
+from pyrovae.inference.training import ELBOS, SCHEDULES, make_elbo, make_schedule
+from pyrovae.model import DECODERS, LIKELIHOODS, PRIORS
+from pyrovae.registry import Option, Registry, closest, coerce
+from pyrovae.variants import VARIANTS
 
-__all__ = ["DEVICES", "Config", "load_config", "save_config"]
+__all__ = [
+    "COMPONENTS",
+    "DEVICES",
+    "SECTIONS",
+    "Config",
+    "Key",
+    "flag_options",
+    "from_flat",
+    "load_config",
+    "save_config",
+]
 
 DEVICES = ("auto", "cpu", "cuda")
 
 
-def _field(default: Any, help: str, choices: Any = None) -> Any:
-    return field(default=default, metadata={"help": help, "choices": choices})
+@dataclass(frozen=True)
+class Key:
+    """A fixed key of a section: its type, default, help, and limits."""
+
+    type: type
+    default: Any
+    help: str
+    choices: tuple[str, ...] | None = None
+    nullable: bool = False
+    minimum: float | None = None
+    #: the value must be above ``minimum`` (not equal to it)
+    strict: bool = False
+
+
+def _key(kind: type, default: Any, help: str, **kw: Any) -> Key:
+    return Key(kind, default, help, nullable=default is None or kw.pop("nullable", False), **kw)
+
+
+#: section -> key -> Key: the fixed keys of the run configuration
+SECTIONS: dict[str, dict[str, Key]] = {
+    "data": {
+        "dataset": _key(str, "digits", "built-in data set", choices=tuple(DATASETS)),
+        "data": _key(str, None, "a .npy/.npz array file to train on instead of --dataset"),
+        "data_dir": _key(str, None, "folder holding (or receiving) MNIST/Fashion-MNIST files"),
+        "download": _key(bool, False, "let torchvision download MNIST/Fashion-MNIST (internet)"),
+        "binarize": _key(
+            str, "none", "binarize pixels: none, at 0.5, once (static) or per batch",
+            choices=BINARIZE,
+        ),
+        "test_fraction": _key(
+            float, 0.2, "held-out fraction for data without an official split", minimum=0.0,
+            strict=True,
+        ),
+        "limit": _key(int, None, "use only the first N train and test items", minimum=1),
+    },
+    "model": {
+        "latent_dim": _key(int, 8, "dimension of z", minimum=1),
+        "hidden": _key(tuple, (256, 128), "hidden layer sizes (encoder order; decoder mirrors)"),
+    },
+    "objective": {
+        "num_particles": _key(int, 1, "samples of z per data point in the ELBO estimate", minimum=1),
+        "vectorize_particles": _key(
+            bool, None, "draw the particles in one vectorized pass (default: the ELBO's own)"
+        ),
+        "beta": _key(float, 1.0, "weight of the KL term (beta-VAE), via poutine.scale", minimum=0),
+        "kl_site_weights": _key(
+            dict, {}, "a factor on beta for named latent sites, e.g. z2=0.5 (several sites)"
+        ),
+    },
+    "optimization": {
+        "num_epochs": _key(int, 300, "passes over the training data", minimum=1),
+        "batch_size": _key(int, 64, "minibatch size", minimum=1),
+        "learning_rate": _key(float, 1e-3, "Adam learning rate", minimum=0.0, strict=True),
+        "clip_norm": _key(float, None, "clip the gradient norm to this value", minimum=0.0, strict=True),
+    },
+    "run": {
+        "seed": _key(int, 0, "random seed (data split, initialisation, sampling)"),
+        "device": _key(str, "auto", "where tensors live: auto picks cuda when available", choices=DEVICES),
+        "num_threads": _key(int, None, "torch CPU threads (default: torch's own choice)", minimum=1),
+        "num_eval_samples": _key(
+            int, 500, "importance samples K for the IWAE log p(x) at the end", minimum=1
+        ),
+        "eval_batch_size": _key(int, 500, "data points per evaluation batch", minimum=1),
+        "diagnostic_items": _key(
+            int, 1000, "held-out points for the per-epoch collapse diagnostics (0: none)", minimum=0
+        ),
+    },
+}
+
+
+@dataclass(frozen=True)
+class Component:
+    """A component key: its section, registry, default entry, flag and help."""
+
+    section: str
+    registry: Registry
+    default: str
+    flag: str
+    help: str
+
+
+#: section key -> Component: the choices of registered components
+COMPONENTS: dict[str, Component] = {
+    "variant": Component("model", VARIANTS, "vae", "model", "the VAE variant"),
+    "prior": Component("model", PRIORS, "normal", "prior", "prior p(z)"),
+    "likelihood": Component("model", LIKELIHOODS, "bernoulli", "likelihood", "likelihood p(x|z)"),
+    "encoder": Component("model", ENCODERS, "mlp", "encoder", "encoder network of the guide"),
+    "decoder": Component("model", DECODERS, "mlp", "decoder", "decoder network of the model"),
+    "guide": Component("model", GUIDES, "normal", "guide", "guide q(z|x): its posterior family"),
+    "elbo": Component("objective", ELBOS, "Trace_ELBO", "elbo", "Pyro ELBO (objective) to optimise"),
+    "kl_schedule": Component(
+        "objective", SCHEDULES, "constant", "kl_schedule", "KL weight over the steps"
+    ),
+}
+
+#: flag name -> section key of a component choice
+_COMPONENT_FLAGS = {c.flag: key for key, c in COMPONENTS.items()}
+
+
+def _fixed_flags() -> dict[str, tuple[str, Key]]:
+    return {key: (section, spec) for section, keys in SECTIONS.items() for key, spec in keys.items()}
+
+
+def flag_options() -> dict[str, tuple[Option, list[str]]]:
+    """Every component option as a flag: option name -> (declaration, its owners
+    ``["prior 'mixture'", ...]``). An option name declared by several components (e.g.
+    ``num_flows``) is one flag that sets all of them."""
+    found: dict[str, tuple[Option, list[str]]] = {}
+    for component in COMPONENTS.values():
+        for name, (option, entries) in component.registry.all_options().items():
+            owners = [f"{component.registry.kind} {e!r}" for e in entries]
+            if name in found:
+                found[name][1].extend(owners)
+            else:
+                found[name] = (option, owners)
+    return found
+
+
+def _check_fixed(section: str, key: str, value: Any) -> Any:
+    spec = SECTIONS[section][key]
+    where = f"config key {section}.{key}"
+    value = coerce(value, spec.type, where, spec.nullable, spec.choices)
+    if spec.minimum is not None and value is not None and spec.type in (int, float):
+        if value < spec.minimum or (spec.strict and value == spec.minimum):
+            op = ">" if spec.strict else ">="
+            raise ConfigError(f"{key} must be {op} {spec.minimum:g}, got {value}")
+    if key == "hidden" and (not value or min(value) < 1):
+        raise ConfigError(f"hidden must list positive layer sizes, got {list(value)}")
+    if key == "test_fraction" and not value < 1:
+        raise ConfigError(f"test_fraction must be in (0, 1), got {value}")
+    if key == "kl_site_weights":
+        value = {
+            str(k): coerce(v, float, f"kl_site_weights[{k!r}]") for k, v in value.items()
+        }
+        if any(v < 0 for v in value.values()):
+            raise ConfigError(f"kl_site_weights must be >= 0, got {value}")
+    return value
+
+
+def _check_component(key: str, value: Any) -> dict[str, Any]:
+    component = COMPONENTS[key]
+    if isinstance(value, str):
+        value = {"name": value}
+    if not isinstance(value, Mapping) or not isinstance(value.get("name"), str):
+        raise ConfigError(
+            f"config key {component.section}.{key} must be a {component.registry.kind} name or "
+            f"a table with a 'name' and its options, got {value!r}"
+        )
+    options = {k: v for k, v in value.items() if k != "name"}
+    name = value["name"]
+    declared = component.registry.options(name)
+    checked = component.registry.check_options(name, options)
+    # the declared defaults are written out, so config.toml shows every option in force
+    return {"name": name, **{k: checked.get(k, o.default) for k, o in declared.items()}}
+
+
+def _defaults() -> dict[str, dict[str, Any]]:
+    values: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+    for section, keys in SECTIONS.items():
+        for key, spec in keys.items():
+            values[section][key] = copy.deepcopy(spec.default)
+    for key, component in COMPONENTS.items():
+        values[component.section][key] = {"name": component.default}
+    return values
+
+
+def _validate(values: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Check a sectioned config, fill in the defaults; unknown names get a suggestion."""
+    unknown = [s for s in values if s not in SECTIONS]
+    if unknown:
+        raise ConfigError(
+            f"unknown config section {unknown[0]!r}{closest(unknown[0], SECTIONS)}; the "
+            f"sections are: {', '.join(SECTIONS)}"
+        )
+    result = _defaults()
+    for section, table in values.items():
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"config section [{section}] must be a table, got {table!r}")
+        valid = [*SECTIONS[section], *(k for k, c in COMPONENTS.items() if c.section == section)]
+        for key, value in table.items():
+            if key not in valid:
+                raise ConfigError(
+                    f"unknown config key {section}.{key}{closest(key, valid)}; the keys of "
+                    f"[{section}] are: {', '.join(valid)}"
+                )
+            result[section][key] = value
+    for section, keys in SECTIONS.items():
+        for key in keys:
+            result[section][key] = _check_fixed(section, key, result[section][key])
+    for key, component in COMPONENTS.items():
+        result[component.section][key] = _check_component(key, result[component.section][key])
+    _check_combinations(result)
+    return result
+
+
+def _options(table: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in table.items() if k != "name"}
+
+
+def _check_combinations(values: dict[str, dict[str, Any]]) -> None:
+    """Combinations of sections and components that cannot work; the components check
+    their own options, and building the objective and schedule here runs those checks
+    before any data are loaded."""
+    model, objective = values["model"], values["objective"]
+    elbo, schedule = objective["elbo"]["name"], objective["kl_schedule"]["name"]
+    make_elbo(
+        elbo,
+        _options(objective["elbo"]),
+        num_particles=objective["num_particles"],
+        vectorize_particles=objective["vectorize_particles"],
+    )
+    make_schedule(schedule, _options(objective["kl_schedule"]), beta=objective["beta"])
+    if elbo == "InfoVAE_ELBO" and values["optimization"]["batch_size"] < 2:
+        raise ConfigError("InfoVAE_ELBO estimates an MMD within a minibatch: batch_size >= 2")
+    if elbo == "FreeBits_ELBO" and model["prior"]["name"] not in ("normal", "learned-normal"):
+        raise ConfigError(
+            "free bits need the KL of each latent dimension, which a "
+            f"{model['prior']['name']} prior does not have; use --prior normal or "
+            "learned-normal, or another --elbo"
+        )
+    if elbo.startswith("Jit") and schedule != "constant":
+        raise ConfigError(
+            f"{elbo} compiles the loss once per value of beta, so a changing KL weight "
+            f"(--kl-schedule {schedule}) would recompile it every step; use --elbo "
+            "Trace_ELBO with a schedule"
+        )
+    if elbo == "FreeBits_ELBO" and model["guide"]["name"] != "normal":
+        raise ConfigError(
+            f"free bits need the KL of each latent dimension, which the "
+            f"{model['guide']['name']} guide (correlated dimensions) does not have; use "
+            "--guide normal"
+        )
+
+
+def _apply_flags(
+    values: dict[str, dict[str, Any]], flags: Mapping[str, Any], *, strict: bool
+) -> dict[str, dict[str, Any]]:
+    """Set flat flags (CLI flags, keyword arguments, a legacy flat config) in sectioned
+    ``values``: fixed keys and component choices first, then component options, each to
+    every chosen component that declares it. ``strict``: an option that no chosen
+    component takes is an error (else dropped, as a legacy flat config lists every one)."""
+    values = copy.deepcopy(values)
+    fixed = _fixed_flags()
+    options = {}
+    for flag, value in flags.items():
+        if flag in fixed:
+            section = fixed[flag][0]
+            values[section][flag] = value
+        elif flag in _COMPONENT_FLAGS:
+            key = _COMPONENT_FLAGS[flag]
+            table = values[COMPONENTS[key].section].get(key, {})
+            if isinstance(table, Mapping) and table.get("name") == value:
+                continue  # the same component: its options stay
+            values[COMPONENTS[key].section][key] = {"name": value}
+        else:
+            options[flag] = value
+    known = flag_options()
+    for flag, value in options.items():
+        targets = []
+        for key, component in COMPONENTS.items():
+            table = values[component.section][key]
+            name = table["name"] if isinstance(table, Mapping) else table
+            if name in component.registry and flag in component.registry.options(name):
+                targets.append((component.section, key))
+        if not targets:
+            if not strict:
+                continue
+            if flag in known:
+                raise ConfigError(
+                    f"--{flag.replace('_', '-')} is an option of {', '.join(known[flag][1])}, "
+                    "none of which this run uses; choose one of those or drop the flag"
+                )
+            valid = [*fixed, *_COMPONENT_FLAGS, *known]
+            raise ConfigError(f"unknown config key {flag!r}{closest(flag, valid)}")
+        for section, key in targets:
+            table = values[section][key]
+            values[section][key] = {**({"name": table} if isinstance(table, str) else table)}
+            values[section][key][flag] = value
+    return values
 
 
 @dataclass(frozen=True)
 class Config:
-    """Everything that defines a run. Defaults train a small VAE on the bundled digits."""
+    """The run configuration: five sections of plain data (see the module docstring).
 
-    # data
-    dataset: str = _field("digits", "built-in data set", DATASETS)
-    data: str | None = _field(None, "a .npy/.npz array file to train on instead of --dataset")
-    data_dir: str | None = _field(None, "folder holding (or receiving) MNIST/Fashion-MNIST files")
-    download: bool = _field(False, "let torchvision download MNIST/Fashion-MNIST (needs internet)")
-    binarize: str = _field(
-        "none", "binarize pixels: none, at 0.5, once (static) or per batch", BINARIZE
-    )
-    test_fraction: float = _field(0.2, "held-out fraction for data without an official split")
-    limit: int | None = _field(None, "use only the first N train and test items")
-    # model
-    model: str = _field(
-        "vae", "vae, cvae (conditional on labels y) or m2 (semi-supervised)", MODELS
-    )
-    num_classes: int | None = _field(
-        None, "labels of cvae/m2 (default: one more than the largest label in the data)"
-    )
-    labels_per_class: int = _field(
-        10, "m2: labelled training items per class (the rest are used without labels)"
-    )
-    alpha: float | None = _field(
-        None, "m2: weight of the classification loss (default: 0.1 * training items)"
-    )
-    latent_dim: int = _field(8, "dimension of z")
-    prior: str = _field("normal", "prior p(z)", PRIORS)
-    num_components: int = _field(10, "components of the mixture prior")
-    likelihood: str = _field("bernoulli", "likelihood p(x|z)", LIKELIHOODS)
-    scale: float = _field(0.1, "gaussian/laplace scale (fixed, or initial value if learned)")
-    learn_scale: str = _field(
-        "fixed", "gaussian/laplace scale: fixed, one global, per pixel", LEARN_SCALE
-    )
-    encoder: str = _field("mlp", "encoder network of the guide q(z|x)", ENCODERS)
-    decoder: str = _field("mlp", "decoder network of the model p(x|z)", DECODERS)
-    hidden: tuple[int, ...] = _field(
-        (256, 128), "hidden layer sizes (encoder order; decoder mirrors)"
-    )
-    guide: str = _field("normal", "guide q(z|x): diagonal, low-rank Gaussian, or IAF", GUIDES)
-    guide_rank: int = _field(2, "rank of the low-rank guide's covariance factor")
-    num_flows: int = _field(2, "inverse autoregressive flow steps of the iaf guide")
-    # objective
-    elbo: str = _field("Trace_ELBO", "Pyro ELBO to optimise", ELBOS)
-    num_particles: int = _field(1, "samples of z per data point in the ELBO estimate")
-    vectorize_particles: bool = _field(False, "draw the particles in one vectorized pass")
-    beta: float = _field(1.0, "weight of the KL term (beta-VAE), via poutine.scale")
-    kl_schedule: str = _field(
-        "constant", "KL weight over the steps: beta, warm-up to beta, or cycles", SCHEDULES
-    )
-    warmup_epochs: int = _field(10, "linear schedule: epochs of warm-up from 0 to beta")
-    warmup_steps: int | None = _field(None, "linear schedule: warm-up in steps (overrides epochs)")
-    num_cycles: int = _field(4, "cyclical schedule: cycles over the run")
-    cycle_ratio: float = _field(0.5, "cyclical schedule: fraction of a cycle spent increasing")
-    free_bits: float = _field(0.25, "FreeBits_ELBO: KL floor lambda in nats per latent dimension")
-    mmd_alpha: float = _field(0.0, "InfoVAE_ELBO: alpha (the KL term is weighted 1 - alpha)")
-    mmd_lambda: float = _field(1000.0, "InfoVAE_ELBO: lambda (MMD weight is alpha + lambda - 1)")
-    mmd_kernel: str = _field("rbf", "InfoVAE_ELBO: kernel of the MMD", KERNELS)
-    renyi_alpha: float = _field(0.0, "RenyiELBO: order alpha of the bound (0 is IWAE)")
-    # optimisation
-    num_epochs: int = _field(300, "passes over the training data")
-    batch_size: int = _field(64, "minibatch size")
-    learning_rate: float = _field(1e-3, "Adam learning rate")
-    clip_norm: float | None = _field(None, "clip the gradient norm to this value")
-    seed: int = _field(0, "random seed (data split, initialisation, sampling)")
-    device: str = _field("auto", "where tensors live: auto picks cuda when available", DEVICES)
-    num_threads: int | None = _field(None, "torch CPU threads (default: torch's own choice)")
-    # evaluation
-    num_eval_samples: int = _field(500, "importance samples K for the IWAE log p(x) at the end")
-    eval_batch_size: int = _field(500, "data points per evaluation batch")
-    diagnostic_items: int = _field(
-        1000, "held-out points for the per-epoch collapse diagnostics (0: none)"
-    )
+    Make one with :meth:`from_flags` (flat keys, as on the command line), :meth:`from_dict`
+    (sections, as in ``config.toml``) or :func:`load_config`; every way validates it.
 
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            choices = f.metadata.get("choices")
-            value = getattr(self, f.name)
-            if choices is not None and value not in choices:
-                raise ConfigError(
-                    f"unknown {f.name.replace('_', ' ')} {value!r}; choose one of: "
-                    f"{', '.join(choices)}"
-                )
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ConfigError(f"{f.name} must be a finite number, got {value}")
-        positive = (
-            "latent_dim",
-            "guide_rank",
-            "num_flows",
-            "num_cycles",
-            "num_components",
-            "num_particles",
-            "num_epochs",
-            "batch_size",
-            "num_eval_samples",
-            "eval_batch_size",
-        )
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not self.hidden or min(self.hidden) < 1:
-            raise ConfigError(f"hidden must list positive layer sizes, got {self.hidden}")
-        if not 0.0 < self.test_fraction < 1.0:
-            raise ConfigError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
-        if self.learning_rate <= 0 or self.beta < 0 or self.scale <= 0:
-            raise ConfigError("learning_rate and scale must be > 0 and beta >= 0")
-        if self.clip_norm is not None and self.clip_norm <= 0:
-            raise ConfigError(f"clip_norm must be > 0, got {self.clip_norm}")
-        if self.num_threads is not None and self.num_threads < 1:
-            raise ConfigError(f"num_threads must be >= 1, got {self.num_threads}")
-        if self.labels_per_class < 1:
-            raise ConfigError(f"labels_per_class must be >= 1, got {self.labels_per_class}")
-        if self.alpha is not None and self.alpha < 0:
-            raise ConfigError(f"alpha must be >= 0, got {self.alpha}")
-        if self.num_classes is not None and self.num_classes < 2:
-            raise ConfigError(f"num_classes must be >= 2, got {self.num_classes}")
-        if self.limit is not None and self.limit < 1:
-            raise ConfigError(f"limit must be >= 1, got {self.limit}")
-        if self.diagnostic_items < 0:
-            raise ConfigError(f"diagnostic_items must be >= 0, got {self.diagnostic_items}")
-        self._check_objective()
+    Examples
+    --------
+    >>> config = Config.from_flags(prior="mixture", num_components=3, num_epochs=5)
+    >>> config.model["prior"]
+    {'name': 'mixture', 'num_components': 3}
+    >>> config.optimization["num_epochs"]
+    5
+    >>> Config.from_flags(num_component=3)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+        ...
+    pyrovae.errors.ConfigError: unknown config key 'num_component' (did you mean ...
+    """
 
-    def _check_objective(self) -> None:
-        """Combinations of objective, schedule, prior and guide that cannot work."""
-        if self.warmup_epochs < 0 or (self.warmup_steps is not None and self.warmup_steps < 0):
-            raise ConfigError("warmup_epochs and warmup_steps must be >= 0")
-        if not 0.0 < self.cycle_ratio <= 1.0:
-            raise ConfigError(f"cycle_ratio must be in (0, 1], got {self.cycle_ratio}")
-        if self.free_bits < 0:
-            raise ConfigError(f"free_bits must be >= 0 nats per dimension, got {self.free_bits}")
-        if self.elbo in ("IWAE", "RenyiELBO") and self.num_particles < 2:
-            raise ConfigError(
-                f"{self.elbo} with one particle is the ELBO; set --num-particles K >= 2 "
-                "(e.g. 5 or 50)"
-            )
-        if self.elbo == "RenyiELBO" and self.renyi_alpha == 1:
-            raise ConfigError("renyi_alpha = 1 is the ELBO; use --elbo Trace_ELBO")
-        if self.elbo == "InfoVAE_ELBO" and self.mmd_alpha + self.mmd_lambda < 1:
-            raise ConfigError(
-                "InfoVAE needs mmd_alpha + mmd_lambda >= 1 (the MMD weight is their sum - 1)"
-            )
-        if self.elbo == "InfoVAE_ELBO" and self.batch_size < 2:
-            raise ConfigError("InfoVAE_ELBO estimates an MMD within a minibatch: batch_size >= 2")
-        if self.elbo == "FreeBits_ELBO" and self.prior == "mixture":
-            raise ConfigError(
-                "free bits need the KL of each latent dimension, which a mixture prior does not "
-                "have; use --prior normal or learned-normal, or another --elbo"
-            )
-        if self.elbo.startswith("Jit") and self.kl_schedule != "constant":
-            raise ConfigError(
-                f"{self.elbo} compiles the loss once per value of beta, so a changing KL weight "
-                f"(--kl-schedule {self.kl_schedule}) would recompile it every step; use --elbo "
-                "Trace_ELBO with a schedule"
-            )
-        if self.elbo == "FreeBits_ELBO" and self.guide != "normal":
-            raise ConfigError(
-                f"free bits need the KL of each latent dimension, which the {self.guide} guide "
-                "(correlated dimensions) does not have; use --guide normal"
-            )
+    data: dict[str, Any]
+    model: dict[str, Any]
+    objective: dict[str, Any]
+    optimization: dict[str, Any]
+    run: dict[str, Any]
 
-    def replace(self, **changes: Any) -> Config:
-        """A copy with ``changes`` applied (validated like any other config)."""
-        return from_dict({**self.to_dict(), **changes})
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> Config:
+        """A config from sections (missing keys take their defaults)."""
+        return cls(**_validate(values))
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain values (tuples as lists), suitable for TOML, JSON and checkpoints."""
-        return {
-            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
-        }
+    @classmethod
+    def from_flags(cls, **flags: Any) -> Config:
+        """The default config with flat ``flags`` applied, as the CLI applies its flags."""
+        return cls.from_dict(_apply_flags(_defaults(), flags, strict=True))
+
+    def replace(self, **flags: Any) -> Config:
+        """A copy with flat ``flags`` applied (validated like any other config)."""
+        return Config.from_dict(_apply_flags(self.to_dict(), flags, strict=True))
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Plain nested values (tuples as lists), for TOML, JSON and checkpoints."""
+
+        def plain(value: Any) -> Any:
+            if isinstance(value, tuple | list):
+                return [plain(v) for v in value]
+            if isinstance(value, Mapping):
+                return {k: plain(v) for k, v in value.items()}
+            return value
+
+        return {f.name: plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    def options(self, section: str, key: str) -> dict[str, Any]:
+        """The options of the component ``section.key`` (its table less its name)."""
+        return _options(getattr(self, section)[key])
 
 
-def field_type(f: dataclasses.Field) -> type:
-    """The base type of a field: ``int | None`` -> ``int``, ``tuple[int, ...]`` -> ``tuple``."""
-    hint = typing.get_type_hints(Config)[f.name]
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        hint = args[0]
-    return typing.get_origin(hint) or hint
+def from_flat(values: Mapping[str, Any]) -> Config:
+    """A config from the flat keys of pyrovae 0.1 (``config.toml`` and checkpoints of
+    format 1). Options of components the run did not choose are dropped (that format
+    listed every option), as is ``vectorize_particles = false`` (it meant the ELBO's own
+    default)."""
+    values = dict(values)
+    if values.get("vectorize_particles") is False:
+        del values["vectorize_particles"]
+    return Config.from_dict(_apply_flags(_defaults(), values, strict=False))
 
 
-def _coerce(f: dataclasses.Field, value: Any) -> Any:
-    kind = field_type(f)
-    if value is None:
-        return None
-    if (
-        kind is tuple
-        and isinstance(value, list | tuple)
-        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-    ):
-        return tuple(value)
-    if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if kind in (int, str, bool) and type(value) is kind:
-        return value
-    raise ConfigError(
-        f"config key {f.name!r} needs a {'list of int' if kind is tuple else kind.__name__}, "
-        f"got {value!r}"
-    )
+def is_flat(values: Mapping[str, Any]) -> bool:
+    """Whether ``values`` are the flat keys of pyrovae 0.1 rather than sections."""
+    return any(not isinstance(v, Mapping) for v in values.values())
 
 
-def from_dict(values: dict[str, Any]) -> Config:
-    """Build a :class:`Config`, rejecting unknown keys with a suggestion."""
-    fields = {f.name: f for f in dataclasses.fields(Config)}
-    unknown = [k for k in values if k not in fields]
-    if unknown:
-        hints = [difflib.get_close_matches(k, fields, n=1) for k in unknown]
-        detail = ", ".join(
-            f"{k!r}" + (f" (did you mean {h[0]!r}?)" if h else "") for k, h in zip(unknown, hints)
-        )
-        raise ConfigError(f"unknown config key {detail}; valid keys: {', '.join(fields)}")
-    return Config(**{k: _coerce(fields[k], v) for k, v in values.items()})
-
-
-def load_config(path: str | os.PathLike, **overrides: Any) -> Config:
-    """Read a TOML config file; ``overrides`` (e.g. explicit CLI flags) take precedence."""
+def load_config(path: str | os.PathLike, **flags: Any) -> Config:
+    """Read a TOML config file (sections, or the flat keys of pyrovae 0.1); ``flags``
+    (e.g. explicit CLI flags) take precedence."""
     path = Path(path)
     try:
         values = tomllib.loads(path.read_text())
@@ -266,7 +425,8 @@ def load_config(path: str | os.PathLike, **overrides: Any) -> Config:
         raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
-    return from_dict({**values, **overrides})
+    config = from_flat(values) if is_flat(values) else Config.from_dict(values)
+    return config.replace(**flags) if flags else config
 
 
 def _toml_value(value: Any) -> str:
@@ -274,12 +434,21 @@ def _toml_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return repr(value)
 
 
 def save_config(config: Config, path: str | os.PathLike) -> None:
-    """Write ``config`` as TOML (``None`` values are left out: they are the defaults)."""
-    lines = [f"{k} = {_toml_value(v)}" for k, v in config.to_dict().items() if v is not None]
-    Path(path).write_text("# pyrovae run configuration\n" + "\n".join(lines) + "\n")
+    """Write ``config`` as TOML: a table per section and per component (``None`` values
+    are left out: they are the defaults)."""
+    lines = ["# pyrovae run configuration"]
+    for section, table in config.to_dict().items():
+        plain = {k: v for k, v in table.items() if k not in COMPONENTS and v is not None}
+        lines += ["", f"[{section}]", *(f"{k} = {_toml_value(v)}" for k, v in plain.items())]
+        for key in (k for k in table if k in COMPONENTS):
+            lines += ["", f"[{section}.{key}]"]
+            lines += [f"{k} = {_toml_value(v)}" for k, v in table[key].items() if v is not None]
+    Path(path).write_text("\n".join(lines) + "\n")

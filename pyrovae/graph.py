@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyro
 import torch
 
 from pyrovae.errors import ConfigError
-from pyrovae.vae import VAE
+
+if TYPE_CHECKING:
+    from pyrovae.variants import VAE
 
 __all__ = ["FORMATS", "render_graph", "require_graphviz", "save_graphs"]
 

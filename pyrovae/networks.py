@@ -1,15 +1,18 @@
-"""Building blocks shared by decoders (``model/``) and encoders (``guides/``)."""
+"""Building blocks shared by decoders (``model/``) and encoders (``guides/``): layers,
+convolution shapes, one-hot labels joined to inputs."""
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from pyrovae.errors import ConfigError
 
-__all__ = ["conv_feature_shape", "mlp"]
+__all__ = ["conv_feature_shape", "join", "mlp", "one_hot"]
 
 
 def mlp(sizes: Sequence[int], activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
@@ -37,3 +40,18 @@ def conv_feature_shape(event_shape: Sequence[int], channels: Sequence[int]) -> t
             f"width divisible by {factor}, got {height}x{width}; use the mlp networks"
         )
     return channels[-1], height // factor, width // factor
+
+
+def one_hot(y: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Labels of any batch shape as one-hot vectors (last dimension ``num_classes``)."""
+    return F.one_hot(y.long(), num_classes).to(dtype)
+
+
+def join(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Concatenate the last dimensions of ``a`` and ``b`` after broadcasting their batch shapes.
+
+    Broadcasting lets an enumerated label of shape ``(C, 1, C)`` meet a minibatch of shape
+    ``(B, D)`` (giving ``(C, B, D + C)``), and vectorized particles meet their labels.
+    """
+    batch = torch.broadcast_shapes(a.shape[:-1], b.shape[:-1])
+    return torch.cat([a.expand(*batch, a.shape[-1]), b.expand(*batch, b.shape[-1])], dim=-1)

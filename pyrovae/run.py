@@ -23,23 +23,26 @@ from typing import Any
 import torch
 
 from pyrovae import plots
-from pyrovae.config import Config, from_dict, save_config
+from pyrovae.config import Config, from_flat, is_flat, save_config
 from pyrovae.data import Dataset, load_dataset
-from pyrovae.errors import CheckpointError, ConfigError, DataError
-from pyrovae.inference.checkpoint import load_checkpoint
-from pyrovae.inference.evaluation import evaluate
-from pyrovae.inference.svi import check_resumable, refuse_overwrite, train
-from pyrovae.models import MODELS, build_vae
-from pyrovae.vae import VAE
+from pyrovae.errors import CheckpointError, ConfigError, DataError, PyroVAEError
+from pyrovae.inference import evaluate
+from pyrovae.inference.training import Trainer, elbo_context, make_elbo, make_schedule
+from pyrovae.inference.training.checkpoint import load_checkpoint
+from pyrovae.inference.training.trainer import refuse_overwrite
+from pyrovae.registry import closest
+from pyrovae.variants import VAE, VARIANTS, build_variant
 
 __all__ = [
     "FitResult",
     "fit",
     "load_data",
     "load_run",
+    "make_trainer",
     "resolve_classes",
     "resolve_device",
     "save_figure",
+    "train",
 ]
 
 logger = logging.getLogger(__name__)
@@ -58,15 +61,16 @@ def resolve_device(device: str) -> torch.device:
 
 def load_data(config: Config, device: torch.device) -> Dataset:
     """The run's data set, preloaded on ``device`` when it fits (else batches move per step)."""
+    d = config.data
     data = load_dataset(
-        config.dataset,
-        path=config.data,
-        data_dir=config.data_dir,
-        binarize=config.binarize,
-        test_fraction=config.test_fraction,
-        seed=config.seed,
-        download=config.download,
-        limit=config.limit,
+        d["dataset"],
+        path=d["data"],
+        data_dir=d["data_dir"],
+        binarize=d["binarize"],
+        test_fraction=d["test_fraction"],
+        seed=config.run["seed"],
+        download=d["download"],
+        limit=d["limit"],
     )
     if device.type == "cuda":
         size = (data.train.numel() + data.test.numel()) * data.train.element_size()
@@ -78,26 +82,123 @@ def load_data(config: Config, device: torch.device) -> Dataset:
 
 def resolve_classes(config: Config, data: Dataset) -> Config:
     """Fill in ``num_classes`` from the data's labels for a model that needs labels."""
-    if not MODELS[config.model].needs_labels:
+    variant = config.model["variant"]
+    if not VARIANTS[variant["name"]].needs_labels:
         return config
     if data.train_labels is None:
         raise DataError(
-            f"--model {config.model} trains on labels, but {data.name} has none; use a labelled "
-            "data set (digits, mnist, fashion-mnist, or an .npz file with y / y_train and y_test)"
+            f"--model {variant['name']} trains on labels, but {data.name} has none; use a "
+            "labelled data set (digits, mnist, fashion-mnist, or an .npz file with y / y_train "
+            "and y_test)"
         )
     found = data.num_classes
-    if config.num_classes is None:
+    if variant.get("num_classes") is None:
         return config.replace(num_classes=found)
-    if found > config.num_classes:
+    if found > variant["num_classes"]:
         raise DataError(
-            f"{data.name} has labels up to {found - 1}, but num_classes is {config.num_classes}; "
-            f"raise --num-classes to at least {found} or drop it"
+            f"{data.name} has labels up to {found - 1}, but num_classes is "
+            f"{variant['num_classes']}; raise --num-classes to at least {found} or drop it"
         )
     return config
 
 
 def save_figure(fig: Any, path: str | os.PathLike) -> None:
     fig.savefig(path, dpi=120)
+
+
+def model_section(vae: VAE) -> dict[str, Any]:
+    """The model section that describes ``vae`` (its ``spec``), with every option in
+    force; a user's own prior or likelihood object stays as ``"custom <type>"``."""
+    if vae.is_custom:
+        return dict(vae.spec)
+    return Config.from_dict({"model": vae.spec}).model
+
+
+def make_trainer(vae: VAE, data: Dataset, config: Config) -> Trainer:
+    """The trainer of ``vae`` that ``config`` describes: its objective, step and KL schedule."""
+    objective, optimization = config.objective, config.optimization
+    elbo = make_elbo(
+        objective["elbo"]["name"],
+        config.options("objective", "elbo"),
+        num_particles=objective["num_particles"],
+        vectorize_particles=objective["vectorize_particles"],
+    )
+    step = vae.training_step(
+        elbo, learning_rate=optimization["learning_rate"], clip_norm=optimization["clip_norm"]
+    )
+    batch_size = optimization["batch_size"]
+    schedule = make_schedule(
+        objective["kl_schedule"]["name"],
+        config.options("objective", "kl_schedule"),
+        beta=objective["beta"],
+        steps_per_epoch=max(1, vae.training_size(data) // batch_size),
+        num_epochs=optimization["num_epochs"],
+    )
+    weights = objective["kl_site_weights"]
+    unknown = [s for s in weights if s not in vae.latent_sites]
+    if unknown:
+        raise ConfigError(
+            f"kl_site_weights names {unknown[0]!r}{closest(unknown[0], vae.latent_sites)}, "
+            f"not a latent site of --model {vae.name} ({', '.join(vae.latent_sites)})"
+        )
+    return Trainer(
+        vae,
+        step,
+        schedule,
+        num_epochs=optimization["num_epochs"],
+        batch_size=batch_size,
+        kl_site_weights=weights,
+        eval_batch_size=config.run["eval_batch_size"],
+        diagnostic_items=config.run["diagnostic_items"],
+        seed=config.run["seed"],
+    )
+
+
+def train(
+    vae: VAE,
+    data: Dataset,
+    config: Config,
+    workdir: str | os.PathLike | None = None,
+    *,
+    resume: bool = False,
+    progress: bool | None = None,
+) -> list[dict[str, Any]]:
+    """Train ``vae`` on ``data`` as ``config`` describes (objective, schedule, optimizer,
+    epochs); with ``workdir``, checkpoint after every epoch (and ``resume`` from there).
+    Returns the per-epoch rows of :meth:`pyrovae.inference.training.Trainer.fit`."""
+    saved = {**config.to_dict(), "model": model_section(vae)}
+    with elbo_context(config.objective["elbo"]["name"]):
+        trainer = make_trainer(vae, data, config)
+        if resume and workdir is not None:
+            check_resumable(Path(workdir), saved)
+        return trainer.fit(data, workdir, resume=resume, progress=progress, config=saved)
+
+
+def saved_config(state: dict[str, Any]) -> Config:
+    """The config a checkpoint was trained with (sections, or pyrovae 0.1's flat keys)."""
+    values = state.get("config", {})
+    return from_flat(values) if is_flat(values) else Config.from_dict(values)
+
+
+def check_resumable(workdir: Path, current: dict[str, Any]) -> None:
+    """Check that a run with config ``current`` (plain sections) can resume ``workdir``:
+    its model section, which decides every shape in the checkpoint, must be the same."""
+    path = workdir / "checkpoint.pt"
+    if not path.exists():
+        raise PyroVAEError(f"there is no run to resume in {workdir}; drop --resume to start one")
+    state = load_checkpoint(path)
+    try:
+        saved = saved_config(state).model
+    except ConfigError as e:
+        raise CheckpointError(f"checkpoint {path} holds a config this pyrovae cannot read: {e}")
+    model = current["model"]
+    changed = sorted(k for k in {*saved, *model} if saved.get(k) != model.get(k))
+    if changed:
+        detail = ", ".join(f"{k}: {saved.get(k)!r} -> {model.get(k)!r}" for k in changed)
+        raise CheckpointError(
+            f"checkpoint {path} was trained with another architecture ({detail}); "
+            "resume with the run's own config or start a new --workdir"
+        )
 
 
 @dataclass
@@ -120,9 +221,9 @@ def fit(
 ) -> FitResult:
     """Train the VAE ``config`` describes and write the run folder ``workdir``.
 
-    Seeds everything with ``config.seed``, loads the data, builds the VAE, trains it
+    Seeds everything with the run's seed, loads the data, builds the variant, trains it
     (resuming from ``workdir`` when ``resume``), then evaluates on the held-out data
-    with ``config.num_eval_samples`` importance samples and saves figures.
+    with ``num_eval_samples`` importance samples and saves figures.
     """
     workdir = Path(workdir)
     if workdir.exists() and not workdir.is_dir():
@@ -130,29 +231,37 @@ def fit(
     if not resume:
         refuse_overwrite(workdir)
     # absolute data paths, so evaluate and --resume find the same files from anywhere
-    paths = {k: str(Path(v).resolve()) for k in ("data", "data_dir") if (v := getattr(config, k))}
+    paths = {k: str(Path(v).resolve()) for k in ("data", "data_dir") if (v := config.data[k])}
     config = config.replace(**paths)
-    device = resolve_device(config.device)
-    if config.num_threads is not None:
-        torch.set_num_threads(config.num_threads)
-    torch.manual_seed(config.seed)
+    run = config.run
+    device = resolve_device(run["device"])
+    if run["num_threads"] is not None:
+        torch.set_num_threads(run["num_threads"])
+    torch.manual_seed(run["seed"])
     data = load_data(config, device)
     config = resolve_classes(config, data)
-    vae = build_vae(config, data.shape).to(device)
-    if resume:  # check before writing anything: a refused resume must leave the run as it was
-        check_resumable(workdir, {**config.to_dict(), **vae.spec})
-    workdir.mkdir(parents=True, exist_ok=True)
-    save_config(config, workdir / "config.toml")
-    history = train(vae, data, config, workdir, resume=resume, progress=progress)
+    vae = build_variant(config.model, data.shape, seed=run["seed"]).to(device)
+    saved = {**config.to_dict(), "model": model_section(vae)}
+    with elbo_context(config.objective["elbo"]["name"]):
+        trainer = make_trainer(vae, data, config)
+        # check before writing anything: a refused run must leave the folder as it was
+        if resume:
+            check_resumable(workdir, saved)
+        trainer.check(data, vae.training_size(data))
+        workdir.mkdir(parents=True, exist_ok=True)
+        save_config(config, workdir / "config.toml")
+        history = trainer.fit(data, workdir, resume=resume, progress=progress, config=saved)
     labels = {"y": data.test_labels} if vae.requires_y else {}
-    evaluation = evaluate(vae, data.test, config.num_eval_samples, config.eval_batch_size, **labels)
+    evaluation = evaluate(
+        vae, data.test, run["num_eval_samples"], run["eval_batch_size"], **labels
+    )
     evaluation.update(vae.metrics(data.test, data.test_labels))
     (workdir / "evaluation.json").write_text(json.dumps(evaluation, indent=2) + "\n")
     logger.info(
         "held-out: ELBO %.3f, log p(x) >= %.3f (IWAE, K=%d) nats per data point",
         evaluation["elbo"],
         evaluation["log_likelihood"],
-        config.num_eval_samples,
+        run["num_eval_samples"],
     )
     write_figures(vae, data, history, workdir)
     return FitResult(vae, data, history, evaluation, workdir)
@@ -180,13 +289,16 @@ def write_figures(vae: VAE, data: Dataset, history: list[dict[str, Any]], workdi
 def load_run(
     workdir: str | os.PathLike, device: str | torch.device = "cpu"
 ) -> tuple[VAE, Config, dict[str, Any]]:
-    """Rebuild the trained VAE of a run folder; returns ``(vae, config, checkpoint)``."""
+    """Rebuild the trained VAE of a run folder; returns ``(vae, config, checkpoint)``.
+
+    Reads the checkpoints of this pyrovae and of pyrovae 0.1 (a flat config, one
+    optimizer)."""
     path = Path(workdir)
     checkpoint = load_checkpoint(path / "checkpoint.pt" if path.is_dir() else path, "cpu")
+    values = checkpoint.get("config", {})
+    model = values.get("model", {}) if not is_flat(values) else values
     custom = {
-        k: v
-        for k, v in checkpoint.get("config", {}).items()
-        if isinstance(v, str) and v.startswith("custom ")
+        k: v for k, v in model.items() if isinstance(v, str) and v.startswith("custom ")
     }
     if custom:
         raise CheckpointError(
@@ -195,8 +307,8 @@ def load_run(
             "vae.load_state_dict(load_checkpoint(path)['vae'])"
         )
     try:
-        config = from_dict(checkpoint["config"])
-        vae = build_vae(config, checkpoint["event_shape"])
+        config = saved_config(checkpoint)
+        vae = build_variant(config.model, checkpoint["event_shape"], seed=config.run["seed"])
         vae.load_state_dict(checkpoint["vae"])
     except (KeyError, RuntimeError, ConfigError) as e:
         raise CheckpointError(

@@ -161,7 +161,7 @@ def _load_conditional(args: argparse.Namespace, what: str):
     if not vae.needs_labels:
         raise ConfigError(
             f"{what} needs a run of a model with labels (--model cvae or m2); {args.run} is a "
-            f"plain {config.model}"
+            f"plain {config.model['variant']['name']}"
         )
     pyro.set_rng_seed(args.seed)
     return vae, config

@@ -35,8 +35,8 @@ def load_items(path: str | Path, config: Config):
     from pyrovae.data import load_dataset
 
     # a dynamic binarization is drawn once, as for a test set
-    binarize = "static" if config.binarize == "dynamic" else config.binarize
-    data = load_dataset(path=path, binarize=binarize, seed=config.seed)
+    binarize = "static" if config.data["binarize"] == "dynamic" else config.data["binarize"]
+    data = load_dataset(path=path, binarize=binarize, seed=config.run["seed"])
     x = torch.cat([data.train, data.test])
     y = None
     if data.train_labels is not None and data.test_labels is not None:

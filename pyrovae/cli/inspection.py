@@ -152,8 +152,8 @@ def _inspect_inputs(args: argparse.Namespace, vae, config, heldout) -> tuple:
     from pyrovae.data import load_items
 
     if args.data:
-        binarize = "static" if config.binarize == "dynamic" else config.binarize
-        pool, where = load_items(args.data, binarize=binarize, seed=config.seed), args.data
+        binarize = "static" if config.data["binarize"] == "dynamic" else config.data["binarize"]
+        pool, where = load_items(args.data, binarize=binarize, seed=config.run["seed"]), args.data
     else:
         pool, where = heldout(), "the held-out set"
     items = args.items if args.items is not None else list(range(min(3, len(pool))))
@@ -175,7 +175,7 @@ def _refuse_labelled(vae, config: Config, command: str, attribute: str) -> None:
     if getattr(vae, attribute):
         raise ConfigError(
             f"pyrovae {command} analyses q(z|x) of a plain VAE; this run's model is "
-            f"{config.model}, whose guide also reads the label y"
+            f"{config.model['variant']['name']}, whose guide also reads the label y"
         )
 
 

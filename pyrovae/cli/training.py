@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -11,31 +10,62 @@ from pathlib import Path
 import numpy as np
 
 from pyrovae.cli.common import load_items, run_parser
-from pyrovae.config import Config, field_type, from_dict, load_config
+from pyrovae.config import COMPONENTS, SECTIONS, Config, flag_options, load_config
 from pyrovae.errors import ConfigError, PyroVAEError
 
 
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _site_weights(text: str) -> tuple[str, float]:
+    site, sep, weight = text.partition("=")
+    try:
+        return site, float(weight)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected SITE=WEIGHT, e.g. z2=0.5, got {text!r}") from None
+
+
+def _add_typed(group: argparse._ArgumentGroup, name: str, kind: type, help: str, **kw) -> None:
+    """One flag; defaults are SUPPRESSed so that only explicit flags override a config."""
+    kwargs: dict = {"default": argparse.SUPPRESS, "dest": name, "help": help, **kw}
+    if kind is bool:
+        kwargs["action"] = argparse.BooleanOptionalAction
+    elif kind is tuple:
+        kwargs.update(type=int, nargs="+", metavar="N")
+    elif kind is dict:
+        kwargs.update(type=_site_weights, nargs="+", metavar="SITE=W")
+    else:
+        kwargs["type"] = kind
+    group.add_argument(_flag(name), **kwargs)
+
+
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per Config field; defaults are SUPPRESSed so only explicit flags override."""
-    group = parser.add_argument_group("run configuration (also keys of --config FILE)")
-    for f in dataclasses.fields(Config):
-        flag = "--" + f.name.replace("_", "-")
-        kind = field_type(f)
-        default = f.default
-        kwargs: dict = {
-            "default": argparse.SUPPRESS,
-            "dest": f.name,
-            "help": f"{f.metadata['help']} (default: {default})",
-        }
-        if f.metadata.get("choices") is not None:
-            kwargs["choices"] = list(f.metadata["choices"])
-        if kind is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        elif kind is tuple:
-            kwargs.update(type=int, nargs="+", metavar="N")
-        else:
-            kwargs["type"] = kind
-        group.add_argument(flag, **kwargs)
+    """The run configuration's flags, generated from the sections' keys and from the
+    options every registered component declares (one ``--help`` group each)."""
+    for section, keys in SECTIONS.items():
+        group = parser.add_argument_group(f"[{section}] (keys of --config FILE)")
+        for key, component in COMPONENTS.items():
+            if component.section == section:
+                names = component.registry.names()
+                _add_typed(
+                    group,
+                    component.flag,
+                    str,
+                    f"{component.help} (default: {component.default})",
+                    choices=names,
+                )
+        for key, spec in keys.items():
+            choices = {"choices": list(spec.choices)} if spec.choices else {}
+            _add_typed(group, key, spec.type, f"{spec.help} (default: {spec.default})", **choices)
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for name, (option, owners) in flag_options().items():
+        kind = owners[0].split(" ")[0]
+        if kind not in groups:
+            groups[kind] = parser.add_argument_group(f"{kind} options (the chosen {kind} takes its own)")
+        choices = {"choices": list(option.choices)} if option.choices else {}
+        help = f"{option.help} [{', '.join(owners)}; default: {option.default}]"
+        _add_typed(groups[kind], name, option.type, help, **choices)
 
 
 def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -99,11 +129,17 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     )
 
 
+#: the arguments of ``pyrovae train`` that are not config flags
+_TRAIN_ARGUMENTS = ("command", "quiet", "workdir", "config", "resume", "no_progress")
+
+
 def _config_from_args(args: argparse.Namespace) -> Config:
-    names = {f.name for f in dataclasses.fields(Config)}
-    flags = {k: v for k, v in vars(args).items() if k in names}
-    if "hidden" in flags:
-        flags["hidden"] = tuple(flags["hidden"])
+    flags = {k: v for k, v in vars(args).items() if k not in _TRAIN_ARGUMENTS}
+    for key, value in flags.items():
+        if isinstance(value, list) and value and isinstance(value[0], tuple):
+            flags[key] = dict(value)  # SITE=WEIGHT pairs
+        elif isinstance(value, list):
+            flags[key] = tuple(value)
     config_file = args.config
     if args.resume and not (args.workdir / "checkpoint.pt").exists():
         raise PyroVAEError(
@@ -113,7 +149,7 @@ def _config_from_args(args: argparse.Namespace) -> Config:
         config_file = args.workdir / "config.toml"
     if config_file is not None:
         return load_config(config_file, **flags)
-    return from_dict(flags)
+    return Config.from_flags(**flags)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -192,7 +228,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     elif args.label is not None:
         raise ConfigError(
             f"--label needs a run of a model with labels (--model cvae or m2); {args.run} is a "
-            f"plain {config.model}: drop --label"
+            f"plain {config.model['variant']['name']}: drop --label"
         )
     else:
         samples = vae.sample(args.num_samples).cpu()

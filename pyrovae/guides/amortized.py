@@ -19,7 +19,8 @@ References
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import pyro
 import pyro.distributions as dist
@@ -27,7 +28,7 @@ import torch
 from torch import nn
 
 from pyrovae.guides.encoders import ENCODERS, diagonal_normal
-from pyrovae.model.generative import LocalPyroModule, data_plate, kl_weight
+from pyrovae.model.base import LocalPyroModule, data_plate, kl_weight
 from pyrovae.registry import Registry
 
 __all__ = ["GUIDES", "AmortizedGuide", "AmortizedNormalGuide", "make_guide"]
@@ -49,7 +50,7 @@ class AmortizedGuide(LocalPyroModule):
         self.encoder = encoder
 
     @staticmethod
-    def num_encoder_outputs(**options: object) -> int:
+    def num_encoder_outputs(**options: Any) -> int:
         """How many ``latent_dim``-wide outputs the encoder needs (given the guide's options)."""
         return 2
 
@@ -103,19 +104,22 @@ def make_guide(
     latent_dim: int,
     event_shape: Sequence[int],
     hidden: Sequence[int],
-    **options: object,
+    options: Mapping[str, Any] | None = None,
+    encoder_options: Mapping[str, Any] | None = None,
 ) -> AmortizedGuide:
     """Build the guide registered as ``name`` with a fresh ``encoder`` network.
 
-    ``options`` are the guides' own settings (``guide_rank``, ``num_flows``); each
-    guide takes the ones its constructor names.
+    ``options`` are the guide's own settings (``guide_rank`` of ``lowrank``,
+    ``num_flows`` of ``iaf``), ``encoder_options`` the network's (``channels`` of
+    ``conv``); each is checked against what the entry declares.
     """
-    cls = GUIDES[name]
+    options = GUIDES.check_options(name, options or {})
     net = ENCODERS.build(
         encoder,
+        encoder_options,
         latent_dim=latent_dim,
         event_shape=tuple(event_shape),
         hidden=tuple(hidden),
-        num_outputs=cls.num_encoder_outputs(**options),
+        num_outputs=GUIDES[name].num_encoder_outputs(**options),
     )
-    return GUIDES.build(name, net, latent_dim=latent_dim, **options)
+    return GUIDES.build(name, options, encoder=net, latent_dim=latent_dim)

@@ -1,9 +1,4 @@
-r"""The conditional guide :math:`q_\phi(z \mid x, y)` of the conditional VAE and of M2.
-
-.. math::
-
-    q_\phi(z \mid x, y) = \mathcal{N}\big(z \mid \mu_\phi(x, y),
-        \operatorname{diag} \exp(\log\sigma^2_\phi(x, y))\big)
+r"""The conditional encoder of :math:`q_\phi(z \mid x, y)` (the conditional VAE and M2).
 
 The encoder reads the data and the one-hot label together: an MLP encoder reads
 ``[flatten(x), onehot(y)]``, a convolutional encoder reads the label as ``C`` extra
@@ -17,19 +12,17 @@ References
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from math import prod
+from typing import Any
 
-import pyro
 import torch
 from torch import nn
 
-from pyrovae.errors import DataError
-from pyrovae.guides.encoders import ENCODERS, diagonal_normal
-from pyrovae.model.conditional import join, one_hot
-from pyrovae.model.generative import LocalPyroModule, data_plate, kl_weight
+from pyrovae.guides.encoders import ENCODERS
+from pyrovae.networks import join, one_hot
 
-__all__ = ["ConditionalEncoder", "ConditionalNormalGuide"]
+__all__ = ["ConditionalEncoder"]
 
 
 class ConditionalEncoder(nn.Module):
@@ -48,6 +41,8 @@ class ConditionalEncoder(nn.Module):
         Hidden layer sizes.
     num_classes : int
         Number of labels.
+    options : mapping, optional
+        The network's options (``channels`` of ``conv``).
     """
 
     def __init__(
@@ -57,6 +52,7 @@ class ConditionalEncoder(nn.Module):
         event_shape: Sequence[int],
         hidden: Sequence[int],
         num_classes: int,
+        options: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.event_shape = tuple(event_shape)
@@ -68,7 +64,7 @@ class ConditionalEncoder(nn.Module):
         else:
             input_shape = (prod(self.event_shape) + num_classes,)
         self.net = ENCODERS.build(
-            name, latent_dim=latent_dim, event_shape=input_shape, hidden=tuple(hidden)
+            name, options, latent_dim=latent_dim, event_shape=input_shape, hidden=tuple(hidden)
         )
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,36 +81,3 @@ class ConditionalEncoder(nn.Module):
             dim=-3,
         )
         return self.net(inputs)
-
-
-class ConditionalNormalGuide(LocalPyroModule):
-    """Diagonal-Gaussian guide :math:`q(z \\mid x, y)` with the model's signature
-    ``forward(x=None, y=None, *, num_data=None, batch_size=None, beta=1.0)``.
-
-    With ``x=None`` (generation) there is nothing to infer and the guide samples nothing.
-    """
-
-    def __init__(self, encoder: ConditionalEncoder) -> None:
-        super().__init__()
-        self.encoder = encoder
-
-    def forward(
-        self,
-        x: torch.Tensor | None = None,
-        y: torch.Tensor | None = None,
-        *,
-        num_data: int | None = None,
-        batch_size: int | None = None,
-        beta: float = 1.0,
-    ) -> tuple[torch.Tensor, torch.Tensor] | None:
-        if x is None:
-            return None
-        if y is None:
-            raise DataError(
-                "the conditional VAE needs the labels y of its data (one class index per item)"
-            )
-        with data_plate(len(x), num_data, x.device):
-            loc, log_var = self.encoder(x, y)
-            with kl_weight(beta):
-                pyro.sample("z", diagonal_normal(loc, log_var))
-        return loc, log_var

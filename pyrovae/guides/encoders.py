@@ -56,6 +56,12 @@ class ConvEncoder(nn.Module):
     """A small convolutional encoder for images ``(C, H, W)``, H and W divisible by 4.
 
     ``Conv(C->32, stride 2) -> Conv(32->64, stride 2) -> Linear(hidden[0]) -> 2 * latent_dim``.
+
+    Parameters
+    ----------
+    channels : tuple of int
+        conv networks: channels of the stride-2 convolutions (height and width must be
+        divisible by 2 ** their number).
     """
 
     def __init__(
@@ -63,8 +69,9 @@ class ConvEncoder(nn.Module):
         latent_dim: int,
         event_shape: Sequence[int],
         hidden: Sequence[int] = (256,),
-        channels: Sequence[int] = (32, 64),
         num_outputs: int = 2,
+        *,
+        channels: tuple[int, ...] = (32, 64),
     ) -> None:
         super().__init__()
         self.event_shape = tuple(event_shape)

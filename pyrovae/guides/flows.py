@@ -31,8 +31,6 @@ References
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import pyro.distributions as dist
 import torch
 from pyro.distributions.transforms import ConditionalAffineAutoregressive
@@ -57,19 +55,19 @@ class IAFGuide(AmortizedGuide):
     latent_dim : int
         Dimension of :math:`z`.
     num_flows : int
-        Number of IAF steps :math:`T \\ge 1`.
-    flow_hidden : sequence of int, optional
-        Hidden layers of each step's MADE (default ``[2 * latent_dim]``, at least
-        ``latent_dim`` wide as MADE needs).
+        inverse autoregressive flow steps T >= 1 of the iaf guide.
+    flow_hidden : tuple of int, optional
+        hidden layers of each flow step's MADE (default: 2 * latent_dim; at least
+        latent_dim wide, as MADE needs).
     """
 
     def __init__(
         self,
         encoder: nn.Module,
         latent_dim: int,
+        *,
         num_flows: int = 2,
-        flow_hidden: Sequence[int] | None = None,
-        **_: object,
+        flow_hidden: tuple[int, ...] | None = None,
     ) -> None:
         super().__init__(encoder)
         if num_flows < 1:
@@ -85,7 +83,7 @@ class IAFGuide(AmortizedGuide):
             self.flows.append(ConditionalAffineAutoregressive(made, stable=True))
 
     @staticmethod
-    def num_encoder_outputs(**_: object) -> int:
+    def num_encoder_outputs(**options: object) -> int:
         return 3
 
     def posterior(

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from pyrovae.errors import DataError
-from pyrovae.model.generative import LocalPyroModule, data_plate, kl_weight
+from pyrovae.model.base import LocalPyroModule, data_plate, kl_weight
 
 __all__ = ["LocalNormalGuide"]
 

@@ -42,15 +42,15 @@ class LowRankNormalGuide(AmortizedGuide):
     encoder : nn.Module
         Returns ``2 + guide_rank`` tensors of shape ``(..., latent_dim)``.
     guide_rank : int
-        :math:`r \\ge 1`.
+        rank r >= 1 of the low-rank guide's covariance factor.
     """
 
-    def __init__(self, encoder: nn.Module, guide_rank: int = 2, **_: object) -> None:
+    def __init__(self, encoder: nn.Module, *, guide_rank: int = 2) -> None:
         super().__init__(encoder)
-        self.rank = self.num_encoder_outputs(guide_rank) - 2
+        self.rank = self.num_encoder_outputs(guide_rank=guide_rank) - 2
 
     @staticmethod
-    def num_encoder_outputs(guide_rank: int = 2, **_: object) -> int:
+    def num_encoder_outputs(*, guide_rank: int = 2) -> int:
         if guide_rank < 1:
             raise ConfigError(f"the low-rank guide needs guide_rank >= 1, got {guide_rank}")
         return 2 + guide_rank

@@ -1,7 +1,7 @@
-"""Inference: the SVI loop, objectives, evaluation, diagnostics, posterior inspection
-(ArviZ draws, NUTS, inference gaps, the latent space) and checkpoints."""
+"""Inference, by purpose: training (the trainer of steps, objectives, schedules,
+checkpoints), evaluation, inspection (diagnostics, ArviZ draws, NUTS, inference gaps, the
+latent space) and applications."""
 
-from pyrovae.inference.checkpoint import load_checkpoint, save_checkpoint
 from pyrovae.inference.diagnostics import (
     active_units,
     diagnose,
@@ -27,14 +27,6 @@ from pyrovae.inference.latent import (
     save_codes,
 )
 from pyrovae.inference.mcmc import nuts_posterior
-from pyrovae.inference.objectives import (
-    ELBOS,
-    IWAE,
-    FreeBitsELBO,
-    InfoVAEELBO,
-    RenyiObjective,
-    make_elbo,
-)
 from pyrovae.inference.posterior import (
     compare_posteriors,
     load_inference_data,
@@ -42,8 +34,21 @@ from pyrovae.inference.posterior import (
     posterior_summary,
     save_inference_data,
 )
-from pyrovae.inference.schedules import SCHEDULES, make_schedule
-from pyrovae.inference.svi import SVITrainer, train
+from pyrovae.inference.training import (
+    ELBOS,
+    IWAE,
+    SCHEDULES,
+    FreeBitsELBO,
+    InfoVAEELBO,
+    RenyiObjective,
+    SVIStep,
+    Trainer,
+    TrainingStep,
+    load_checkpoint,
+    make_elbo,
+    make_schedule,
+    save_checkpoint,
+)
 
 __all__ = [
     "ELBOS",
@@ -54,7 +59,9 @@ __all__ = [
     "InferenceGaps",
     "InfoVAEELBO",
     "RenyiObjective",
-    "SVITrainer",
+    "SVIStep",
+    "Trainer",
+    "TrainingStep",
     "active_units",
     "compare_posteriors",
     "diagnose",
@@ -83,5 +90,4 @@ __all__ = [
     "save_codes",
     "save_inference_data",
     "total_kl",
-    "train",
 ]

@@ -41,10 +41,11 @@ from pyro.poutine.util import site_is_subsample
 
 from pyrovae.errors import ConfigError, DataError
 from pyrovae.inference.evaluation import _batched, _eval_mode, reconstruction_error
-from pyrovae.vae import VAE
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+
+    from pyrovae.variants import VAE
 
 __all__ = [
     "SCORES",

@@ -20,6 +20,7 @@ References
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import pyro.distributions as dist
 import torch
@@ -27,7 +28,9 @@ from torch.distributions import kl_divergence
 
 from pyrovae.errors import ConfigError, DataError
 from pyrovae.guides.encoders import diagonal_normal
-from pyrovae.vae import VAE
+
+if TYPE_CHECKING:
+    from pyrovae.variants import VAE
 
 __all__ = [
     "active_units",

@@ -24,13 +24,16 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import pyro
 import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
-from pyrovae.vae import VAE
+if TYPE_CHECKING:
+    from pyrovae.variants import VAE
+
 
 __all__ = [
     "evaluate",

@@ -48,6 +48,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -55,8 +56,10 @@ from pyrovae.errors import ConfigError
 from pyrovae.guides.local import LocalNormalGuide
 from pyrovae.inference.evaluation import log_weights
 from pyrovae.inference.mcmc import frozen
-from pyrovae.inference.objectives import make_elbo
-from pyrovae.vae import VAE
+from pyrovae.inference.training.objectives import make_elbo
+
+if TYPE_CHECKING:
+    from pyrovae.variants import VAE
 
 __all__ = ["InferenceGaps", "inference_gaps", "optimize_local_guide"]
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from pyro import poutine
@@ -47,7 +48,9 @@ from pyro.poutine.util import site_is_subsample
 from pyrovae.errors import ConfigError, DataError
 from pyrovae.inference.evaluation import _eval_mode
 from pyrovae.registry import Registry
-from pyrovae.vae import VAE
+
+if TYPE_CHECKING:
+    from pyrovae.variants import VAE
 
 __all__ = [
     "CORRUPTIONS",

@@ -26,7 +26,7 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -35,7 +35,9 @@ from pyrovae.data import Dataset
 from pyrovae.errors import ConfigError, DataError
 from pyrovae.inference.diagnostics import diagnose, encode_all
 from pyrovae.registry import Registry
-from pyrovae.vae import VAE
+
+if TYPE_CHECKING:
+    from pyrovae.variants import VAE
 
 __all__ = [
     "EMBEDDINGS",

@@ -32,10 +32,11 @@ from typing import TYPE_CHECKING
 import torch
 
 from pyrovae.errors import ConfigError
-from pyrovae.vae import VAE
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+
+    from pyrovae.variants import VAE
 
 __all__ = [
     "INTERPOLATIONS",

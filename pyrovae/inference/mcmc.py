@@ -39,10 +39,11 @@ from pyro.infer.autoguide.initialization import init_to_sample
 
 from pyrovae.errors import ConfigError
 from pyrovae.inference.posterior import _coords, _dims, import_arviz
-from pyrovae.vae import VAE
 
 if TYPE_CHECKING:
     import arviz
+
+    from pyrovae.variants import VAE
 
 __all__ = ["frozen", "max_r_hat", "nuts_posterior"]
 

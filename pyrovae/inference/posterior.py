@@ -45,11 +45,12 @@ import torch
 from pyro.infer import Predictive
 
 from pyrovae.errors import ConfigError, DataError
-from pyrovae.vae import VAE
 
 if TYPE_CHECKING:
     import arviz
     import pandas
+
+    from pyrovae.variants import VAE
 
 __all__ = [
     "compare_posteriors",

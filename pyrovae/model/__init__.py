@@ -1,7 +1,8 @@
-"""The generative model: priors, likelihoods, decoders and the model function."""
+"""Reusable parts of generative models: priors, likelihoods, decoders, the data plate and
+the KL weight. The variants' models are in :mod:`pyrovae.variants`."""
 
+from pyrovae.model.base import LocalPyroModule, data_plate, kl_weight
 from pyrovae.model.decoders import DECODERS, ConvDecoder, MLPDecoder
-from pyrovae.model.generative import VAEModel
 from pyrovae.model.likelihoods import (
     LIKELIHOODS,
     BernoulliLikelihood,
@@ -35,11 +36,13 @@ __all__ = [
     "LaplaceLikelihood",
     "LearnedNormalPrior",
     "Likelihood",
+    "LocalPyroModule",
     "MLPDecoder",
     "MixturePrior",
     "NormalPrior",
     "Prior",
-    "VAEModel",
+    "data_plate",
+    "kl_weight",
     "make_likelihood",
     "make_prior",
 ]

@@ -46,6 +46,12 @@ class ConvDecoder(nn.Module):
 
     ``z -> Linear(hidden[0]) -> Linear(64 * H/4 * W/4) -> ConvT(64->32, stride 2)
     -> ConvT(32->C, stride 2)``, mirroring :class:`pyrovae.guides.encoders.ConvEncoder`.
+
+    Parameters
+    ----------
+    channels : tuple of int
+        conv networks: channels of the stride-2 convolutions (height and width must be
+        divisible by 2 ** their number).
     """
 
     def __init__(
@@ -53,7 +59,8 @@ class ConvDecoder(nn.Module):
         latent_dim: int,
         event_shape: Sequence[int],
         hidden: Sequence[int] = (256,),
-        channels: Sequence[int] = (32, 64),
+        *,
+        channels: tuple[int, ...] = (32, 64),
     ) -> None:
         super().__init__()
         self.event_shape = tuple(event_shape)

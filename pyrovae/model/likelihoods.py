@@ -17,7 +17,8 @@ References
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
 
 import pyro.distributions as dist
 import torch
@@ -116,19 +117,22 @@ class _LocScaleLikelihood(Likelihood):
     event_shape : tuple of int
         Shape of one data point (needed for a per-pixel scale).
     scale : float
-        The fixed scale, or the initial value of a learned one.
+        gaussian/laplace scale (fixed, or initial value if learned).
     learn_scale : {"fixed", "global", "pixel"}
-        Keep ``scale`` fixed, learn one scale, or learn one scale per pixel.
+        gaussian/laplace scale: fixed, one global, per pixel.
     min_scale : float
-        Lower bound of a learned scale, so the density cannot collapse onto pixels
-        that are constant in the data (e.g. the border of digit images).
+        lower bound of a learned scale, so the density cannot collapse onto pixels that
+        are constant in the data (e.g. the border of digit images).
     """
 
     family: type[dist.TorchDistribution]
 
+    option_choices: ClassVar[dict[str, tuple[str, ...]]] = {"learn_scale": LEARN_SCALE}
+
     def __init__(
         self,
         event_shape: tuple[int, ...],
+        *,
         scale: float = 0.1,
         learn_scale: str = "fixed",
         min_scale: float = 1e-3,
@@ -225,11 +229,14 @@ class DistributionLikelihood(Likelihood):
 def make_likelihood(
     likelihood: str | Likelihood | Callable[[torch.Tensor], dist.Distribution],
     event_shape: tuple[int, ...],
-    **options: object,
+    options: Mapping[str, Any] | None = None,
 ) -> Likelihood:
-    """Build a likelihood from a registered name, a :class:`Likelihood` or a callable."""
+    """Build a likelihood from a registered name (with its ``options``), a
+    :class:`Likelihood` or a callable."""
     if isinstance(likelihood, str):
-        return LIKELIHOODS.build(likelihood, event_shape=tuple(event_shape), **options)
+        return LIKELIHOODS.build(likelihood, options, event_shape=tuple(event_shape))
+    if options:
+        raise ConfigError("options are for a registered likelihood, given by its name")
     if isinstance(likelihood, Likelihood):
         return likelihood
     if callable(likelihood):

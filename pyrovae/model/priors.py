@@ -15,7 +15,8 @@ References
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import pyro.distributions as dist
 import torch
@@ -91,10 +92,10 @@ class MixturePrior(Prior):
     latent_dim : int
         Dimension of :math:`z`.
     num_components : int
-        :math:`K`, default 10.
+        components K of the mixture prior.
     """
 
-    def __init__(self, latent_dim: int, num_components: int = 10) -> None:
+    def __init__(self, latent_dim: int, *, num_components: int = 10) -> None:
         super().__init__(latent_dim)
         if num_components < 1:
             raise ConfigError(f"mixture prior needs num_components >= 1, got {num_components}")
@@ -151,11 +152,16 @@ def check_prior(prior: object, latent_dim: int) -> None:
 def make_prior(
     prior: str | Prior | dist.Distribution | Callable[[], dist.Distribution],
     latent_dim: int,
-    **kwargs: object,
+    options: Mapping[str, Any] | None = None,
+    **context: Any,
 ) -> Prior:
-    """Build a prior from a registered name, a :class:`Prior`, a distribution or a callable."""
+    """Build a prior from a registered name (with its ``options``; ``context`` is what
+    the builder knows: ``event_shape``, the ``encoder`` network, ...), a :class:`Prior`,
+    a distribution or a callable."""
     if isinstance(prior, str):
-        return PRIORS.build(prior, latent_dim, **kwargs)
+        return PRIORS.build(prior, options, latent_dim=latent_dim, **context)
+    if options:
+        raise ConfigError("options are for a registered prior, given by its name")
     if isinstance(prior, Prior):
         check_prior(prior(), latent_dim)
         return prior

@@ -40,13 +40,11 @@ References
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import Any
 
 from pyrovae.errors import ConfigError
 from pyrovae.registry import Registry
-
-if TYPE_CHECKING:
-    from pyrovae.config import Config
 
 __all__ = [
     "SCHEDULES",
@@ -86,10 +84,29 @@ class ConstantSchedule(Schedule):
 
 @SCHEDULES.register("linear")
 class LinearSchedule(Schedule):
-    r""":math:`\beta_t = \beta \min(1, t / T_w)`; ``warmup_steps = 0`` is constant."""
+    r""":math:`\beta_t = \beta \min(1, t / T_w)`; ``warmup_steps = 0`` is constant.
 
-    def __init__(self, beta: float = 1.0, warmup_steps: int = 0) -> None:
+    Parameters
+    ----------
+    warmup_epochs : int
+        linear schedule: epochs of warm-up from 0 to beta.
+    warmup_steps : int, optional
+        linear schedule: warm-up in steps (overrides warmup_epochs).
+    """
+
+    def __init__(
+        self,
+        beta: float = 1.0,
+        steps_per_epoch: int = 1,
+        *,
+        warmup_epochs: int = 10,
+        warmup_steps: int | None = None,
+    ) -> None:
         super().__init__(beta)
+        if warmup_steps is None:
+            if warmup_epochs < 0:
+                raise ConfigError(f"the warm-up must be >= 0 epochs, got {warmup_epochs}")
+            warmup_steps = warmup_epochs * steps_per_epoch
         if warmup_steps < 0:
             raise ConfigError(f"the warm-up must be >= 0 steps, got {warmup_steps}")
         self.warmup_steps = int(warmup_steps)
@@ -103,12 +120,21 @@ class LinearSchedule(Schedule):
 @SCHEDULES.register("cyclical")
 class CyclicalSchedule(Schedule):
     r""":math:`\beta_t = \beta \min(1, \tau / R)` with :math:`\tau = (t \bmod P) / P`,
-    :math:`P = T / M`."""
+    :math:`P = T / M`.
+
+    Parameters
+    ----------
+    num_cycles : int
+        cyclical schedule: cycles M over the run.
+    cycle_ratio : float
+        cyclical schedule: fraction R of a cycle spent increasing.
+    """
 
     def __init__(
         self,
         beta: float = 1.0,
         total_steps: int = 1,
+        *,
         num_cycles: int = 4,
         cycle_ratio: float = 0.5,
     ) -> None:
@@ -130,21 +156,24 @@ class CyclicalSchedule(Schedule):
         return self.beta * min(1.0, tau / self.cycle_ratio)
 
 
-def make_schedule(config: Config, steps_per_epoch: int) -> Schedule:
-    """The schedule ``config.kl_schedule`` describes, for ``steps_per_epoch`` SVI steps per epoch.
+def make_schedule(
+    name: str,
+    options: Mapping[str, Any] | None = None,
+    *,
+    beta: float = 1.0,
+    steps_per_epoch: int = 1,
+    num_epochs: int = 1,
+) -> Schedule:
+    """The schedule registered as ``name`` with its ``options``, for a run of ``num_epochs``
+    epochs of ``steps_per_epoch`` SVI steps.
 
-    ``linear`` warms up over ``config.warmup_steps`` steps if set, else over
-    ``config.warmup_epochs`` epochs; ``cyclical`` spreads ``config.num_cycles`` cycles
-    over the ``config.num_epochs`` epochs of the run.
+    ``linear`` warms up over ``warmup_steps`` steps if set, else over ``warmup_epochs``
+    epochs; ``cyclical`` spreads ``num_cycles`` cycles over the run.
     """
-    warmup = config.warmup_steps
-    if warmup is None:
-        warmup = config.warmup_epochs * steps_per_epoch
     return SCHEDULES.build(
-        config.kl_schedule,
-        beta=config.beta,
-        warmup_steps=warmup,
-        total_steps=config.num_epochs * steps_per_epoch,
-        num_cycles=config.num_cycles,
-        cycle_ratio=config.cycle_ratio,
+        name,
+        options,
+        beta=beta,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=num_epochs * steps_per_epoch,
     )

@@ -40,8 +40,8 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Mapping
+from typing import Any, ClassVar
 
 import pyro
 import pyro.distributions as dist
@@ -73,20 +73,23 @@ ELBOS.register("JitTrace_ELBO")(JitTrace_ELBO)
 
 
 def make_elbo(
-    name: str, num_particles: int = 1, vectorize_particles: bool = False, **options: Any
+    name: str,
+    options: Mapping[str, Any] | None = None,
+    *,
+    num_particles: int = 1,
+    vectorize_particles: bool | None = None,
 ) -> ELBO:
-    """The ELBO registered as ``name``; our model has one plate, hence ``max_plate_nesting=1``.
-
-    ``options`` are the objectives' own settings (``free_bits``, ``mmd_alpha``,
-    ``mmd_lambda``, ``mmd_kernel``, ``renyi_alpha``); each objective takes the ones
-    its constructor names and ignores the rest, so one flat config serves all.
+    """The ELBO registered as ``name`` with its checked ``options`` (``free_bits`` of
+    ``FreeBits_ELBO``, ``renyi_alpha`` of ``RenyiELBO``, ...). Our models have one plate,
+    hence ``max_plate_nesting=1``; ``vectorize_particles=None`` keeps the objective's own
+    default (the IWAE and Rényi bounds always vectorize).
     """
-    options.update(
-        num_particles=num_particles, vectorize_particles=vectorize_particles, max_plate_nesting=1
-    )
+    context: dict[str, Any] = {"num_particles": num_particles, "max_plate_nesting": 1}
+    if vectorize_particles is not None:
+        context["vectorize_particles"] = vectorize_particles
     if name.startswith("Jit"):
-        options["ignore_jit_warnings"] = True
-    return ELBOS.build(name, **options)
+        context["ignore_jit_warnings"] = True
+    return ELBOS.build(name, options, **context)
 
 
 @contextlib.contextmanager
@@ -227,13 +230,15 @@ class FreeBitsELBO(TraceObjective):
     is above the floor; the reported ``train_elbo`` and every evaluation use the true
     ELBO.
 
+    With several latent sites (a hierarchical VAE) each site's dimensions get the floor;
+    a conditional prior (:math:`p(z_1 \mid z_2)`) is taken at the guide's draw of its
+    parents.
+
     Parameters
     ----------
     free_bits : float
-        :math:`\lambda`, nats per dimension per data point (>= 0; 0 is the ELBO with a
-        closed-form KL).
-    latent : str
-        The sample site the floor applies to (``"z"``).
+        FreeBits_ELBO: KL floor lambda in nats per latent dimension (>= 0; 0 is the ELBO
+        with a closed-form KL).
 
     References
     ----------
@@ -245,11 +250,11 @@ class FreeBitsELBO(TraceObjective):
 
     def __init__(
         self,
-        free_bits: float = 0.25,
         num_particles: int = 1,
         max_plate_nesting: float = float("inf"),
         vectorize_particles: bool = False,
-        latent: str = "z",
+        *,
+        free_bits: float = 0.25,
     ) -> None:
         if free_bits < 0:
             raise ConfigError(f"free_bits must be >= 0 nats per dimension, got {free_bits}")
@@ -259,34 +264,38 @@ class FreeBitsELBO(TraceObjective):
             vectorize_particles=vectorize_particles,
         )
         self.free_bits = float(free_bits)
-        self.latent = latent
 
-    def kl_per_dimension(self, model_trace: Any, guide_trace: Any) -> tuple[torch.Tensor, Any]:
+    def kl_per_dimension(
+        self, model_trace: Any, guide_trace: Any, site: str
+    ) -> tuple[torch.Tensor, Any]:
         """``(KL of every point and dimension, shape (..., D), site scale)`` in closed form."""
-        guide_site = guide_trace.nodes[self.latent]
+        guide_site = guide_trace.nodes[site]
         q = _factorized_normal(guide_site["fn"])
-        p = _factorized_normal(model_trace.nodes[self.latent]["fn"])
+        p = _factorized_normal(model_trace.nodes[site]["fn"])
         if q is None or p is None:
             raise ConfigError(
                 "free bits need a diagonal Gaussian guide (--guide normal) and a prior that "
                 "factorises over dimensions (--prior normal or learned-normal); got guide "
                 f"{type(guide_site['fn']).__name__} and prior "
-                f"{type(model_trace.nodes[self.latent]['fn']).__name__}"
+                f"{type(model_trace.nodes[site]['fn']).__name__} at site {site!r}"
             )
         # a KL weight of 0 masks the site (see pyrovae.model.generative.kl_weight)
         scale = 0.0 if guide_site["mask"] is False else guide_site["scale"]
         return kl_divergence(q, p), scale
 
     def particle_loss(self, model_trace: Any, guide_trace: Any) -> torch.Tensor:
+        latent = {name for name, _ in _sample_sites(guide_trace)}
         elbo = 0.0
         for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
             for name, site in _sample_sites(trace):
-                if name != self.latent:
+                if name not in latent:
                     elbo = elbo + sign * site["log_prob_sum"]
-        kl, scale = self.kl_per_dimension(model_trace, guide_trace)
-        kl = kl.reshape(-1, kl.shape[-1])  # (points [x particles], D)
-        charged = torch.clamp(kl.mean(0), min=self.free_bits).sum() * len(kl)
-        return -(elbo - scale * charged)
+        for name in latent:
+            kl, scale = self.kl_per_dimension(model_trace, guide_trace, name)
+            kl = kl.reshape(-1, kl.shape[-1])  # (points [x particles], D)
+            charged = torch.clamp(kl.mean(0), min=self.free_bits).sum() * len(kl)
+            elbo = elbo - scale * charged
+        return -elbo
 
 
 def _rbf_kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -346,13 +355,18 @@ class InfoVAEELBO(TraceObjective):
     :math:`\alpha = 1` drops the per-point KL and keeps only the MMD (the MMD-VAE).
     The MMD estimate is :func:`mmd` (unbiased, RBF or IMQ kernel).
 
+    A model with several latent sites is refused: the MMD compares the aggregate
+    posterior of one code with its prior.
+
     Parameters
     ----------
-    alpha, lambda_ : float
-        :math:`\alpha` and :math:`\lambda`, with :math:`\alpha + \lambda \ge 1` so the
-        divergence is penalised, not rewarded.
-    kernel : str
-        ``"rbf"`` or ``"imq"``.
+    mmd_alpha : float
+        InfoVAE_ELBO: alpha (the KL term is weighted 1 - alpha).
+    mmd_lambda : float
+        InfoVAE_ELBO: lambda (the MMD weight is alpha + lambda - 1; alpha + lambda >= 1,
+        so the divergence is penalised, not rewarded).
+    mmd_kernel : str
+        InfoVAE_ELBO: kernel of the MMD (rbf or imq).
 
     References
     ----------
@@ -363,15 +377,17 @@ class InfoVAEELBO(TraceObjective):
 
     name = "InfoVAE_ELBO"
 
+    option_choices: ClassVar[dict[str, tuple[str, ...]]] = {"mmd_kernel": ("rbf", "imq")}
+
     def __init__(
         self,
-        mmd_alpha: float = 0.0,
-        mmd_lambda: float = 1000.0,
-        mmd_kernel: str = "rbf",
         num_particles: int = 1,
         max_plate_nesting: float = float("inf"),
         vectorize_particles: bool = False,
-        latent: str = "z",
+        *,
+        mmd_alpha: float = 0.0,
+        mmd_lambda: float = 1000.0,
+        mmd_kernel: str = "rbf",
     ) -> None:
         if mmd_alpha + mmd_lambda < 1:
             raise ConfigError(
@@ -387,15 +403,20 @@ class InfoVAEELBO(TraceObjective):
         self.alpha = float(mmd_alpha)
         self.lambda_ = float(mmd_lambda)
         self.kernel = mmd_kernel
-        self.latent = latent
 
     def particle_loss(self, model_trace: Any, guide_trace: Any) -> torch.Tensor:
+        latent = [name for name, _ in _sample_sites(guide_trace)]
+        if len(latent) != 1:
+            raise ConfigError(
+                f"InfoVAE_ELBO compares one code with its prior; this model has the latent "
+                f"sites {', '.join(latent)}: use another --elbo"
+            )
         elbo = 0.0
         for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
             for name, site in _sample_sites(trace):
-                weight = 1.0 - self.alpha if name == self.latent else 1.0
+                weight = 1.0 - self.alpha if name in latent else 1.0
                 elbo = elbo + sign * weight * site["log_prob_sum"]
-        site = model_trace.nodes[self.latent]
+        site = model_trace.nodes[latent[0]]
         dim = site["fn"].event_shape.numel()
         zq = site["value"].reshape(-1, dim)
         zp = site["fn"].sample().reshape(-1, dim).detach()
@@ -428,6 +449,11 @@ class RenyiObjective(TraceObjective):
     each point) and has no ``differentiable_loss`` for ``ELBOModule``; this class
     applies the scale after the log-mean-exp and is a drop-in ``ELBO``.
 
+    Parameters
+    ----------
+    renyi_alpha : float
+        RenyiELBO: order alpha of the bound (0 is IWAE; 1, the ELBO, is refused).
+
     References
     ----------
     - Burda, Grosse & Salakhutdinov (2016), Importance Weighted Autoencoders.
@@ -438,12 +464,24 @@ class RenyiObjective(TraceObjective):
 
     def __init__(
         self,
-        renyi_alpha: float = 0.0,
         num_particles: int = 5,
         max_plate_nesting: float = float("inf"),
+        vectorize_particles: bool = True,
+        *,
+        renyi_alpha: float = 0.0,
     ) -> None:
         if renyi_alpha == 1:
-            raise ConfigError("renyi_alpha = 1 is the ELBO; use Trace_ELBO for it")
+            raise ConfigError("renyi_alpha = 1 is the ELBO; use --elbo Trace_ELBO")
+        if num_particles < 2:
+            raise ConfigError(
+                f"{self.name} with one particle is the ELBO; set --num-particles K >= 2 "
+                "(e.g. 5 or 50)"
+            )
+        if not vectorize_particles:
+            raise ConfigError(
+                f"{self.name} draws its K particles in one vectorized pass; drop "
+                "vectorize_particles = false"
+            )
         super().__init__(
             num_particles=num_particles,
             max_plate_nesting=max_plate_nesting,
@@ -488,5 +526,10 @@ class IWAE(RenyiObjective):
 
     name = "IWAE"
 
-    def __init__(self, num_particles: int = 5, max_plate_nesting: float = float("inf")) -> None:
-        super().__init__(0.0, num_particles, max_plate_nesting)
+    def __init__(
+        self,
+        num_particles: int = 5,
+        max_plate_nesting: float = float("inf"),
+        vectorize_particles: bool = True,
+    ) -> None:
+        super().__init__(num_particles, max_plate_nesting, vectorize_particles)

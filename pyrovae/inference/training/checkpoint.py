@@ -1,8 +1,12 @@
 """Checkpoints: one dict of plain state, written atomically, loadable with ``weights_only=True``.
 
 A checkpoint holds the format version, the resolved config, the data shape, the
-epoch, the VAE and optimizer state, the random number generator states and the
-metrics so far: everything :func:`pyrovae.inference.train` needs to resume exactly.
+epoch, the VAE's state, every optimizer's state by name, the random number generator
+states and the metrics so far: everything the trainer needs to resume exactly.
+
+Format 1 (pyrovae 0.1: a flat config and one ``optimizer``) is read too: its one
+optimizer becomes ``optimizers["svi"]``; the run layer converts its flat config
+(:func:`pyrovae.config.from_flat`).
 """
 
 from __future__ import annotations
@@ -19,9 +23,19 @@ import torch
 
 from pyrovae.errors import CheckpointError
 
-__all__ = ["FORMAT_VERSION", "get_rng_state", "load_checkpoint", "save_checkpoint", "set_rng_state"]
+__all__ = [
+    "CHECKPOINT_KEYS",
+    "FORMAT_VERSION",
+    "get_rng_state",
+    "load_checkpoint",
+    "save_checkpoint",
+    "set_rng_state",
+]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+
+#: what a checkpoint written by the trainer holds (next to ``format_version``)
+CHECKPOINT_KEYS = ("config", "event_shape", "epoch", "vae", "optimizers", "rng", "history")
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
@@ -61,7 +75,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         ) from None
     if not isinstance(state, dict) or "format_version" not in state:
         raise CheckpointError(f"{path} is not a pyrovae checkpoint")
-    if state["format_version"] != FORMAT_VERSION:
+    if state["format_version"] == 1 and "optimizer" in state:  # one optimizer, pyrovae 0.1
+        state["optimizers"] = {"svi": state.pop("optimizer")}
+        state["format_version"] = FORMAT_VERSION
+    if state["format_version"] not in (1, FORMAT_VERSION):
         raise CheckpointError(
             f"checkpoint {path} has format version {state['format_version']}, this pyrovae "
             f"reads version {FORMAT_VERSION}; use the pyrovae release that wrote it"

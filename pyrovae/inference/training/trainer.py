@@ -1,0 +1,383 @@
+r"""The trainer: epochs of a variant's training steps, logging, checkpoints and exact resume.
+
+The variant supplies its step (:mod:`pyrovae.inference.training.step`): by default
+``make_elbo(...)(model, guide)``, an :class:`pyro.infer.elbo.ELBOModule` whose
+``parameters()`` are the model's and the guide's and whose call returns the
+differentiable loss :math:`-\mathrm{ELBO}`, stepped by Adam. Parameters are
+module-local (``pyro.settings.set(module_local_params=True)``), so every piece of
+state lives in ``state_dict()`` and the optimizers' ``state_dict()``: there is no
+global param store to save or clear.
+
+The loss of a minibatch is scaled by ``N / B`` through the data plate, so the
+per-data-point ELBO is ``-loss / N``.
+
+The KL weight of step ``t`` comes from a schedule (:mod:`pyrovae.inference.training.schedules`)
+and after every epoch the variant evaluates itself (:meth:`pyrovae.VAE.evaluate_epoch`:
+the held-out ELBO and the collapse diagnostics of each latent site: total KL, KL per
+dimension, active units and the mutual information :math:`I(x; z)`). A warning is
+logged when the code looks collapsed (a KL below :data:`COLLAPSE_KL` nats per data
+point, summed over dimensions, or no active unit) for a tenth of the run's epochs in a row (at least
+:data:`COLLAPSE_PATIENCE`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyro
+import torch
+from tqdm.auto import tqdm
+
+from pyrovae.errors import CheckpointError, PyroVAEError
+from pyrovae.inference.training.checkpoint import (
+    CHECKPOINT_KEYS,
+    get_rng_state,
+    load_checkpoint,
+    save_checkpoint,
+    set_rng_state,
+)
+from pyrovae.inference.training.schedules import ConstantSchedule, Schedule
+from pyrovae.inference.training.step import TrainingStep
+
+if TYPE_CHECKING:
+    from pyrovae.data import Dataset
+    from pyrovae.variants import VAE
+
+__all__ = ["COLLAPSE_KL", "COLLAPSE_PATIENCE", "Trainer", "refuse_overwrite"]
+
+logger = logging.getLogger(__name__)
+
+#: total KL (nats per held-out data point, summed over dimensions) below which the
+#: trainer warns that the posterior is collapsing onto the prior
+COLLAPSE_KL = 0.1
+
+#: consecutive collapsed-looking epochs before the warning: at least this many, and a
+#: tenth of the run (a fresh model starts near the prior); a run's last epoch warns sooner
+COLLAPSE_PATIENCE = 3
+
+
+class Trainer:
+    """Runs a variant's training step over epochs; logs, checkpoints and resumes exactly.
+
+    Parameters
+    ----------
+    vae : VAE
+        The variant to train (any :data:`pyrovae.variants.VARIANTS` entry), on its device.
+    step : TrainingStep
+        Its step, from ``vae.training_step(...)``.
+    schedule : Schedule, optional
+        The KL weight :math:`\beta_t` of step ``t`` (default: 1 throughout).
+    num_epochs, batch_size : int
+        Passes over the training data, and minibatch size.
+    kl_site_weights : dict of str to float, optional
+        A factor on :math:`\beta_t` for each named latent site (the others keep
+        :math:`\beta_t`), for models with several latent sites.
+    eval_batch_size : int
+        Data points per evaluation batch.
+    diagnostic_items : int
+        Held-out points of the per-epoch collapse diagnostics (0: none).
+    seed : int
+        Seeds Pyro's random streams at the start of a fresh run.
+
+    Attributes
+    ----------
+    step_count : int
+        Steps taken so far in the run (``t`` of the next step); a resumed run sets it.
+    epoch_stats : dict
+        After :meth:`epoch`: ``train_objective``, ``train_elbo`` (the true ELBO where
+        the step provides it, else ``None``), ``beta`` (of the epoch's last step),
+        ``beta_mean`` and ``train_<name>`` for the step's other logged scalars.
+    """
+
+    def __init__(
+        self,
+        vae: VAE,
+        step: TrainingStep,
+        schedule: Schedule | None = None,
+        *,
+        num_epochs: int = 1,
+        batch_size: int = 64,
+        kl_site_weights: Mapping[str, float] | None = None,
+        eval_batch_size: int = 500,
+        diagnostic_items: int = 1000,
+        seed: int = 0,
+    ) -> None:
+        self.vae = vae
+        self.step = step
+        self.schedule = schedule or ConstantSchedule(1.0)
+        self.num_epochs = num_epochs
+        self.batch_size = batch_size
+        self.kl_site_weights = dict(kl_site_weights or {})
+        self.eval_batch_size = eval_batch_size
+        self.diagnostic_items = diagnostic_items
+        self.seed = seed
+        self.step_count = 0
+        self.epoch_stats: dict[str, Any] = {}
+
+    def beta(self, step: int) -> float | dict[str, float]:
+        """The KL weight of step ``step``: the schedule's, or one per latent site."""
+        beta = self.schedule(step)
+        if not self.kl_site_weights:
+            return beta
+        return {s: beta * self.kl_site_weights.get(s, 1.0) for s in self.vae.latent_sites}
+
+    def check(self, data: Dataset, num_data: int) -> None:
+        """Evaluate the loss once on a first minibatch with Pyro's validation on.
+
+        Catches shape and support errors (e.g. in a user's prior or likelihood) with
+        Pyro's messages before training; the epochs then run without per-step
+        validation, which costs about 20% of a step (the data were checked once).
+        """
+        self.vae.validate_data(data.train, "training data")
+        self.vae.validate_data(data.test, "held-out data")
+        first = next(self.vae.training_batches(data, self.batch_size, shuffle=False))
+        with pyro.validation_enabled(True):
+            self.vae.check_loss(_to_device(first, self.vae.device), num_data)
+
+    def epoch(self, data: Dataset) -> float:
+        """One pass over shuffled training minibatches; returns the mean objective per point.
+
+        A last batch smaller than ``batch_size`` is dropped (the JIT's traced graph
+        fixes the batch size, and equal batches keep the gradient noise constant).
+        Step ``t`` uses the KL weight ``schedule(t)``. The returned value is the
+        training objective (the ELBO with :math:`\beta_t`, or the IWAE, free-bits,
+        InfoVAE objective); :attr:`epoch_stats` has the true ELBO next to it.
+        """
+        self.vae.train()
+        num_data = self.vae.training_size(data)
+        totals: dict[str, torch.Tensor] = {}
+        has_elbo = True
+        betas = []
+        drop_last = num_data > self.batch_size
+        batches = self.vae.training_batches(
+            data, self.batch_size, shuffle=True, drop_last=drop_last
+        )
+        for batch in batches:
+            beta = self.schedule(self.step_count)
+            stats = self.step(
+                _to_device(batch, self.vae.device),
+                num_data=num_data,
+                beta=self.beta(self.step_count),
+            )
+            has_elbo = has_elbo and "elbo" in stats
+            for key, value in stats.items():
+                totals[key] = totals[key] + value if key in totals else value
+            betas.append(beta)
+            self.step_count += 1
+        steps = len(betas)
+        objective = -totals["loss"].item() / (steps * num_data)
+        self.epoch_stats = {
+            "train_objective": objective,
+            "train_elbo": totals["elbo"].item() / (steps * num_data) if has_elbo else None,
+            "beta": betas[-1],
+            "beta_mean": sum(betas) / steps,
+            **{
+                f"train_{k}": v.item() / steps
+                for k, v in totals.items()
+                if k not in ("loss", "elbo")
+            },
+        }
+        return objective
+
+    def fit(
+        self,
+        data: Dataset,
+        workdir: str | os.PathLike | None = None,
+        *,
+        resume: bool = False,
+        progress: bool | None = None,
+        config: Mapping[str, Any] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Train for ``num_epochs`` epochs (from where a resumed run stopped).
+
+        Parameters
+        ----------
+        data : Dataset
+            Training and held-out data (preloaded tensors).
+        workdir : path, optional
+            Run folder. After every epoch, ``checkpoint.pt`` (atomic) and
+            ``metrics.jsonl`` are written there.
+        resume : bool
+            Continue from ``workdir/checkpoint.pt``: parameters, every optimizer's state,
+            random number generator states and metrics are restored, so the run continues
+            exactly as if it had not stopped.
+        progress : bool, optional
+            Show a tqdm bar; ``None`` shows it only on a terminal.
+        config : mapping, optional
+            The run's configuration as plain data, stored in the checkpoint.
+
+        Returns
+        -------
+        list of dict
+            One row per epoch: ``epoch``; ``train_objective`` (what the steps optimised,
+            nats per data point, averaged over the epoch), ``train_elbo`` (the true ELBO
+            of the same steps, or ``None`` for a Pyro ELBO trained with
+            :math:`\beta \ne 1`); ``beta`` (the KL weight of the epoch's last step) and
+            ``beta_mean``; what the variant's ``evaluate_epoch`` adds (``test_elbo``, the
+            diagnostics ``kl``, ``kl_per_dim``, ``active_units``, ``mutual_information``
+            of each latent site, a classifier's accuracy); ``seconds``.
+        """
+        vae = self.vae
+        workdir = Path(workdir) if workdir is not None else None
+        checkpoint = workdir / "checkpoint.pt" if workdir is not None else None
+        num_data = vae.training_size(data)
+        steps = max(1, num_data // self.batch_size)
+        self.check(data, num_data)
+        history: list[dict[str, Any]] = []
+        if resume:
+            if checkpoint is None:
+                raise PyroVAEError("resume needs the run folder (workdir) to resume from")
+            history = self.restore(load_checkpoint(checkpoint), checkpoint)
+            logger.info("resuming %s after epoch %d", workdir, len(history))
+        else:
+            if workdir is not None:
+                refuse_overwrite(workdir)
+            pyro.set_rng_seed(self.seed)
+        start = len(history)
+        self.step_count = start * steps  # the schedule continues where the run stopped
+        collapsed_for = 0  # epochs in a row that looked collapsed
+        patience = max(COLLAPSE_PATIENCE, self.num_epochs // 10)
+        bar = tqdm(
+            total=self.num_epochs * steps,
+            initial=start * steps,
+            unit="step",
+            disable=None if progress is None else not progress,
+            desc="SVI",
+        )
+        for epoch in range(start, self.num_epochs):
+            begin = time.perf_counter()
+            train_objective = self.epoch(data)
+            if not math.isfinite(train_objective):
+                raise PyroVAEError(
+                    f"the ELBO became {train_objective} in epoch {epoch + 1}; lower "
+                    "--learning-rate or set --clip-norm"
+                )
+            row = {
+                "epoch": epoch + 1,
+                **self.epoch_stats,
+                **vae.evaluate_epoch(
+                    data, batch_size=self.eval_batch_size, probe_items=self.diagnostic_items
+                ),
+            }
+            if "kl" in row:
+                last = epoch + 1 == self.num_epochs
+                collapsed_for = _warn_if_collapsed(row, epoch + 1, collapsed_for, last, patience)
+            row["seconds"] = time.perf_counter() - begin
+            history.append(row)
+            bar.update(steps)
+            bar.set_postfix(
+                epoch=row["epoch"], train=f"{train_objective:.2f}", test=f"{row['test_elbo']:.2f}"
+            )
+            # every epoch is in metrics.jsonl and on the progress bar; log about ten of them
+            every = max(1, self.num_epochs // 10)
+            level = logging.INFO if (epoch + 1) % every == 0 or epoch == start else logging.DEBUG
+            logger.log(
+                level,
+                "epoch %(epoch)d: train objective %(train_objective).3f, held-out ELBO "
+                "%(test_elbo).3f nats/point (%(seconds).1f s)",
+                row,
+            )
+            if workdir is not None:
+                save_checkpoint(
+                    {
+                        "config": dict(config or {}),
+                        "event_shape": list(vae.event_shape),
+                        "epoch": epoch + 1,
+                        "vae": vae.state_dict(),
+                        "optimizers": {k: o.state_dict() for k, o in self.step.optimizers.items()},
+                        "rng": get_rng_state(),
+                        "history": history,
+                    },
+                    checkpoint,
+                )
+                _write_metrics(history, workdir / "metrics.jsonl")
+        bar.close()
+        return history
+
+    def restore(self, state: dict[str, Any], path: Path) -> list[dict[str, Any]]:
+        """Load a checkpoint's parameters, optimizer and RNG states; returns its history.
+
+        The optimizers' settings as built for this run (a changed ``--learning-rate``)
+        win over the saved ones; their moments and step counts are restored.
+        """
+        missing = [k for k in CHECKPOINT_KEYS if k not in state]
+        if missing:
+            raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}; it cannot resume")
+        optimizers = self.step.optimizers
+        if set(state["optimizers"]) != set(optimizers):
+            raise CheckpointError(
+                f"checkpoint {path} holds the optimizers {sorted(state['optimizers'])}, this "
+                f"model's step has {sorted(optimizers)}; resume with the run's own --model"
+            )
+        try:
+            self.vae.load_state_dict(state["vae"])
+            for name, optimizer in optimizers.items():
+                settings = [
+                    {k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups
+                ]
+                optimizer.load_state_dict(state["optimizers"][name])
+                for group, fresh in zip(optimizer.param_groups, settings):
+                    group.update(fresh)
+            set_rng_state(state["rng"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(f"checkpoint {path} does not fit this model: {e}") from None
+        return list(state["history"])
+
+
+def _warn_if_collapsed(
+    row: dict[str, Any], epoch: int, collapsed_for: int, last: bool, patience: int
+) -> int:
+    """Warn when the code has looked collapsed for ``patience`` epochs in a row (or in the
+    run's last epoch), once until it recovers; returns the new run length.
+
+    A fresh model starts near the prior and often stays there for a while before the
+    decoder starts using z (the default digits run does for 12 epochs), so a short run of
+    collapsed-looking epochs early in training is not yet a collapse.
+    """
+    if not (row["kl"] < COLLAPSE_KL or row["active_units"] == 0):
+        if collapsed_for >= patience:
+            logger.info(
+                "epoch %d: the code recovered (KL %.3f nats per point, %d active units)",
+                epoch,
+                row["kl"],
+                row["active_units"],
+            )
+        return 0
+    collapsed_for += 1
+    if collapsed_for == patience or (last and collapsed_for < patience):
+        logger.warning(
+            "epoch %d: the posterior is collapsing onto the prior (KL %.3f nats per point, "
+            "%d active units); consider --kl-schedule linear/cyclical or --elbo FreeBits_ELBO",
+            epoch,
+            row["kl"],
+            row["active_units"],
+        )
+    return collapsed_for
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {
+        k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+        for k, v in batch.items()
+    }
+
+
+def _write_metrics(history: list[dict[str, Any]], path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(row) + "\n" for row in history))
+    os.replace(tmp, path)
+
+
+def refuse_overwrite(workdir: Path) -> None:
+    """Raise unless ``workdir`` is free for a new run (nothing of an old run is lost)."""
+    if (workdir / "checkpoint.pt").exists():
+        raise PyroVAEError(
+            f"{workdir} already holds a run; continue it with --resume or choose another --workdir"
+        )

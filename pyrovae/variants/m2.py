@@ -1,0 +1,430 @@
+r"""The M2 model of semi-supervised learning (Kingma et al. 2014): :math:`p(y)\,p(z)\,
+p_\theta(x \mid y, z)` with the guide :math:`q_\phi(y \mid x)\,q_\phi(z \mid x, y)`.
+
+.. math::
+
+    y_n \sim \mathrm{Categorical}(1/C, \dots, 1/C), \qquad z_n \sim p(z), \qquad
+    x_n \mid y_n, z_n \sim p_\theta\big(x \mid \mathrm{decoder}_\theta([z_n,
+        \mathrm{onehot}(y_n)])\big)
+
+The class is a latent variable: observed for labelled items, summed out for unlabelled
+ones. For an unlabelled item the classifier :math:`q_\phi(y \mid x)` is a latent site
+marked for parallel enumeration, so ``TraceEnum_ELBO`` sums over every class,
+
+.. math::
+
+    \mathcal{U}(x) = \sum_y q_\phi(y \mid x)\,\mathcal{L}(x, y)
+        + \mathcal{H}(q_\phi(y \mid x)),
+
+where :math:`\mathcal{L}(x, y)` is the ELBO of a labelled item. The objective, to be
+maximised, is
+
+.. math::
+
+    \mathcal{J}^\alpha = \sum_{(x, y) \in \mathcal{D}_l} \mathcal{L}(x, y)
+        + \sum_{x \in \mathcal{D}_u} \mathcal{U}(x)
+        + \alpha\, E_{\tilde p_l(x, y)}\big[\log q_\phi(y \mid x)\big],
+
+with :math:`\alpha = 0.1\,N` in the paper. One SVI step takes one unlabelled minibatch
+(scaled by :math:`N_u / B_u`), one labelled minibatch (scaled by :math:`N_l / B_l`) and
+the mean classification log-likelihood of the labelled minibatch times :math:`\alpha`,
+and minimises :math:`-\mathcal{J}^\alpha`. Outside an enumerating ELBO (e.g.
+importance-weighted evaluation) ``y`` is sampled from the classifier.
+
+This module holds the variant whole: model, guide, loss, the labelled subset, the
+training batches and the supervised baseline :func:`train_classifier`.
+
+References
+----------
+- Kingma, Rezende, Mohamed & Welling (2014), Semi-Supervised Learning with Deep
+  Generative Models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from math import prod
+from typing import TYPE_CHECKING, Any
+
+import pyro
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from pyro.infer import ELBO, Trace_ELBO, TraceEnum_ELBO
+from torch import nn
+
+from pyrovae.errors import ConfigError, DataError
+from pyrovae.guides.conditional import ConditionalEncoder
+from pyrovae.guides.encoders import diagonal_normal
+from pyrovae.inference.training.step import SVIStep, TrainingStep
+from pyrovae.model import Likelihood, Prior
+from pyrovae.model.base import LocalPyroModule, data_plate, kl_weight
+from pyrovae.networks import mlp
+from pyrovae.variants.cvae import ConditionalVAE, ConditionalVAEModel
+
+if TYPE_CHECKING:
+    from pyrovae.data import Dataset
+
+__all__ = [
+    "Classifier",
+    "SemiSupervisedGuide",
+    "SemiSupervisedLoss",
+    "SemiSupervisedModel",
+    "SemiSupervisedVAE",
+    "labeled_subset",
+    "train_classifier",
+]
+
+
+class SemiSupervisedModel(ConditionalVAEModel):
+    """:class:`~pyrovae.model.conditional.ConditionalVAEModel` with a uniform prior on ``y``.
+
+    ``forward(x=None, y=None, ...)``: ``y`` is observed when given, otherwise a latent
+    site (sampled from :math:`p(y)` when generating, enumerated or sampled by the guide
+    when inferring).
+    """
+
+    def __init__(
+        self,
+        prior: Prior,
+        decoder: nn.Module,
+        likelihood: Likelihood,
+        event_shape: tuple[int, ...],
+        num_classes: int,
+    ) -> None:
+        super().__init__(prior, decoder, likelihood, event_shape, num_classes)
+        self.register_buffer("label_logits", torch.zeros(num_classes))
+
+    def label(self, y: torch.Tensor | None) -> torch.Tensor:
+        """:math:`y \\sim p(y)`, uniform over the classes (observed when ``y`` is given)."""
+        return pyro.sample("y", dist.Categorical(logits=self.label_logits), obs=y)
+
+
+class Classifier(nn.Module):
+    """The MLP ``prod(event_shape) -> hidden... -> num_classes`` logits of :math:`q(y \\mid x)`."""
+
+    def __init__(
+        self, event_shape: Sequence[int], num_classes: int, hidden: Sequence[int] = (256, 128)
+    ) -> None:
+        super().__init__()
+        self.event_dim = len(event_shape)
+        self.net = mlp([prod(event_shape), *hidden, num_classes])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.flatten(-self.event_dim) if self.event_dim else x[..., None])
+
+
+class SemiSupervisedGuide(LocalPyroModule):
+    """``forward(x=None, y=None, *, num_data=None, batch_size=None, beta=1.0)``."""
+
+    def __init__(self, encoder: ConditionalEncoder, classifier: Classifier) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.classifier = classifier
+
+    def forward(
+        self,
+        x: torch.Tensor | None = None,
+        y: torch.Tensor | None = None,
+        *,
+        num_data: int | None = None,
+        batch_size: int | None = None,
+        beta: float = 1.0,
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if x is None:
+            return None
+        with data_plate(len(x), num_data, x.device):
+            if y is None:
+                logits = self.classifier(x)
+                y = pyro.sample(
+                    "y", dist.Categorical(logits=logits), infer={"enumerate": "parallel"}
+                )
+            loc, log_var = self.encoder(x, y)
+            with kl_weight(beta):
+                pyro.sample("z", diagonal_normal(loc, log_var))
+        return loc, log_var
+
+
+def labeled_subset(labels: torch.Tensor, per_class: int, seed: int = 0) -> torch.Tensor:
+    """Indices of ``per_class`` randomly chosen items of every class (sorted), the rest
+    being unlabelled; raises :class:`DataError` when a class has too few items."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = labels.cpu()
+    chosen = []
+    for c in torch.unique(labels).tolist():
+        members = torch.nonzero(labels == c).flatten()
+        if len(members) <= per_class:
+            raise DataError(
+                f"class {c} has {len(members)} training items, too few for "
+                f"--labels-per-class {per_class} and some unlabelled ones; lower it"
+            )
+        chosen.append(members[torch.randperm(len(members), generator=generator)[:per_class]])
+    return torch.sort(torch.cat(chosen)).values
+
+
+class SemiSupervisedLoss(nn.Module):
+    r""":math:`-\mathcal{J}^\alpha` of a labelled and an unlabelled minibatch.
+
+    Parameters
+    ----------
+    unlabeled_elbo : nn.Module
+        ``TraceEnum_ELBO(...)(model, guide)``: the negative ELBO with the class summed out.
+    labeled_elbo : nn.Module
+        ``Trace_ELBO(...)(model, guide)``: the negative ELBO with the class observed (there
+        is nothing to enumerate).
+    classifier : nn.Module
+        The guide's classifier, ``x -> logits`` of :math:`q(y \mid x)`.
+    alpha : float, optional
+        Weight of the classification term; ``None`` is :math:`0.1\,N` with :math:`N` the
+        number of training items, labelled and unlabelled.
+    """
+
+    def __init__(
+        self,
+        unlabeled_elbo: nn.Module,
+        labeled_elbo: nn.Module,
+        classifier: nn.Module,
+        alpha: float | None,
+    ) -> None:
+        super().__init__()
+        self.unlabeled_elbo = unlabeled_elbo
+        self.labeled_elbo = labeled_elbo
+        self.classifier = classifier
+        self.alpha = alpha
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        x_labeled: torch.Tensor,
+        y_labeled: torch.Tensor,
+        num_labeled: int,
+        num_data: int,
+        beta: float = 1.0,
+    ) -> torch.Tensor:
+        alpha = 0.1 * (num_data + num_labeled) if self.alpha is None else self.alpha
+        unlabeled = self.unlabeled_elbo(x, num_data=num_data, beta=beta)
+        labeled = self.labeled_elbo(x_labeled, y_labeled, num_data=num_labeled, beta=beta)
+        classification = F.cross_entropy(self.classifier(x_labeled), y_labeled)
+        return unlabeled + labeled + alpha * classification
+
+
+def train_classifier(
+    classifier: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    num_steps: int = 2000,
+    batch_size: int = 64,
+    learning_rate: float = 1e-3,
+    seed: int = 0,
+) -> nn.Module:
+    """The supervised-only baseline: ``classifier`` trained with cross-entropy and Adam on
+    the labelled items alone (``num_steps`` minibatch steps; a training set of a few
+    labels is fitted perfectly long before)."""
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(classifier.parameters(), lr=learning_rate)
+    classifier.train()
+    for _ in range(num_steps):
+        index = torch.randint(len(x), (min(batch_size, len(x)),), generator=generator)
+        index = index.to(x.device)
+        loss = F.cross_entropy(classifier(x[index]), y[index])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return classifier.eval()
+
+
+class SemiSupervisedVAE(ConditionalVAE):
+    r"""The M2 model of semi-supervised learning: :math:`p(y)\,p(z)\,p(x \mid y, z)` with
+    the guide :math:`q(y \mid x)\,q(z \mid x, y)`.
+
+    Trains with the shared SVI loop on a few labelled items per class and the rest of the
+    training set unlabelled (:class:`SemiSupervisedLoss` is the
+    objective); the classifier :math:`q(y \mid x)` is the product
+    (:meth:`classify`). ``TraceEnum_ELBO`` sums the class out of the unlabelled ELBO.
+
+    Parameters
+    ----------
+    event_shape, num_classes, latent_dim, prior, likelihood, encoder, decoder, hidden
+        As for :class:`ConditionalVAE`.
+    labels_per_class : int
+        Labelled training items per class; the others are used without their labels.
+    alpha : float, optional
+        Weight of the classification loss; ``None`` is :math:`0.1\,N` (the paper's).
+    label_seed : int
+        Seeds the choice of the labelled items.
+
+    References
+    ----------
+    - Kingma, Rezende, Mohamed & Welling (2014), Semi-Supervised Learning with Deep
+      Generative Models.
+    """
+
+    name = "m2"
+    needs_labels = True
+    requires_y = False
+
+    def __init__(
+        self,
+        event_shape: Sequence[int],
+        latent_dim: int = 8,
+        prior: Any = "normal",
+        likelihood: Any = "bernoulli",
+        encoder: str | Mapping = "mlp",
+        decoder: str | Mapping = "mlp",
+        hidden: Sequence[int] = (256, 128),
+        guide: str | Mapping = "normal",
+        label_seed: int = 0,
+        *,
+        num_classes: int | None = None,
+        labels_per_class: int = 10,
+        alpha: float | None = None,
+        **options: Any,
+    ) -> None:
+        if labels_per_class < 1:
+            raise ConfigError(f"labels_per_class must be >= 1, got {labels_per_class}")
+        if alpha is not None and alpha < 0:
+            raise ConfigError(f"alpha must be >= 0, got {alpha}")
+        self.labels_per_class = labels_per_class
+        self.alpha = alpha
+        self.label_seed = label_seed
+        super().__init__(
+            event_shape,
+            latent_dim,
+            prior,
+            likelihood,
+            encoder,
+            decoder,
+            hidden,
+            guide,
+            num_classes=num_classes,
+            **options,
+        )
+        self.spec["variant"].update(labels_per_class=labels_per_class, alpha=alpha)
+
+    def make_model(self, prior: Prior, decoder: nn.Module, likelihood: Likelihood) -> nn.Module:
+        return SemiSupervisedModel(prior, decoder, likelihood, self.event_shape, self.num_classes)
+
+    def make_guide(self, encoder: ConditionalEncoder) -> nn.Module:
+        classifier = Classifier(self.event_shape, self.num_classes, self.hidden)
+        return SemiSupervisedGuide(encoder, classifier)
+
+    # -- the training step --
+
+    def _split(self, data: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+        if data.train_labels is None:
+            raise DataError(f"--model m2 needs training labels; {data.name} has none")
+        labeled = labeled_subset(data.train_labels, self.labels_per_class, self.label_seed)
+        unlabeled = torch.ones(len(data.train), dtype=torch.bool)
+        unlabeled[labeled] = False
+        return labeled.to(data.train.device), unlabeled.nonzero().flatten().to(data.train.device)
+
+    def training_size(self, data: Dataset) -> int:
+        """The unlabelled items: the ``N`` of the unlabelled ELBO's plate."""
+        return len(self._split(data)[1])
+
+    def training_step(
+        self, objective: ELBO, *, learning_rate: float, clip_norm: float | None = None
+    ) -> TrainingStep:
+        """SVI on :math:`-\\mathcal{J}^\alpha` (:class:`SemiSupervisedLoss`): ``TraceEnum_ELBO``
+        with the particles of ``objective`` sums the class out of the unlabelled ELBO."""
+        if type(objective) is not Trace_ELBO:
+            raise ConfigError(
+                "--model m2 trains with TraceEnum_ELBO (it sums the class out of the "
+                f"unlabelled ELBO); drop --elbo {type(objective).__name__}"
+            )
+        particles = {
+            "max_plate_nesting": 1,
+            "num_particles": objective.num_particles,
+            "vectorize_particles": objective.vectorize_particles,
+        }
+        loss = SemiSupervisedLoss(
+            TraceEnum_ELBO(**particles)(self.model, self.guide),
+            Trace_ELBO(**particles)(self.model, self.guide),
+            self.guide.classifier,
+            self.alpha,
+        )
+        return SVIStep(loss, learning_rate=learning_rate, clip_norm=clip_norm)
+
+    def training_batches(
+        self, data: Dataset, batch_size: int, *, shuffle: bool = True, drop_last: bool = False
+    ) -> Iterator[dict[str, Any]]:
+        """One pass over the unlabelled items; each minibatch comes with a labelled one of
+        the same size (or all labelled items, if fewer), cycling through them."""
+        labeled, unlabeled = self._split(data)
+        device = data.train.device
+
+        def order(n: int) -> torch.Tensor:
+            return (torch.randperm(n) if shuffle else torch.arange(n)).to(device)
+
+        unlabeled = unlabeled[order(len(unlabeled))]
+        stop = len(unlabeled) - len(unlabeled) % batch_size if drop_last else len(unlabeled)
+        size = min(batch_size, len(labeled))
+        queue = labeled[order(len(labeled))]
+        for start in range(0, stop, batch_size):
+            if len(queue) < size:
+                queue = torch.cat([queue, labeled[order(len(labeled))]])
+            take, queue = queue[:size], queue[size:]
+            x, xl = data.train[unlabeled[start : start + batch_size]], data.train[take]
+            if data.binarize == "dynamic":
+                x, xl = torch.bernoulli(x), torch.bernoulli(xl)
+            yield {
+                "x": x,
+                "x_labeled": xl,
+                "y_labeled": data.train_labels[take],
+                "num_labeled": len(labeled),
+            }
+
+    def check_loss(self, batch: dict[str, Any], num_data: int) -> None:
+        TraceEnum_ELBO(max_plate_nesting=1).loss(
+            self.model, self.guide, batch["x"], num_data=num_data
+        )
+        Trace_ELBO(max_plate_nesting=1).loss(
+            self.model,
+            self.guide,
+            batch["x_labeled"],
+            batch["y_labeled"],
+            num_data=batch["num_labeled"],
+        )
+
+    def metrics(self, x: torch.Tensor, y: torch.Tensor | None) -> dict[str, float]:
+        """The classifier's held-out accuracy (when the held-out items have labels)."""
+        if y is None:
+            return {}
+        return {"accuracy": float((self.predict(x) == y.to(x.device)).float().mean())}
+
+    # -- the classifier and label-free operations --
+
+    @torch.no_grad()
+    def classify(self, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+        r"""Class probabilities :math:`q(y \mid x)`, shape ``(N, num_classes)``."""
+        was_training = self.training
+        self.eval()
+        try:
+            return torch.cat(
+                [
+                    torch.softmax(self.guide.classifier(x[i : i + batch_size]), -1)
+                    for i in range(0, len(x), batch_size)
+                ]
+            )
+        finally:
+            self.train(was_training)
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        r"""The most probable class under :math:`q(y \mid x)`."""
+        return self.classify(x).argmax(-1)
+
+    @torch.no_grad()
+    def encode(
+        self, x: torch.Tensor, y: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        r""":math:`q(z \mid x, y)`, with the predicted class when ``y`` is not given."""
+        return self.guide.encoder(x, self.predict(x) if y is None else y)
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        r"""Decode :math:`\mu_\phi(x, y)` with ``y`` (the predicted class if not given)."""
+        y = self.predict(x) if y is None else y
+        loc, _ = self.encode(x, y)
+        return self.decode(loc, y)
