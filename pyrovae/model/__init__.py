@@ -15,10 +15,12 @@ from pyrovae.model.likelihoods import (
 from pyrovae.model.priors import (
     PRIORS,
     DistributionPrior,
+    FlowPrior,
     LearnedNormalPrior,
     MixturePrior,
     NormalPrior,
     Prior,
+    VampPrior,
     make_prior,
 )
 
@@ -31,6 +33,7 @@ __all__ = [
     "ConvDecoder",
     "DistributionLikelihood",
     "DistributionPrior",
+    "FlowPrior",
     "GaussianLikelihood",
     "LaplaceLikelihood",
     "LearnedNormalPrior",
@@ -40,6 +43,7 @@ __all__ = [
     "NormalPrior",
     "Prior",
     "VAEModel",
+    "VampPrior",
     "make_likelihood",
     "make_prior",
 ]
