@@ -16,10 +16,12 @@ from pyrovae.model.likelihoods import (
 from pyrovae.model.priors import (
     PRIORS,
     DistributionPrior,
+    FlowPrior,
     LearnedNormalPrior,
     MixturePrior,
     NormalPrior,
     Prior,
+    VampPrior,
     make_prior,
 )
 
@@ -32,6 +34,7 @@ __all__ = [
     "ConvDecoder",
     "DistributionLikelihood",
     "DistributionPrior",
+    "FlowPrior",
     "GaussianLikelihood",
     "LaplaceLikelihood",
     "LearnedNormalPrior",
@@ -43,6 +46,7 @@ __all__ = [
     "Prior",
     "data_plate",
     "kl_weight",
+    "VampPrior",
     "make_likelihood",
     "make_prior",
 ]

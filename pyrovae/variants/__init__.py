@@ -20,6 +20,7 @@ from typing import Any
 
 from pyrovae.registry import Registry
 from pyrovae.variants.cvae import ConditionalVAE
+from pyrovae.variants.hvae import HierarchicalVAE
 from pyrovae.variants.m2 import SemiSupervisedVAE
 from pyrovae.variants.vae import VAE
 
@@ -30,6 +31,7 @@ VARIANTS: Registry[type[VAE]] = Registry("model")
 VARIANTS.register("vae")(VAE)
 VARIANTS.register("cvae")(ConditionalVAE)
 VARIANTS.register("m2")(SemiSupervisedVAE)
+VARIANTS.register("hvae")(HierarchicalVAE)
 
 
 def build_variant(section: Mapping[str, Any], event_shape: Sequence[int], seed: int = 0) -> VAE:

@@ -266,7 +266,7 @@ class ConditionalVAE(VAE):
                 encoder_options,
             )
         )
-        likelihood = make_likelihood(*parts["likelihood"], self.event_shape)
+        likelihood = make_likelihood(parts["likelihood"][0], self.event_shape, parts["likelihood"][1])
         # the prior does not see the label: a VampPrior's encoder would need one
         prior = self.make_prior(parts["prior"], self.latent_dim, None, likelihood)
         decoder = DECODERS.build(

@@ -34,7 +34,7 @@ from torch import nn
 
 from pyrovae.data import validate_data
 from pyrovae.errors import ConfigError, DataError
-from pyrovae.guides import ENCODERS, GUIDES, AmortizedGuide, make_guide
+from pyrovae.guides import ENCODERS, GUIDES, AmortizedGuide, AmortizedNormalGuide, make_guide
 from pyrovae.inference.training.step import SVIStep, TrainingStep
 from pyrovae.model import (
     DECODERS,
@@ -293,7 +293,12 @@ class VAE(PyroModule):
                 guide, encoder, **net, options=guide_options, encoder_options=encoder_options
             )
         self.guide = guide
-        likelihood = make_likelihood(*parts["likelihood"], self.event_shape)
+        if parts["prior"][0] == "vamp" and not isinstance(guide, AmortizedNormalGuide):
+            raise ConfigError(
+                "the vamp prior mixes the posteriors q(z|u) of a diagonal Gaussian guide at its "
+                "pseudo-inputs; use --guide normal with --prior vamp"
+            )
+        likelihood = make_likelihood(parts["likelihood"][0], self.event_shape, parts["likelihood"][1])
         prior = self.make_prior(parts["prior"], self.latent_dim, guide, likelihood)
         decoder = DECODERS.build(parts["decoder"][0], parts["decoder"][1], **net)
         self.model = VAEModel(prior, decoder, likelihood, self.event_shape)
@@ -430,7 +435,7 @@ class VAE(PyroModule):
 
     @torch.no_grad()
     def predictive(
-        self, x: torch.Tensor, num_samples: int = 1, return_sites: Sequence[str] = ("z", "x")
+        self, x: torch.Tensor, num_samples: int = 1, return_sites: Sequence[str] | None = None
     ) -> dict[str, torch.Tensor]:
         """Posterior predictive draws with ``pyro.infer.Predictive``: ``z ~ q(z | x)``, then
         new data ``x ~ p(x | z)``; each site's draws have shape ``(num_samples, len(x), ...)``.
@@ -442,7 +447,7 @@ class VAE(PyroModule):
             poutine.uncondition(self.model),
             guide=self.guide,
             num_samples=num_samples,
-            return_sites=list(return_sites),
+            return_sites=list(return_sites or (*self.latent_sites, "x")),
             parallel=True,
         )
         return predictive(x)
@@ -451,9 +456,10 @@ class VAE(PyroModule):
     def sample(self, num_samples: int, *, return_latents: bool = False) -> torch.Tensor | tuple:
         """Generate: draw ``z`` from the prior by running the model with ``x=None``.
 
-        Returns the decoded means :math:`E[x \\mid z]` (and ``z`` if ``return_latents``).
+        Returns the decoded means :math:`E[x \\mid z]` (and ``z``, the latent site next to
+        ``x``, if ``return_latents``).
         """
         trace = poutine.trace(self.model).get_trace(batch_size=num_samples)
-        z = trace.nodes["z"]["value"]
+        z = trace.nodes[self.latent_sites[-1]]["value"]
         mean = self.model.likelihood.mean(trace.nodes["_RETURN"]["value"])
         return (mean, z) if return_latents else mean

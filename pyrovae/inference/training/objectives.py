@@ -279,7 +279,7 @@ class FreeBitsELBO(TraceObjective):
                 f"{type(guide_site['fn']).__name__} and prior "
                 f"{type(model_trace.nodes[site]['fn']).__name__} at site {site!r}"
             )
-        # a KL weight of 0 masks the site (see pyrovae.model.generative.kl_weight)
+        # a KL weight of 0 masks the site (see pyrovae.model.base.kl_weight)
         scale = 0.0 if guide_site["mask"] is False else guide_site["scale"]
         return kl_divergence(q, p), scale
 

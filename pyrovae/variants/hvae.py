@@ -1,0 +1,336 @@
+r"""The two-layer hierarchical VAE: model :math:`p(z_2)\,p(z_1 \mid z_2)\,p(x \mid z_1)` and guide
+:math:`q(z_2 \mid x)\,q(z_1 \mid x, z_2)`.
+
+.. math::
+
+    z_2 \sim p_\lambda(z_2), \qquad
+    z_1 \mid z_2 \sim \mathcal{N}\big(\mu_\theta(z_2),
+        \operatorname{diag}\exp(\log\sigma^2_\theta(z_2))\big),
+    \qquad x \mid z_1 \sim p_\theta(x \mid \mathrm{decoder}_\theta(z_1)),
+
+    q_\phi(z_1, z_2 \mid x) = q_\phi(z_2 \mid x)\, q_\phi(z_1 \mid x, z_2),
+
+    \mathrm{ELBO}_\beta(x) = E_q\Big[\log p(x \mid z_1) - \beta \big(
+        \log q(z_2 \mid x) + \log q(z_1 \mid x, z_2) - \log p(z_2) - \log p(z_1 \mid z_2)\big)\Big]
+
+Both latent sites, ``z2`` (top) and ``z1`` (next to ``x``), are drawn inside the data
+plate and weighted by :math:`\beta` with :func:`~pyrovae.model.base.kl_weight`
+in the model and the guide alike, so a Pyro ELBO computes the line above (scaled by
+:math:`N / B` for a minibatch of :math:`B` out of :math:`N`). The top prior is any
+:class:`~pyrovae.model.priors.Prior` over ``top_dim`` dimensions; with the
+:class:`~pyrovae.model.priors.VampPrior`, build it with the guide's ``encoder``
+(the :math:`q(z_2 \mid x)` network), as the paper does.
+
+Unlike the paper's HVAE, whose decoder reads :math:`z_1` and :math:`z_2`, the decoder
+here reads :math:`z_1` only, so any registered decoder (built for
+``latent_dim = z1``'s dimension) serves. The paper clamps every log-variance to
+[-6, 2]; these networks, like pyrovae's encoders, do not.
+
+References
+----------
+- Tomczak & Welling (2018), VAE with a VampPrior. AISTATS (Section 3.2, the HVAE).
+- Sønderby, Raiko, Maaløe, Sønderby & Winther (2016), Ladder Variational Autoencoders.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from math import prod
+from typing import Any
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+from pyrovae.errors import ConfigError
+from pyrovae.guides.encoders import diagonal_normal
+from pyrovae.model.base import LocalPyroModule, data_plate, kl_weight
+from pyrovae.guides.encoders import ENCODERS
+from pyrovae.model.decoders import DECODERS
+from pyrovae.model.likelihoods import Likelihood, make_likelihood
+from pyrovae.model.priors import Prior
+from pyrovae.networks import mlp
+from pyrovae.registry import component
+from pyrovae.variants.vae import VAE
+
+__all__ = [
+    "HierarchicalGuide",
+    "HierarchicalModel",
+    "HierarchicalVAE",
+    "TopDownNet",
+    "Z1PosteriorNet",
+]
+
+
+def _check_sizes(latent_dim: int, top_dim: int, hidden: Sequence[int]) -> None:
+    if latent_dim < 1 or top_dim < 1:
+        raise ConfigError(
+            f"the hierarchical VAE needs latent_dim >= 1 and top_dim >= 1, "
+            f"got {latent_dim} and {top_dim}"
+        )
+    if not hidden or min(hidden) < 1:
+        raise ConfigError(
+            f"the hierarchical VAE needs one or more hidden layers of width >= 1, "
+            f"got {tuple(hidden)}"
+        )
+
+
+class TopDownNet(nn.Module):
+    r"""``z2 -> (loc, log_var)`` of :math:`p(z_1 \mid z_2)`, an MLP
+    ``top_dim -> hidden -> 2 latent_dim``."""
+
+    def __init__(self, latent_dim: int, top_dim: int, hidden: Sequence[int]) -> None:
+        super().__init__()
+        self.net = mlp([top_dim, *hidden, 2 * latent_dim])
+
+    def forward(self, z2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loc, log_var = self.net(z2).chunk(2, dim=-1)
+        return loc, log_var
+
+
+class Z1PosteriorNet(nn.Module):
+    r"""``(x, z2) -> (loc, log_var)`` of :math:`q(z_1 \mid x, z_2)`.
+
+    Features of ``x`` (flattened; one ReLU layer of ``hidden[0]`` units) and of ``z2``
+    (likewise) are joined and read by an MLP ``2 hidden[0] -> hidden[1:] -> 2 latent_dim``,
+    as in the paper's HVAE. ``z2`` may carry leading particle dimensions that ``x`` lacks.
+    """
+
+    def __init__(
+        self, event_shape: Sequence[int], latent_dim: int, top_dim: int, hidden: Sequence[int]
+    ) -> None:
+        super().__init__()
+        self.event_dim = len(event_shape)
+        width = hidden[0]
+        self.x_features = nn.Sequential(mlp([prod(event_shape), width]), nn.ReLU())
+        self.z2_features = nn.Sequential(mlp([top_dim, width]), nn.ReLU())
+        self.joint = mlp([2 * width, *hidden[1:], 2 * latent_dim])
+
+    def forward(self, x: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hx = self.x_features(x.flatten(-self.event_dim) if self.event_dim else x.unsqueeze(-1))
+        hz = self.z2_features(z2)
+        batch = torch.broadcast_shapes(hx.shape[:-1], hz.shape[:-1])
+        h = torch.cat([hx.expand(*batch, -1), hz.expand(*batch, -1)], dim=-1)
+        loc, log_var = self.joint(h).chunk(2, dim=-1)
+        return loc, log_var
+
+
+class HierarchicalModel(LocalPyroModule):
+    r"""The model ``z2 -> z1 -> x``: top prior, Gaussian top-down layer, decoder, likelihood.
+
+    ``forward`` shares the signature of :class:`~pyrovae.variants.vae.VAEModel`
+    (without ``mask``) and returns the decoder's output (the likelihood's parameters).
+
+    Parameters
+    ----------
+    prior : Prior
+        :math:`p(z_2)`, over ``top_dim = prior.latent_dim`` dimensions.
+    decoder : nn.Module
+        ``z1 -> likelihood parameters``, built for ``latent_dim``.
+    likelihood : Likelihood
+        ``parameters -> p(x | z1)`` (elementwise over pixels).
+    event_shape : tuple of int
+        Shape of one data point.
+    latent_dim : int
+        Dimension of :math:`z_1`.
+    hidden : tuple of int
+        Hidden layer widths of the top-down network p(z1 | z2).
+    """
+
+    def __init__(
+        self,
+        prior: Prior,
+        decoder: nn.Module,
+        likelihood: Likelihood,
+        event_shape: Sequence[int],
+        latent_dim: int,
+        *,
+        hidden: tuple[int, ...] = (300, 300),
+    ) -> None:
+        super().__init__()
+        _check_sizes(latent_dim, prior.latent_dim, hidden)
+        self.prior = prior
+        self.top_down = TopDownNet(latent_dim, prior.latent_dim, hidden)
+        self.decoder = decoder
+        self.likelihood = likelihood
+        self.event_shape = tuple(event_shape)
+        self.latent_dim = latent_dim
+        self.top_dim = prior.latent_dim
+
+    def z1_dist(self, z2: torch.Tensor) -> dist.TorchDistribution:
+        r""":math:`p(z_1 \mid z_2)`, a diagonal Gaussian with ``event_shape == (latent_dim,)``."""
+        return diagonal_normal(*self.top_down(z2))
+
+    def forward(
+        self,
+        x: torch.Tensor | None = None,
+        *,
+        num_data: int | None = None,
+        batch_size: int | None = None,
+        beta: float = 1.0,
+    ) -> torch.Tensor:
+        """Run the generative story; with ``x=None`` draw ``batch_size`` new data points."""
+        size = len(x) if x is not None else (batch_size or 1)
+        device = x.device if x is not None else self.device
+        with data_plate(size, num_data, device):
+            with kl_weight(beta, "z2"):
+                z2 = pyro.sample("z2", self.prior())
+            with kl_weight(beta, "z1"):
+                z1 = pyro.sample("z1", self.z1_dist(z2))
+            params = self.decoder(z1)
+            likelihood = self.likelihood(params)
+            pixel_dims = len(self.event_shape) - len(likelihood.event_shape)
+            pyro.sample("x", likelihood.to_event(pixel_dims), obs=x)
+        return params
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the model's parameters and buffers."""
+        for tensor in (*self.parameters(), *self.buffers()):
+            return tensor.device
+        return torch.device("cpu")
+
+
+class HierarchicalGuide(LocalPyroModule):
+    r"""The guide :math:`q(z_2 \mid x)\,q(z_1 \mid x, z_2)`, both diagonal Gaussians.
+
+    ``forward`` shares the model's signature; with ``x=None`` it samples nothing and
+    returns None. Otherwise it returns ``(loc, log_var)`` of :math:`q(z_2 \mid x)`, the
+    top site's Gaussian (the code of ``x``), as :meth:`encode` does.
+
+    Parameters
+    ----------
+    encoder : nn.Module
+        The :math:`q(z_2 \mid x)` network (an ``ENCODERS`` network built for ``top_dim``),
+        ``x -> (loc, log_var, ...)``; a VampPrior over ``z2`` shares it.
+    event_shape : tuple of int
+        Shape of one data point.
+    latent_dim : int
+        Dimension of :math:`z_1`.
+    top_dim : int
+        Dimension of :math:`z_2`.
+    hidden : tuple of int
+        Widths of the q(z1 | x, z2) network: hidden[0] for the x and z2 features, the rest joint.
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        event_shape: Sequence[int],
+        latent_dim: int,
+        top_dim: int,
+        *,
+        hidden: tuple[int, ...] = (300, 300),
+    ) -> None:
+        super().__init__()
+        _check_sizes(latent_dim, top_dim, hidden)
+        self.encoder = encoder
+        self.z1_net = Z1PosteriorNet(event_shape, latent_dim, top_dim, hidden)
+        self.latent_dim = latent_dim
+        self.top_dim = top_dim
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""``(loc, log_var)`` of :math:`q(z_2 \mid x)`, shape ``(..., top_dim)``."""
+        outputs = self.encoder(x)
+        return outputs[0], outputs[1]
+
+    def encode_z1(
+        self, x: torch.Tensor, z2: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""``(loc, log_var)`` of :math:`q(z_1 \mid x, z_2)`; ``z2`` defaults to the mean of
+        :math:`q(z_2 \mid x)` (what a reconstruction decodes)."""
+        if z2 is None:
+            z2 = self.encode(x)[0]
+        return self.z1_net(x, z2)
+
+    def forward(
+        self,
+        x: torch.Tensor | None = None,
+        *,
+        num_data: int | None = None,
+        batch_size: int | None = None,
+        beta: float = 1.0,
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if x is None:
+            return None
+        with data_plate(len(x), num_data, x.device):
+            loc, log_var = self.encode(x)
+            with kl_weight(beta, "z2"):
+                z2 = pyro.sample("z2", diagonal_normal(loc, log_var))
+            with kl_weight(beta, "z1"):
+                pyro.sample("z1", diagonal_normal(*self.z1_net(x, z2)))
+        return loc, log_var
+
+
+class HierarchicalVAE(VAE):
+    r"""The two-layer hierarchical VAE as a variant (``--model hvae``): the model and guide
+    above, built from registered components.
+
+    The ``prior`` is the top prior :math:`p(z_2)` (any registered prior; ``vamp`` mixes the
+    :math:`q(z_2 \mid x)` network's posteriors at its pseudo-inputs), the ``encoder`` is
+    that network, the ``decoder`` reads :math:`z_1` (``latent_dim`` wide) and ``hidden``
+    sizes every network, the top-down :math:`p(z_1 \mid z_2)` and :math:`q(z_1 \mid x, z_2)`
+    ones included. The guide is the model's own (``guide`` must stay ``"normal"``).
+
+    Parameters
+    ----------
+    top_dim : int, optional
+        hvae: dimension of the top latent z2 (default: latent_dim).
+
+    Examples
+    --------
+    >>> hvae = HierarchicalVAE((1, 8, 8), latent_dim=4, prior="vamp", num_pseudo_inputs=10)
+    >>> hvae.latent_sites
+    ('z2', 'z1')
+    >>> hvae.sample(3).shape
+    torch.Size([3, 1, 8, 8])
+    """
+
+    name = "hvae"
+    latent_sites = ("z2", "z1")
+
+    def __init__(
+        self,
+        event_shape: Sequence[int],
+        latent_dim: int = 8,
+        prior: Any = "normal",
+        likelihood: Any = "bernoulli",
+        encoder: str | Mapping = "mlp",
+        decoder: str | Mapping = "mlp",
+        hidden: Sequence[int] = (256, 128),
+        guide: str | Mapping = "normal",
+        *,
+        top_dim: int | None = None,
+        **options: Any,
+    ) -> None:
+        if component(guide)[0] != "normal":
+            raise ConfigError(
+                f"--model hvae has its own guide q(z2|x) q(z1|x,z2) (diagonal Gaussians); drop "
+                f"--guide {component(guide)[0]}"
+            )
+        self.top_dim = latent_dim if top_dim is None else top_dim
+        super().__init__(
+            event_shape, latent_dim, prior, likelihood, encoder, decoder, hidden, guide, **options
+        )
+        self.spec["variant"]["top_dim"] = top_dim
+
+    def build(self, parts: dict[str, tuple[Any, dict[str, Any]]]) -> None:
+        """The q(z2|x) encoder, the guide, the top prior (sharing that encoder), the
+        top-down layer and the decoder of z1."""
+        shape = {"event_shape": self.event_shape, "hidden": self.hidden}
+        encoder = ENCODERS.build(*parts["encoder"], latent_dim=self.top_dim, **shape)
+        self.guide = HierarchicalGuide(
+            encoder, self.event_shape, self.latent_dim, self.top_dim, hidden=self.hidden
+        )
+        likelihood = make_likelihood(parts["likelihood"][0], self.event_shape, parts["likelihood"][1])
+        prior = self.make_prior(parts["prior"], self.top_dim, self.guide, likelihood)
+        decoder = DECODERS.build(*parts["decoder"], latent_dim=self.latent_dim, **shape)
+        self.model = HierarchicalModel(
+            prior, decoder, likelihood, self.event_shape, self.latent_dim, hidden=self.hidden
+        )
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        r"""Decode :math:`E[z_1]` under :math:`q(z_1 \mid x, z_2 = E[z_2 \mid x])`."""
+        return self.decode(self.guide.encode_z1(x)[0])
