@@ -51,14 +51,15 @@ from torch.nn import functional as F
 
 from pyrovae import VAE, Config
 from pyrovae.config import DEVICES
+from pyrovae.data import Dataset
 from pyrovae.errors import ConfigError
-from pyrovae.inference.objectives import ELBOS
-from pyrovae.inference.svi import SVITrainer
+from pyrovae.inference.training import ELBOS, Trainer, make_elbo
 from pyrovae.run import resolve_device
 
 __all__ = [
     "KL_ESTIMATORS",
     "MinimalPyroVAE",
+    "PyrovaeTrainer",
     "ReferenceTrainer",
     "ReferenceVAE",
     "Timing",
@@ -188,7 +189,7 @@ class MinimalPyroVAE(nn.Module):
 
 class ReferenceTrainer:
     """Adam on :meth:`ReferenceVAE.loss` (or a :class:`MinimalPyroVAE`'s ELBO), mirroring
-    ``SVITrainer.step`` and ``.epoch``."""
+    the pyrovae trainer's step and epoch."""
 
     def __init__(
         self, vae: ReferenceVAE | MinimalPyroVAE, num_data: int, learning_rate: float
@@ -223,6 +224,24 @@ class ReferenceTrainer:
         return -total.item() / (steps * self.num_data)
 
 
+class PyrovaeTrainer:
+    """pyrovae's side, built as :func:`pyrovae.train` builds it: the variant's training step
+    (SVI with one Adam) run by the :class:`~pyrovae.inference.training.Trainer`."""
+
+    def __init__(self, vae: VAE, trainer: Trainer, num_data: int) -> None:
+        self.vae = vae
+        self.trainer = trainer
+        self.num_data = num_data
+        self.parameters = trainer.step.parameters
+
+    def step(self, x: torch.Tensor) -> torch.Tensor:
+        """One SVI step on minibatch ``x``, as the trainer's epoch takes it."""
+        return self.trainer.step({"x": x}, num_data=self.num_data, beta=1.0)["loss"]
+
+    def epoch(self, data: Dataset) -> float:
+        return self.trainer.epoch(data)
+
+
 def build_candidates(
     elbo: str,
     batch_size: int,
@@ -230,16 +249,16 @@ def build_candidates(
     num_data: int,
     device: torch.device,
     seed: int = 0,
-) -> tuple[SVITrainer, ReferenceTrainer, ReferenceTrainer | None]:
+) -> tuple[PyrovaeTrainer, ReferenceTrainer, ReferenceTrainer | None]:
     """pyrovae's trainer, the PyTorch reference and the minimal Pyro VAE, all with the
     same architecture and initial weights.
 
     The pyrovae side is built exactly as :func:`pyrovae.train` builds it; call this
-    inside ``pyrovae.inference.objectives.elbo_context(elbo)``. The minimal Pyro VAE
+    inside ``pyrovae.inference.training.elbo_context(elbo)``. The minimal Pyro VAE
     is ``None`` for JIT objectives (Pyro's JIT finds parameters through the global
     param store, which the minimal version does not use).
     """
-    config = Config(
+    config = Config.from_flags(
         hidden=HIDDEN,
         latent_dim=LATENT_DIM,
         elbo=elbo,
@@ -248,8 +267,9 @@ def build_candidates(
         seed=seed,
     )
     pyro.set_rng_seed(seed)
-    vae = VAE.from_config(config, event_shape).to(device)
-    trainer = SVITrainer(vae, config, num_data=num_data)
+    vae = VAE.from_section(config.model, event_shape).to(device)
+    step = vae.training_step(make_elbo(elbo), learning_rate=LEARNING_RATE)
+    trainer = PyrovaeTrainer(vae, Trainer(vae, step, batch_size=batch_size), num_data)
 
     def copy() -> ReferenceVAE:
         net = ReferenceVAE(math.prod(event_shape), HIDDEN, LATENT_DIM, KL_ESTIMATORS[elbo])

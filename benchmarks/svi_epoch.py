@@ -1,6 +1,6 @@
 """Time one training epoch of pyrovae against a plain-PyTorch VAE of the same network and loss.
 
-pyrovae runs ``SVITrainer.epoch`` (what :func:`pyrovae.train` calls once per epoch)
+pyrovae runs ``Trainer.epoch`` (what :func:`pyrovae.train` calls once per epoch)
 over a preloaded :class:`pyrovae.Dataset`; the reference does the same by hand:
 ``randperm`` the training set, index minibatches out of the preloaded tensor, drop
 a last short batch, one Adam step per batch, one ``.item()`` at the end. Both train
@@ -39,7 +39,7 @@ from benchmarks.common import (
     time_paired,
 )
 from pyrovae.data import DATASETS, Dataset, load_dataset
-from pyrovae.inference.objectives import elbo_context
+from pyrovae.inference.training import elbo_context
 
 FULL = {"batch_sizes": [64, 256, 1024], "rounds": 3, "warmup": 10, "limit": None}
 QUICK = {"batch_sizes": [64], "rounds": 2, "warmup": 1, "limit": 256}

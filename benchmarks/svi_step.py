@@ -1,6 +1,6 @@
 """Time one SVI step of pyrovae against a plain-PyTorch VAE of the same network and loss.
 
-pyrovae runs ``SVITrainer.step`` (what :func:`pyrovae.train` calls); the reference
+pyrovae runs its variant's SVI step (what :func:`pyrovae.train` calls); the reference
 runs the hand-written loss of :mod:`benchmarks.common` with ``torch.optim.Adam``.
 Both train the MLP 784-400-50 with the same initial weights on the same minibatches
 of random binary 28x28 images, scaled as minibatches of ``--num-data`` points
@@ -38,7 +38,7 @@ from benchmarks.common import (
     report,
     time_paired,
 )
-from pyrovae.inference.objectives import elbo_context
+from pyrovae.inference.training import elbo_context
 
 EVENT_SHAPE = (1, 28, 28)
 FULL = {"batch_sizes": [64, 256, 1024], "rounds": 9, "steps": 40, "warmup": 10}
