@@ -56,9 +56,9 @@ def _without_class(data: Dataset, label: int) -> Dataset:
 
 
 def _fit(data: Dataset, epochs: int, seed: int) -> VAE:
-    config = Config(num_epochs=epochs, batch_size=128, learning_rate=1e-3, seed=seed)
+    config = Config.from_flags(num_epochs=epochs, batch_size=128, learning_rate=1e-3, seed=seed)
     torch.manual_seed(seed)
-    vae = VAE.from_config(config, data.shape)
+    vae = VAE.from_section(config.model, data.shape)
     train(vae, data, config, progress=False)
     return vae.eval()
 

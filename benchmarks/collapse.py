@@ -54,7 +54,7 @@ from pyrovae.config import DEVICES
 from pyrovae.errors import ConfigError
 from pyrovae.inference.diagnostics import diagnose
 from pyrovae.inference.evaluation import evaluate
-from pyrovae.inference.svi import train
+from pyrovae.run import train
 from pyrovae.run import load_data, resolve_device
 
 FULL = {"epochs": 100, "num_samples": 1000}
@@ -126,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     try:
         device = resolve_device(args.device)
-        base = Config(
+        base = Config.from_flags(
             likelihood="gaussian",
             scale=args.scale,
             latent_dim=args.latent_dim,
@@ -141,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for label, changes in rows(args).items():
         config = base.replace(**changes)
         pyro.set_rng_seed(args.seed)
-        vae = VAE.from_config(config, data.shape).to(device)
+        vae = VAE.from_section(config.model, data.shape).to(device)
         begin = time.perf_counter()
         train(vae, data, config, progress=False)
         seconds = time.perf_counter() - begin
@@ -150,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         table.append(
             [
                 label,
-                f"{codes['active_units']} / {config.latent_dim}",
+                f"{codes['active_units']} / {config.model["latent_dim"]}",
                 f"{codes['kl']:.2f}",
                 f"{codes['mutual_information']:.2f}",
                 f"{scores['elbo']:.2f}",

@@ -45,9 +45,9 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
 from benchmarks.common import markdown_table, report
 from pyrovae import Config, Dataset, load_dataset, train
 from pyrovae.errors import DataError
-from pyrovae.guides.semisupervised import Classifier
-from pyrovae.inference.semisupervised import labeled_subset, train_classifier
-from pyrovae.models import SemiSupervisedVAE
+from pyrovae.variants.m2 import Classifier
+from pyrovae.variants.m2 import labeled_subset, train_classifier
+from pyrovae.variants import SemiSupervisedVAE
 
 DATASETS = ("digits", "fashion-mnist")
 HEADER = [
@@ -73,7 +73,7 @@ def compare(
     supervised-only baselines."""
     from sklearn.linear_model import LogisticRegression
 
-    config = Config(
+    config = Config.from_flags(
         model="m2",
         labels_per_class=per_class,
         num_classes=data.num_classes,
@@ -82,14 +82,14 @@ def compare(
         alpha=alpha_factor * len(data.train),
     )
     torch.manual_seed(seed)
-    m2 = SemiSupervisedVAE.from_config(config, data.shape)
+    m2 = SemiSupervisedVAE.from_section(config.model, data.shape)
     begin = time.perf_counter()
     train(m2, data, config, progress=False)
     seconds = time.perf_counter() - begin
     index = labeled_subset(data.train_labels, per_class, seed)
     x, y = data.train[index], data.train_labels[index]
     torch.manual_seed(seed)
-    network = Classifier(data.shape, data.num_classes, config.hidden)
+    network = Classifier(data.shape, data.num_classes, config.model["hidden"])
     network = train_classifier(network, x, y, seed=seed)
     with torch.no_grad():
         supervised = network(data.test).argmax(-1)

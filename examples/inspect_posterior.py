@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # small sequential ops (NUTS): threads only add overhead
 
-    config = Config(num_epochs=args.num_epochs, limit=args.limit, num_eval_samples=10)
+    config = Config.from_flags(num_epochs=args.num_epochs, limit=args.limit, num_eval_samples=10)
     with tempfile.TemporaryDirectory() as workdir:
         result = fit(config, workdir, progress=False)
     vae, data = result.vae.eval(), result.data

@@ -22,7 +22,7 @@ import torch
 from pyrovae import VAE, load_dataset
 from pyrovae.inference import IWAE, heldout_elbo
 from pyrovae.inference.diagnostics import diagnose
-from pyrovae.inference.schedules import CyclicalSchedule
+from pyrovae.inference.training.schedules import CyclicalSchedule
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -27,7 +27,13 @@ from pyrovae.config import Config, from_flat, is_flat, save_config
 from pyrovae.data import Dataset, load_dataset
 from pyrovae.errors import CheckpointError, ConfigError, DataError, PyroVAEError
 from pyrovae.inference import evaluate
-from pyrovae.inference.training import Trainer, elbo_context, make_elbo, make_schedule
+from pyrovae.inference.training import (
+    Trainer,
+    TrainingStep,
+    elbo_context,
+    make_elbo,
+    make_schedule,
+)
 from pyrovae.inference.training.checkpoint import load_checkpoint
 from pyrovae.inference.training.trainer import refuse_overwrite
 from pyrovae.registry import closest
@@ -38,6 +44,7 @@ __all__ = [
     "fit",
     "load_data",
     "load_run",
+    "make_step",
     "make_trainer",
     "resolve_classes",
     "resolve_device",
@@ -114,8 +121,8 @@ def model_section(vae: VAE) -> dict[str, Any]:
     return Config.from_dict({"model": vae.spec}).model
 
 
-def make_trainer(vae: VAE, data: Dataset, config: Config) -> Trainer:
-    """The trainer of ``vae`` that ``config`` describes: its objective, step and KL schedule."""
+def make_step(vae: VAE, config: Config) -> TrainingStep:
+    """``vae``'s training step on the objective ``config`` describes."""
     objective, optimization = config.objective, config.optimization
     elbo = make_elbo(
         objective["elbo"]["name"],
@@ -123,9 +130,15 @@ def make_trainer(vae: VAE, data: Dataset, config: Config) -> Trainer:
         num_particles=objective["num_particles"],
         vectorize_particles=objective["vectorize_particles"],
     )
-    step = vae.training_step(
+    return vae.training_step(
         elbo, learning_rate=optimization["learning_rate"], clip_norm=optimization["clip_norm"]
     )
+
+
+def make_trainer(vae: VAE, data: Dataset, config: Config) -> Trainer:
+    """The trainer of ``vae`` that ``config`` describes: its objective, step and KL schedule."""
+    objective, optimization = config.objective, config.optimization
+    step = make_step(vae, config)
     batch_size = optimization["batch_size"]
     schedule = make_schedule(
         objective["kl_schedule"]["name"],

@@ -38,7 +38,7 @@ from pyrovae.inference.latent_ops import (
     slerp,
     traverse,
 )
-from pyrovae.vae import VAE
+from pyrovae.variants import VAE
 
 
 @contextlib.contextmanager
@@ -58,9 +58,9 @@ def digits():
 
 @pytest.fixture(scope="module")
 def vae(digits) -> VAE:
-    config = Config(num_epochs=30, learning_rate=3e-3, num_eval_samples=8)
+    config = Config.from_flags(num_epochs=30, learning_rate=3e-3, num_eval_samples=8)
     torch.manual_seed(0)
-    model = VAE.from_config(config, digits.shape)
+    model = VAE.from_section(config.model, digits.shape)
     with one_thread():
         train(model, digits, config, progress=False)
     return model.eval()

@@ -530,7 +530,8 @@ def test_objective_guide_and_schedule_flags(tmp_path, capsys):
     assert rows[0]["beta"] == 1.0 and rows[0]["beta_mean"] < 1.0  # first cycle
     assert {"kl", "active_units", "mutual_information"} <= rows[0].keys()
     config = load_config(workdir / "config.toml")
-    assert (config.elbo, config.guide, config.kl_schedule) == ("IWAE", "iaf", "cyclical")
+    names = (config.objective["elbo"], config.model["guide"], config.objective["kl_schedule"])
+    assert tuple(c["name"] for c in names) == ("IWAE", "iaf", "cyclical")
     code, out, _ = run_cli(["evaluate", workdir, "-k", "4", "--num-items", "7"], capsys)
     assert code == 0 and '"num_data": 7' in out
     code, _, err = run_cli(["evaluate", workdir, "--num-items", "0"], capsys)

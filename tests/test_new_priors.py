@@ -21,7 +21,8 @@ from torch import distributions as td
 import pyrovae  # noqa: F401  (sets module-local parameters)
 from pyrovae.errors import ConfigError
 from pyrovae.guides import AmortizedNormalGuide, MLPEncoder
-from pyrovae.model import BernoulliLikelihood, MLPDecoder, VAEModel
+from pyrovae.model import BernoulliLikelihood, MLPDecoder
+from pyrovae.variants.vae import VAEModel
 from pyrovae.model.priors import (
     PRIORS,
     DistributionPrior,

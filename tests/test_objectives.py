@@ -18,9 +18,8 @@ from torch.nn import functional as F
 from pyrovae import VAE, Config, ConfigError, load_dataset, load_run, train
 from pyrovae.config import load_config, save_config
 from pyrovae.guides import GUIDES
-from pyrovae.inference import SVITrainer
 from pyrovae.inference.diagnostics import diagnose
-from pyrovae.inference.objectives import (
+from pyrovae.inference.training.objectives import (
     ELBOS,
     IWAE,
     FreeBitsELBO,
@@ -29,14 +28,14 @@ from pyrovae.inference.objectives import (
     make_elbo,
     mmd,
 )
-from pyrovae.inference.schedules import (
+from pyrovae.inference.training.schedules import (
     SCHEDULES,
     ConstantSchedule,
     CyclicalSchedule,
     LinearSchedule,
     make_schedule,
 )
-from pyrovae.run import fit
+from pyrovae.run import fit, make_step
 
 FAST = {"num_eval_samples": 8, "batch_size": 64}
 NUM_DATA = 1000
@@ -88,20 +87,31 @@ def test_cyclical_schedule_values():
     assert schedule(4) == pytest.approx(3.0 * (2 / 3 * 3 / 10) / 0.8)  # 4 - P = 2/3
 
 
+def _schedule(config: Config, steps_per_epoch: int):
+    """The schedule of ``config`` as the trainer builds it."""
+    return make_schedule(
+        config.objective["kl_schedule"]["name"],
+        config.options("objective", "kl_schedule"),
+        beta=config.objective["beta"],
+        steps_per_epoch=steps_per_epoch,
+        num_epochs=config.optimization["num_epochs"],
+    )
+
+
 def test_make_schedule_reads_epochs_or_steps():
-    config = Config(kl_schedule="linear", warmup_epochs=2, beta=1.0)
-    assert make_schedule(config, steps_per_epoch=3).warmup_steps == 6
-    assert make_schedule(config.replace(warmup_steps=5), 3).warmup_steps == 5
-    cyclical = make_schedule(config.replace(kl_schedule="cyclical", num_epochs=7), 3)
+    config = Config.from_flags(kl_schedule="linear", warmup_epochs=2, beta=1.0)
+    assert _schedule(config, steps_per_epoch=3).warmup_steps == 6
+    assert _schedule(config.replace(warmup_steps=5), 3).warmup_steps == 5
+    cyclical = _schedule(config.replace(kl_schedule="cyclical", num_epochs=7), 3)
     assert (cyclical.total_steps, cyclical.num_cycles, cyclical.cycle_ratio) == (21, 4, 0.5)
     assert set(SCHEDULES) == {"constant", "linear", "cyclical"}
 
 
 def test_trainer_follows_the_schedule_and_resume_continues_it(one_thread, tmp_path):
     digits = load_dataset("digits", limit=320)
-    config = Config(kl_schedule="linear", warmup_epochs=1, num_epochs=2, **FAST)
-    steps = len(digits.train) // config.batch_size  # 5 full batches
-    whole = train(VAE.from_config(config, digits.shape), digits, config, progress=False)
+    config = Config.from_flags(kl_schedule="linear", warmup_epochs=1, num_epochs=2, **FAST)
+    steps = len(digits.train) // config.optimization["batch_size"]  # 5 full batches
+    whole = train(VAE.from_section(config.model, digits.shape), digits, config, progress=False)
     assert whole[0]["beta"] == pytest.approx((steps - 1) / steps)
     assert whole[0]["beta_mean"] == pytest.approx((steps - 1) / 2 / steps)
     assert whole[0]["train_elbo"] is None  # a Pyro ELBO with beta != 1: not the ELBO
@@ -111,9 +121,9 @@ def test_trainer_follows_the_schedule_and_resume_continues_it(one_thread, tmp_pa
     pyro.set_rng_seed(0)
     torch.manual_seed(0)
     first = train(
-        VAE.from_config(config, digits.shape), digits, config.replace(num_epochs=1), tmp_path
+        VAE.from_section(config.model, digits.shape), digits, config.replace(num_epochs=1), tmp_path
     )
-    vae = VAE.from_config(config, digits.shape)
+    vae = VAE.from_section(config.model, digits.shape)
     resumed = train(vae, digits, config, tmp_path, resume=True, progress=False)
     assert [r["beta_mean"] for r in resumed] == [r["beta_mean"] for r in whole]
     assert first[0]["beta"] == whole[0]["beta"]
@@ -204,7 +214,7 @@ def test_free_bits_refuse_a_mixture_prior(digits):
 def test_iwae_is_the_log_mean_exp_of_independent_importance_weights(alpha, vae_and_batch):
     vae, x = vae_and_batch
     K = 7
-    objective = RenyiObjective(alpha, num_particles=K, max_plate_nesting=1)
+    objective = RenyiObjective(num_particles=K, max_plate_nesting=1, renyi_alpha=alpha)
     if alpha == 0:
         objective = IWAE(num_particles=K, max_plate_nesting=1)
     pyro.set_rng_seed(5)  # the objective draws z first (guide, then the model replayed)
@@ -270,17 +280,19 @@ def test_infovae_penalty_is_the_mmd_to_prior_draws(vae_and_batch):
 
 @pytest.mark.parametrize("guide", GUIDES.names())
 def test_every_guide_trains_one_step_and_encodes(guide, digits):
-    config = Config(guide=guide, guide_rank=3, num_flows=2, latent_dim=4)
-    vae = VAE.from_config(config, digits.shape)
+    options = {"lowrank": {"guide_rank": 3}, "iaf": {"num_flows": 2}}.get(guide, {})
+    config = Config.from_flags(guide=guide, latent_dim=4, **options)
+    vae = VAE.from_section(config.model, digits.shape)
     x = digits.train[:32]
-    trainer = SVITrainer(vae, config, num_data=1000)
-    trainer.check(x)
-    before = [p.detach().clone() for p in trainer.parameters]
-    assert torch.isfinite(trainer.step(x))
-    assert all(not torch.equal(a, b) for a, b in zip(before, trainer.parameters))
+    step = make_step(vae, config)
+    with pyro.validation_enabled(True):
+        vae.check_loss({"x": x}, 1000)
+    before = [p.detach().clone() for p in step.parameters]
+    assert torch.isfinite(step({"x": x}, num_data=1000)["loss"])
+    assert all(not torch.equal(a, b) for a, b in zip(before, step.parameters))
     loc, log_var = vae.encode(x)
     assert loc.shape == log_var.shape == (32, 4)
-    assert vae.spec["guide"] == guide
+    assert vae.spec["guide"]["name"] == guide
     # every objective runs with every guide except free bits' closed form
     for elbo in ("TraceMeanField_ELBO", "IWAE", "InfoVAE_ELBO"):
         objective = make_elbo(elbo, num_particles=3, vectorize_particles=True)
@@ -319,10 +331,10 @@ def test_iaf_guide_density_is_base_density_minus_log_scales():
 
 @pytest.mark.parametrize("guide", ["lowrank", "iaf"])
 def test_richer_guides_survive_a_checkpoint(one_thread, guide, tmp_path):
-    config = Config(guide=guide, num_epochs=1, limit=200, latent_dim=4, **FAST)
+    config = Config.from_flags(guide=guide, num_epochs=1, limit=200, latent_dim=4, **FAST)
     result = fit(config, tmp_path / guide, progress=False)
     vae, loaded, _ = load_run(tmp_path / guide)
-    assert loaded.guide == guide
+    assert loaded.model["guide"]["name"] == guide
     x = result.data.test[:10]
     torch.testing.assert_close(vae.encode(x), result.vae.encode(x))
     pyro.set_rng_seed(0)
@@ -332,7 +344,7 @@ def test_richer_guides_survive_a_checkpoint(one_thread, guide, tmp_path):
 
 
 def test_config_round_trip_keeps_the_objective(tmp_path):
-    config = Config(
+    config = Config.from_flags(
         elbo="InfoVAE_ELBO",
         mmd_alpha=0.5,
         mmd_lambda=50.0,
@@ -340,11 +352,8 @@ def test_config_round_trip_keeps_the_objective(tmp_path):
         kl_schedule="cyclical",
         num_cycles=3,
         cycle_ratio=0.25,
-        warmup_steps=7,
         guide="lowrank",
         guide_rank=4,
-        free_bits=0.1,
-        renyi_alpha=0.3,
         diagnostic_items=10,
     )
     save_config(config, tmp_path / "c.toml")
@@ -358,34 +367,38 @@ def test_config_round_trip_keeps_the_objective(tmp_path):
         ({"elbo": "FreeBits_ELBO", "prior": "mixture"}, "mixture prior"),
         ({"elbo": "FreeBits_ELBO", "guide": "iaf"}, "--guide normal"),
         ({"elbo": "InfoVAE_ELBO", "mmd_lambda": 0.5}, "mmd_alpha \\+ mmd_lambda >= 1"),
-        ({"cycle_ratio": 0.0}, "cycle_ratio"),
+        ({"kl_schedule": "cyclical", "cycle_ratio": 0.0}, "cycle_ratio"),
         ({"elbo": "JitTrace_ELBO", "kl_schedule": "linear"}, "recompile"),
-        ({"free_bits": -1.0}, "free_bits"),
+        ({"elbo": "FreeBits_ELBO", "free_bits": -1.0}, "free_bits"),
         ({"guide": "flow"}, "unknown guide"),
-        ({"kl_schedule": "cosine"}, "unknown kl schedule"),
+        ({"kl_schedule": "cosine"}, "unknown KL schedule"),
     ],
 )
 def test_bad_objective_settings_are_refused(changes, phrase):
     with pytest.raises(ConfigError, match=phrase):
-        Config(**changes)
+        Config.from_flags(**changes)
 
 
 def test_objectives_report_the_true_elbo_and_diagnostics(one_thread, digits, caplog):
-    config = Config(elbo="FreeBits_ELBO", free_bits=2.0, num_epochs=1, diagnostic_items=100, **FAST)
-    history = train(VAE.from_config(config, digits.shape), digits, config, progress=False)
+    config = Config.from_flags(
+        elbo="FreeBits_ELBO", free_bits=2.0, num_epochs=1, diagnostic_items=100, **FAST
+    )
+    history = train(VAE.from_section(config.model, digits.shape), digits, config, progress=False)
     row = history[0]
     # the floor is charged on top of the true KL: the objective is below the true ELBO
     assert row["train_objective"] < row["train_elbo"]
     assert {"kl", "kl_per_dim", "active_units", "mutual_information"} <= row.keys()
-    assert len(row["kl_per_dim"]) == config.latent_dim
+    assert len(row["kl_per_dim"]) == config.model["latent_dim"]
     assert sum(row["kl_per_dim"]) == pytest.approx(row["kl"], rel=1e-4)
     json.dumps(row)  # JSON-ready for metrics.jsonl
 
 
 def test_collapse_is_logged(one_thread, digits, caplog):
-    config = Config(beta=500.0, num_epochs=3, diagnostic_items=100, **FAST)
+    config = Config.from_flags(beta=500.0, num_epochs=3, diagnostic_items=100, **FAST)
     with caplog.at_level(logging.WARNING, logger="pyrovae"):
-        history = train(VAE.from_config(config, digits.shape), digits, config, progress=False)
+        history = train(
+            VAE.from_section(config.model, digits.shape), digits, config, progress=False
+        )
     assert history[-1]["kl"] < 0.1
     messages = [r.getMessage() for r in caplog.records if "collapsing" in r.getMessage()]
     assert len(messages) == 1  # once, not every epoch
@@ -395,7 +408,7 @@ def test_collapse_is_logged(one_thread, digits, caplog):
 def test_collapse_warning_waits_for_a_run_of_collapsed_epochs(caplog):
     """One collapsed-looking epoch (as at the start of training) does not warn; three in a
     row do, once; the last epoch of a run warns at once; recovery is logged."""
-    from pyrovae.inference.svi import _warn_if_collapsed
+    from pyrovae.inference.training.trainer import _warn_if_collapsed
 
     low, high = {"kl": 0.01, "active_units": 0}, {"kl": 2.0, "active_units": 3}
     with caplog.at_level(logging.INFO, logger="pyrovae"):
@@ -416,9 +429,11 @@ def test_large_beta_reduces_kl_and_active_units(one_thread, digits):
     reconstruction, which few latent directions of 8x8 digits can."""
     results = {}
     for beta in (1.0, 8.0):
-        config = Config(beta=beta, num_epochs=20, latent_dim=8, diagnostic_items=0, **FAST)
+        config = Config.from_flags(
+            beta=beta, num_epochs=20, latent_dim=8, diagnostic_items=0, **FAST
+        )
         torch.manual_seed(0)
-        vae = VAE.from_config(config, digits.shape)
+        vae = VAE.from_section(config.model, digits.shape)
         train(vae, digits, config, progress=False)
         results[beta] = diagnose(vae, digits.test)
     assert results[8.0]["kl"] < results[1.0]["kl"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import pyro
 import pyro.distributions as dist
 import pytest
 import torch
@@ -13,9 +14,10 @@ import torch
 from pyrovae import VAE, Config, ConfigError, fit, load_dataset, load_run, train
 from pyrovae.errors import CheckpointError, DataError, PyroVAEError
 from pyrovae.guides import ENCODERS
-from pyrovae.inference import ELBOS, SVITrainer, evaluate, heldout_elbo
-from pyrovae.inference.checkpoint import load_checkpoint, save_checkpoint
+from pyrovae.inference import ELBOS, SVIStep, evaluate, heldout_elbo
+from pyrovae.inference.training.checkpoint import load_checkpoint, save_checkpoint
 from pyrovae.model import DECODERS, LIKELIHOODS, PRIORS
+from pyrovae.run import make_step
 
 FAST = {"num_eval_samples": 8, "eval_batch_size": 500, "batch_size": 64}
 
@@ -32,9 +34,9 @@ def _state_equal(a: dict, b: dict) -> bool:
 def test_training_improves_heldout_elbo(digits):
     """Untrained, the Bernoulli decoder outputs logits near 0: about -64 log 2 = -44.4 nats
     per 8x8 image. Twenty epochs must gain far more than the epoch-to-epoch noise (< 1 nat)."""
-    config = Config(num_epochs=20, **FAST)
+    config = Config.from_flags(num_epochs=20, **FAST)
     torch.manual_seed(0)
-    vae = VAE.from_config(config, digits.shape)
+    vae = VAE.from_section(config.model, digits.shape)
     before = heldout_elbo(vae, digits.test)
     history = train(vae, digits, config, progress=False)
     after = heldout_elbo(vae, digits.test)
@@ -46,7 +48,7 @@ def test_training_improves_heldout_elbo(digits):
 
 
 def test_checkpoint_roundtrip_gives_identical_evaluation(tmp_path, digits):
-    config = Config(num_epochs=2, **FAST)
+    config = Config.from_flags(num_epochs=2, **FAST)
     result = fit(config, tmp_path / "run", progress=False)
     # the same device, so that the same seed gives the same random stream
     loaded, loaded_config, checkpoint = load_run(tmp_path / "run", device=result.vae.device)
@@ -67,52 +69,57 @@ class Interrupt(Exception):
 def test_resume_after_interruption_is_exact(tmp_path, monkeypatch):
     """An uninterrupted 4-epoch run and a run stopped in epoch 3 then resumed end
     bit-for-bit identical: same parameters, optimizer state and metrics."""
-    config = Config(num_epochs=4, **FAST)
+    config = Config.from_flags(num_epochs=4, **FAST)
     whole = fit(config, tmp_path / "whole", progress=False)
 
-    real_step, calls = SVITrainer.step, {"n": 0}
+    real_step, calls = SVIStep.__call__, {"n": 0}
 
-    def failing_step(self, x, beta=None):
+    def failing_step(self, batch, **kwargs):
         calls["n"] += 1
         if calls["n"] == 2 * 22 + 5:  # 22 steps per epoch: stop inside epoch 3
             raise Interrupt
-        return real_step(self, x, beta)
+        return real_step(self, batch, **kwargs)
 
-    monkeypatch.setattr(SVITrainer, "step", failing_step)
+    monkeypatch.setattr(SVIStep, "__call__", failing_step)
     with pytest.raises(Interrupt):
         fit(config, tmp_path / "cut", progress=False)
     assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["epoch"] == 2
-    monkeypatch.setattr(SVITrainer, "step", real_step)
+    monkeypatch.setattr(SVIStep, "__call__", real_step)
 
     resumed = fit(config, tmp_path / "cut", resume=True, progress=False)
     assert [r["train_elbo"] for r in resumed.history] == [r["train_elbo"] for r in whole.history]
     assert [r["test_elbo"] for r in resumed.history] == [r["test_elbo"] for r in whole.history]
     assert _state_equal(whole.vae.state_dict(), resumed.vae.state_dict())
-    a = load_checkpoint(tmp_path / "whole" / "checkpoint.pt")["optimizer"]["state"]
-    b = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["optimizer"]["state"]
+    a = load_checkpoint(tmp_path / "whole" / "checkpoint.pt")["optimizers"]["svi"]["state"]
+    b = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["optimizers"]["svi"]["state"]
     assert all(_state_equal(a[k], b[k]) for k in a)
     lines = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 4
 
 
 def test_resume_can_extend_a_finished_run(tmp_path):
-    fit(Config(num_epochs=1, **FAST), tmp_path, progress=False)
-    result = fit(Config(num_epochs=2, **FAST), tmp_path, resume=True, progress=False)
+    fit(Config.from_flags(num_epochs=1, **FAST), tmp_path, progress=False)
+    result = fit(Config.from_flags(num_epochs=2, **FAST), tmp_path, resume=True, progress=False)
     assert [r["epoch"] for r in result.history] == [1, 2]
 
 
 def test_existing_run_is_not_overwritten(tmp_path):
-    fit(Config(num_epochs=1, **FAST), tmp_path, progress=False)
+    fit(Config.from_flags(num_epochs=1, **FAST), tmp_path, progress=False)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     with pytest.raises(PyroVAEError, match="already holds a run"):
-        fit(Config(num_epochs=1, latent_dim=3, **FAST), tmp_path, progress=False)
+        fit(Config.from_flags(num_epochs=1, latent_dim=3, **FAST), tmp_path, progress=False)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
 def test_resume_with_another_architecture_is_refused(tmp_path):
-    fit(Config(num_epochs=1, **FAST), tmp_path, progress=False)
+    fit(Config.from_flags(num_epochs=1, **FAST), tmp_path, progress=False)
     with pytest.raises(CheckpointError, match=r"another architecture \(latent_dim: 8 -> 3\)"):
-        fit(Config(num_epochs=2, latent_dim=3, **FAST), tmp_path, resume=True, progress=False)
+        fit(
+            Config.from_flags(num_epochs=2, latent_dim=3, **FAST),
+            tmp_path,
+            resume=True,
+            progress=False,
+        )
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
@@ -137,26 +144,29 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
 
 
 def _one_step(vae: VAE, x: torch.Tensor, config: Config) -> None:
-    trainer = SVITrainer(vae, config, num_data=1000)
-    trainer.check(x)
-    before = [p.detach().clone() for p in trainer.parameters]
-    loss = trainer.step(x)
+    step = make_step(vae, config)
+    with pyro.validation_enabled(True):
+        vae.check_loss({"x": x}, 1000)
+    before = [p.detach().clone() for p in step.parameters]
+    loss = step({"x": x}, num_data=1000)["loss"]
     assert torch.isfinite(loss)
-    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.parameters))
+    assert any(not torch.equal(a, b) for a, b in zip(before, step.parameters))
 
 
 @pytest.mark.parametrize("likelihood", LIKELIHOODS.names())
 @pytest.mark.parametrize("prior", PRIORS.names())
 def test_every_prior_likelihood_combination_trains_one_step(prior, likelihood, digits):
-    config = Config(prior=prior, likelihood=likelihood, learn_scale="pixel")
-    vae = VAE.from_config(config, digits.shape)
+    # a learned per-pixel scale where the likelihood has a scale (options belong to it)
+    scale = {"learn_scale": "pixel"} if "learn_scale" in LIKELIHOODS.options(likelihood) else {}
+    config = Config.from_flags(prior=prior, likelihood=likelihood, **scale)
+    vae = VAE.from_section(config.model, digits.shape)
     _one_step(vae, digits.train[:32], config)
 
 
 @pytest.mark.parametrize("network", sorted(set(ENCODERS) & set(DECODERS)))
 def test_every_network_trains_one_step(network, digits):
-    config = Config(encoder=network, decoder=network)
-    vae = VAE.from_config(config, digits.shape)
+    config = Config.from_flags(encoder=network, decoder=network)
+    vae = VAE.from_section(config.model, digits.shape)
     _one_step(vae, digits.train[:32], config)
     assert vae.sample(5).shape == (5, *digits.shape)
 
@@ -168,19 +178,19 @@ def test_every_elbo_trains(elbo, particles, digits):
     options = {"num_particles": num_particles, "vectorize_particles": vectorize}
     if elbo in ("IWAE", "RenyiELBO") and num_particles == 1:
         with pytest.raises(ConfigError, match="K >= 2"):  # one particle is the ELBO
-            Config(elbo=elbo, **options)
+            Config.from_flags(elbo=elbo, **options)
         return
-    config = Config(elbo=elbo, num_epochs=2, **options, **FAST)
+    config = Config.from_flags(elbo=elbo, num_epochs=2, **options, **FAST)
     torch.manual_seed(0)
-    vae = VAE.from_config(config, digits.shape)
+    vae = VAE.from_section(config.model, digits.shape)
     history = train(vae, digits, config, progress=False)
     assert all(math.isfinite(r["train_elbo"]) for r in history)
     assert history[-1]["test_elbo"] > -44.4  # better than logits of 0 (64 log 2 nats)
 
 
 def test_beta_is_recorded_and_changes_the_objective(digits):
-    config = Config(beta=4.0, num_epochs=1, **FAST)
-    vae = VAE.from_config(config, digits.shape)
+    config = Config.from_flags(beta=4.0, num_epochs=1, **FAST)
+    vae = VAE.from_section(config.model, digits.shape)
     assert train(vae, digits, config, progress=False)[0]["beta"] == 4.0
 
 
@@ -192,7 +202,7 @@ def test_user_prior_and_likelihood_objects(digits):
         prior=prior,
         likelihood=lambda logits: dist.ContinuousBernoulli(logits=logits),
     )
-    _one_step(vae, digits.train[:16], Config(latent_dim=4))
+    _one_step(vae, digits.train[:16], Config.from_flags(latent_dim=4))
     assert vae.sample(3).shape == (3, 1, 8, 8)
 
 
@@ -212,7 +222,7 @@ def test_generation_and_reconstruction_shapes(digits):
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_training_on_cuda(tmp_path: Path):
-    result = fit(Config(num_epochs=2, device="cuda", **FAST), tmp_path, progress=False)
+    result = fit(Config.from_flags(num_epochs=2, device="cuda", **FAST), tmp_path, progress=False)
     assert all(p.device.type == "cuda" for p in result.vae.parameters())
     assert result.data.train.device.type == "cuda"
     loaded, _, _ = load_run(tmp_path, device="cpu")
@@ -221,16 +231,19 @@ def test_training_on_cuda(tmp_path: Path):
 
 def test_checkpoint_records_the_vae_not_the_config_defaults(tmp_path, digits):
     vae = VAE(digits.shape, latent_dim=3, likelihood="continuous-bernoulli")
-    train(vae, digits, Config(num_epochs=1, **FAST), tmp_path, progress=False)
+    train(vae, digits, Config.from_flags(num_epochs=1, **FAST), tmp_path, progress=False)
     loaded, config, _ = load_run(tmp_path)
-    assert (config.likelihood, config.latent_dim) == ("continuous-bernoulli", 3)
+    assert (config.model["likelihood"]["name"], config.model["latent_dim"]) == (
+        "continuous-bernoulli",
+        3,
+    )
     assert _state_equal(vae.state_dict(), loaded.state_dict())
 
 
 def test_run_with_a_custom_prior_cannot_be_rebuilt_from_its_checkpoint(tmp_path, digits):
     prior = dist.Laplace(torch.zeros(8), torch.ones(8)).to_event(1)
     vae = VAE(digits.shape, prior=prior)
-    train(vae, digits, Config(num_epochs=1, **FAST), tmp_path, progress=False)
+    train(vae, digits, Config.from_flags(num_epochs=1, **FAST), tmp_path, progress=False)
     with pytest.raises(CheckpointError, match="custom Independent"):
         load_run(tmp_path)
     rebuilt = VAE(digits.shape, prior=prior)
