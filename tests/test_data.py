@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from pyrovae import data
 from pyrovae.data import (
     BINARIZE,
     DATASETS,
     Dataset,
     load_dataset,
     read_idx,
+    sources,
     validate_data,
 )
 from pyrovae.errors import ConfigError, DataError
@@ -64,7 +64,7 @@ def no_debian(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Point the Debian Fashion-MNIST directory at an empty folder."""
     empty = tmp_path / "no-debian"
     empty.mkdir()
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", empty)
+    monkeypatch.setattr(sources, "DEBIAN_FASHION_MNIST", empty)
     return empty
 
 
@@ -240,14 +240,16 @@ def test_drop_last() -> None:
 
 def test_labeled_batches_keep_pairs() -> None:
     ds = toy_dataset(10)
-    for x, y in ds.labeled_batches(batch_size=4, shuffle=True):
+    for x, y in ds.batches(batch_size=4, shuffle=True, labels=True):
         assert torch.equal(x.flatten(), y.float() / 10)
 
 
 def test_labeled_batches_need_labels() -> None:
     ds = Dataset("unlabelled", torch.rand(4, 2), torch.rand(2, 2), None, None)
     with pytest.raises(DataError, match="has no train labels"):
-        ds.labeled_batches()
+        ds.batches(labels=True)
+    with pytest.raises(DataError, match="has no train labels"):
+        ds.cycle(labels=True)
 
 
 @pytest.mark.parametrize(
@@ -257,6 +259,151 @@ def test_labeled_batches_need_labels() -> None:
 def test_bad_batch_arguments(kwargs: dict, phrase: str) -> None:
     with pytest.raises(ConfigError, match=phrase):
         toy_dataset().batches(**kwargs)
+    with pytest.raises(ConfigError, match=phrase):
+        toy_dataset().cycle(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("indices", "phrase"),
+    [
+        (torch.tensor([0, 10]), r"indices must lie in \[0, 10\) for the train split"),
+        (torch.tensor([-1]), r"indices must lie in \[0, 10\)"),
+        (torch.tensor([0.0, 1.0]), "1-D tensor of integer item positions"),
+        (torch.ones(2, 2, dtype=torch.int64), "1-D tensor of integer item positions"),
+    ],
+)
+def test_bad_indices(indices: torch.Tensor, phrase: str) -> None:
+    with pytest.raises(ConfigError, match=phrase):
+        toy_dataset().batches(indices=indices)
+    with pytest.raises(ConfigError, match=phrase):
+        toy_dataset().cycle(indices=indices)
+
+
+def test_cycle_refuses_empty_indices() -> None:
+    with pytest.raises(ConfigError, match="empty set of indices"):
+        toy_dataset().cycle(indices=torch.tensor([], dtype=torch.int64))
+
+
+def pass_items(batches: list[torch.Tensor]) -> list[int]:
+    """The toy items of a pass (item i of toy_dataset(10) holds i / 10), in the order seen."""
+    return [round(float(v) * 10) for b in batches for v in b.flatten()]
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+@pytest.mark.parametrize("indices", [None, torch.tensor([7, 2, 9, 0, 4, 5, 8])])
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_a_pass_visits_each_item_once(
+    drop_last: bool, indices: torch.Tensor | None, shuffle: bool
+) -> None:
+    ds = toy_dataset(10)
+    wanted = list(range(10)) if indices is None else indices.tolist()
+    for _epoch in range(3):
+        batches = list(
+            ds.batches(batch_size=3, shuffle=shuffle, drop_last=drop_last, indices=indices)
+        )
+        seen = pass_items(batches)
+        assert len(seen) == len(set(seen)), "no item twice in a pass"
+        assert set(seen) <= set(wanted)
+        if drop_last:
+            assert all(len(b) == 3 for b in batches)
+            assert len(seen) == len(wanted) - len(wanted) % 3
+        else:
+            assert sorted(seen) == sorted(wanted)
+        if not shuffle:
+            assert seen == wanted[: len(seen)], "unshuffled passes keep the given order"
+
+
+def test_labels_follow_an_index_subset() -> None:
+    ds = toy_dataset(10)
+    subset = torch.tensor([9, 3, 6])
+    for x, y in ds.batches(batch_size=2, shuffle=True, labels=True, indices=subset):
+        assert torch.equal(x.flatten(), y.float() / 10)
+        assert set(y.tolist()) <= {9, 3, 6}
+
+
+def dynamic_toy(num_train: int = 40) -> Dataset:
+    """Grey items in (0, 1), labelled, for dynamic binarization."""
+    train = torch.linspace(0.05, 0.95, num_train * 6).reshape(num_train, 6)
+    return Dataset("grey", train, train[:4].clone(), torch.arange(num_train) % 4, None, "dynamic")
+
+
+def one_pass(ds: Dataset, generator: torch.Generator | None = None, **kwargs) -> torch.Tensor:
+    return torch.cat(list(ds.batches(batch_size=7, shuffle=True, generator=generator, **kwargs)))
+
+
+def test_same_seed_same_batches_and_binarization() -> None:
+    ds = dynamic_toy()
+    runs = [one_pass(ds, torch.Generator().manual_seed(3)) for _ in range(2)]
+    assert torch.equal(runs[0], runs[1])
+    assert set(runs[0].unique().tolist()) == {0.0, 1.0}
+    assert not torch.equal(runs[0], one_pass(ds, torch.Generator().manual_seed(4)))
+    # Without a generator, the global seed decides.
+    torch.manual_seed(3)
+    first = one_pass(ds)
+    torch.manual_seed(3)
+    assert torch.equal(first, one_pass(ds))
+    torch.manual_seed(4)
+    assert not torch.equal(first, one_pass(ds))
+
+
+def test_same_seed_same_order() -> None:
+    ds = toy_dataset(30)
+    orders = [
+        pass_items(
+            list(ds.batches(batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(s)))
+        )
+        for s in (1, 1, 2)
+    ]
+    assert orders[0] == orders[1] and orders[0] != orders[2]
+
+
+def test_a_pass_ignores_random_draws_between_batches() -> None:
+    """The batches of a seeded pass do not change when the model draws random numbers
+    between them, as an SVI step does: the pass has its own generator."""
+    ds = dynamic_toy()
+    torch.manual_seed(0)
+    quiet = one_pass(ds, indices=torch.arange(3, 40))
+    torch.manual_seed(0)
+    busy = []
+    for x in ds.batches(batch_size=7, shuffle=True, indices=torch.arange(3, 40)):
+        busy.append(x)
+        torch.rand(100)  # the model's draws
+    assert torch.equal(quiet, torch.cat(busy))
+
+
+def test_cycle_visits_every_item_before_repeating_one() -> None:
+    ds = toy_dataset(10)
+    subset = torch.tensor([1, 4, 5, 8, 9])
+    for batch_size in (2, 3, 5):
+        stream = ds.cycle(
+            batch_size=batch_size, indices=subset, generator=torch.Generator().manual_seed(0)
+        )
+        seen = pass_items([next(stream) for _ in range(20)])
+        assert len(seen) == 20 * batch_size
+        passes = [seen[i : i + 5] for i in range(0, len(seen), 5)]
+        assert all(sorted(p) == [1, 4, 5, 8, 9] for p in passes), passes
+        assert len({tuple(p) for p in passes}) > 1, "each pass is reshuffled"
+
+
+def test_cycle_batches_have_min_of_batch_size_and_items() -> None:
+    ds = toy_dataset(10)
+    stream = ds.cycle(batch_size=8, labels=True, indices=torch.tensor([2, 6, 7]))
+    for _ in range(4):
+        x, y = next(stream)
+        assert sorted(y.tolist()) == [2, 6, 7]
+        assert torch.equal(x.flatten(), y.float() / 10)
+    ordered = ds.cycle(batch_size=4, shuffle=False)
+    assert pass_items([next(ordered) for _ in range(5)]) == list(range(10)) * 2
+
+
+def test_cycle_binarizes_with_its_generator() -> None:
+    ds = dynamic_toy()
+    draws = []
+    for seed in (5, 5, 6):
+        stream = ds.cycle(batch_size=16, generator=torch.Generator().manual_seed(seed))
+        draws.append(torch.cat([next(stream) for _ in range(6)]))
+    assert set(draws[0].unique().tolist()) == {0.0, 1.0}
+    assert torch.equal(draws[0], draws[1]) and not torch.equal(draws[0], draws[2])
 
 
 def test_to_moves_every_tensor() -> None:
@@ -419,7 +566,7 @@ def test_read_idx_round_trip_and_limit(tmp_path: Path) -> None:
 def test_fashion_mnist_from_debian_directory(tmp_path: Path, monkeypatch) -> None:
     debian = tmp_path / "debian"
     arrays = write_idx_dir(debian, gz=True)
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", debian)
+    monkeypatch.setattr(sources, "DEBIAN_FASHION_MNIST", debian)
     ds = load_dataset("fashion-mnist")
     assert ds.name == "fashion-mnist" and ds.shape == (1, 28, 28)
     assert (len(ds.train), len(ds.test)) == (12, 5)
@@ -457,7 +604,7 @@ def test_corrupt_idx_bad_magic(tmp_path: Path, monkeypatch) -> None:
     write_idx(
         debian / "t10k-images-idx3-ubyte.gz", np.zeros((5, 28, 28)), magic=b"\x12\x34\x56\x03"
     )
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", debian)
+    monkeypatch.setattr(sources, "DEBIAN_FASHION_MNIST", debian)
     with pytest.raises(DataError, match=r"corrupt IDX file .*t10k-images.*bad magic number"):
         load_dataset("fashion-mnist")
 

@@ -13,7 +13,7 @@ import torch
 import torch.distributions as td
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO
 
-from pyrovae import Config, ConfigError, DataError, fit, load_dataset, load_run
+from pyrovae import Config, ConfigError, DataError, Dataset, fit, load_dataset, load_run
 from pyrovae.networks import one_hot
 from pyrovae.run import make_step
 from pyrovae.variants import SemiSupervisedVAE
@@ -79,6 +79,60 @@ def test_labeled_subset():
     assert torch.equal(index, labeled_subset(labels, 3, seed=1))
     with pytest.raises(DataError, match="too few"):
         labeled_subset(labels, 20)
+
+
+def _m2_data(binarize: str) -> Dataset:
+    """90 items of shape (1, 4, 4), 30 per class; item i is filled with (i + 0.5) / 90."""
+    train = ((torch.arange(90.0) + 0.5) / 90).reshape(90, 1, 1, 1).expand(90, 1, 4, 4).clone()
+    labels = torch.arange(90) % 3
+    return Dataset("m2-toy", train, train[:6].clone(), labels, labels[:6], binarize=binarize)
+
+
+def _m2_epoch(
+    m2: SemiSupervisedVAE, data: Dataset, seed: int, draws_between: int = 0, drop_last: bool = True
+) -> list:
+    torch.manual_seed(seed)
+    batches = []
+    for batch in m2.training_batches(data, 16, drop_last=drop_last):
+        batches.append(batch)
+        torch.rand(draws_between)  # what an SVI step draws from the global RNG
+    return batches
+
+
+def test_m2_dynamic_binarization_is_reproducible_from_the_seed(m2):
+    """M2's unlabelled and labelled minibatches draw their order and their Bernoulli
+    samples from one generator seeded by the global seed: the same seed gives the same
+    batches however many random numbers the SVI steps draw in between (the old
+    ``torch.bernoulli`` drew from the global RNG), and another seed gives others."""
+    data = _m2_data("dynamic")
+    quiet, busy = _m2_epoch(m2, data, seed=1), _m2_epoch(m2, data, seed=1, draws_between=100)
+    other = _m2_epoch(m2, data, seed=2)
+    assert len(quiet) == len(busy) == len(other) == 60 // 16
+    for a, b in zip(quiet, busy):
+        assert set(a) == {"x", "x_labeled", "y_labeled", "num_labeled"}
+        assert set(a["x"].unique().tolist()) <= {0.0, 1.0}
+        assert set(a["x_labeled"].unique().tolist()) <= {0.0, 1.0}
+        assert all(torch.equal(a[k], b[k]) for k in ("x", "x_labeled", "y_labeled"))
+    assert not all(torch.equal(a["x"], c["x"]) for a, c in zip(quiet, other))
+
+
+def test_m2_batches_pass_over_unlabelled_and_cycle_labelled(m2):
+    """Each epoch visits every unlabelled item once; the labelled minibatches (16 of the
+    30 labelled items) go through all labelled items before repeating one."""
+    data = _m2_data("none")
+    labeled, unlabeled = m2._split(data)
+    for seed in (0, 1):
+        batches = _m2_epoch(m2, data, seed, drop_last=False)  # all 60 unlabelled items
+        seen = torch.cat([b["x"][:, 0, 0, 0] for b in batches]) * 90 - 0.5
+        assert sorted(seen.round().long().tolist()) == unlabeled.tolist()
+        seen_labeled = torch.cat([b["x_labeled"][:, 0, 0, 0] for b in batches]) * 90 - 0.5
+        seen_labeled = seen_labeled.round().long()
+        assert len(seen_labeled) == 16 * len(batches) and len(seen_labeled) >= 30
+        assert sorted(seen_labeled[:30].tolist()) == labeled.tolist()
+        assert len(set(seen_labeled[30:60].tolist())) == len(seen_labeled[30:60])
+        y = torch.cat([b["y_labeled"] for b in batches])
+        assert torch.equal(y, data.train_labels[seen_labeled])
+        assert all(b["num_labeled"] == 30 for b in batches)
 
 
 def test_m2_refuses_other_elbos_and_unlabelled_data(tmp_path):

@@ -302,7 +302,7 @@ class ConditionalVAE(VAE):
         self, data: Dataset, batch_size: int, *, shuffle: bool = True, drop_last: bool = False
     ) -> Iterator[dict[str, Any]]:
         """One epoch of ``{"x": x, "y": y}`` minibatches (the data set must have labels)."""
-        pairs = data.labeled_batches("train", batch_size, shuffle=shuffle, drop_last=drop_last)
+        pairs = data.batches("train", batch_size, shuffle=shuffle, drop_last=drop_last, labels=True)
         for x, y in pairs:
             yield {"x": x, "y": y}
 

@@ -351,30 +351,23 @@ class SemiSupervisedVAE(ConditionalVAE):
         self, data: Dataset, batch_size: int, *, shuffle: bool = True, drop_last: bool = False
     ) -> Iterator[dict[str, Any]]:
         """One pass over the unlabelled items; each minibatch comes with a labelled one of
-        the same size (or all labelled items, if fewer), cycling through them."""
+        the same size (or all labelled items, if fewer), cycling through them. Both draw
+        their order and dynamic binarization from one generator seeded by the global RNG."""
         labeled, unlabeled = self._split(data)
-        device = data.train.device
-
-        def order(n: int) -> torch.Tensor:
-            return (torch.randperm(n) if shuffle else torch.arange(n)).to(device)
-
-        unlabeled = unlabeled[order(len(unlabeled))]
-        stop = len(unlabeled) - len(unlabeled) % batch_size if drop_last else len(unlabeled)
-        size = min(batch_size, len(labeled))
-        queue = labeled[order(len(labeled))]
-        for start in range(0, stop, batch_size):
-            if len(queue) < size:
-                queue = torch.cat([queue, labeled[order(len(labeled))]])
-            take, queue = queue[:size], queue[size:]
-            x, xl = data.train[unlabeled[start : start + batch_size]], data.train[take]
-            if data.binarize == "dynamic":
-                x, xl = torch.bernoulli(x), torch.bernoulli(xl)
-            yield {
-                "x": x,
-                "x_labeled": xl,
-                "y_labeled": data.train_labels[take],
-                "num_labeled": len(labeled),
-            }
+        generator = data.new_generator()
+        pairs = data.cycle(
+            "train", batch_size, shuffle=shuffle, labels=True, indices=labeled, generator=generator
+        )
+        for x in data.batches(
+            "train",
+            batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            indices=unlabeled,
+            generator=generator,
+        ):
+            xl, yl = next(pairs)
+            yield {"x": x, "x_labeled": xl, "y_labeled": yl, "num_labeled": len(labeled)}
 
     def check_loss(self, batch: dict[str, Any], num_data: int) -> None:
         TraceEnum_ELBO(max_plate_nesting=1).loss(
