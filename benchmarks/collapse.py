@@ -22,7 +22,7 @@ epochs from the same initial weights and differs only in the objective:
 
 Columns (all on the held-out digits): active units (Burda et al. 2016, threshold
 0.01), the KL and the mutual information :math:`I(x; z)` of
-:mod:`pyrovae.inference.diagnostics`, the ELBO and the IWAE log-likelihood with ``K``
+:mod:`pyrovae.inference.inspection.diagnostics`, the ELBO and the IWAE log-likelihood with ``K``
 importance samples (nats per image; the Gaussian likelihood is a density, so the
 values can exceed 0).
 
@@ -52,8 +52,8 @@ from benchmarks.common import environment, markdown_table, report
 from pyrovae import VAE, Config
 from pyrovae.config import DEVICES
 from pyrovae.errors import ConfigError
-from pyrovae.inference.diagnostics import diagnose
 from pyrovae.inference.evaluation import evaluate
+from pyrovae.inference.inspection.diagnostics import diagnose
 from pyrovae.inference.svi import train
 from pyrovae.run import load_data, resolve_device
 

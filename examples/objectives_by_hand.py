@@ -21,7 +21,7 @@ import torch
 
 from pyrovae import VAE, load_dataset
 from pyrovae.inference import IWAE, heldout_elbo
-from pyrovae.inference.diagnostics import diagnose
+from pyrovae.inference.inspection.diagnostics import diagnose
 from pyrovae.inference.schedules import CyclicalSchedule
 
 

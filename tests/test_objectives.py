@@ -19,7 +19,7 @@ from pyrovae import VAE, Config, ConfigError, load_dataset, load_run, train
 from pyrovae.config import load_config, save_config
 from pyrovae.guides import GUIDES
 from pyrovae.inference import SVITrainer
-from pyrovae.inference.diagnostics import diagnose
+from pyrovae.inference.inspection.diagnostics import diagnose
 from pyrovae.inference.objectives import (
     ELBOS,
     IWAE,
@@ -435,7 +435,7 @@ def test_every_registered_objective_is_a_pyro_elbo():
 
 @pytest.mark.parametrize("guide", ["lowrank", "iaf"])
 def test_amortization_gap_needs_the_diagonal_guide(guide):
-    from pyrovae.inference.gaps import optimize_local_guide
+    from pyrovae.inference.inspection.gaps import optimize_local_guide
 
     vae = VAE((1, 8, 8), latent_dim=3, guide=guide)
     with pytest.raises(ConfigError, match="per-point diagonal Gaussian"):

@@ -45,8 +45,8 @@ from pyrovae.inference import (
     posterior_summary,
     save_inference_data,
 )
+from pyrovae.inference.inspection.posterior import import_arviz
 from pyrovae.inference.objectives import make_elbo
-from pyrovae.inference.posterior import import_arviz
 
 #: a deviation of more than NUM_SE Monte Carlo standard errors fails a test
 NUM_SE = 5.0

@@ -1,32 +1,40 @@
-"""Inference: the SVI loop, objectives, evaluation, diagnostics, posterior inspection
-(ArviZ draws, NUTS, inference gaps, the latent space) and checkpoints."""
+"""Inference, by purpose: training (the SVI loop, objectives, schedules, checkpoints),
+``evaluation`` (the importance weights and the bounds and scores read from them),
+``inspection`` (collapse diagnostics, ArviZ draws, NUTS, inference gaps, the latent
+space) and ``applications`` (anomaly scores, latent operations, inpainting)."""
 
 from pyrovae.inference.checkpoint import load_checkpoint, save_checkpoint
-from pyrovae.inference.diagnostics import (
-    active_units,
-    diagnose,
-    encode_all,
-    kl_per_dimension,
-    mutual_information,
-    total_kl,
-)
 from pyrovae.inference.evaluation import (
     evaluate,
     heldout_elbo,
+    importance_weights,
     iwae_log_likelihood,
     log_weights,
     reconstruction_error,
 )
-from pyrovae.inference.gaps import InferenceGaps, inference_gaps, optimize_local_guide
-from pyrovae.inference.latent import (
+from pyrovae.inference.inspection import (
     EMBEDDINGS,
+    InferenceGaps,
+    active_units,
+    compare_posteriors,
+    diagnose,
     embed,
+    encode_all,
     encode_dataset,
+    inference_gaps,
+    kl_per_dimension,
     latent_report,
     linear_probe,
+    load_inference_data,
+    mutual_information,
+    nuts_posterior,
+    optimize_local_guide,
+    posterior_draws,
+    posterior_summary,
     save_codes,
+    save_inference_data,
+    total_kl,
 )
-from pyrovae.inference.mcmc import nuts_posterior
 from pyrovae.inference.objectives import (
     ELBOS,
     IWAE,
@@ -35,14 +43,8 @@ from pyrovae.inference.objectives import (
     RenyiObjective,
     make_elbo,
 )
-from pyrovae.inference.posterior import (
-    compare_posteriors,
-    load_inference_data,
-    posterior_draws,
-    posterior_summary,
-    save_inference_data,
-)
 from pyrovae.inference.schedules import SCHEDULES, make_schedule
+from pyrovae.inference.sites import latent_sites, require_single_latent
 from pyrovae.inference.svi import SVITrainer, train
 
 __all__ = [
@@ -63,10 +65,12 @@ __all__ = [
     "encode_dataset",
     "evaluate",
     "heldout_elbo",
+    "importance_weights",
     "inference_gaps",
     "iwae_log_likelihood",
     "kl_per_dimension",
     "latent_report",
+    "latent_sites",
     "linear_probe",
     "load_checkpoint",
     "load_inference_data",
@@ -79,6 +83,7 @@ __all__ = [
     "posterior_draws",
     "posterior_summary",
     "reconstruction_error",
+    "require_single_latent",
     "save_checkpoint",
     "save_codes",
     "save_inference_data",

@@ -41,8 +41,8 @@ from pyrovae.inference.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from pyrovae.inference.diagnostics import diagnose
 from pyrovae.inference.evaluation import heldout_elbo
+from pyrovae.inference.inspection.diagnostics import diagnose
 from pyrovae.inference.objectives import elbo_context, make_elbo
 from pyrovae.inference.schedules import Schedule, make_schedule
 from pyrovae.vae import VAE

@@ -144,7 +144,7 @@ class VAEModel(LocalPyroModule):
         and ``x_unobserved`` holds imputed pixels. ``obs_mask`` masks batch elements, so the
         pixels are batch elements here rather than an event; and as the data plate owns the
         rightmost batch dimension, this site comes after the plate (per-item sums are the
-        caller's, e.g. :func:`pyrovae.inference.inpainting.masked_log_weights`, which runs
+        caller's, e.g. :func:`pyrovae.inference.evaluation.importance_weights`, which runs
         its importance samples as repeated items rather than in a plate).
         """
         likelihood = self.likelihood(params)
