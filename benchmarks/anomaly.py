@@ -3,7 +3,7 @@ and average precision.
 
 Experiments (each trains a default VAE, MLP 256-128, latent 8, Bernoulli likelihood on
 grayscale pixels, with :func:`pyrovae.train`, then scores held-out items with
-:func:`pyrovae.inference.anomaly.anomaly_scores`):
+:func:`pyrovae.inference.applications.anomaly.anomaly_scores`):
 
 ``fashion-holdout``
     Train on Fashion-MNIST without one class (``--held-out-class``, default 0, T-shirt/top);
@@ -45,7 +45,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
 from benchmarks.common import markdown_table, report
 from pyrovae import VAE, Config, Dataset, load_dataset, train
 from pyrovae.errors import DataError
-from pyrovae.inference.anomaly import anomaly_scores, detection_metrics
+from pyrovae.inference.applications.anomaly import anomaly_scores, detection_metrics
 
 HEADER = ["experiment", "score", "ROC-AUC", "average precision", "anomalies / items"]
 

@@ -22,7 +22,7 @@ epochs from the same initial weights and differs only in the objective:
 
 Columns (all on the held-out digits): active units (Burda et al. 2016, threshold
 0.01), the KL and the mutual information :math:`I(x; z)` of
-:mod:`pyrovae.inference.diagnostics`, the ELBO and the IWAE log-likelihood with ``K``
+:mod:`pyrovae.inference.inspection.diagnostics`, the ELBO and the IWAE log-likelihood with ``K``
 importance samples (nats per image; the Gaussian likelihood is a density, so the
 values can exceed 0).
 
@@ -52,10 +52,9 @@ from benchmarks.common import environment, markdown_table, report
 from pyrovae import VAE, Config
 from pyrovae.config import DEVICES
 from pyrovae.errors import ConfigError
-from pyrovae.inference.diagnostics import diagnose
 from pyrovae.inference.evaluation import evaluate
-from pyrovae.run import train
-from pyrovae.run import load_data, resolve_device
+from pyrovae.inference.inspection.diagnostics import diagnose
+from pyrovae.run import load_data, resolve_device, train
 
 FULL = {"epochs": 100, "num_samples": 1000}
 QUICK = {"epochs": 4, "num_samples": 10}
@@ -150,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         table.append(
             [
                 label,
-                f"{codes['active_units']} / {config.model["latent_dim"]}",
+                f"{codes['active_units']} / {config.model['latent_dim']}",
                 f"{codes['kl']:.2f}",
                 f"{codes['mutual_information']:.2f}",
                 f"{scores['elbo']:.2f}",

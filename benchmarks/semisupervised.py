@@ -45,9 +45,8 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
 from benchmarks.common import markdown_table, report
 from pyrovae import Config, Dataset, load_dataset, train
 from pyrovae.errors import DataError
-from pyrovae.variants.m2 import Classifier
-from pyrovae.variants.m2 import labeled_subset, train_classifier
 from pyrovae.variants import SemiSupervisedVAE
+from pyrovae.variants.m2 import Classifier, labeled_subset, train_classifier
 
 DATASETS = ("digits", "fashion-mnist")
 HEADER = [

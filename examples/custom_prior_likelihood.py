@@ -94,7 +94,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
 
     data = squash(load_dataset("digits", limit=args.limit, seed=args.seed))
     # Config carries the training settings only: train() takes the model as it is built here.
-    config = Config.from_flags(num_epochs=args.num_epochs, batch_size=args.batch_size, seed=args.seed)
+    config = Config.from_flags(
+        num_epochs=args.num_epochs, batch_size=args.batch_size, seed=args.seed
+    )
     likelihood = LIKELIHOODS[args.likelihood]
 
     results = {}

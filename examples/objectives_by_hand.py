@@ -1,7 +1,7 @@
 """Train with pyrovae's objectives, schedules and guides by hand: each is one line.
 
 An IAF guide, the IWAE bound with K = 5 samples and a cyclical KL schedule, in a plain
-PyTorch loop over ``ELBOModule`` + Adam (what :class:`pyrovae.inference.SVITrainer`
+PyTorch loop over ``ELBOModule`` + Adam (what :class:`pyrovae.inference.Trainer`
 does), printing the KL weight, the held-out ELBO and the collapse diagnostics::
 
     .venv/bin/python examples/objectives_by_hand.py          # under a minute on 2 CPU cores
@@ -21,7 +21,7 @@ import torch
 
 from pyrovae import VAE, load_dataset
 from pyrovae.inference import IWAE, heldout_elbo
-from pyrovae.inference.diagnostics import diagnose
+from pyrovae.inference.inspection.diagnostics import diagnose
 from pyrovae.inference.training.schedules import CyclicalSchedule
 
 

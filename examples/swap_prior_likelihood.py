@@ -60,7 +60,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     data = load_dataset("digits", limit=args.limit, seed=args.seed)
     # The training settings. Config also has prior/likelihood fields, but train() only
     # reads the optimisation settings from it; the model is whatever VAE we hand it.
-    config = Config.from_flags(num_epochs=args.num_epochs, batch_size=args.batch_size, seed=args.seed)
+    config = Config.from_flags(
+        num_epochs=args.num_epochs, batch_size=args.batch_size, seed=args.seed
+    )
     print(f"{len(data.train)} training and {len(data.test)} held-out {data.name} images")
 
     rows = []

@@ -85,11 +85,16 @@ SECTIONS: dict[str, dict[str, Key]] = {
         "data_dir": _key(str, None, "folder holding (or receiving) MNIST/Fashion-MNIST files"),
         "download": _key(bool, False, "let torchvision download MNIST/Fashion-MNIST (internet)"),
         "binarize": _key(
-            str, "none", "binarize pixels: none, at 0.5, once (static) or per batch",
+            str,
+            "none",
+            "binarize pixels: none, at 0.5, once (static) or per batch",
             choices=BINARIZE,
         ),
         "test_fraction": _key(
-            float, 0.2, "held-out fraction for data without an official split", minimum=0.0,
+            float,
+            0.2,
+            "held-out fraction for data without an official split",
+            minimum=0.0,
             strict=True,
         ),
         "limit": _key(int, None, "use only the first N train and test items", minimum=1),
@@ -99,7 +104,9 @@ SECTIONS: dict[str, dict[str, Key]] = {
         "hidden": _key(tuple, (256, 128), "hidden layer sizes (encoder order; decoder mirrors)"),
     },
     "objective": {
-        "num_particles": _key(int, 1, "samples of z per data point in the ELBO estimate", minimum=1),
+        "num_particles": _key(
+            int, 1, "samples of z per data point in the ELBO estimate", minimum=1
+        ),
         "vectorize_particles": _key(
             bool, None, "draw the particles in one vectorized pass (default: the ELBO's own)"
         ),
@@ -112,12 +119,18 @@ SECTIONS: dict[str, dict[str, Key]] = {
         "num_epochs": _key(int, 300, "passes over the training data", minimum=1),
         "batch_size": _key(int, 64, "minibatch size", minimum=1),
         "learning_rate": _key(float, 1e-3, "Adam learning rate", minimum=0.0, strict=True),
-        "clip_norm": _key(float, None, "clip the gradient norm to this value", minimum=0.0, strict=True),
+        "clip_norm": _key(
+            float, None, "clip the gradient norm to this value", minimum=0.0, strict=True
+        ),
     },
     "run": {
         "seed": _key(int, 0, "random seed (data split, initialisation, sampling)"),
-        "device": _key(str, "auto", "where tensors live: auto picks cuda when available", choices=DEVICES),
-        "num_threads": _key(int, None, "torch CPU threads (default: torch's own choice)", minimum=1),
+        "device": _key(
+            str, "auto", "where tensors live: auto picks cuda when available", choices=DEVICES
+        ),
+        "num_threads": _key(
+            int, None, "torch CPU threads (default: torch's own choice)", minimum=1
+        ),
         "num_eval_samples": _key(
             int, 500, "importance samples K for the IWAE log p(x) at the end", minimum=1
         ),
@@ -148,7 +161,9 @@ COMPONENTS: dict[str, Component] = {
     "encoder": Component("model", ENCODERS, "mlp", "encoder", "encoder network of the guide"),
     "decoder": Component("model", DECODERS, "mlp", "decoder", "decoder network of the model"),
     "guide": Component("model", GUIDES, "normal", "guide", "guide q(z|x): its posterior family"),
-    "elbo": Component("objective", ELBOS, "Trace_ELBO", "elbo", "Pyro ELBO (objective) to optimise"),
+    "elbo": Component(
+        "objective", ELBOS, "Trace_ELBO", "elbo", "Pyro ELBO (objective) to optimise"
+    ),
     "kl_schedule": Component(
         "objective", SCHEDULES, "constant", "kl_schedule", "KL weight over the steps"
     ),
@@ -159,7 +174,9 @@ _COMPONENT_FLAGS = {c.flag: key for key, c in COMPONENTS.items()}
 
 
 def _fixed_flags() -> dict[str, tuple[str, Key]]:
-    return {key: (section, spec) for section, keys in SECTIONS.items() for key, spec in keys.items()}
+    return {
+        key: (section, spec) for section, keys in SECTIONS.items() for key, spec in keys.items()
+    }
 
 
 def flag_options() -> dict[str, tuple[Option, list[str]]]:
@@ -181,18 +198,16 @@ def _check_fixed(section: str, key: str, value: Any) -> Any:
     spec = SECTIONS[section][key]
     where = f"config key {section}.{key}"
     value = coerce(value, spec.type, where, spec.nullable, spec.choices)
-    if spec.minimum is not None and value is not None and spec.type in (int, float):
-        if value < spec.minimum or (spec.strict and value == spec.minimum):
-            op = ">" if spec.strict else ">="
-            raise ConfigError(f"{key} must be {op} {spec.minimum:g}, got {value}")
+    bounded = spec.minimum is not None and value is not None and spec.type in (int, float)
+    if bounded and (value < spec.minimum or (spec.strict and value == spec.minimum)):
+        op = ">" if spec.strict else ">="
+        raise ConfigError(f"{key} must be {op} {spec.minimum:g}, got {value}")
     if key == "hidden" and (not value or min(value) < 1):
         raise ConfigError(f"hidden must list positive layer sizes, got {list(value)}")
     if key == "test_fraction" and not value < 1:
         raise ConfigError(f"test_fraction must be in (0, 1), got {value}")
     if key == "kl_site_weights":
-        value = {
-            str(k): coerce(v, float, f"kl_site_weights[{k!r}]") for k, v in value.items()
-        }
+        value = {str(k): coerce(v, float, f"kl_site_weights[{k!r}]") for k, v in value.items()}
         if any(v < 0 for v in value.values()):
             raise ConfigError(f"kl_site_weights must be >= 0, got {value}")
     return value

@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 __all__ = [
     "elbo_curves",
     "image_grid",
+    "image_rows",
     "latent_scatter",
     "posterior_comparison",
     "posterior_densities",
@@ -23,6 +24,7 @@ __all__ = [
     "posterior_pair",
     "posterior_predictive_grid",
     "reconstructions",
+    "score_histograms",
 ]
 
 
@@ -67,6 +69,13 @@ def image_grid(
     return fig
 
 
+def image_rows(rows: torch.Tensor | Sequence[torch.Tensor], title: str) -> Figure:
+    """Rows of images of equal length: a tensor ``(R, S, *event)`` or ``R`` tensors
+    ``(S, *event)`` (decoded paths, traversals, masked / inpainted / true items)."""
+    rows = torch.stack(list(rows)) if not isinstance(rows, torch.Tensor) else rows
+    return image_grid(rows.flatten(0, 1), nrow=rows.shape[1], title=title)
+
+
 def reconstructions(inputs: torch.Tensor, recons: torch.Tensor, *, nrow: int = 8) -> Figure:
     """Inputs (odd rows) directly above their reconstructions (even rows)."""
     inputs, recons = _as_images(inputs), _as_images(recons)
@@ -99,7 +108,7 @@ def elbo_curves(history: Sequence[dict[str, Any]]) -> Figure:
 def _arviz_plotting() -> Iterator[Any]:
     """ArviZ, with its matplotlib >= 3.11 deprecation warning silenced (ArviZ 0.23 passes a
     dict to ``normalize_kwargs``; nothing a pyrovae user can act on)."""
-    from pyrovae.inference.posterior import import_arviz
+    from pyrovae.inference.inspection.posterior import import_arviz
 
     az = import_arviz()
     with warnings.catch_warnings():
@@ -195,9 +204,9 @@ def posterior_comparison(
     density, one panel per item (rows) and latent dim (columns)."""
     from scipy.stats import norm
 
-    from pyrovae.inference.posterior import _moments
+    from pyrovae.inference.inspection.posterior import guide_moments
 
-    mean_q, sd_q = _moments(approximate)
+    mean_q, sd_q = guide_moments(approximate)
     z = reference.posterior["z"]
     item_coords = list(z["item"].values)
     items = item_coords if items is None else list(items)
@@ -275,5 +284,37 @@ def latent_scatter(
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+# --- applications --------------------------------------------------------------------------
+
+
+def score_histograms(
+    scores: dict[str, torch.Tensor],
+    is_anomaly: torch.Tensor | np.ndarray | None = None,
+    thresholds: dict[str, float] | None = None,
+    names: Sequence[str] | None = None,
+) -> Figure:
+    """One histogram panel per anomaly score: normal and anomalous items (when labelled)
+    overlaid, with the threshold as a vertical line."""
+    names = list(names or scores)
+    fig = Figure(figsize=(4 * len(names), 3.2))
+    axes = fig.subplots(1, len(names), squeeze=False)[0]
+    labels = None if is_anomaly is None else np.asarray(torch.as_tensor(is_anomaly).cpu())
+    for ax, name in zip(axes, names):
+        values = np.asarray(scores[name].cpu(), dtype=np.float64)
+        bins = np.histogram_bin_edges(values, bins=40)
+        if labels is None:
+            ax.hist(values, bins=bins, alpha=0.7, label="items")
+        else:
+            ax.hist(values[labels == 0], bins=bins, alpha=0.6, density=True, label="normal")
+            ax.hist(values[labels == 1], bins=bins, alpha=0.6, density=True, label="anomalous")
+        if thresholds and name in thresholds:
+            ax.axvline(thresholds[name], color="k", linestyle="--", label="threshold")
+        ax.set_xlabel(name)
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("density" if labels is not None else "count")
     fig.tight_layout()
     return fig

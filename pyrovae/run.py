@@ -203,7 +203,9 @@ def check_resumable(workdir: Path, current: dict[str, Any]) -> None:
     try:
         saved = saved_config(state).model
     except ConfigError as e:
-        raise CheckpointError(f"checkpoint {path} holds a config this pyrovae cannot read: {e}")
+        raise CheckpointError(
+            f"checkpoint {path} holds a config this pyrovae cannot read: {e}"
+        ) from None
     model = current["model"]
     changed = sorted(k for k in {*saved, *model} if saved.get(k) != model.get(k))
     if changed:
@@ -265,9 +267,7 @@ def fit(
         save_config(config, workdir / "config.toml")
         history = trainer.fit(data, workdir, resume=resume, progress=progress, config=saved)
     labels = {"y": data.test_labels} if vae.requires_y else {}
-    evaluation = evaluate(
-        vae, data.test, run["num_eval_samples"], run["eval_batch_size"], **labels
-    )
+    evaluation = evaluate(vae, data.test, run["num_eval_samples"], run["eval_batch_size"], **labels)
     evaluation.update(vae.metrics(data.test, data.test_labels))
     (workdir / "evaluation.json").write_text(json.dumps(evaluation, indent=2) + "\n")
     logger.info(
@@ -310,9 +310,7 @@ def load_run(
     checkpoint = load_checkpoint(path / "checkpoint.pt" if path.is_dir() else path, "cpu")
     values = checkpoint.get("config", {})
     model = values.get("model", {}) if not is_flat(values) else values
-    custom = {
-        k: v for k, v in model.items() if isinstance(v, str) and v.startswith("custom ")
-    }
+    custom = {k: v for k, v in model.items() if isinstance(v, str) and v.startswith("custom ")}
     if custom:
         raise CheckpointError(
             f"the run in {workdir} was trained with user objects ({custom}) that a checkpoint "

@@ -15,22 +15,20 @@ from torch.distributions import Bernoulli, Normal, kl_divergence
 
 from pyrovae import Config, DataError, load_dataset, train
 from pyrovae.errors import ConfigError
-from pyrovae.inference import iwae_log_likelihood
-from pyrovae.inference.anomaly import (
+from pyrovae.inference import importance_weights, iwae_log_likelihood
+from pyrovae.inference.applications.anomaly import (
     SCORES,
     anomaly_scores,
     detection_metrics,
-    score_histograms,
     threshold,
 )
-from pyrovae.inference.inpainting import (
+from pyrovae.inference.applications.inpainting import (
     corrupt,
     denoise,
     inpaint,
     make_mask,
-    masked_log_weights,
 )
-from pyrovae.inference.latent_ops import (
+from pyrovae.inference.applications.latent_ops import (
     INTERPOLATIONS,
     interpolate,
     latent_arithmetic,
@@ -38,6 +36,7 @@ from pyrovae.inference.latent_ops import (
     slerp,
     traverse,
 )
+from pyrovae.plots import score_histograms
 from pyrovae.variants import VAE
 
 
@@ -211,7 +210,7 @@ def test_masked_likelihood_ignores_the_missing_pixels(vae, digits):
     assert not torch.allclose(unmasked.nodes["x"]["log_prob"], observed[1])
 
 
-def test_masked_log_weights_match_a_hand_computation(vae, digits):
+def test_masked_importance_weights_match_a_hand_computation(vae, digits):
     """log w_k = log p(x_obs | z_k) + log p(z_k) - log q(z_k | x_fill) at the same draws,
     computed with torch.distributions (the imputed pixels' density cancels)."""
     x = digits.test[:3]
@@ -219,7 +218,8 @@ def test_masked_log_weights_match_a_hand_computation(vae, digits):
     x_fill = torch.where(mask, x, 0.5)
     num_samples = 4
     pyro.set_rng_seed(7)
-    log_w, means = masked_log_weights(vae, x_fill, mask, num_samples)
+    weights = importance_weights(vae, x_fill, num_samples, mask=mask, mean=True)
+    log_w, means = weights.log_weight, weights.mean
     pyro.set_rng_seed(7)  # the guide draws first, so the same z come out
     copies = x_fill.repeat(num_samples, 1, 1, 1)
     z = pyro.poutine.trace(vae.guide).get_trace(copies).nodes["z"]["value"]

@@ -134,9 +134,9 @@ def test_cvae_trains_under_a_kl_warmup_and_refuses_other_guides():
 
 def test_inspection_of_a_conditional_model_is_refused_with_one_message():
     """posterior draws, NUTS and the gaps read q(z | x); a CVAE's guide also needs y."""
-    from pyrovae.inference.gaps import inference_gaps
-    from pyrovae.inference.mcmc import nuts_posterior
-    from pyrovae.inference.posterior import posterior_draws
+    from pyrovae.inference.inspection.gaps import inference_gaps
+    from pyrovae.inference.inspection.mcmc import nuts_posterior
+    from pyrovae.inference.inspection.posterior import posterior_draws
 
     cvae = ConditionalVAE((6,), num_classes=3, likelihood="continuous-bernoulli")
     x = torch.rand(2, 6)

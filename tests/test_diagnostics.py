@@ -13,7 +13,7 @@ from torch import nn
 
 from pyrovae import VAE
 from pyrovae.errors import ConfigError, DataError
-from pyrovae.inference.diagnostics import (
+from pyrovae.inference.inspection.diagnostics import (
     active_units,
     diagnose,
     encode_all,

@@ -33,8 +33,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from pyrovae import VAE, iwae_log_likelihood
-from pyrovae.inference import evaluation as evaluate_module
 from pyrovae.inference import make_elbo
+from pyrovae.inference.evaluation import weights as weights_module
 from pyrovae.model import LIKELIHOODS, MixturePrior, make_likelihood
 
 EPS32 = torch.finfo(torch.float32).eps
@@ -643,9 +643,9 @@ def test_iwae_equals_log_mean_exp_of_hand_weights_at_the_same_z(monkeypatch):
     num_samples, batch_size, particles_per_chunk = 300, 4, 128
     vae, weight, bias = ppca_vae(loc_shift=0.5, var_factor=2.0)
     x = sample_ppca(weight, bias, 10)
-    # log_weights sizes chunks as CHUNK_ELEMENTS // (4 * batch elements)
+    # chunk_size gives each pass CHUNK_ELEMENTS // (batch elements) particles
     monkeypatch.setattr(
-        evaluate_module, "CHUNK_ELEMENTS", particles_per_chunk * 4 * batch_size * PPCA_DIM
+        weights_module, "CHUNK_ELEMENTS", particles_per_chunk * batch_size * PPCA_DIM
     )
     recording = RecordingGuide(vae.guide)
     vae.guide = recording

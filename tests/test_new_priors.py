@@ -22,7 +22,6 @@ import pyrovae  # noqa: F401  (sets module-local parameters)
 from pyrovae.errors import ConfigError
 from pyrovae.guides import AmortizedNormalGuide, MLPEncoder
 from pyrovae.model import BernoulliLikelihood, MLPDecoder
-from pyrovae.variants.vae import VAEModel
 from pyrovae.model.priors import (
     PRIORS,
     DistributionPrior,
@@ -35,6 +34,7 @@ from pyrovae.model.priors import (
     check_prior,
     make_prior,
 )
+from pyrovae.variants.vae import VAEModel
 
 ATOL64 = 1e-10
 NUM_SE = 4.0

@@ -18,7 +18,7 @@ from torch.nn import functional as F
 from pyrovae import VAE, Config, ConfigError, load_dataset, load_run, train
 from pyrovae.config import load_config, save_config
 from pyrovae.guides import GUIDES
-from pyrovae.inference.diagnostics import diagnose
+from pyrovae.inference.inspection.diagnostics import diagnose
 from pyrovae.inference.training.objectives import (
     ELBOS,
     IWAE,
@@ -450,7 +450,7 @@ def test_every_registered_objective_is_a_pyro_elbo():
 
 @pytest.mark.parametrize("guide", ["lowrank", "iaf"])
 def test_amortization_gap_needs_the_diagonal_guide(guide):
-    from pyrovae.inference.gaps import optimize_local_guide
+    from pyrovae.inference.inspection.gaps import optimize_local_guide
 
     vae = VAE((1, 8, 8), latent_dim=3, guide=guide)
     with pytest.raises(ConfigError, match="per-point diagonal Gaussian"):

@@ -45,7 +45,7 @@ from pyrovae.inference import (
     posterior_summary,
     save_inference_data,
 )
-from pyrovae.inference.posterior import import_arviz
+from pyrovae.inference.inspection.posterior import import_arviz
 from pyrovae.inference.training.objectives import make_elbo
 
 #: a deviation of more than NUM_SE Monte Carlo standard errors fails a test

@@ -15,9 +15,9 @@ from pyrovae.errors import ConfigError
 
 def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """Subcommands of the applications: augment, ..."""
-    from pyrovae.inference.anomaly import SCORES
-    from pyrovae.inference.inpainting import CORRUPTIONS, MASKS
-    from pyrovae.models import DRAWS
+    from pyrovae.inference.applications.anomaly import SCORES
+    from pyrovae.inference.applications.inpainting import CORRUPTIONS, MASKS
+    from pyrovae.variants.cvae import DRAWS
 
     def on_run(name: str, help: str, description: str) -> argparse.ArgumentParser:
         return run_parser(sub, common, name, help=help, description=description)
@@ -185,7 +185,8 @@ def _cmd_anomaly(args: argparse.Namespace) -> int:
     import pyro
     import torch
 
-    from pyrovae.inference import anomaly
+    from pyrovae import plots
+    from pyrovae.inference.applications import anomaly
     from pyrovae.run import load_data, load_run, save_figure
 
     matplotlib.use("Agg")
@@ -250,7 +251,7 @@ def _cmd_anomaly(args: argparse.Namespace) -> int:
             values = [f"{float(scores[n][i]):.6g}" for n in names]
             writer.writerow([i, sources[i], *known, *values, int(flagged[i])])
     figure = output.with_suffix(".png")
-    save_figure(anomaly.score_histograms(scores, is_anomaly, thresholds), figure)
+    save_figure(plots.score_histograms(scores, is_anomaly, thresholds), figure)
     summary = {
         "score": args.score,
         "percentile": args.percentile,
@@ -309,37 +310,40 @@ def _save_images(images, out: Path, name: str, figure) -> None:
 def _cmd_interpolate(args: argparse.Namespace) -> int:
     import torch
 
-    from pyrovae.inference import latent_ops
+    from pyrovae import plots
+    from pyrovae.inference.applications import latent_ops
 
     vae, x, out = _latent_items(args, args.items)
     method = "slerp" if args.slerp else "lerp"
     path = latent_ops.interpolate(vae, x[0], x[1], args.steps, method)
     rows = torch.cat([x[:1], path, x[1:]])[None]  # input, decoded path, input
     title = f"{method}: item {args.items[0]}, decoded path, item {args.items[1]}"
-    _save_images(path, out, "interpolation", latent_ops.path_figure(rows, title))
+    _save_images(path, out, "interpolation", plots.image_rows(rows, title))
     return 0
 
 
 def _cmd_traverse(args: argparse.Namespace) -> int:
-    from pyrovae.inference import latent_ops
+    from pyrovae import plots
+    from pyrovae.inference.applications import latent_ops
 
     vae, x, out = _latent_items(args, [args.item])
     grid = latent_ops.traverse(vae, x[0], args.dims, args.span, args.steps)
     dims = args.dims or list(range(vae.latent_dim))
     title = f"item {args.item}: rows vary z{dims} over [-{args.span}, {args.span}]"
-    _save_images(grid, out, "traversal", latent_ops.path_figure(grid, title))
+    _save_images(grid, out, "traversal", plots.image_rows(grid, title))
     return 0
 
 
 def _cmd_arithmetic(args: argparse.Namespace) -> int:
     import torch
 
-    from pyrovae.inference import latent_ops
+    from pyrovae import plots
+    from pyrovae.inference.applications import latent_ops
 
     vae, x, out = _latent_items(args, args.items)
     result = latent_ops.latent_arithmetic(vae, x[0], x[1], x[2])
     a, b, c = args.items
-    figure = latent_ops.path_figure(
+    figure = plots.image_rows(
         torch.cat([x, result[None]])[None], f"mu({a}) - mu({b}) + mu({c}): a, b, c, result"
     )
     _save_images(result[None], out, "arithmetic", figure)
@@ -354,18 +358,11 @@ def _all_items(args: argparse.Namespace):
     return vae, data.train.mean(0), x, out
 
 
-def _rows_figure(rows, title: str):
-    import torch
-
-    from pyrovae import plots
-
-    return plots.image_grid(torch.cat(rows), nrow=len(rows[0]), title=title)
-
-
 def _cmd_inpaint(args: argparse.Namespace) -> int:
     import torch
 
-    from pyrovae.inference import inpainting
+    from pyrovae import plots
+    from pyrovae.inference.applications import inpainting
 
     if args.num_samples < 1 or args.rounds < 1:
         raise ConfigError("-k/--num-samples and --rounds must be >= 1")
@@ -395,7 +392,7 @@ def _cmd_inpaint(args: argparse.Namespace) -> int:
     }
     n = min(args.show, len(x))
     shown = torch.where(mask[:n], x[:n], torch.full_like(x[:n], 0.5))
-    figure = _rows_figure(
+    figure = plots.image_rows(
         [shown, completed[:n], x[:n]],
         f"{args.mask}: masked (grey), inpainted, truth",
     )
@@ -405,7 +402,8 @@ def _cmd_inpaint(args: argparse.Namespace) -> int:
 
 
 def _cmd_denoise(args: argparse.Namespace) -> int:
-    from pyrovae.inference import inpainting
+    from pyrovae import plots
+    from pyrovae.inference.applications import inpainting
 
     vae, _, x, out = _all_items(args)
     noisy = inpainting.corrupt(x, args.noise, args.level, args.seed)
@@ -421,7 +419,7 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
         },
     }
     n = min(args.show, len(x))
-    figure = _rows_figure(
+    figure = plots.image_rows(
         [x[:n], noisy[:n], clean[:n]], f"{args.noise} {args.level}: clean, noisy, denoised"
     )
     _save_images(clean, out, "denoising", figure)

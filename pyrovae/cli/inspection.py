@@ -13,7 +13,7 @@ from pyrovae.cli.common import run_parser
 from pyrovae.config import Config
 from pyrovae.errors import ConfigError
 from pyrovae.graph import FORMATS as GRAPH_FORMATS
-from pyrovae.inference.latent import EMBEDDINGS
+from pyrovae.inference.inspection.latent import EMBEDDINGS
 
 logger = logging.getLogger(__name__)
 
@@ -185,9 +185,9 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     import torch
 
     from pyrovae import plots
-    from pyrovae.inference.gaps import inference_gaps
-    from pyrovae.inference.mcmc import max_r_hat, nuts_posterior
-    from pyrovae.inference.posterior import (
+    from pyrovae.inference.inspection.gaps import inference_gaps
+    from pyrovae.inference.inspection.mcmc import max_r_hat, nuts_posterior
+    from pyrovae.inference.inspection.posterior import (
         compare_posteriors,
         posterior_draws,
         posterior_summary,
@@ -326,7 +326,7 @@ def _cmd_latent(args: argparse.Namespace) -> int:
     import pyro
 
     from pyrovae import plots
-    from pyrovae.inference.latent import embed, encode_dataset, latent_report, save_codes
+    from pyrovae.inference.inspection.latent import embed, encode_dataset, latent_report, save_codes
     from pyrovae.run import load_data, load_run, save_figure
 
     matplotlib.use("Agg")

@@ -19,11 +19,13 @@ def _flag(name: str) -> str:
 
 
 def _site_weights(text: str) -> tuple[str, float]:
-    site, sep, weight = text.partition("=")
+    site, _, weight = text.partition("=")
     try:
         return site, float(weight)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected SITE=WEIGHT, e.g. z2=0.5, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected SITE=WEIGHT, e.g. z2=0.5, got {text!r}"
+        ) from None
 
 
 def _add_typed(group: argparse._ArgumentGroup, name: str, kind: type, help: str, **kw) -> None:
@@ -45,7 +47,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     options every registered component declares (one ``--help`` group each)."""
     for section, keys in SECTIONS.items():
         group = parser.add_argument_group(f"[{section}] (keys of --config FILE)")
-        for key, component in COMPONENTS.items():
+        for component in COMPONENTS.values():
             if component.section == section:
                 names = component.registry.names()
                 _add_typed(
@@ -62,7 +64,9 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     for name, (option, owners) in flag_options().items():
         kind = owners[0].split(" ")[0]
         if kind not in groups:
-            groups[kind] = parser.add_argument_group(f"{kind} options (the chosen {kind} takes its own)")
+            groups[kind] = parser.add_argument_group(
+                f"{kind} options (the chosen {kind} takes its own)"
+            )
         choices = {"choices": list(option.choices)} if option.choices else {}
         help = f"{option.help} [{', '.join(owners)}; default: {option.default}]"
         _add_typed(groups[kind], name, option.type, help, **choices)

@@ -7,7 +7,8 @@ r"""A non-amortized Gaussian guide: free mean and log-variance for each data poi
 
 Optimizing each :math:`\lambda_n` on its own ELBO gives the best guide of the
 encoder's family for that data point; the difference from the amortized guide's ELBO
-is the amortization gap (Cremer, Li & Duvenaud 2018; see :mod:`pyrovae.inference.gaps`).
+is the amortization gap (Cremer, Li & Duvenaud 2018; see
+:mod:`pyrovae.inference.inspection.gaps`).
 
 References
 ----------

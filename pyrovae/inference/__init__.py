@@ -1,39 +1,41 @@
-"""Inference, by purpose: training (the trainer of steps, objectives, schedules,
-checkpoints), evaluation, inspection (diagnostics, ArviZ draws, NUTS, inference gaps, the
-latent space) and applications."""
+"""Inference, by purpose: ``training`` (the trainer of steps, the SVI step, objectives,
+schedules, checkpoints),
+``evaluation`` (the importance weights and the bounds and scores read from them),
+``inspection`` (collapse diagnostics, ArviZ draws, NUTS, inference gaps, the latent
+space) and ``applications`` (anomaly scores, latent operations, inpainting)."""
 
-from pyrovae.inference.diagnostics import (
-    active_units,
-    diagnose,
-    encode_all,
-    kl_per_dimension,
-    mutual_information,
-    total_kl,
-)
 from pyrovae.inference.evaluation import (
     evaluate,
     heldout_elbo,
+    importance_weights,
     iwae_log_likelihood,
     log_weights,
     reconstruction_error,
 )
-from pyrovae.inference.gaps import InferenceGaps, inference_gaps, optimize_local_guide
-from pyrovae.inference.latent import (
+from pyrovae.inference.inspection import (
     EMBEDDINGS,
+    InferenceGaps,
+    active_units,
+    compare_posteriors,
+    diagnose,
     embed,
+    encode_all,
     encode_dataset,
+    inference_gaps,
+    kl_per_dimension,
     latent_report,
     linear_probe,
-    save_codes,
-)
-from pyrovae.inference.mcmc import nuts_posterior
-from pyrovae.inference.posterior import (
-    compare_posteriors,
     load_inference_data,
+    mutual_information,
+    nuts_posterior,
+    optimize_local_guide,
     posterior_draws,
     posterior_summary,
+    save_codes,
     save_inference_data,
+    total_kl,
 )
+from pyrovae.inference.sites import latent_sites, require_single_latent
 from pyrovae.inference.training import (
     ELBOS,
     IWAE,
@@ -70,10 +72,12 @@ __all__ = [
     "encode_dataset",
     "evaluate",
     "heldout_elbo",
+    "importance_weights",
     "inference_gaps",
     "iwae_log_likelihood",
     "kl_per_dimension",
     "latent_report",
+    "latent_sites",
     "linear_probe",
     "load_checkpoint",
     "load_inference_data",
@@ -86,6 +90,7 @@ __all__ = [
     "posterior_draws",
     "posterior_summary",
     "reconstruction_error",
+    "require_single_latent",
     "save_checkpoint",
     "save_codes",
     "save_inference_data",

@@ -44,9 +44,9 @@ __all__ = [
     "MixturePrior",
     "NormalPrior",
     "Prior",
+    "VampPrior",
     "data_plate",
     "kl_weight",
-    "VampPrior",
     "make_likelihood",
     "make_prior",
 ]

@@ -44,9 +44,8 @@ import torch
 from torch import nn
 
 from pyrovae.errors import ConfigError
-from pyrovae.guides.encoders import diagonal_normal
+from pyrovae.guides.encoders import ENCODERS, diagonal_normal
 from pyrovae.model.base import LocalPyroModule, data_plate, kl_weight
-from pyrovae.guides.encoders import ENCODERS
 from pyrovae.model.decoders import DECODERS
 from pyrovae.model.likelihoods import Likelihood, make_likelihood
 from pyrovae.model.priors import Prior

@@ -2,7 +2,7 @@ r"""KL-weight schedules: :math:`\beta_t` as a function of the SVI step :math:`t`
 
 The trainer asks the schedule for :math:`\beta_t` before every step ``t = 0, 1, ...``
 (counted over the whole run, so a resumed run continues the schedule exactly) and
-passes it to :meth:`~pyrovae.inference.svi.SVITrainer.step`, which applies it with
+passes it to the variant's training step, which applies it with
 ``poutine.scale`` on the latent site in the model and the guide:
 
 .. math::

@@ -30,57 +30,32 @@ References
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
-import pyro
 import torch
-from pyro import poutine
-from pyro.poutine.util import site_is_subsample
 
 from pyrovae.errors import ConfigError, DataError
-from pyrovae.inference.evaluation import _batched, _eval_mode, reconstruction_error
+from pyrovae.inference.evaluation import (
+    batches,
+    chunk_size,
+    eval_mode,
+    importance_weights,
+    reconstruction_error,
+)
 
 if TYPE_CHECKING:
-    from matplotlib.figure import Figure
-
     from pyrovae.variants import VAE
 
 __all__ = [
     "SCORES",
     "anomaly_scores",
     "detection_metrics",
-    "score_histograms",
     "threshold",
 ]
 
 #: every score, higher = more anomalous
 SCORES = ("neg-elbo", "iwae-nll", "reconstruction", "kl")
-
-
-@torch.no_grad()
-def _elbo_terms(
-    vae: VAE, x: torch.Tensor, num_samples: int, y: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(log p(x | z_k), log p(z_k) - log q(z_k | x))``, each of shape ``(K, len(x))``."""
-    labels = {} if y is None else {"y": y}
-    with pyro.plate("particles", num_samples, dim=-2):
-        guide_trace = poutine.trace(vae.guide).get_trace(x, **labels)
-        model_trace = poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(
-            x, **labels
-        )
-    model_trace.compute_log_prob()
-    guide_trace.compute_log_prob()
-    log_lik = torch.zeros(num_samples, len(x), device=x.device)
-    log_ratio = torch.zeros_like(log_lik)
-    for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
-        for name, site in trace.nodes.items():
-            if site["type"] != "sample" or site_is_subsample(site):
-                continue
-            target = log_lik if name == "x" else log_ratio  # "x" is every model's likelihood
-            target += sign * site["unscaled_log_prob"].expand(num_samples, len(x))
-    return log_lik, log_ratio
 
 
 @torch.no_grad()
@@ -117,15 +92,15 @@ def anomaly_scores(
         raise ConfigError("num_samples and batch_size must be >= 1")
     x = x.to(vae.device)
     y = None if y is None else y.to(vae.device)
-    chunk = max(1, min(batch_size, 2**24 // max(1, num_samples * math.prod(x.shape[1:]))))
+    chunk = chunk_size(batch_size, num_samples * math.prod(x.shape[1:]))
     parts: dict[str, list[torch.Tensor]] = {name: [] for name in SCORES}
-    with _eval_mode(vae):
-        for xb, yb in _batched(x, chunk, y):
-            log_lik, log_ratio = _elbo_terms(vae, xb, num_samples, yb)
-            log_w = log_lik + log_ratio
+    with eval_mode(vae):
+        for xb, yb in batches(x, chunk, y):
+            weights = importance_weights(vae, xb, num_samples, yb)
+            log_w = weights.log_weight
             parts["neg-elbo"].append(-log_w.mean(0))
             parts["iwae-nll"].append(math.log(num_samples) - torch.logsumexp(log_w, 0))
-            parts["kl"].append(-log_ratio.mean(0))
+            parts["kl"].append(-weights.log_ratio.mean(0))
         parts["reconstruction"] = [reconstruction_error(vae, x, batch_size, y)]
     return {name: torch.cat(values) for name, values in parts.items()}
 
@@ -167,34 +142,3 @@ def detection_metrics(
             "average_precision": float(average_precision_score(labels, values)),
         }
     return results
-
-
-def score_histograms(
-    scores: dict[str, torch.Tensor],
-    is_anomaly: torch.Tensor | np.ndarray | None = None,
-    thresholds: dict[str, float] | None = None,
-    names: Sequence[str] | None = None,
-) -> Figure:
-    """One histogram panel per score: normal and anomalous items (when labelled) overlaid,
-    with the threshold as a vertical line."""
-    from matplotlib.figure import Figure
-
-    names = list(names or scores)
-    fig = Figure(figsize=(4 * len(names), 3.2))
-    axes = fig.subplots(1, len(names), squeeze=False)[0]
-    labels = None if is_anomaly is None else np.asarray(torch.as_tensor(is_anomaly).cpu())
-    for ax, name in zip(axes, names):
-        values = np.asarray(scores[name].cpu(), dtype=np.float64)
-        bins = np.histogram_bin_edges(values, bins=40)
-        if labels is None:
-            ax.hist(values, bins=bins, alpha=0.7, label="items")
-        else:
-            ax.hist(values[labels == 0], bins=bins, alpha=0.6, density=True, label="normal")
-            ax.hist(values[labels == 1], bins=bins, alpha=0.6, density=True, label="anomalous")
-        if thresholds and name in thresholds:
-            ax.axvline(thresholds[name], color="k", linestyle="--", label="threshold")
-        ax.set_xlabel(name)
-        ax.legend(fontsize=7)
-    axes[0].set_ylabel("density" if labels is not None else "count")
-    fig.tight_layout()
-    return fig

@@ -19,11 +19,15 @@ group                       variables (dims)
                             exact means and standard deviations
 ==========================  =======================================================
 
-``item`` indexes the model's ``"data"`` plate (its coordinate holds the inputs'
-indices, e.g. into the held-out set) and ``latent_dim`` the event dimension of the
-site ``"z"``. *Pixel dims* are ``channel, height, width`` for images, ``feature`` for
-vectors, else ``x_dim_0, x_dim_1, ...``. Draws of the guide are independent, so there
-is one chain; ArviZ's ``summary(kind="stats")`` and plots apply unchanged.
+``item`` indexes the model's ``"data"`` plate (its coordinate holds the inputs' indices,
+e.g. into the held-out set) and ``latent_dim`` the event dimension of the latent site
+``"z"``. A model with several latent sites (``vae.latent_sites``, e.g. ``z1`` and
+``z2``) has one variable per site in ``posterior`` and ``prior``, each with its own dim
+``<site>_dim`` (``z1_dim``, ``z2_dim``), and no ``constant_data`` (a site whose guide
+depends on another site's draw has no Gaussian marginal). *Pixel dims* are ``channel,
+height, width`` for images, ``feature`` for vectors, else ``x_dim_0, x_dim_1, ...``.
+Draws of the guide are independent, so there is one chain; ArviZ's
+``summary(kind="stats")`` and plots apply unchanged.
 
 References
 ----------
@@ -45,6 +49,7 @@ import torch
 from pyro.infer import Predictive
 
 from pyrovae.errors import ConfigError, DataError
+from pyrovae.inference.sites import latent_sites
 
 if TYPE_CHECKING:
     import arviz
@@ -54,7 +59,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "compare_posteriors",
+    "coords_and_dims",
+    "guide_moments",
     "import_arviz",
+    "latent_dim_name",
     "load_inference_data",
     "pixel_dims",
     "posterior_draws",
@@ -74,7 +82,7 @@ def import_arviz() -> Any:
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings(
-                "ignore", message=".*ArviZ is undergoing a major refactor", category=FutureWarning
+                "ignore", message=r"\s*ArviZ is undergoing a major refactor", category=FutureWarning
             )
             import arviz
     finally:
@@ -91,24 +99,32 @@ def pixel_dims(event_shape: Sequence[int]) -> list[str]:
     return [f"x_dim_{i}" for i in range(len(event_shape))]
 
 
-def _coords(vae: VAE, x: torch.Tensor, items: Sequence[int] | None) -> dict[str, np.ndarray]:
+def latent_dim_name(site: str, sites: Sequence[str]) -> str:
+    """The ArviZ dim of a latent site's coordinates: ``latent_dim`` for a model's only
+    site, ``<site>_dim`` for one of several."""
+    return "latent_dim" if len(sites) == 1 else f"{site}_dim"
+
+
+def coords_and_dims(
+    vae: VAE, x: torch.Tensor, items: Sequence[int] | None, sizes: dict[str, int]
+) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
+    """ArviZ ``coords`` and ``dims`` for inputs ``x`` and latent sites of the given sizes
+    (``{site: dimension}``, in site order); ``items`` label the inputs (``0..N-1``)."""
     if items is None:
         items = range(len(x))
     items = np.asarray(list(items), dtype=np.int64)
     if items.shape != (len(x),):
         raise ConfigError(f"got {len(items)} item labels for {len(x)} inputs")
-    return {"item": items, "latent_dim": np.arange(vae.latent_dim)}
-
-
-def _dims(vae: VAE) -> dict[str, list[str]]:
+    coords: dict[str, np.ndarray] = {"item": items}
     pixels = pixel_dims(vae.event_shape)
-    return {
-        "z": ["item", "latent_dim"],
-        "x": ["item", *pixels],
-        "x_mean": ["item", *pixels],
-        "q_loc": ["item", "latent_dim"],
-        "q_scale": ["item", "latent_dim"],
-    }
+    dims = {"x": ["item", *pixels], "x_mean": ["item", *pixels]}
+    for site, size in sizes.items():
+        name = latent_dim_name(site, list(sizes))
+        coords[name] = np.arange(size)
+        dims[site] = ["item", name]
+    if len(sizes) == 1:
+        dims["q_loc"] = dims["q_scale"] = dims[next(iter(sizes))]
+    return coords, dims
 
 
 def _chain(t: torch.Tensor) -> np.ndarray:
@@ -152,17 +168,18 @@ def posterior_draws(
     vae.require_unconditional("posterior inspection")
     vae.validate_data(x, "inputs to inspect")
     x = x.to(vae.device)
-    coords = _coords(vae, x, items)
-    sites = ["z", "x", "_RETURN"]
+    latents = latent_sites(vae)
+    sites = [*latents, "x", "_RETURN"]
     mean = vae.model.likelihood.mean
     post = vae.predictive(x, num_samples, return_sites=sites)
+    coords, dims = coords_and_dims(vae, x, items, {s: post[s].shape[-1] for s in latents})
     guide = vae.spec.get("guide", "normal")
     groups: dict[str, Any] = {
-        "posterior": {"z": _chain(post["z"])},
+        "posterior": {s: _chain(post[s]) for s in latents},
         "posterior_predictive": {"x": _chain(post["x"]), "x_mean": _chain(mean(post["_RETURN"]))},
         "observed_data": {"x": x.cpu().numpy()},
     }
-    if guide in ("normal", "lowrank"):
+    if guide in ("normal", "lowrank") and len(latents) == 1:
         # encode() gives the exact marginals of these guides; for the IAF guide it gives the
         # Gaussian before the flow, so its moments come from the draws instead
         q_loc, q_log_var = vae.encode(x)
@@ -175,7 +192,7 @@ def posterior_draws(
             vae.model, num_samples=num_samples, return_sites=sites, parallel=True
         )
         draws = predictive(batch_size=len(x))
-        groups["prior"] = {"z": _chain(draws["z"])}
+        groups["prior"] = {s: _chain(draws[s]) for s in latents}
         groups["prior_predictive"] = {
             "x": _chain(draws["x"]),
             "x_mean": _chain(mean(draws["_RETURN"])),
@@ -183,7 +200,7 @@ def posterior_draws(
     return az.from_dict(
         **groups,
         coords=coords,
-        dims=_dims(vae),
+        dims=dims,
         attrs={
             "inference_library": "pyro",
             "approximation": f"amortized q(z|x), guide {guide!r} (pyrovae)",
@@ -211,10 +228,15 @@ def load_inference_data(path: str | os.PathLike) -> arviz.InferenceData:
 
 
 def posterior_summary(
-    idata: arviz.InferenceData, *, kind: str | None = None, var_names: Sequence[str] = ("z",)
+    idata: arviz.InferenceData,
+    *,
+    kind: str | None = None,
+    var_names: Sequence[str] | None = None,
 ) -> pandas.DataFrame:
     """``arviz.summary`` of the posterior: mean, sd, 94% HDI, and for several chains the
     MCMC diagnostics (``mcse``, ``ess_bulk``, ``ess_tail``, ``r_hat``).
+
+    ``var_names`` defaults to every posterior variable (one per latent site).
 
     ``kind`` defaults to ``"stats"`` for one chain (independent draws of the guide: no
     chains to compare) and ``"all"`` for more.
@@ -224,11 +246,13 @@ def posterior_summary(
         kind = "all" if idata.posterior.sizes["chain"] > 1 else "stats"
     # a chain that never moved (e.g. too short a warmup) has zero variance: NaN diagnostics
     with np.errstate(divide="ignore", invalid="ignore"):
-        return az.summary(idata, var_names=list(var_names), kind=kind)
+        names = list(idata.posterior.data_vars) if var_names is None else list(var_names)
+        return az.summary(idata, var_names=names, kind=kind)
 
 
-def _moments(idata: arviz.InferenceData) -> tuple[np.ndarray, np.ndarray]:
-    """Per (item, latent_dim): exact guide moments when recorded, else the draws' moments."""
+def guide_moments(idata: arviz.InferenceData) -> tuple[np.ndarray, np.ndarray]:
+    """Means and standard deviations of ``z`` per (item, latent_dim): the guide's exact
+    moments when recorded (``constant_data``), else the draws' moments."""
     if "constant_data" in idata.groups() and "q_loc" in idata.constant_data:
         return idata.constant_data["q_loc"].values, idata.constant_data["q_scale"].values
     z = idata.posterior["z"].stack(sample=("chain", "draw")).transpose("item", "latent_dim", ...)
@@ -269,7 +293,7 @@ def compare_posteriors(
     import pandas as pd
 
     az = import_arviz()
-    mean_q, sd_q = _moments(approximate)
+    mean_q, sd_q = guide_moments(approximate)
     z = reference.posterior["z"]
     mean_p = z.mean(("chain", "draw")).transpose("item", "latent_dim").values
     sd_p = z.std(("chain", "draw"), ddof=1).transpose("item", "latent_dim").values

@@ -54,8 +54,9 @@ import torch
 
 from pyrovae.errors import ConfigError
 from pyrovae.guides.local import LocalNormalGuide
-from pyrovae.inference.evaluation import log_weights
-from pyrovae.inference.mcmc import frozen
+from pyrovae.inference.evaluation import importance_weights
+from pyrovae.inference.inspection.mcmc import frozen
+from pyrovae.inference.sites import require_single_latent
 from pyrovae.inference.training.objectives import make_elbo
 
 if TYPE_CHECKING:
@@ -169,20 +170,11 @@ class InferenceGaps:
         return out
 
 
-def _seeded_log_weights(vae: VAE, x: torch.Tensor, num_samples: int, seed: int, guide):
-    devices = []
-    if x.device.type == "cuda":
-        devices = [torch.cuda.current_device() if x.device.index is None else x.device.index]
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        return log_weights(vae, x, num_samples, guide=guide)
-
-
 @torch.no_grad()
 def _gaps(vae: VAE, x: torch.Tensor, guide: LocalNormalGuide, num_samples: int) -> InferenceGaps:
     seed = int(torch.randint(2**31 - 1, ()))
-    lw_amortized = _seeded_log_weights(vae, x, num_samples, seed, None)
-    lw_optimized = _seeded_log_weights(vae, x, num_samples, seed, guide)
+    lw_amortized = importance_weights(vae, x, num_samples, seed=seed).log_weight
+    lw_optimized = importance_weights(vae, x, num_samples, guide=guide, seed=seed).log_weight
     iwae = torch.logsumexp(lw_optimized, 0) - math.log(num_samples)
     root_k = math.sqrt(num_samples)
     w = torch.exp(lw_optimized - lw_optimized.amax(0))  # weights up to a per-point factor
@@ -234,6 +226,7 @@ def inference_gaps(
     if num_samples < 1:
         raise ConfigError(f"-k/--num-samples must be >= 1, got {num_samples}")
     vae.require_unconditional("the gap decomposition")
+    require_single_latent(vae, "the gap decomposition")
     vae.validate_data(x, "data for the gaps")
     x = x.to(vae.device)
     with frozen(vae):

@@ -10,9 +10,11 @@ mask :math:`m` is true, the model conditions on the observed pixels alone with P
 
 and the missing pixels do not enter it, whatever they hold. The missing pixels are
 recovered from the posterior :math:`p(z \mid x_{obs})` by self-normalised importance
-sampling with the guide as proposal. The guide reads a complete image, so it is given
-the observed pixels with the missing ones filled in (at first with the mean training
-image); ``K`` draws :math:`z_k \sim q(z \mid x_{fill})` get weights
+sampling with the guide as proposal
+(:func:`~pyrovae.inference.evaluation.importance_weights` with ``mask=``). The guide
+reads a complete image, so it is given the observed pixels with the missing ones filled
+in (at first with the mean training image); ``K`` draws
+:math:`z_k \sim q(z \mid x_{fill})` get weights
 
 .. math::
 
@@ -42,11 +44,10 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
-from pyro import poutine
-from pyro.poutine.util import site_is_subsample
 
 from pyrovae.errors import ConfigError, DataError
-from pyrovae.inference.evaluation import _eval_mode
+from pyrovae.inference.evaluation import chunk_size, eval_mode, importance_weights
+from pyrovae.inference.sites import require_single_latent
 from pyrovae.registry import Registry
 
 if TYPE_CHECKING:
@@ -59,7 +60,6 @@ __all__ = [
     "denoise",
     "inpaint",
     "make_mask",
-    "masked_log_weights",
 ]
 
 #: mask patterns: name -> ``f(num_items, event_shape, fraction, generator)`` giving a
@@ -120,6 +120,7 @@ def make_mask(
 def _check(vae: VAE, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     if vae.needs_labels:
         raise ConfigError("inpainting and denoising work on a plain VAE run (--model vae)")
+    require_single_latent(vae, "inpainting and denoising")
     vae.validate_data(x, "the items")
     if mask.dtype != torch.bool or mask.shape != x.shape:
         raise DataError(
@@ -127,43 +128,6 @@ def _check(vae: VAE, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
             f"{mask.dtype} {tuple(mask.shape)}"
         )
     return mask.to(x.device)
-
-
-@torch.no_grad()
-def masked_log_weights(
-    vae: VAE, x_fill: torch.Tensor, mask: torch.Tensor, num_samples: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""Log weights :math:`\log p(x_{obs} \mid z_k) + \log p(z_k) - \log q(z_k \mid x_{fill})`
-    and the means :math:`E[x \mid z_k]`, shapes ``(K, B)`` and ``(K, B, *event_shape)``.
-
-    The model conditions on the observed pixels with ``obs_mask``
-    (:meth:`~pyrovae.model.VAEModel.observe_pixels`), whose pixel site lies outside the
-    data plate; so the ``K`` samples are ``K`` copies of the batch, not a plate. The
-    missing pixels ``x_unobserved`` are drawn from :math:`p(x_{miss} \mid z_k)`, so the
-    proposal is :math:`q(z \mid x_{fill})\,p(x_{miss} \mid z)` and their density cancels.
-    """
-    batch, event = len(x_fill), x_fill.shape[1:]
-    ones = [1] * len(event)
-    copies = x_fill.repeat(num_samples, *ones)  # (K * B, *event), sample-major
-    guide_trace = poutine.trace(vae.guide).get_trace(copies)
-    model = poutine.replay(vae.model, trace=guide_trace)
-    model_trace = poutine.trace(model).get_trace(copies, mask=mask.repeat(num_samples, *ones))
-    log_w = torch.zeros(num_samples * batch, device=x_fill.device)
-    for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
-        trace.compute_log_prob()
-        for name, site in trace.nodes.items():
-            if site["type"] != "sample" or site_is_subsample(site):
-                continue
-            if trace is model_trace and not site["is_observed"] and name not in guide_trace:
-                # x_unobserved is drawn from p(x_miss | z) itself: it is part of the proposal,
-                # and its density cancels from the weight
-                continue
-            # per item: the pixel site carries a log-density per pixel. "log_prob", not
-            # "unscaled_log_prob": obs_mask's poutine.mask applies to the former only (the
-            # plate's scale is 1 here: no num_data, beta 1)
-            log_w = log_w + sign * site["log_prob"].reshape(len(log_w), -1).sum(-1)
-    means = vae.model.likelihood.mean(model_trace.nodes["_RETURN"]["value"])
-    return log_w.reshape(num_samples, batch), means.reshape(num_samples, batch, *event)
 
 
 @torch.no_grad()
@@ -205,16 +169,18 @@ def inpaint(
     x = x.to(vae.device)
     mask = _check(vae, x, mask)
     fill = torch.as_tensor(fill, dtype=x.dtype, device=x.device).expand_as(x)
-    chunk = max(1, min(batch_size, 2**24 // max(1, num_samples * math.prod(x.shape[1:]))))
+    chunk = chunk_size(batch_size, num_samples * math.prod(x.shape[1:]))
     completed = []
-    with _eval_mode(vae):
+    with eval_mode(vae):
         for start in range(0, len(x), chunk):
             xb, mb = x[start : start + chunk], mask[start : start + chunk]
             current = torch.where(mb, xb, fill[start : start + chunk])
             for _ in range(rounds):
-                log_w, means = masked_log_weights(vae, current, mb, num_samples)
+                # the guide reads the current completion; the model the observed pixels only
+                w = importance_weights(vae, current, num_samples, mask=mb, mean=True)
+                log_w = w.log_weight
                 weights = torch.softmax(log_w, dim=0).reshape(*log_w.shape, *[1] * (x.dim() - 1))
-                current = torch.where(mb, xb, (weights * means).sum(0))
+                current = torch.where(mb, xb, (weights * w.mean).sum(0))
             completed.append(current)
     return torch.cat(completed)
 
@@ -247,7 +213,7 @@ def corrupt(x: torch.Tensor, kind: str = "flip", level: float = 0.1, seed: int =
 def denoise(vae: VAE, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
     """Reconstruct corrupted items: :math:`E[x \\mid z = \\mu_\\phi(\\tilde x)]`."""
     _check(vae, x, torch.ones_like(x, dtype=torch.bool))
-    with _eval_mode(vae):
+    with eval_mode(vae):
         return torch.cat(
             [vae.reconstruct(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
         )

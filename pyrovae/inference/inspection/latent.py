@@ -10,7 +10,7 @@ r"""The latent space: encode a data set, embed it in 2-D, and score the represen
   train means and labels and scored on the held-out ones, a standard measure of how
   linearly decodable the classes are from the code.
 - :func:`latent_report`: the probe together with the diagnostics of
-  :mod:`pyrovae.inference.diagnostics` (KL per dimension, active units after Burda et
+  :mod:`pyrovae.inference.inspection.diagnostics` (KL per dimension, active units after Burda et
   al., mutual information) on the held-out items.
 
 References
@@ -33,7 +33,8 @@ import torch
 
 from pyrovae.data import Dataset
 from pyrovae.errors import ConfigError, DataError
-from pyrovae.inference.diagnostics import diagnose, encode_all
+from pyrovae.inference.inspection.diagnostics import diagnose, encode_all
+from pyrovae.inference.sites import require_single_latent
 from pyrovae.registry import Registry
 
 if TYPE_CHECKING:
@@ -96,6 +97,7 @@ def encode_dataset(vae: VAE, data: Dataset, batch_size: int = 500) -> dict[str, 
     ``test_log_var`` (each ``(N, latent_dim)``) and, when the data set has labels,
     ``train_labels`` and ``test_labels``.
     """
+    require_single_latent(vae, "encoding a data set")
     codes: dict[str, np.ndarray] = {}
     for split in ("train", "test"):
         x = getattr(data, split)
@@ -155,7 +157,7 @@ def latent_report(
     """Diagnostics of the held-out codes and the linear probe, as a JSON-ready dict.
 
     Keys: ``num_train``, ``num_test``, ``latent_dim``, and from
-    :func:`pyrovae.inference.diagnostics.diagnose` on the held-out items ``kl`` (nats per
+    :func:`pyrovae.inference.inspection.diagnostics.diagnose` on the held-out items ``kl`` (nats per
     item), ``kl_per_dim``, ``active_units`` (activity above ``threshold``),
     ``mutual_information``; ``activity`` (variance of each posterior mean over the held-out
     items); ``probe_accuracy`` (``None`` without labels) with ``probe_train_size``: the
@@ -163,6 +165,7 @@ def latent_report(
     ``seed``; ``None`` for all), which bounds its time on large data sets (on
     Fashion-MNIST's 50-dim codes, 10000 items give the same accuracy as 60000 within 0.1%).
     """
+    require_single_latent(vae, "the latent report")
     if not threshold > 0:
         raise ConfigError(f"the active-unit threshold must be > 0, got {threshold}")
     if max_probe_train is not None and max_probe_train < 2:

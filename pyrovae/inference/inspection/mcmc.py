@@ -14,7 +14,7 @@ diagonal mass matrix adapted during warmup). Chains run one after another in thi
 process, each started from a draw of the prior (``init_to_sample``), which is
 overdispersed relative to the posterior as the split-:math:`\hat R` diagnostic
 requires. The draws go into ``InferenceData`` with the dims of
-:mod:`pyrovae.inference.posterior`, and ``sample_stats.diverging``;
+:mod:`pyrovae.inference.inspection.posterior`, and ``sample_stats.diverging``;
 ``arviz.summary`` then gives :math:`\hat R` and bulk/tail ESS.
 
 References
@@ -38,7 +38,9 @@ from pyro.infer import MCMC, NUTS
 from pyro.infer.autoguide.initialization import init_to_sample
 
 from pyrovae.errors import ConfigError
-from pyrovae.inference.posterior import _coords, _dims, import_arviz
+from pyrovae.inference.evaluation import eval_mode
+from pyrovae.inference.inspection.posterior import coords_and_dims, import_arviz
+from pyrovae.inference.sites import latent_sites, require_single_latent
 
 if TYPE_CHECKING:
     import arviz
@@ -54,16 +56,14 @@ logger = logging.getLogger(__name__)
 def frozen(module: torch.nn.Module) -> Iterator[None]:
     """Hold a module's parameters fixed (``requires_grad=False``) and in eval mode for a while."""
     flags = [(p, p.requires_grad) for p in module.parameters()]
-    was_training = module.training
-    module.eval()
     for p, _ in flags:
         p.requires_grad_(False)
     try:
-        yield
+        with eval_mode(module):
+            yield
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
-        module.train(was_training)
 
 
 def nuts_posterior(
@@ -112,9 +112,11 @@ def nuts_posterior(
         if value < low:
             raise ConfigError(f"NUTS {name} must be >= {low}, got {value}")
     vae.require_unconditional("NUTS on p(z | x)")
+    require_single_latent(vae, "NUTS on p(z | x)")
     vae.validate_data(x, "inputs to inspect")
     x = x.to(vae.device)
-    coords = _coords(vae, x, items)
+    (site,) = latent_sites(vae)
+    coords, dims = coords_and_dims(vae, x, items, {site: vae.latent_dim})
     draws, diverging, step_sizes = [], [], []
     with frozen(vae):
         for chain in range(num_chains):
@@ -133,7 +135,7 @@ def nuts_posterior(
                 disable_progbar=not progress,
             )
             mcmc.run(x)
-            z = mcmc.get_samples()["z"]
+            z = mcmc.get_samples()[site]
             draws.append(z.detach().cpu().numpy())
             flags = np.zeros(num_samples, dtype=bool)
             divergent = [i for i in mcmc.diagnostics()["divergences"]["chain 0"] if i >= 0]
@@ -148,11 +150,11 @@ def nuts_posterior(
                 flags.sum(),
             )
     return az.from_dict(
-        posterior={"z": np.stack(draws)},
+        posterior={site: np.stack(draws)},
         sample_stats={"diverging": np.stack(diverging)},
         observed_data={"x": x.cpu().numpy()},
         coords=coords,
-        dims=_dims(vae),
+        dims=dims,
         attrs={
             "inference_library": "pyro",
             "sampler": "NUTS",

@@ -32,10 +32,9 @@ from typing import TYPE_CHECKING
 import torch
 
 from pyrovae.errors import ConfigError
+from pyrovae.inference.sites import require_single_latent
 
 if TYPE_CHECKING:
-    from matplotlib.figure import Figure
-
     from pyrovae.variants import VAE
 
 __all__ = [
@@ -84,6 +83,7 @@ INTERPOLATIONS = {"lerp": lerp, "slerp": slerp}
 
 def _check(vae: VAE) -> None:
     vae.require_unconditional("latent-space operations")
+    require_single_latent(vae, "latent-space operations")
 
 
 def _means(vae: VAE, x: torch.Tensor) -> torch.Tensor:
@@ -139,10 +139,3 @@ def latent_arithmetic(vae: VAE, a: torch.Tensor, b: torch.Tensor, c: torch.Tenso
     """Decode :math:`\\mu(a) - \\mu(b) + \\mu(c)` ("a is to b as ? is to c")."""
     mu = _means(vae, torch.stack([a, b, c]))
     return vae.decode(mu[0] - mu[1] + mu[2])
-
-
-def path_figure(rows: torch.Tensor, title: str) -> Figure:
-    """Decoded paths or traversals, one row each: ``rows`` of shape ``(R, S, *event)``."""
-    from pyrovae import plots
-
-    return plots.image_grid(rows.flatten(0, 1), nrow=rows.shape[1], title=title)

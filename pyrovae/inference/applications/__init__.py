@@ -1,0 +1,44 @@
+"""Applications of a trained VAE: anomaly scores, operations in the latent space,
+inpainting and denoising."""
+
+from pyrovae.inference.applications.anomaly import (
+    SCORES,
+    anomaly_scores,
+    detection_metrics,
+    threshold,
+)
+from pyrovae.inference.applications.inpainting import (
+    CORRUPTIONS,
+    MASKS,
+    corrupt,
+    denoise,
+    inpaint,
+    make_mask,
+)
+from pyrovae.inference.applications.latent_ops import (
+    INTERPOLATIONS,
+    interpolate,
+    latent_arithmetic,
+    lerp,
+    slerp,
+    traverse,
+)
+
+__all__ = [
+    "CORRUPTIONS",
+    "INTERPOLATIONS",
+    "MASKS",
+    "SCORES",
+    "anomaly_scores",
+    "corrupt",
+    "denoise",
+    "detection_metrics",
+    "inpaint",
+    "interpolate",
+    "latent_arithmetic",
+    "lerp",
+    "make_mask",
+    "slerp",
+    "threshold",
+    "traverse",
+]

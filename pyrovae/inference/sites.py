@@ -1,0 +1,42 @@
+"""The latent sample sites of a model: which there are, and where one is required.
+
+A Pyro model may have several latent sites (a hierarchical VAE draws ``z2`` and then
+``z1 | z2``). A VAE names its sites in ``vae.latent_sites`` (``("z",)`` when it does not
+say); a trace names them too: its sample sites that are neither observed nor a plate's
+subsample. The collapse diagnostics and the ArviZ export work over every site; the tools
+that need one code per item (NUTS, the gaps, the latent-space tools, latent operations,
+inpainting) call :func:`require_single_latent` first.
+"""
+
+from __future__ import annotations
+
+from pyro import poutine
+from pyro.poutine.util import site_is_subsample
+
+from pyrovae.errors import ConfigError
+
+__all__ = ["latent_sites", "require_single_latent", "trace_latent_sites"]
+
+
+def latent_sites(vae: object) -> tuple[str, ...]:
+    """The names of ``vae``'s latent sites: ``vae.latent_sites``, or ``("z",)`` without one."""
+    return tuple(getattr(vae, "latent_sites", ("z",)))
+
+
+def trace_latent_sites(trace: poutine.Trace) -> list[str]:
+    """The latent sample sites of ``trace``, in the order they were drawn."""
+    return [
+        name
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
+    ]
+
+
+def require_single_latent(vae: object, what: str) -> None:
+    """Raise :class:`ConfigError` unless ``vae`` has exactly one latent site, as ``what`` needs."""
+    sites = latent_sites(vae)
+    if len(sites) != 1:
+        raise ConfigError(
+            f"{what} works on a model with one latent site; this model has {len(sites)} "
+            f"({', '.join(sites)})"
+        )
