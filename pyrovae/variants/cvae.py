@@ -39,7 +39,7 @@ from pyrovae.errors import ConfigError, DataError
 from pyrovae.guides.conditional import ConditionalEncoder
 from pyrovae.guides.encoders import diagonal_normal
 from pyrovae.inference.training.step import TrainingStep
-from pyrovae.model import DECODERS, Likelihood, Prior, make_likelihood
+from pyrovae.model import DECODERS, Likelihood, Prior
 from pyrovae.model.base import LocalPyroModule, data_plate, kl_weight
 from pyrovae.networks import join, one_hot
 from pyrovae.registry import component
@@ -266,7 +266,7 @@ class ConditionalVAE(VAE):
                 encoder_options,
             )
         )
-        likelihood = make_likelihood(parts["likelihood"][0], self.event_shape, parts["likelihood"][1])
+        likelihood = self.build_likelihood(parts["likelihood"])
         # the prior does not see the label: a VampPrior's encoder would need one
         prior = self.make_prior(parts["prior"], self.latent_dim, None, likelihood)
         decoder = DECODERS.build(

@@ -47,7 +47,7 @@ from pyrovae.errors import ConfigError
 from pyrovae.guides.encoders import ENCODERS, diagonal_normal
 from pyrovae.model.base import LocalPyroModule, data_plate, kl_weight
 from pyrovae.model.decoders import DECODERS
-from pyrovae.model.likelihoods import Likelihood, make_likelihood
+from pyrovae.model.likelihoods import Likelihood
 from pyrovae.model.priors import Prior
 from pyrovae.networks import mlp
 from pyrovae.registry import component
@@ -322,7 +322,7 @@ class HierarchicalVAE(VAE):
         self.guide = HierarchicalGuide(
             encoder, self.event_shape, self.latent_dim, self.top_dim, hidden=self.hidden
         )
-        likelihood = make_likelihood(parts["likelihood"][0], self.event_shape, parts["likelihood"][1])
+        likelihood = self.build_likelihood(parts["likelihood"])
         prior = self.make_prior(parts["prior"], self.top_dim, self.guide, likelihood)
         decoder = DECODERS.build(*parts["decoder"], latent_dim=self.latent_dim, **shape)
         self.model = HierarchicalModel(

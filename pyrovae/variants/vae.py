@@ -298,10 +298,14 @@ class VAE(PyroModule):
                 "the vamp prior mixes the posteriors q(z|u) of a diagonal Gaussian guide at its "
                 "pseudo-inputs; use --guide normal with --prior vamp"
             )
-        likelihood = make_likelihood(parts["likelihood"][0], self.event_shape, parts["likelihood"][1])
+        likelihood = self.build_likelihood(parts["likelihood"])
         prior = self.make_prior(parts["prior"], self.latent_dim, guide, likelihood)
         decoder = DECODERS.build(parts["decoder"][0], parts["decoder"][1], **net)
         self.model = VAEModel(prior, decoder, likelihood, self.event_shape)
+
+    def build_likelihood(self, part: tuple[Any, dict[str, Any]]) -> Likelihood:
+        """The likelihood from its resolved ``(name or object, options)``."""
+        return make_likelihood(part[0], self.event_shape, part[1])
 
     def make_prior(
         self, part: tuple[Any, dict[str, Any]], latent_dim: int, guide: Any, likelihood: Likelihood
