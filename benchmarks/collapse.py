@@ -131,7 +131,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             latent_dim=args.latent_dim,
             num_epochs=args.epochs,
             seed=args.seed,
-            free_bits=args.free_bits,
         )
     except ConfigError as e:
         parser.error(str(e))
@@ -157,11 +156,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{seconds:.0f}",
             ]
         )
+    model, optimization = base.model, base.optimization
     lines = [
         f"digits ({len(data.train)} train / {len(data.test)} held-out images), MLP "
-        f"64-{'-'.join(map(str, base.hidden))}-{base.latent_dim}, Gaussian likelihood with "
-        f"fixed scale {base.scale:g}, {args.epochs} epochs at batch {base.batch_size}, Adam "
-        f"{base.learning_rate:g}, seed {args.seed}; log p(x) with K = {args.num_samples}",
+        f"64-{'-'.join(map(str, model['hidden']))}-{model['latent_dim']}, Gaussian likelihood "
+        f"with fixed scale {model['likelihood']['scale']:g}, {args.epochs} epochs at batch "
+        f"{optimization['batch_size']}, Adam {optimization['learning_rate']:g}, seed "
+        f"{args.seed}; log p(x) with K = {args.num_samples}",
         environment(device),
     ]
     report("Posterior collapse", lines, markdown_table(COLUMNS, table), args.markdown)

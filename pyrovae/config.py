@@ -281,9 +281,9 @@ def _check_combinations(values: dict[str, dict[str, Any]]) -> None:
     elbo, schedule = objective["elbo"]["name"], objective["kl_schedule"]["name"]
     make_elbo(
         elbo,
+        objective["num_particles"],
+        objective["vectorize_particles"],
         _options(objective["elbo"]),
-        num_particles=objective["num_particles"],
-        vectorize_particles=objective["vectorize_particles"],
     )
     make_schedule(schedule, _options(objective["kl_schedule"]), beta=objective["beta"])
     if elbo == "InfoVAE_ELBO" and values["optimization"]["batch_size"] < 2:
@@ -339,8 +339,8 @@ def _apply_flags(
             if name in component.registry and flag in component.registry.options(name):
                 targets.append((component.section, key))
         if not targets:
-            if not strict:
-                continue
+            if not strict and flag in known:
+                continue  # a legacy flat config lists the options of every component
             if flag in known:
                 raise ConfigError(
                     f"--{flag.replace('_', '-')} is an option of {', '.join(known[flag][1])}, "

@@ -83,14 +83,23 @@ def coerce(
         ok = all(isinstance(v, int) and not isinstance(v, bool) for v in value)
         value = tuple(value)
     elif kind is float and isinstance(value, int | float) and not isinstance(value, bool):
-        value, ok = float(value), math.isfinite(value)
+        if not math.isfinite(value):
+            raise ConfigError(f"{what} must be a finite number, got {value}")
+        value, ok = float(value), True
     elif kind in (int, str, bool):
         ok = type(value) is kind
     elif kind is dict:
         ok = isinstance(value, Mapping)
         value = dict(value) if ok else value
     if not ok:
-        need = {tuple: "a list of integers", float: "a finite number"}.get(kind, kind.__name__)
+        need = {
+            tuple: "a list of integers",
+            float: "a number",
+            int: "an integer",
+            str: "a string",
+            bool: "true or false",
+            dict: "a table",
+        }.get(kind, kind.__name__)
         raise ConfigError(f"{what} needs {need}, got {value!r}")
     if choices is not None and value not in choices:
         raise ConfigError(

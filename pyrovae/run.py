@@ -126,9 +126,9 @@ def make_step(vae: VAE, config: Config) -> TrainingStep:
     objective, optimization = config.objective, config.optimization
     elbo = make_elbo(
         objective["elbo"]["name"],
+        objective["num_particles"],
+        objective["vectorize_particles"],
         config.options("objective", "elbo"),
-        num_particles=objective["num_particles"],
-        vectorize_particles=objective["vectorize_particles"],
     )
     return vae.training_step(
         elbo, learning_rate=optimization["learning_rate"], clip_norm=optimization["clip_norm"]

@@ -109,7 +109,7 @@ def test_reference_matches_pyrovae_loss_and_gradients(elbo, import_benchmark):
     vae = trainer.vae
     # Draw z once, then evaluate pyrovae's own ELBO object at that z.
     guide_trace = poutine.trace(vae.guide).get_trace(x, num_data=num_data)
-    loss = trainer.loss.elbo.differentiable_loss(
+    loss = trainer.trainer.step.loss.elbo.differentiable_loss(
         vae.model, poutine.replay(vae.guide, trace=guide_trace), x, num_data=num_data
     )
     z = guide_trace.nodes["z"]["value"]

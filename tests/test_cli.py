@@ -74,7 +74,7 @@ def test_train_writes_a_complete_run_folder(trained_run):
         "samples.png",
     } <= names
     assert len((trained_run / "metrics.jsonl").read_text().splitlines()) == 2
-    assert load_config(trained_run / "config.toml").num_epochs == 2
+    assert load_config(trained_run / "config.toml").optimization["num_epochs"] == 2
 
 
 def test_evaluate(trained_run, capsys):
@@ -315,7 +315,12 @@ def test_flags_override_the_config_file(tmp_path, capsys):
     )
     assert code == 0, err
     resolved = load_config(workdir / "config.toml")
-    assert (resolved.latent_dim, resolved.prior, resolved.num_epochs) == (5, "mixture", 1)
+    model, optimization = resolved.model, resolved.optimization
+    assert (model["latent_dim"], model["prior"]["name"], optimization["num_epochs"]) == (
+        5,
+        "mixture",
+        1,
+    )
 
 
 def test_resume_from_the_cli(tmp_path, capsys):
@@ -399,7 +404,7 @@ def test_bad_arguments_exit_2(argv, phrase, tmp_path, capsys, monkeypatch):
     [
         ("latnt_dim = 3\n", "did you mean 'latent_dim'"),
         ('prior = "cauchy"\n', "unknown prior 'cauchy'; choose one of: normal"),
-        ('latent_dim = "three"\n', "needs a int"),
+        ('latent_dim = "three"\n', "needs an integer"),
         ("latent_dim = \n", "not valid TOML"),
     ],
 )
@@ -419,7 +424,7 @@ def test_corrupt_checkpoint_exits_2(tmp_path, capsys):
 
 def test_checkpoint_of_another_architecture_exits_2(trained_run, tmp_path, capsys):
     state = torch.load(trained_run / "checkpoint.pt", weights_only=True)
-    state["config"]["latent_dim"] = 3  # a config that does not fit the saved weights
+    state["config"]["model"]["latent_dim"] = 3  # a config that does not fit the saved weights
     torch.save(state, tmp_path / "checkpoint.pt")
     code, _, err = run_cli(["sample", tmp_path], capsys)
     assert code == 2 and "another architecture" in err
@@ -483,7 +488,7 @@ def test_resume_applies_a_new_learning_rate(tmp_path, capsys):
     )
     assert code == 0, err
     state = torch.load(workdir / "checkpoint.pt", weights_only=True)
-    assert {g["lr"] for g in state["optimizer"]["param_groups"]} == {0.0005}
+    assert {g["lr"] for g in state["optimizers"]["svi"]["param_groups"]} == {0.0005}
 
 
 @pytest.mark.parametrize("shape", [(30, 2, 3, 4, 5), (30, 2, 8, 8), (30, 7)])
@@ -516,7 +521,7 @@ def test_relative_data_path_is_stored_absolute(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     _save(tmp_path / "x.npy", np.full((30, 4), 0.5, dtype=np.float32))
     assert run_cli(["train", "--data", "x.npy", "--workdir", "run", *TINY], capsys)[0] == 0
-    assert load_config(tmp_path / "run" / "config.toml").data == str(tmp_path / "x.npy")
+    assert load_config(tmp_path / "run" / "config.toml").data["data"] == str(tmp_path / "x.npy")
 
 
 def test_objective_guide_and_schedule_flags(tmp_path, capsys):

@@ -95,7 +95,7 @@ def cvae_run(tmp_path_factory):
 
 def test_cvae_checkpoint_roundtrip(cvae_run):
     loaded, config, _ = load_run(cvae_run.workdir)
-    assert isinstance(loaded, ConditionalVAE) and config.num_classes == 10
+    assert isinstance(loaded, ConditionalVAE) and config.model["variant"]["num_classes"] == 10
     y = torch.arange(10)
     x = cvae_run.data.test[:10]
     torch.testing.assert_close(loaded.reconstruct(x, y), cvae_run.vae.reconstruct(x, y))

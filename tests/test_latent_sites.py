@@ -105,13 +105,16 @@ class TwoSiteVAE(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.spec = {"guide": "two-site"}
+        self.spec = {"guide": {"name": "two-site"}}
         self.model = TwoSiteModel()
         self.guide = TwoSiteGuide()
 
     @property
     def device(self) -> torch.device:
         return torch.device("cpu")
+
+    def component_name(self, role: str) -> str:
+        return self.spec[role]["name"]
 
     def require_unconditional(self, what: str) -> None:
         pass

@@ -68,14 +68,13 @@ def small_vae(
     hidden: tuple[int, ...] = (8,),
 ) -> VAE:
     """A tiny randomly initialized VAE (the test seed fixes its weights)."""
+    # options go to the components that declare them (a mixture's components, a scale)
     return VAE(
         event_shape,
         latent_dim=latent_dim,
-        prior=prior,
-        likelihood=likelihood,
+        prior={"name": prior, "num_components": 3} if prior == "mixture" else prior,
+        likelihood={"name": likelihood, "scale": scale} if likelihood == "gaussian" else likelihood,
         hidden=hidden,
-        scale=scale,
-        num_components=3,
     )
 
 
@@ -761,7 +760,9 @@ def test_likelihood_log_prob_and_mean_match_torch(name):
     float32 tolerance relative to the largest term.
     """
     reference, sample = REFERENCE_LIKELIHOODS[name]
-    likelihood = make_likelihood(name, EVENT_SHAPE, scale=0.3, learn_scale="fixed")
+    options = LIKELIHOODS.options(name)  # a scale where the likelihood has one
+    scale = {"scale": 0.3, "learn_scale": "fixed"} if "scale" in options else {}
+    likelihood = make_likelihood(name, EVENT_SHAPE, **scale)
     params = 2 * torch.randn(7, *EVENT_SHAPE)
     x = torch.stack([sample() for _ in range(7)])
     with torch.no_grad():

@@ -168,7 +168,7 @@ def test_m2_trains_and_reloads(tmp_path):
     assert result.evaluation["accuracy"] > 0.4
     assert "accuracy" in result.history[-1]
     vae, config, _ = load_run(tmp_path / "run")
-    assert isinstance(vae, SemiSupervisedVAE) and config.labels_per_class == 10
+    assert isinstance(vae, SemiSupervisedVAE) and config.model["variant"]["labels_per_class"] == 10
     digits = load_dataset("digits")
     assert torch.equal(vae.predict(digits.test), result.vae.predict(digits.test))
     assert vae.sample(6, y=4).shape == (6, 1, 8, 8)

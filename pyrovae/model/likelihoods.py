@@ -230,9 +230,11 @@ def make_likelihood(
     likelihood: str | Likelihood | Callable[[torch.Tensor], dist.Distribution],
     event_shape: tuple[int, ...],
     options: Mapping[str, Any] | None = None,
+    **flat: Any,
 ) -> Likelihood:
-    """Build a likelihood from a registered name (with its ``options``), a
-    :class:`Likelihood` or a callable."""
+    """Build a likelihood from a registered name (with its checked ``options``, given as
+    a mapping or as keywords), a :class:`Likelihood` or a callable."""
+    options = {**(options or {}), **flat}
     if isinstance(likelihood, str):
         return LIKELIHOODS.build(likelihood, options, event_shape=tuple(event_shape))
     if options:

@@ -236,10 +236,10 @@ class VAE(PyroModule):
         self.event_shape = tuple(event_shape)
         self.latent_dim = latent_dim
         self.hidden = tuple(hidden)
-        if latent_dim < 1 or not self.hidden or min(self.hidden) < 1:
+        if latent_dim < 1 or any(h < 1 for h in self.hidden):
             raise ConfigError(
-                f"latent_dim must be >= 1 and hidden must list positive layer sizes, got "
-                f"{latent_dim} and {list(self.hidden)}"
+                f"latent_dim must be >= 1 and hidden layer sizes positive, got {latent_dim} "
+                f"and {list(self.hidden)}"
             )
         parts = self.resolve(
             prior=prior,
@@ -399,6 +399,12 @@ class VAE(PyroModule):
                 f"{what} works on a model whose guide reads x alone (--model vae); this "
                 "model conditions on labels"
             )
+
+    def component_name(self, role: str) -> str:
+        """The registered name of the component in ``role`` (``"guide"``, ``"prior"``, ...),
+        or ``"custom <type>"`` for a user's object."""
+        spec = self.spec.get(role, "")
+        return spec["name"] if isinstance(spec, Mapping) else str(spec)
 
     @property
     def is_custom(self) -> bool:

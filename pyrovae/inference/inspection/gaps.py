@@ -89,10 +89,10 @@ def optimize_local_guide(
             "the optimized guide needs num_steps >= 0, num_particles >= 1 and a positive "
             f"learning rate, got {num_steps}, {num_particles}, {learning_rate}"
         )
-    if vae.spec.get("guide", "normal") != "normal":
+    if vae.component_name("guide") != "normal":
         raise ConfigError(
             f"the amortization gap compares the guide with the best per-point diagonal Gaussian, "
-            f"the family of the 'normal' guide; this VAE's guide is {vae.spec['guide']!r}"
+            f"the family of the 'normal' guide; this VAE's guide is {vae.component_name('guide')!r}"
         )
     guide = LocalNormalGuide.from_encoder(vae.guide.encoder, x).to(x.device)
     if num_steps == 0:

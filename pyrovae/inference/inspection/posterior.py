@@ -173,7 +173,7 @@ def posterior_draws(
     mean = vae.model.likelihood.mean
     post = vae.predictive(x, num_samples, return_sites=sites)
     coords, dims = coords_and_dims(vae, x, items, {s: post[s].shape[-1] for s in latents})
-    guide = vae.spec.get("guide", "normal")
+    guide = vae.component_name("guide")
     groups: dict[str, Any] = {
         "posterior": {s: _chain(post[s]) for s in latents},
         "posterior_predictive": {"x": _chain(post["x"]), "x_mean": _chain(mean(post["_RETURN"]))},

@@ -74,16 +74,18 @@ ELBOS.register("JitTrace_ELBO")(JitTrace_ELBO)
 
 def make_elbo(
     name: str,
-    options: Mapping[str, Any] | None = None,
-    *,
     num_particles: int = 1,
     vectorize_particles: bool | None = None,
+    options: Mapping[str, Any] | None = None,
+    **flat: Any,
 ) -> ELBO:
     """The ELBO registered as ``name`` with its checked ``options`` (``free_bits`` of
-    ``FreeBits_ELBO``, ``renyi_alpha`` of ``RenyiELBO``, ...). Our models have one plate,
-    hence ``max_plate_nesting=1``; ``vectorize_particles=None`` keeps the objective's own
-    default (the IWAE and Rényi bounds always vectorize).
+    ``FreeBits_ELBO``, ``renyi_alpha`` of ``RenyiELBO``, ...; given as a mapping or as
+    keywords). Our models have one plate, hence ``max_plate_nesting=1``;
+    ``vectorize_particles=None`` keeps the objective's own default (the IWAE and Rényi
+    bounds always vectorize, and refuse ``False``).
     """
+    options = {**(options or {}), **flat}
     context: dict[str, Any] = {"num_particles": num_particles, "max_plate_nesting": 1}
     if vectorize_particles is not None:
         context["vectorize_particles"] = vectorize_particles
