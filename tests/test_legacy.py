@@ -1,0 +1,69 @@
+"""Run folders written by pyrovae 0.1 (a flat config.toml, checkpoint format 1 with one
+optimizer) still load for evaluate, sample, inspect and --resume."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from pyrovae import load_run
+from pyrovae.cli import main
+from pyrovae.config import load_config
+from pyrovae.inference.training.checkpoint import load_checkpoint
+
+LEGACY = Path(__file__).parent / "fixtures" / "legacy_run"
+
+
+@pytest.fixture
+def run(tmp_path: Path) -> Path:
+    """A copy of the legacy run folder (the tests write into it)."""
+    return Path(shutil.copytree(LEGACY, tmp_path / "legacy_run"))
+
+
+def test_the_fixture_is_in_the_old_format():
+    state = torch.load(LEGACY / "checkpoint.pt", weights_only=True)
+    assert state["format_version"] == 1 and "optimizer" in state
+    assert "latent_dim" in state["config"]  # flat keys, no sections
+
+
+def test_old_config_and_checkpoint_load_as_sections():
+    config = load_config(LEGACY / "config.toml")
+    assert config.model["prior"] == {"name": "mixture", "num_components": 3}
+    assert config.model["latent_dim"] == 2 and config.model["hidden"] == (16,)
+    # the options of components the run did not choose (guide_rank, free_bits, ...) are gone
+    assert config.model["guide"] == {"name": "normal"}
+    state = load_checkpoint(LEGACY / "checkpoint.pt")
+    assert list(state["optimizers"]) == ["svi"]
+    vae, loaded, _ = load_run(LEGACY)
+    assert loaded == config
+    assert vae.model.prior.loc.shape == (3, 2)  # the mixture's three components
+    assert torch.equal(vae.state_dict()["model.prior.loc"], state["vae"]["model.prior.loc"])
+
+
+def test_evaluate_sample_and_inspect_read_an_old_run(run, tmp_path, capsys):
+    assert main(["evaluate", str(run), "-k", "4", "-q"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["elbo"] < 0 and result["log_likelihood"] >= result["elbo"] - 1.0
+    assert main(["sample", str(run), "-n", "4", "--output", str(tmp_path / "s"), "-q"]) == 0
+    assert (tmp_path / "s" / "samples.png").exists()
+    out = str(tmp_path / "inspect")
+    code = main(["inspect", str(run), "--items", "0", "1", "-s", "5", "--output", out, "-q"])
+    assert code == 0
+
+
+def test_resume_continues_an_old_run(run, capsys):
+    """The old checkpoint's one optimizer becomes the step's "svi" optimizer; the resumed
+    run keeps the two old epochs and writes the new format."""
+    argv = ["train", "--workdir", str(run), "--resume", "--num-epochs", "3"]
+    assert main([*argv, "--no-progress", "-q"]) == 0
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    old = [json.loads(line) for line in (LEGACY / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and rows[:2] == old
+    state = load_checkpoint(run / "checkpoint.pt")
+    assert state["format_version"] == 2 and state["epoch"] == 3
+    assert state["optimizers"]["svi"]["state"]  # Adam's moments came through
+    assert "model" in state["config"]  # sections now
