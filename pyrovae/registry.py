@@ -134,7 +134,8 @@ def _docstring_help(obj: Any) -> dict[str, str]:
             if not follow.startswith(" ") or not follow.strip():
                 break
             text.append(follow.strip())
-        description = " ".join(text)
+        # plain text for --help: no reST roles or literals
+        description = re.sub(r":\w+:`~?([^`]*)`", r"\1", " ".join(text)).replace("``", "")
         for name in match.group(1).split(","):
             found.setdefault(name.strip(), description)
     return found

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 from pyrovae.cli import applications, inspection, training
 from pyrovae.errors import PyroVAEError
+from pyrovae.registry import closest
 
 __all__ = ["COMMANDS", "main"]
 
@@ -44,9 +45,27 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse ``argv``; an unknown flag is an error (exit 2) naming the closest flag of its
+    subcommand, e.g. ``--num-componets`` -> ``--num-components``."""
+    parser = _parser()
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        command = parser._subparsers._group_actions[0].choices[args.command]
+        flags = [f for action in command._actions for f in action.option_strings]
+        unknown = next((e for e in extras if e.startswith("-")), extras[0])
+        hint = closest(unknown.split("=")[0], flags) if unknown.startswith("-") else ""
+        print(
+            f"pyrovae {args.command}: error: unrecognized arguments: {' '.join(extras)}{hint}",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (2 for a user error, with one message)."""
-    args = _parser().parse_args(argv)
+    args = _parse(argv)
     if not logging.getLogger().handlers:
         logging.basicConfig(
             format="%(message)s", level=logging.WARNING if args.quiet else logging.INFO

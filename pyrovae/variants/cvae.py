@@ -202,8 +202,9 @@ class ConditionalVAE(VAE):
     event_shape : sequence of int
         Shape of one data point.
     num_classes : int
-        Number of labels :math:`C`.
-    latent_dim, prior, likelihood, encoder, decoder, hidden, **options
+        cvae/m2: the number of labels C (fit() reads it from the data: one more than the
+        largest label).
+    latent_dim, prior, likelihood, encoder, decoder, hidden, guide, **options
         As for :class:`~pyrovae.VAE`.
 
     References

@@ -249,11 +249,12 @@ class SemiSupervisedVAE(ConditionalVAE):
     event_shape, num_classes, latent_dim, prior, likelihood, encoder, decoder, hidden
         As for :class:`ConditionalVAE`.
     labels_per_class : int
-        Labelled training items per class; the others are used without their labels.
+        m2: labelled training items per class (the others are used without their labels).
     alpha : float, optional
-        Weight of the classification loss; ``None`` is :math:`0.1\,N` (the paper's).
+        m2: weight of the classification loss (default: 0.1 N, N the training items, as
+        in the paper).
     label_seed : int
-        Seeds the choice of the labelled items.
+        Seeds the choice of the labelled items (the run's --seed).
 
     References
     ----------

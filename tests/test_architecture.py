@@ -1,0 +1,303 @@
+"""The seams of the architecture: components declare their options (and misspelled ones
+are errors naming the closest), the run configuration is sections of plain data that
+only the run and CLI layers import, the trainer runs a variant's step with any number of
+optimizers and resumes it exactly, and several latent sites are weighted one by one."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro import poutine
+
+from pyrovae import VAE, Config, ConfigError, load_dataset
+from pyrovae.cli import main
+from pyrovae.config import COMPONENTS, flag_options, load_config, save_config
+from pyrovae.inference.training import SVIStep, Trainer, make_elbo
+from pyrovae.inference.training.checkpoint import load_checkpoint
+from pyrovae.model.priors import PRIORS, Prior
+from pyrovae.variants import VARIANTS, HierarchicalVAE
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits", limit=200)
+
+
+# --- options belong to the components ------------------------------------------------
+
+
+def test_a_misspelled_option_is_an_error_naming_the_closest_one():
+    # the issue's example: this used to build 10 components without a word
+    with pytest.raises(ConfigError, match="did you mean 'num_components'"):
+        VAE((1, 8, 8), prior="mixture", num_component=3)
+    with pytest.raises(ConfigError, match="did you mean 'num_components'"):
+        VAE((1, 8, 8), prior={"name": "mixture", "num_component": 3})
+    assert VAE((1, 8, 8), prior="mixture", num_components=3).model.prior.logits.shape == (3,)
+
+
+def test_an_option_of_a_component_the_run_does_not_use_is_refused():
+    with pytest.raises(ConfigError, match="option of prior 'mixture'"):
+        VAE((1, 8, 8), prior="normal", num_components=3)
+    with pytest.raises(ConfigError, match="--renyi-alpha is an option of ELBO 'RenyiELBO'"):
+        Config.from_flags(elbo="Trace_ELBO", renyi_alpha=0.5)
+
+
+def test_iwae_refuses_unvectorized_particles_instead_of_ignoring_them():
+    with pytest.raises(ConfigError, match="vectorized"):
+        make_elbo("IWAE", 5, vectorize_particles=False)
+    assert make_elbo("IWAE", 5).vectorize_particles
+
+
+def test_options_are_type_checked_where_they_are_given():
+    with pytest.raises(ConfigError, match="num_components.* needs an integer"):
+        Config.from_flags(prior="mixture", num_components="three")
+    with pytest.raises(ConfigError, match="must be one of fixed, global, pixel"):
+        Config.from_flags(likelihood="gaussian", learn_scale="pixels")
+
+
+def test_a_misspelled_key_of_a_toml_component_table_names_the_closest(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[model.prior]\nname = "mixture"\nnum_component = 3\n')
+    with pytest.raises(ConfigError, match="did you mean 'num_components'"):
+        load_config(path)
+    path.write_text("[optimisation]\nnum_epochs = 3\n")
+    with pytest.raises(ConfigError, match="did you mean 'optimization'"):
+        load_config(path)
+
+
+def test_a_misspelled_flag_exits_2_naming_the_closest_and_writes_nothing(tmp_path, capsys):
+    workdir = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--workdir", str(workdir), "--num-componets", "3"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "did you mean '--num-components'" in err
+    assert "Traceback" not in err and not workdir.exists()
+    assert main(["train", "--workdir", str(workdir), "--renyi-alpha", "0.5"]) == 2
+    assert "RenyiELBO" in capsys.readouterr().err and not workdir.exists()
+
+
+def test_every_declared_option_is_a_flag_with_its_help():
+    result = subprocess.run(
+        [sys.executable, "-m", "pyrovae", "train", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    text = " ".join(result.stdout.split())  # argparse wraps the help
+    for name, (option, owners) in flag_options().items():
+        assert "--" + name.replace("_", "-") in text, name
+        assert option.help, f"option {name} of {owners} has no help text in its docstring"
+        assert ", ".join(owners) in text  # the help says which components take it
+    for component in COMPONENTS.values():
+        assert "--" + component.flag.replace("_", "-") in text
+
+
+def test_one_flag_sets_every_chosen_component_that_declares_it():
+    config = Config.from_flags(prior="flow", guide="iaf", num_flows=3)
+    assert config.model["prior"]["num_flows"] == config.model["guide"]["num_flows"] == 3
+
+
+def test_sections_round_trip_through_toml(tmp_path):
+    config = Config.from_flags(
+        model="hvae", top_dim=4, prior="vamp", num_pseudo_inputs=7, kl_site_weights={"z2": 0.5}
+    )
+    save_config(config, tmp_path / "c.toml")
+    text = (tmp_path / "c.toml").read_text()
+    assert "[model.prior]" in text and "[model.variant]" in text and "[optimization]" in text
+    assert load_config(tmp_path / "c.toml") == config
+
+
+class ShiftedNormal(Prior):
+    """N(shift, I), registered by a test the way a user adds a prior.
+
+    Parameters
+    ----------
+    shift : float
+        shifted prior: the mean of every coordinate.
+    """
+
+    def __init__(self, latent_dim: int, *, shift: float = 0.0) -> None:
+        super().__init__(latent_dim)
+        self.register_buffer("loc", torch.full((latent_dim,), float(shift)))
+
+    def forward(self) -> dist.TorchDistribution:
+        return dist.Normal(self.loc, 1.0).to_event(1)
+
+
+@pytest.fixture
+def shifted_prior() -> Iterator[None]:
+    PRIORS.register("shifted")(ShiftedNormal)
+    try:
+        yield
+    finally:
+        del PRIORS._entries["shifted"]
+
+
+def test_a_new_prior_is_one_class_and_one_registry_entry(shifted_prior, capsys):
+    """No other edit: the option becomes a config key and a flag, with its help."""
+    config = Config.from_flags(prior="shifted", shift=2.0)
+    assert config.model["prior"] == {"name": "shifted", "shift": 2.0}
+    vae = VAE.from_section(config.model, (1, 8, 8))
+    assert torch.equal(vae.model.prior.loc, torch.full((8,), 2.0))
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "--shift SHIFT" in capsys.readouterr().out
+
+
+def test_nothing_below_the_run_layer_imports_the_config():
+    """The library (model, guides, variants, inference, data) takes plain arguments."""
+    offenders = []
+    for folder in ("model", "guides", "variants", "inference", "data"):
+        for path in (ROOT / "pyrovae" / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = []
+                if isinstance(node, ast.ImportFrom):
+                    names = [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+                elif isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                if any(n in ("pyrovae.config", "pyrovae.run") for n in names):
+                    offenders.append(str(path.relative_to(ROOT)))
+    assert offenders == []
+
+
+# --- the trainer of steps -------------------------------------------------------------
+
+
+class TwoOptimizerStep:
+    """A step with two parameter groups and two optimizers (model and guide), each
+    stepped on its own loss: the model on -ELBO, the guide on -ELBO too but through its
+    own backward pass, as an adversarial variant would do with its own losses."""
+
+    def __init__(self, vae: VAE) -> None:
+        self.vae = vae
+        self.loss = pyro.infer.Trace_ELBO(max_plate_nesting=1)(vae.model, vae.guide)
+        self.optimizers = {
+            "model": torch.optim.Adam(vae.model.parameters(), lr=1e-3),
+            "guide": torch.optim.SGD(vae.guide.parameters(), lr=1e-4, momentum=0.9),
+        }
+
+    def __call__(self, batch, *, num_data, beta=1.0):
+        stats = {}
+        for name, optimizer in self.optimizers.items():
+            optimizer.zero_grad(set_to_none=True)
+            loss = self.loss(**batch, num_data=num_data, beta=beta)
+            loss.backward()
+            optimizer.step()
+            stats[f"{name}_loss"] = loss.detach()
+        stats["loss"] = stats["model_loss"]
+        return stats
+
+
+class TwoOptimizerVAE(VAE):
+    name = "two-optimizer-test"
+
+    def training_step(self, objective, *, learning_rate, clip_norm=None):
+        return TwoOptimizerStep(self)
+
+
+def _fit(digits, workdir, epochs, resume=False):
+    torch.manual_seed(0)
+    vae = TwoOptimizerVAE(digits.shape, latent_dim=2, hidden=(16,))
+    trainer = Trainer(
+        vae, vae.training_step(None, learning_rate=0.0), num_epochs=epochs, batch_size=32
+    )
+    history = trainer.fit(digits, workdir, resume=resume, progress=False, config={"test": 1})
+    return vae, trainer, history
+
+
+def test_a_step_with_two_optimizers_checkpoints_both_and_resumes_exactly(digits, tmp_path):
+    whole, whole_trainer, whole_history = _fit(digits, tmp_path / "whole", 3)
+    _fit(digits, tmp_path / "cut", 2)
+    resumed, resumed_trainer, history = _fit(digits, tmp_path / "cut", 3, resume=True)
+    state = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
+    assert set(state["optimizers"]) == {"model", "guide"}
+    assert {"train_model_loss", "train_guide_loss"} <= history[-1].keys()
+    assert [r["test_elbo"] for r in history] == [r["test_elbo"] for r in whole_history]
+    for key, value in whole.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
+    for name in ("model", "guide"):
+        a = whole_trainer.step.optimizers[name].state_dict()["state"]
+        b = resumed_trainer.step.optimizers[name].state_dict()["state"]
+        assert all(torch.equal(a[i][k], b[i][k]) for i in a for k in a[i] if k != "step")
+
+
+def test_resume_refuses_a_step_with_other_optimizers(digits, tmp_path):
+    _fit(digits, tmp_path / "run", 1)
+    vae = VAE(digits.shape, latent_dim=2, hidden=(16,))
+    step = SVIStep(make_elbo("Trace_ELBO")(vae.model, vae.guide))
+    trainer = Trainer(vae, step, num_epochs=2, batch_size=32)
+    with pytest.raises(Exception, match="optimizers"):
+        trainer.fit(digits, tmp_path / "run", resume=True, progress=False)
+
+
+# --- several latent sites -------------------------------------------------------------
+
+
+def test_the_hierarchical_vae_is_a_registered_variant_with_two_sites():
+    assert VARIANTS["hvae"] is HierarchicalVAE
+    hvae = HierarchicalVAE((1, 8, 8), latent_dim=3, top_dim=2, hidden=(16,))
+    assert hvae.latent_sites == ("z2", "z1")
+    draws = hvae.predictive(torch.rand(4, 1, 8, 8), num_samples=2)
+    assert draws["z2"].shape == (2, 4, 2) and draws["z1"].shape == (2, 4, 3)
+    assert hvae.reconstruct(torch.rand(4, 1, 8, 8)).shape == (4, 1, 8, 8)
+
+
+def test_kl_weights_apply_to_every_latent_site_one_by_one():
+    """beta scales both sites' log-densities in model and guide; a per-site weight scales
+    its own site only."""
+    hvae = HierarchicalVAE((1, 8, 8), latent_dim=3, top_dim=2, hidden=(16,))
+    x = torch.rand(4, 1, 8, 8)
+    beta = {"z2": 0.5, "z1": 2.0}
+    guide = poutine.trace(hvae.guide).get_trace(x, beta=beta)
+    model = poutine.trace(poutine.replay(hvae.model, trace=guide)).get_trace(x, beta=beta)
+    for trace in (guide, model):
+        assert trace.nodes["z2"]["scale"] == 0.5 and trace.nodes["z1"]["scale"] == 2.0
+    assert model.nodes["x"]["scale"] == 1.0
+
+
+def test_kl_site_weights_reach_the_step_and_unknown_sites_are_refused(digits, tmp_path):
+    from pyrovae.run import fit
+
+    config = Config.from_flags(
+        model="hvae",
+        latent_dim=2,
+        hidden=(16,),
+        num_epochs=1,
+        num_eval_samples=2,
+        kl_site_weights={"z2": 0.0},
+    )
+    row = fit(config, tmp_path / "run", progress=False).history[-1]
+    assert {"kl/z1", "kl/z2", "active_units/z1", "active_units/z2"} <= row.keys()
+    with pytest.raises(ConfigError, match="not a latent site of --model hvae"):
+        fit(config.replace(kl_site_weights={"z": 0.5}), tmp_path / "bad", progress=False)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_hvae_from_the_cli_draws_both_layers(tmp_path, capsys):
+    pytest.importorskip("graphviz")
+    import shutil
+
+    if shutil.which("dot") is None:
+        pytest.skip("Graphviz's dot program is not installed")
+    run = tmp_path / "run"
+    argv = ["train", "--model", "hvae", "--prior", "vamp", "--num-pseudo-inputs", "10"]
+    argv += ["--latent-dim", "2", "--hidden", "16", "--num-epochs", "1", "--limit", "100"]
+    assert (
+        main([*argv, "--num-eval-samples", "2", "--workdir", str(run), "--no-progress", "-q"]) == 0
+    )
+    assert main(["graph", str(run), "--output", str(tmp_path), "--format", "dot", "-q"]) == 0
+    model = (tmp_path / "model.dot").read_text()
+    assert "z2" in model and "z1" in model and "MixtureSameFamily" in model
+    capsys.readouterr()
+    assert main(["latent", str(run), "-q"]) == 2  # one latent site only, with one message
+    assert "latent site" in capsys.readouterr().err
