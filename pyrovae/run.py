@@ -265,7 +265,9 @@ def fit(
         trainer.check(data, vae.training_size(data))
         workdir.mkdir(parents=True, exist_ok=True)
         save_config(config, workdir / "config.toml")
-        history = trainer.fit(data, workdir, resume=resume, progress=progress, config=saved)
+        history = trainer.fit(
+            data, workdir, resume=resume, progress=progress, config=saved, check=False
+        )
     labels = {"y": data.test_labels} if vae.requires_y else {}
     evaluation = evaluate(vae, data.test, run["num_eval_samples"], run["eval_batch_size"], **labels)
     evaluation.update(vae.metrics(data.test, data.test_labels))

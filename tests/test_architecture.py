@@ -59,7 +59,7 @@ def test_iwae_refuses_unvectorized_particles_instead_of_ignoring_them():
 
 
 def test_options_are_type_checked_where_they_are_given():
-    with pytest.raises(ConfigError, match="num_components.* needs an integer"):
+    with pytest.raises(ConfigError, match=r"num_components.* needs an integer"):
         Config.from_flags(prior="mixture", num_components="three")
     with pytest.raises(ConfigError, match="must be one of fixed, global, pixel"):
         Config.from_flags(likelihood="gaussian", learn_scale="pixels")

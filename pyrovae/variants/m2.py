@@ -393,17 +393,12 @@ class SemiSupervisedVAE(ConditionalVAE):
     @torch.no_grad()
     def classify(self, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
         r"""Class probabilities :math:`q(y \mid x)`, shape ``(N, num_classes)``."""
-        was_training = self.training
-        self.eval()
-        try:
+        from pyrovae.inference.evaluation import batches, eval_mode
+
+        with eval_mode(self):
             return torch.cat(
-                [
-                    torch.softmax(self.guide.classifier(x[i : i + batch_size]), -1)
-                    for i in range(0, len(x), batch_size)
-                ]
+                [torch.softmax(self.guide.classifier(xb), -1) for xb, _ in batches(x, batch_size)]
             )
-        finally:
-            self.train(was_training)
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         r"""The most probable class under :math:`q(y \mid x)`."""

@@ -194,6 +194,7 @@ class Trainer:
         resume: bool = False,
         progress: bool | None = None,
         config: Mapping[str, Any] | None = None,
+        check: bool = True,
     ) -> list[dict[str, Any]]:
         """Train for ``num_epochs`` epochs (from where a resumed run stopped).
 
@@ -212,6 +213,9 @@ class Trainer:
             Show a tqdm bar; ``None`` shows it only on a terminal.
         config : mapping, optional
             The run's configuration as plain data, stored in the checkpoint.
+        check : bool
+            Validate the data and one loss evaluation first (:meth:`check`); the run
+            layer does it itself before it writes anything.
 
         Returns
         -------
@@ -229,7 +233,8 @@ class Trainer:
         checkpoint = workdir / "checkpoint.pt" if workdir is not None else None
         num_data = vae.training_size(data)
         steps = max(1, num_data // self.batch_size)
-        self.check(data, num_data)
+        if check:
+            self.check(data, num_data)
         history: list[dict[str, Any]] = []
         if resume:
             if checkpoint is None:
