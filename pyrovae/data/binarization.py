@@ -42,9 +42,10 @@ __all__ = [
 ]
 
 
-def bernoulli(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """One Bernoulli sample with means ``x``, drawn with ``generator`` on whatever device it has."""
-    if generator.device == x.device:
+def bernoulli(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One Bernoulli sample with means ``x``, drawn with ``generator`` on whatever device it
+    has (the global torch RNG when ``None``)."""
+    if generator is None or generator.device == x.device:
         return torch.bernoulli(x, generator=generator)
     uniform = torch.rand(x.shape, generator=generator, device=generator.device).to(x.device)
     return (uniform < x).to(x.dtype)

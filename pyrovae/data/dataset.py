@@ -156,9 +156,9 @@ class Dataset:
             Visit only these items of ``split`` (1-D integer positions), in this order unless
             ``shuffle``.
         generator : torch.Generator, optional
-            The random source for the order and for dynamic binarization; when ``None``, a
-            fresh generator seeded from the global torch RNG (:meth:`new_generator`), drawn
-            only if the pass needs randomness.
+            The random source for the order and for dynamic binarization; the global torch
+            RNG when ``None`` (so seeding torch, or restoring its state from a checkpoint,
+            fixes every pass).
 
         Yields
         ------
@@ -179,14 +179,12 @@ class Dataset:
         _check_batch_size(batch_size)
         subset = _subset(indices, len(x), split, x.device)
         resample = self._resamples(split)
-        if generator is None and (shuffle or resample):
-            generator = self.new_generator()
         order = subset
         if shuffle:
             order = _permutation(len(x) if subset is None else len(subset), generator, x.device)
             if subset is not None:
                 order = subset[order]
-        return _slices(x, y, batch_size, order, drop_last, generator if resample else None)
+        return _slices(x, y, batch_size, order, drop_last, resample, generator)
 
     def cycle(
         self,
@@ -218,8 +216,6 @@ class Dataset:
         if subset is not None and len(subset) == 0:
             raise ConfigError("cannot cycle through an empty set of indices")
         resample = self._resamples(split)
-        if generator is None and (shuffle or resample):
-            generator = self.new_generator()
         if subset is None:
             subset = torch.arange(len(x), device=x.device)
         return _cycle(x, y, batch_size, subset, shuffle, generator, resample)
@@ -297,8 +293,9 @@ def _subset(
     return index.to(device=device, dtype=torch.int64)
 
 
-def _permutation(n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    return torch.randperm(n, generator=generator, device=generator.device).to(device)
+def _permutation(n: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    where = device if generator is None else generator.device
+    return torch.randperm(n, generator=generator, device=where).to(device)
 
 
 def _slices(
@@ -307,16 +304,18 @@ def _slices(
     batch_size: int,
     order: torch.Tensor | None,
     drop_last: bool,
-    resample_with: torch.Generator | None,
+    resample: bool,
+    generator: torch.Generator | None,
 ) -> Iterator[Batch]:
-    """Consecutive batches of ``x[order]`` (of ``x`` when ``order`` is None: views, no copy)."""
+    """Consecutive batches of ``x[order]`` (of ``x`` when ``order`` is None: views, no copy),
+    each a fresh Bernoulli sample when ``resample`` (drawn with ``generator``)."""
     num_items = len(x) if order is None else len(order)
     stop = num_items - num_items % batch_size if drop_last else num_items
     for start in range(0, stop, batch_size):
         index: slice | torch.Tensor = slice(start, start + batch_size)
         if order is not None:
             index = order[index]
-        yield _batch(x, y, index, resample_with)
+        yield _batch(x, y, index, resample, generator)
 
 
 def _cycle(
@@ -334,18 +333,18 @@ def _cycle(
         if len(queue) < size:
             order = subset
             if shuffle:
-                assert generator is not None
                 order = subset[_permutation(len(subset), generator, x.device)]
             queue = torch.cat([queue, order])
         index, queue = queue[:size], queue[size:]
-        yield _batch(x, y, index, generator if resample else None)
+        yield _batch(x, y, index, resample, generator)
 
 
 def _batch(
     x: torch.Tensor,
     y: torch.Tensor | None,
     index: slice | torch.Tensor,
-    resample_with: torch.Generator | None,
+    resample: bool,
+    generator: torch.Generator | None,
 ) -> Batch:
-    xb = x[index] if resample_with is None else bernoulli(x[index], resample_with)
+    xb = bernoulli(x[index], generator) if resample else x[index]
     return xb if y is None else (xb, y[index])

@@ -286,6 +286,10 @@ class VAE(PyroModule):
             "event_shape": self.event_shape,
             "hidden": self.hidden,
         }
+        # the decoder, then the guide: the order (and so the random initial weights for a
+        # seed) of pyrovae 0.1; the prior comes last, as the VampPrior reads the encoder
+        decoder = DECODERS.build(parts["decoder"][0], parts["decoder"][1], **net)
+        likelihood = self.build_likelihood(parts["likelihood"])
         guide, guide_options = parts["guide"]
         encoder, encoder_options = parts["encoder"]
         if isinstance(guide, str):
@@ -298,9 +302,7 @@ class VAE(PyroModule):
                 "the vamp prior mixes the posteriors q(z|u) of a diagonal Gaussian guide at its "
                 "pseudo-inputs; use --guide normal with --prior vamp"
             )
-        likelihood = self.build_likelihood(parts["likelihood"])
         prior = self.make_prior(parts["prior"], self.latent_dim, guide, likelihood)
-        decoder = DECODERS.build(parts["decoder"][0], parts["decoder"][1], **net)
         self.model = VAEModel(prior, decoder, likelihood, self.event_shape)
 
     def build_likelihood(self, part: tuple[Any, dict[str, Any]]) -> Likelihood:
