@@ -1,7 +1,7 @@
 """Semi-supervised classification with the M2 model: held-out accuracy with few labels.
 
 For each data set and number of labels per class, three classifiers see the same
-labelled items (``pyrovae.inference.semisupervised.labeled_subset``, seeded):
+labelled items (``pyrovae.variants.m2.labeled_subset``, seeded):
 
 ``M2``
     ``pyrovae train --model m2 --labels-per-class N --alpha A``: the classifier q(y|x) of

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -424,8 +425,9 @@ def from_flat(values: Mapping[str, Any]) -> Config:
 
 
 def is_flat(values: Mapping[str, Any]) -> bool:
-    """Whether ``values`` are the flat keys of pyrovae 0.1 rather than sections."""
-    return any(not isinstance(v, Mapping) for v in values.values())
+    """Whether ``values`` are the flat keys of pyrovae 0.1 (no tables) rather than sections
+    (a file that mixes both is read as sections, and its stray keys are errors)."""
+    return bool(values) and not any(isinstance(v, Mapping) for v in values.values())
 
 
 def load_config(path: str | os.PathLike, **flags: Any) -> Config:
@@ -450,9 +452,10 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, Mapping):
-        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
+        pairs = (f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items())
+        return "{" + ", ".join(pairs) + "}"
     if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return json.dumps(value)  # a TOML basic string: JSON's escapes are TOML's
     return repr(value)
 
 

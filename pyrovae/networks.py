@@ -32,6 +32,11 @@ def conv_feature_shape(event_shape: Sequence[int], channels: Sequence[int]) -> t
             f"convolutional networks need images of shape (channels, height, width), "
             f"got data of shape {tuple(event_shape)}; use --encoder mlp --decoder mlp"
         )
+    if not channels or min(channels) < 1:
+        raise ConfigError(
+            f"conv networks need at least one convolution of >= 1 channels, got channels "
+            f"{list(channels)}"
+        )
     _, height, width = event_shape
     factor = 2 ** len(channels)
     if height % factor or width % factor:

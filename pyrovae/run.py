@@ -36,7 +36,6 @@ from pyrovae.inference.training import (
 )
 from pyrovae.inference.training.checkpoint import load_checkpoint
 from pyrovae.inference.training.trainer import refuse_overwrite
-from pyrovae.registry import closest
 from pyrovae.variants import VAE, VARIANTS, build_variant
 
 __all__ = [
@@ -147,20 +146,13 @@ def make_trainer(vae: VAE, data: Dataset, config: Config) -> Trainer:
         steps_per_epoch=max(1, vae.training_size(data) // batch_size),
         num_epochs=optimization["num_epochs"],
     )
-    weights = objective["kl_site_weights"]
-    unknown = [s for s in weights if s not in vae.latent_sites]
-    if unknown:
-        raise ConfigError(
-            f"kl_site_weights names {unknown[0]!r}{closest(unknown[0], vae.latent_sites)}, "
-            f"not a latent site of --model {vae.name} ({', '.join(vae.latent_sites)})"
-        )
     return Trainer(
         vae,
         step,
         schedule,
         num_epochs=optimization["num_epochs"],
         batch_size=batch_size,
-        kl_site_weights=weights,
+        kl_site_weights=objective["kl_site_weights"],
         eval_batch_size=config.run["eval_batch_size"],
         diagnostic_items=config.run["diagnostic_items"],
         seed=config.run["seed"],

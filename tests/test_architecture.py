@@ -186,6 +186,10 @@ class TwoOptimizerStep:
             "guide": torch.optim.SGD(vae.guide.parameters(), lr=1e-4, momentum=0.9),
         }
 
+    def check(self, batch, *, num_data, beta=1.0):
+        with torch.no_grad():
+            self.loss(**batch, num_data=num_data, beta=beta)
+
     def __call__(self, batch, *, num_data, beta=1.0):
         stats = {}
         for name, optimizer in self.optimizers.items():

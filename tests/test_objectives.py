@@ -286,7 +286,7 @@ def test_every_guide_trains_one_step_and_encodes(guide, digits):
     x = digits.train[:32]
     step = make_step(vae, config)
     with pyro.validation_enabled(True):
-        vae.check_loss({"x": x}, 1000)
+        step.check({"x": x}, num_data=1000)
     before = [p.detach().clone() for p in step.parameters]
     assert torch.isfinite(step({"x": x}, num_data=1000)["loss"])
     assert all(not torch.equal(a, b) for a, b in zip(before, step.parameters))

@@ -189,10 +189,12 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     from pyrovae.inference.inspection.mcmc import max_r_hat, nuts_posterior
     from pyrovae.inference.inspection.posterior import (
         compare_posteriors,
+        guide_moments,
         posterior_draws,
         posterior_summary,
         save_inference_data,
     )
+    from pyrovae.inference.sites import latent_sites, require_single_latent
     from pyrovae.run import load_data, load_run, save_figure
 
     matplotlib.use("Agg")
@@ -211,6 +213,10 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         raise ConfigError("; ".join(bad))
     vae, config, _ = load_run(args.run, args.device)
     _refuse_labelled(vae, config, "inspect", "needs_labels")
+    several = len(latent_sites(vae)) > 1
+    if several and (args.nuts or args.gaps or args.dims is not None):
+        # the export has one variable per site; the figures, NUTS and the gaps read one
+        require_single_latent(vae, "pyrovae inspect --nuts, --gaps or --dims")
     if args.dims is not None:
         bad_dims = [d for d in args.dims if not 0 <= d < vae.latent_dim]
         if bad_dims:
@@ -233,15 +239,14 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     q = posterior_draws(vae, x, args.num_samples, items=items)
     written.append(save_inference_data(q, out / "posterior.nc"))
     print(f"q(z|x): {args.num_samples} draws per input\n{posterior_summary(q).to_string()}\n")
-    q_scale = q.constant_data["q_scale"].values
-    dims = args.dims or sorted(np.argsort(q_scale.mean(0))[: min(4, vae.latent_dim)].tolist())
-    forest_dims = None if vae.latent_dim <= 16 else dims  # every dim while the plot stays legible
-    figures = {
-        "posterior.png": lambda: plots.posterior_densities(q, dims=dims),
-        "forest.png": lambda: plots.posterior_forest({"q(z|x)": q}, dims=forest_dims),
-        "predictive.png": lambda: plots.posterior_predictive_grid(q),
-    }
-    if len(dims) >= 2:
+    figures = {"predictive.png": lambda: plots.posterior_predictive_grid(q)}
+    if not several:  # the density plots of one site's dims
+        q_scale = guide_moments(q)[1]
+        dims = args.dims or sorted(np.argsort(q_scale.mean(0))[: min(4, vae.latent_dim)].tolist())
+        forest_dims = None if vae.latent_dim <= 16 else dims  # every dim while legible
+        figures["posterior.png"] = lambda: plots.posterior_densities(q, dims=dims)
+        figures["forest.png"] = lambda: plots.posterior_forest({"q(z|x)": q}, dims=forest_dims)
+    if not several and len(dims) >= 2:
         figures["pair.png"] = lambda: plots.posterior_pair(q, item=items[0], dims=dims)
 
     if args.nuts:

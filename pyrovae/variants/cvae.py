@@ -268,7 +268,11 @@ class ConditionalVAE(VAE):
             )
         )
         likelihood = self.build_likelihood(parts["likelihood"])
-        # the prior does not see the label: a VampPrior's encoder would need one
+        if parts["prior"][0] == "vamp":
+            raise ConfigError(
+                f"--model {self.name}'s encoder reads labels, which the vamp prior's "
+                "pseudo-inputs do not have; choose another --prior"
+            )
         prior = self.make_prior(parts["prior"], self.latent_dim, None, likelihood)
         decoder = DECODERS.build(
             parts["decoder"][0],

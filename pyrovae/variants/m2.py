@@ -77,7 +77,7 @@ __all__ = [
 
 
 class SemiSupervisedModel(ConditionalVAEModel):
-    """:class:`~pyrovae.model.conditional.ConditionalVAEModel` with a uniform prior on ``y``.
+    """:class:`~pyrovae.variants.cvae.ConditionalVAEModel` with a uniform prior on ``y``.
 
     ``forward(x=None, y=None, ...)``: ``y`` is observed when given, otherwise a latent
     site (sampled from :math:`p(y)` when generating, enumerated or sampled by the guide
@@ -369,18 +369,6 @@ class SemiSupervisedVAE(ConditionalVAE):
         ):
             xl, yl = next(pairs)
             yield {"x": x, "x_labeled": xl, "y_labeled": yl, "num_labeled": len(labeled)}
-
-    def check_loss(self, batch: dict[str, Any], num_data: int) -> None:
-        TraceEnum_ELBO(max_plate_nesting=1).loss(
-            self.model, self.guide, batch["x"], num_data=num_data
-        )
-        Trace_ELBO(max_plate_nesting=1).loss(
-            self.model,
-            self.guide,
-            batch["x_labeled"],
-            batch["y_labeled"],
-            num_data=batch["num_labeled"],
-        )
 
     def metrics(self, x: torch.Tensor, y: torch.Tensor | None) -> dict[str, float]:
         """The classifier's held-out accuracy (when the held-out items have labels)."""

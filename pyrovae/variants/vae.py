@@ -28,7 +28,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
-from pyro.infer import ELBO, Predictive, Trace_ELBO
+from pyro.infer import ELBO, Predictive
 from pyro.nn import PyroModule
 from torch import nn
 
@@ -143,7 +143,7 @@ class VAEModel(LocalPyroModule):
         and ``x_unobserved`` holds imputed pixels. ``obs_mask`` masks batch elements, so the
         pixels are batch elements here rather than an event; and as the data plate owns the
         rightmost batch dimension, this site comes after the plate (per-item sums are the
-        caller's, e.g. :func:`pyrovae.inference.inpainting.masked_log_weights`, which runs
+        caller's, e.g. :func:`pyrovae.inference.evaluation.importance_weights`, which runs
         its importance samples as repeated items rather than in a plate).
         """
         likelihood = self.likelihood(params)
@@ -315,13 +315,19 @@ class VAE(PyroModule):
         """The prior, given what a prior may read: the data shape, the guide's encoder
         network whose posteriors it mixes (the VampPrior) and the data's range."""
         name, options = part
+        if name == "vamp" and likelihood.support_interval is None:
+            raise ConfigError(
+                "the vamp prior clamps its pseudo-inputs to the data's range, which a "
+                f"{likelihood.name} likelihood does not bound; use it with --likelihood "
+                "bernoulli or continuous-bernoulli (data in [0, 1])"
+            )
         return make_prior(
             name,
             latent_dim,
             options,
             event_shape=self.event_shape,
             encoder=getattr(guide, "encoder", None),
-            data_range=likelihood.support_interval or (0.0, 1.0),
+            data_range=likelihood.support_interval,
         )
 
     @classmethod
@@ -367,11 +373,6 @@ class VAE(PyroModule):
     def training_size(self, data: Dataset) -> int:
         """The ``N`` of the data plate's ``N / B`` scaling: the training items the loss sums."""
         return len(data.train)
-
-    def check_loss(self, batch: dict[str, Any], num_data: int) -> None:
-        """Evaluate the ELBO of one :meth:`training_batches` item (the caller turns on Pyro's
-        validation), so shape and support errors surface before training."""
-        Trace_ELBO(max_plate_nesting=1).loss(self.model, self.guide, **batch, num_data=num_data)
 
     def evaluate_epoch(
         self, data: Dataset, *, batch_size: int = 500, probe_items: int = 1000

@@ -379,7 +379,7 @@ class InfoVAEELBO(TraceObjective):
 
     name = "InfoVAE_ELBO"
 
-    option_choices: ClassVar[dict[str, tuple[str, ...]]] = {"mmd_kernel": ("rbf", "imq")}
+    option_choices: ClassVar[dict[str, tuple[str, ...]]] = {"mmd_kernel": tuple(KERNELS)}
 
     def __init__(
         self,

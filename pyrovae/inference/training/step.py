@@ -30,10 +30,20 @@ class TrainingStep(Protocol):
     ----------
     optimizers : dict of str to torch.optim.Optimizer
         Every optimizer the step uses, by name; the trainer saves and restores each one's
-        state in the checkpoint.
+        state in the checkpoint. The parameters they update must be the variant's own
+        (submodules of the VAE: a discriminator, a codebook), so that ``vae.state_dict()``
+        holds them and a resumed run restores them.
     """
 
     optimizers: dict[str, torch.optim.Optimizer]
+
+    def check(
+        self, batch: Mapping[str, Any], *, num_data: int, beta: float | Mapping[str, float]
+    ) -> None:
+        """Evaluate the step's losses on ``batch`` once, without updating anything (the
+        trainer turns on Pyro's validation), so shape, support and objective errors
+        surface before training and before the run folder is written."""
+        ...
 
     def __call__(
         self, batch: Mapping[str, Any], *, num_data: int, beta: float | Mapping[str, float]
@@ -70,6 +80,12 @@ class SVIStep:
         # Pyro's ELBOs at beta = 1 compute -ELBO itself; our objectives report it
         self.is_elbo = isinstance(loss, ELBOModule)
 
+    def check(
+        self, batch: Mapping[str, Any], *, num_data: int, beta: float | Mapping[str, float] = 1.0
+    ) -> None:
+        # with autograd on: some Pyro ELBOs refuse a loss that cannot be differentiated
+        self.loss(**batch, num_data=num_data, beta=beta)
+
     def __call__(
         self, batch: Mapping[str, Any], *, num_data: int, beta: float | Mapping[str, float] = 1.0
     ) -> dict[str, torch.Tensor]:
@@ -86,6 +102,11 @@ class SVIStep:
         last_elbo = getattr(getattr(self.loss, "elbo", None), "last_elbo", None)
         if last_elbo is not None:  # our objectives report the true ELBO of their draws
             stats["elbo"] = last_elbo
-        elif self.is_elbo and beta == 1.0:  # a Pyro ELBO at beta = 1: the loss is -ELBO
+        elif self.is_elbo and _is_one(beta):  # a Pyro ELBO at beta = 1: the loss is -ELBO
             stats["elbo"] = -stats["loss"]
         return stats
+
+
+def _is_one(beta: float | Mapping[str, float]) -> bool:
+    """Whether every latent site has KL weight 1 (the loss is then -ELBO)."""
+    return all(b == 1.0 for b in beta.values()) if isinstance(beta, Mapping) else beta == 1.0

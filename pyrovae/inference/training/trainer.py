@@ -35,7 +35,7 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
-from pyrovae.errors import CheckpointError, PyroVAEError
+from pyrovae.errors import CheckpointError, ConfigError, PyroVAEError
 from pyrovae.inference.training.checkpoint import (
     CHECKPOINT_KEYS,
     get_rng_state,
@@ -45,6 +45,7 @@ from pyrovae.inference.training.checkpoint import (
 )
 from pyrovae.inference.training.schedules import ConstantSchedule, Schedule
 from pyrovae.inference.training.step import TrainingStep
+from pyrovae.registry import closest
 
 if TYPE_CHECKING:
     from pyrovae.data import Dataset
@@ -115,31 +116,39 @@ class Trainer:
         self.num_epochs = num_epochs
         self.batch_size = batch_size
         self.kl_site_weights = dict(kl_site_weights or {})
+        unknown = [s for s in self.kl_site_weights if s not in vae.latent_sites]
+        if unknown:
+            raise ConfigError(
+                f"kl_site_weights names {unknown[0]!r}{closest(unknown[0], vae.latent_sites)}, "
+                f"not a latent site of --model {vae.name} ({', '.join(vae.latent_sites)})"
+            )
         self.eval_batch_size = eval_batch_size
         self.diagnostic_items = diagnostic_items
         self.seed = seed
         self.step_count = 0
         self.epoch_stats: dict[str, Any] = {}
 
-    def beta(self, step: int) -> float | dict[str, float]:
-        """The KL weight of step ``step``: the schedule's, or one per latent site."""
-        beta = self.schedule(step)
+    def site_weights(self, beta: float) -> float | dict[str, float]:
+        """The KL weight ``beta`` of a step as the model takes it: one number, or one per
+        latent site when some have a factor of their own."""
         if not self.kl_site_weights:
             return beta
         return {s: beta * self.kl_site_weights.get(s, 1.0) for s in self.vae.latent_sites}
 
     def check(self, data: Dataset, num_data: int) -> None:
-        """Evaluate the loss once on a first minibatch with Pyro's validation on.
+        """Evaluate the step's losses once on a first minibatch with Pyro's validation on.
 
-        Catches shape and support errors (e.g. in a user's prior or likelihood) with
-        Pyro's messages before training; the epochs then run without per-step
-        validation, which costs about 20% of a step (the data were checked once).
+        Catches shape and support errors (e.g. in a user's prior or likelihood) and an
+        objective that does not fit the model, with one message, before training; the
+        epochs then run without per-step validation, which costs about 20% of a step (the
+        data were checked once).
         """
         self.vae.validate_data(data.train, "training data")
         self.vae.validate_data(data.test, "held-out data")
         first = next(self.vae.training_batches(data, self.batch_size, shuffle=False))
+        beta = self.site_weights(self.schedule(self.step_count))
         with pyro.validation_enabled(True):
-            self.vae.check_loss(_to_device(first, self.vae.device), num_data)
+            self.step.check(_to_device(first, self.vae.device), num_data=num_data, beta=beta)
 
     def epoch(self, data: Dataset) -> float:
         """One pass over shuffled training minibatches; returns the mean objective per point.
@@ -162,13 +171,14 @@ class Trainer:
         for batch in batches:
             beta = self.schedule(self.step_count)
             stats = self.step(
-                _to_device(batch, self.vae.device),
-                num_data=num_data,
-                beta=self.beta(self.step_count),
+                _to_device(batch, self.vae.device), num_data=num_data, beta=self.site_weights(beta)
             )
             has_elbo = has_elbo and "elbo" in stats
             for key, value in stats.items():
-                totals[key] = totals[key] + value if key in totals else value
+                if key in totals:
+                    totals[key] += value
+                else:
+                    totals[key] = value.clone()
             betas.append(beta)
             self.step_count += 1
         steps = len(betas)
