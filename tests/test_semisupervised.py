@@ -188,17 +188,25 @@ def test_unlabelled_items_train_the_classifier(m2):
 @pytest.mark.slow
 def test_m2_beats_the_supervised_baseline_on_digits(import_benchmark):
     """10 labels per class on the digits (100 labelled, 1337 unlabelled), alpha = 10 N,
-    100 epochs, seed 0: M2's classifier against the same network trained on the 100
-    labelled digits alone and against logistic regression on their pixels, on the 360
-    held-out digits. Measured: M2 0.917, network 0.894, logistic regression 0.897. The
-    margin is small (8 digits of 360; a McNemar test would not call it significant), and
-    with 3 labels per class M2 loses (0.69 vs 0.79, benchmarks/semisupervised.py), so this
-    guards the configuration the README reports rather than a general claim."""
+    100 epochs: M2's classifier against the same network trained on the 100 labelled
+    digits alone and against logistic regression on their pixels, on the 360 held-out
+    digits, averaged over seeds 0, 1 and 2 (each seed draws its own labelled items, split
+    and initial weights). Measured: M2 0.894 / 0.914 / 0.906 (mean 0.905), network
+    0.894 / 0.897 / 0.892 (0.894), logistic regression 0.897 / 0.894 / 0.889 (0.894).
+    One seed is not enough: the margin on one seed (a few digits of 360) is within the
+    noise, and M2 loses on some seeds (seed 0 here; seed 3 with pyrovae 0.1's random
+    streams, where seed 0 won). With 3 labels per class M2 loses (0.69 vs 0.79,
+    benchmarks/semisupervised.py), so this guards the configuration the README reports
+    rather than a general claim."""
     bench = import_benchmark("semisupervised")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        result = bench.compare(load_dataset("digits"), 10, 100, seed=0, alpha_factor=10.0)
+        results = [
+            bench.compare(load_dataset("digits"), 10, 100, seed=seed, alpha_factor=10.0)
+            for seed in (0, 1, 2)
+        ]
     finally:
         torch.set_num_threads(threads)
-    assert result["m2"] > max(result["network"], result["logistic"]), result
+    mean = {k: sum(r[k] for r in results) / len(results) for k in ("m2", "network", "logistic")}
+    assert mean["m2"] > max(mean["network"], mean["logistic"]), results
