@@ -26,7 +26,7 @@ References
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pyro
@@ -42,7 +42,6 @@ from pyrovae.inference.training.step import TrainingStep
 from pyrovae.model import DECODERS, Likelihood, Prior
 from pyrovae.model.base import LocalPyroModule, data_plate, kl_weight
 from pyrovae.networks import join, one_hot
-from pyrovae.registry import component
 from pyrovae.variants.vae import VAE, VAEModel
 
 if TYPE_CHECKING:
@@ -223,19 +222,10 @@ class ConditionalVAE(VAE):
     needs_labels = True
     requires_y = True
 
+    own_guide = "q(z|x,y), a diagonal Gaussian"
+
     def __init__(
-        self,
-        event_shape: Sequence[int],
-        latent_dim: int = 8,
-        prior: Any = "normal",
-        likelihood: Any = "bernoulli",
-        encoder: str | Mapping = "mlp",
-        decoder: str | Mapping = "mlp",
-        hidden: Sequence[int] = (256, 128),
-        guide: str | Mapping = "normal",
-        *,
-        num_classes: int | None = None,
-        **options: Any,
+        self, event_shape: Sequence[int], *args: Any, num_classes: int | None = None, **kwargs: Any
     ) -> None:
         if num_classes is None:
             raise ConfigError(
@@ -243,15 +233,8 @@ class ConditionalVAE(VAE):
             )
         if num_classes < 2:
             raise ConfigError(f"a conditional model needs num_classes >= 2, got {num_classes}")
-        if component(guide)[0] != "normal":
-            raise ConfigError(
-                f"--model {self.name} has its own guide (diagonal Gaussian q(z|x,y)); drop "
-                f"--guide {component(guide)[0]}"
-            )
         self.num_classes = num_classes
-        super().__init__(
-            event_shape, latent_dim, prior, likelihood, encoder, decoder, hidden, guide, **options
-        )
+        super().__init__(event_shape, *args, **kwargs)
         self.spec["variant"]["num_classes"] = num_classes
 
     def build(self, parts: dict[str, tuple[Any, dict[str, Any]]]) -> None:

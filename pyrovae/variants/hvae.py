@@ -34,7 +34,7 @@ References
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from math import prod
 from typing import Any
 
@@ -50,7 +50,6 @@ from pyrovae.model.decoders import DECODERS
 from pyrovae.model.likelihoods import Likelihood
 from pyrovae.model.priors import Prior
 from pyrovae.networks import mlp
-from pyrovae.registry import component
 from pyrovae.variants.vae import VAE
 
 __all__ = [
@@ -289,34 +288,20 @@ class HierarchicalVAE(VAE):
     name = "hvae"
     latent_sites = ("z2", "z1")
 
+    own_guide = "q(z2|x) q(z1|x,z2), diagonal Gaussians"
+
     def __init__(
-        self,
-        event_shape: Sequence[int],
-        latent_dim: int = 8,
-        prior: Any = "normal",
-        likelihood: Any = "bernoulli",
-        encoder: str | Mapping = "mlp",
-        decoder: str | Mapping = "mlp",
-        hidden: Sequence[int] = (256, 128),
-        guide: str | Mapping = "normal",
-        *,
-        top_dim: int | None = None,
-        **options: Any,
+        self, event_shape: Sequence[int], *args: Any, top_dim: int | None = None, **kwargs: Any
     ) -> None:
-        if component(guide)[0] != "normal":
-            raise ConfigError(
-                f"--model hvae has its own guide q(z2|x) q(z1|x,z2) (diagonal Gaussians); drop "
-                f"--guide {component(guide)[0]}"
-            )
-        self.top_dim = latent_dim if top_dim is None else top_dim
-        super().__init__(
-            event_shape, latent_dim, prior, likelihood, encoder, decoder, hidden, guide, **options
-        )
+        self.top_dim = top_dim
+        super().__init__(event_shape, *args, **kwargs)
         self.spec["variant"]["top_dim"] = top_dim
 
     def build(self, parts: dict[str, tuple[Any, dict[str, Any]]]) -> None:
         """The q(z2|x) encoder, the guide, the top prior (sharing that encoder), the
         top-down layer and the decoder of z1."""
+        if self.top_dim is None:  # the default: as wide as z1
+            self.top_dim = self.latent_dim
         shape = {"event_shape": self.event_shape, "hidden": self.hidden}
         encoder = ENCODERS.build(*parts["encoder"], latent_dim=self.top_dim, **shape)
         self.guide = HierarchicalGuide(

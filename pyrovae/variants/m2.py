@@ -265,6 +265,7 @@ class SemiSupervisedVAE(ConditionalVAE):
     name = "m2"
     needs_labels = True
     requires_y = False
+    own_guide = "q(y|x) q(z|x,y)"
 
     def __init__(
         self,

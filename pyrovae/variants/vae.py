@@ -212,6 +212,8 @@ class VAE(PyroModule):
     requires_y: bool = False
     #: the latent sample sites of the model, in generative order
     latent_sites: tuple[str, ...] = ("z",)
+    #: the variant's own guide, if it has one (then ``guide`` must stay ``"normal"``)
+    own_guide: str | None = None
 
     def __init__(
         self,
@@ -240,6 +242,11 @@ class VAE(PyroModule):
             raise ConfigError(
                 f"latent_dim must be >= 1 and hidden layer sizes positive, got {latent_dim} "
                 f"and {list(self.hidden)}"
+            )
+        if self.own_guide is not None and component(guide)[0] != "normal":
+            raise ConfigError(
+                f"--model {self.name} has its own guide {self.own_guide}; drop "
+                f"--guide {component(guide)[0]}"
             )
         parts = self.resolve(
             prior=prior,
