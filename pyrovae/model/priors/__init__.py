@@ -7,13 +7,21 @@ here: ``normal``, ``learned-normal`` and ``mixture``
 and ``flow`` (:mod:`~pyrovae.model.priors.flow`).
 """
 
-from pyrovae.model.priors.base import PRIORS, DistributionPrior, Prior, check_prior, make_prior
+from pyrovae.model.priors.base import (
+    PRIORS,
+    DiagonalNormalMixture,
+    DistributionPrior,
+    Prior,
+    check_prior,
+    make_prior,
+)
 from pyrovae.model.priors.basic import LearnedNormalPrior, MixturePrior, NormalPrior
 from pyrovae.model.priors.flow import FlowPrior
 from pyrovae.model.priors.vamp import VampPrior
 
 __all__ = [
     "PRIORS",
+    "DiagonalNormalMixture",
     "DistributionPrior",
     "FlowPrior",
     "LearnedNormalPrior",

@@ -10,16 +10,25 @@ they train with the rest of the model; fixed ones keep constants in buffers so
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import pyro.distributions as dist
+import torch
 from torch import nn
 
 from pyrovae.errors import ConfigError
 from pyrovae.registry import Registry
 
-__all__ = ["PRIORS", "DistributionPrior", "Prior", "check_prior", "make_prior"]
+__all__ = [
+    "PRIORS",
+    "DiagonalNormalMixture",
+    "DistributionPrior",
+    "Prior",
+    "check_prior",
+    "make_prior",
+]
 
 PRIORS: Registry[type[Prior]] = Registry("prior")
 
@@ -33,6 +42,60 @@ class Prior(nn.Module):
 
     def forward(self) -> dist.TorchDistribution:
         raise NotImplementedError  # abstract
+
+
+class DiagonalNormalMixture(dist.MixtureSameFamily):
+    r"""A mixture of :math:`K` diagonal Gaussians over :math:`\mathbb{R}^D` whose density costs
+    two matrix products instead of a ``(..., K, D)`` tensor.
+
+    .. math::
+
+        \log p(z) = \operatorname{logsumexp}_k \Big(\log \pi_k - \sum_d \log \sigma_{kd}
+            - \tfrac{D}{2} \log 2\pi - \tfrac12 \sum_d
+            \frac{z_d^2 - 2 z_d \mu_{kd} + \mu_{kd}^2}{\sigma_{kd}^2}\Big)
+
+    It is ``MixtureSameFamily(Categorical(logits), Normal(loc, scale).to_event(1))`` (and
+    samples as one), with the quadratic term expanded so that scoring N codes against
+    K = 500 components (the VampPrior's, the mixture prior's) needs no N x K x D tensor:
+    an IWAE evaluation with K = 5000 particles then fits in memory and runs many times
+    faster. Expanding the square loses float32 precision where :math:`|z|` is large
+    against :math:`\sigma`; the tests bound it against the direct computation.
+
+    Parameters
+    ----------
+    logits : torch.Tensor
+        ``(K,)`` mixture weights, unnormalised.
+    loc, scale : torch.Tensor
+        ``(K, D)`` the components' means and standard deviations.
+    """
+
+    def __init__(
+        self,
+        logits: torch.Tensor,
+        loc: torch.Tensor,
+        scale: torch.Tensor,
+        validate_args: bool | None = None,
+    ) -> None:
+        self._params = (logits, loc, scale)
+        components = dist.Normal(loc, scale).to_event(1)
+        super().__init__(dist.Categorical(logits=logits), components, validate_args)
+
+    def expand(self, batch_shape: torch.Size, _instance: object = None) -> DiagonalNormalMixture:
+        new = self._get_checked_instance(DiagonalNormalMixture, _instance)
+        new._params = self._params  # the (K, D) parameters, for the fast density
+        return super().expand(batch_shape, _instance=new)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        logits, loc, scale = self._params
+        precision = scale.pow(-2)
+        quadratic = (
+            (value * value) @ precision.T
+            - 2 * value @ (loc * precision).T
+            + (loc * loc * precision).sum(-1)
+        )
+        normalizer = scale.log().sum(-1) + 0.5 * loc.shape[-1] * math.log(2 * math.pi)
+        log_prob = torch.logsumexp(logits.log_softmax(-1) - normalizer - 0.5 * quadratic, -1)
+        return log_prob.expand(torch.broadcast_shapes(log_prob.shape, self.batch_shape))
 
 
 class DistributionPrior(Prior):

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from pyrovae.errors import ConfigError
-from pyrovae.model.priors.base import PRIORS, Prior
+from pyrovae.model.priors.base import PRIORS, DiagonalNormalMixture, Prior
 
 __all__ = ["LearnedNormalPrior", "MixturePrior", "NormalPrior"]
 
@@ -74,5 +74,4 @@ class MixturePrior(Prior):
         self.log_scale = nn.Parameter(torch.zeros(num_components, latent_dim))
 
     def forward(self) -> dist.TorchDistribution:
-        components = dist.Normal(self.loc, self.log_scale.exp()).to_event(1)
-        return dist.MixtureSameFamily(dist.Categorical(logits=self.logits), components)
+        return DiagonalNormalMixture(self.logits, self.loc, self.log_scale.exp())

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from pyrovae.errors import ConfigError
-from pyrovae.model.priors.base import PRIORS, Prior
+from pyrovae.model.priors.base import PRIORS, DiagonalNormalMixture, Prior
 
 __all__ = ["VampPrior"]
 
@@ -159,6 +159,5 @@ class VampPrior(Prior):
 
     def forward(self) -> dist.TorchDistribution:
         loc, log_var = self._encode(self.pseudo_inputs)  # (K, D) each
-        components = dist.Normal(loc, torch.exp(0.5 * log_var)).to_event(1)
-        weights = dist.Categorical(logits=loc.new_zeros(loc.shape[0]))
-        return dist.MixtureSameFamily(weights, components)
+        logits = loc.new_zeros(loc.shape[0])  # equal weights 1/K
+        return DiagonalNormalMixture(logits, loc, torch.exp(0.5 * log_var))
