@@ -36,10 +36,10 @@ row() {  # name, then extra flags
 begin=$SECONDS
 ( row normal
   row flow --prior flow --num-flows 2
-  row hvae --model hvae ) &
-( row mixture --prior mixture --num-components 500
-  row vamp --prior vamp --num-pseudo-inputs 500
+  row hvae --model hvae
   row hvae_vamp --model hvae --prior vamp --num-pseudo-inputs 500 ) &
+( row mixture --prior mixture --num-components 500
+  row vamp --prior vamp --num-pseudo-inputs 500 ) &
 wait
 echo "total wall clock: $((SECONDS - begin)) s ($EPOCHS epochs)" >> "$OUT/times.txt"
 cat "$OUT/times.txt"
