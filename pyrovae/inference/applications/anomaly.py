@@ -41,6 +41,7 @@ from pyrovae.inference.evaluation import (
     chunk_size,
     eval_mode,
     importance_weights,
+    log_mean_exp,
     reconstruction_error,
 )
 
@@ -99,7 +100,7 @@ def anomaly_scores(
             weights = importance_weights(vae, xb, num_samples, yb)
             log_w = weights.log_weight
             parts["neg-elbo"].append(-log_w.mean(0))
-            parts["iwae-nll"].append(math.log(num_samples) - torch.logsumexp(log_w, 0))
+            parts["iwae-nll"].append(-log_mean_exp(log_w))
             parts["kl"].append(-weights.log_ratio.mean(0))
         parts["reconstruction"] = [reconstruction_error(vae, x, batch_size, y)]
     return {name: torch.cat(values) for name, values in parts.items()}

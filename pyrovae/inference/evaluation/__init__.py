@@ -14,6 +14,7 @@ from pyrovae.inference.evaluation.weights import (
     chunk_size,
     eval_mode,
     importance_weights,
+    log_mean_exp,
     log_weights,
 )
 
@@ -27,6 +28,7 @@ __all__ = [
     "heldout_elbo",
     "importance_weights",
     "iwae_log_likelihood",
+    "log_mean_exp",
     "log_weights",
     "reconstruction_error",
 ]

@@ -19,12 +19,11 @@ References
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 import torch
 
-from pyrovae.inference.evaluation.weights import batches, eval_mode, log_weights
+from pyrovae.inference.evaluation.weights import batches, eval_mode, log_mean_exp, log_weights
 
 if TYPE_CHECKING:
     from pyrovae.variants import VAE
@@ -52,12 +51,13 @@ def iwae_log_likelihood(
 ) -> torch.Tensor:
     r"""Per-item IWAE estimate :math:`\mathcal{L}_K(x)` of :math:`\log p(x)` in nats
     (of :math:`\log p(x \mid y)` for a conditional VAE given labels ``y``)."""
-    return torch.cat(
-        [
-            torch.logsumexp(log_weights(vae, xb, num_samples, yb), dim=0) - math.log(num_samples)
-            for xb, yb in batches(x, batch_size, y)
-        ]
-    )
+    with eval_mode(vae):
+        return torch.cat(
+            [
+                log_mean_exp(log_weights(vae, xb, num_samples, yb))
+                for xb, yb in batches(x, batch_size, y)
+            ]
+        )
 
 
 @torch.no_grad()
@@ -95,7 +95,7 @@ def evaluate(
         for xb, yb in batches(x, batch_size, y):
             lw = log_weights(vae, xb, num_samples, yb)
             elbos.append(lw.mean(0))
-            log_px.append(torch.logsumexp(lw, dim=0) - math.log(num_samples))
+            log_px.append(log_mean_exp(lw))
     elbo, log_px = torch.cat(elbos).mean().item(), torch.cat(log_px).mean().item()
     return {
         "num_data": len(x),

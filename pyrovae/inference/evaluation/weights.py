@@ -25,6 +25,7 @@ References
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -41,6 +42,7 @@ __all__ = [
     "chunk_size",
     "eval_mode",
     "importance_weights",
+    "log_mean_exp",
     "log_weights",
 ]
 
@@ -65,6 +67,12 @@ def eval_mode(module: torch.nn.Module) -> Iterator[None]:
         yield
     finally:
         module.train(was_training)
+
+
+def log_mean_exp(log_w: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    r""":math:`\log \frac{1}{K} \sum_k w_k` of log weights along ``dim`` (K of them): the
+    importance-weighted bound :math:`\mathcal{L}_K`."""
+    return torch.logsumexp(log_w, dim=dim) - math.log(log_w.shape[dim])
 
 
 def batches(

@@ -54,7 +54,7 @@ import torch
 
 from pyrovae.errors import ConfigError
 from pyrovae.guides.local import LocalNormalGuide
-from pyrovae.inference.evaluation import importance_weights
+from pyrovae.inference.evaluation import importance_weights, log_mean_exp
 from pyrovae.inference.inspection.mcmc import frozen
 from pyrovae.inference.sites import require_single_latent
 from pyrovae.inference.training.objectives import make_elbo
@@ -175,7 +175,7 @@ def _gaps(vae: VAE, x: torch.Tensor, guide: LocalNormalGuide, num_samples: int) 
     seed = int(torch.randint(2**31 - 1, ()))
     lw_amortized = importance_weights(vae, x, num_samples, seed=seed).log_weight
     lw_optimized = importance_weights(vae, x, num_samples, guide=guide, seed=seed).log_weight
-    iwae = torch.logsumexp(lw_optimized, 0) - math.log(num_samples)
+    iwae = log_mean_exp(lw_optimized)
     root_k = math.sqrt(num_samples)
     w = torch.exp(lw_optimized - lw_optimized.amax(0))  # weights up to a per-point factor
     relative_var = w.var(0) / w.mean(0) ** 2 if num_samples > 1 else torch.nan * w[0]
