@@ -301,7 +301,7 @@ def test_hvae_from_the_cli_draws_both_layers(tmp_path, capsys):
     )
     assert main(["graph", str(run), "--output", str(tmp_path), "--format", "dot", "-q"]) == 0
     model = (tmp_path / "model.dot").read_text()
-    assert "z2" in model and "z1" in model and "MixtureSameFamily" in model
+    assert "z2" in model and "z1" in model and "z2 ~ DiagonalNormalMixture" in model
     capsys.readouterr()
     assert main(["latent", str(run), "-q"]) == 2  # one latent site only, with one message
     assert "latent site" in capsys.readouterr().err

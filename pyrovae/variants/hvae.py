@@ -50,7 +50,7 @@ from pyrovae.model.decoders import DECODERS
 from pyrovae.model.likelihoods import Likelihood
 from pyrovae.model.priors import Prior
 from pyrovae.networks import mlp
-from pyrovae.variants.vae import VAE
+from pyrovae.variants.vae import VAE, VAEModel
 
 __all__ = [
     "HierarchicalGuide",
@@ -114,7 +114,7 @@ class Z1PosteriorNet(nn.Module):
         return loc, log_var
 
 
-class HierarchicalModel(LocalPyroModule):
+class HierarchicalModel(VAEModel):
     r"""The model ``z2 -> z1 -> x``: top prior, Gaussian top-down layer, decoder, likelihood.
 
     ``forward`` shares the signature of :class:`~pyrovae.variants.vae.VAEModel`
@@ -146,13 +146,9 @@ class HierarchicalModel(LocalPyroModule):
         *,
         hidden: tuple[int, ...] = (300, 300),
     ) -> None:
-        super().__init__()
         _check_sizes(latent_dim, prior.latent_dim, hidden)
-        self.prior = prior
+        super().__init__(prior, decoder, likelihood, tuple(event_shape))
         self.top_down = TopDownNet(latent_dim, prior.latent_dim, hidden)
-        self.decoder = decoder
-        self.likelihood = likelihood
-        self.event_shape = tuple(event_shape)
         self.latent_dim = latent_dim
         self.top_dim = prior.latent_dim
 
@@ -177,17 +173,8 @@ class HierarchicalModel(LocalPyroModule):
             with kl_weight(beta, "z1"):
                 z1 = pyro.sample("z1", self.z1_dist(z2))
             params = self.decoder(z1)
-            likelihood = self.likelihood(params)
-            pixel_dims = len(self.event_shape) - len(likelihood.event_shape)
-            pyro.sample("x", likelihood.to_event(pixel_dims), obs=x)
+            self.observe(params, x)
         return params
-
-    @property
-    def device(self) -> torch.device:
-        """The device of the model's parameters and buffers."""
-        for tensor in (*self.parameters(), *self.buffers()):
-            return tensor.device
-        return torch.device("cpu")
 
 
 class HierarchicalGuide(LocalPyroModule):
