@@ -194,6 +194,11 @@ class Registry(Generic[T]):
 
         return decorator
 
+    def unregister(self, name: str) -> T:
+        """Remove the entry ``name`` (a plugin's or a test's); returns it."""
+        self[name]  # an unknown name is the usual error
+        return self._entries.pop(name)
+
     def __getitem__(self, name: str) -> T:
         try:
             return self._entries[name]

@@ -140,7 +140,7 @@ def shifted_prior() -> Iterator[None]:
     try:
         yield
     finally:
-        del PRIORS._entries["shifted"]
+        PRIORS.unregister("shifted")
 
 
 def test_a_new_prior_is_one_class_and_one_registry_entry(shifted_prior, capsys):
