@@ -305,3 +305,35 @@ def test_hvae_from_the_cli_draws_both_layers(tmp_path, capsys):
     capsys.readouterr()
     assert main(["latent", str(run), "-q"]) == 2  # one latent site only, with one message
     assert "latent site" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, phrase",
+    [
+        (["--prior", "vamp", "--num-pseudo-inputs", "0"], "num_pseudo_inputs >= 1"),
+        (["--prior", "vamp", "--likelihood", "gaussian"], "does not bound"),
+        (["--model", "cvae", "--prior", "vamp"], "encoder reads labels"),
+        (["--model", "hvae", "--elbo", "InfoVAE_ELBO"], "latent sites z2, z1"),
+        (["--model", "hvae", "--guide", "iaf"], "has its own guide"),
+        (["--model", "hvae", "--kl-site-weights", "z9=1"], "not a latent site"),
+        (["--encoder", "conv", "--decoder", "conv", "--channels", "0"], "at least one"),
+    ],
+)
+def test_refused_components_exit_2_and_write_nothing(argv, phrase, tmp_path, capsys):
+    workdir = tmp_path / "run"
+    assert main(["train", "--workdir", str(workdir), *argv, "-q"]) == 2
+    err = capsys.readouterr().err
+    assert phrase in err and "Traceback" not in err and not workdir.exists()
+
+
+def test_a_refused_resume_leaves_the_run_folder_as_it_was(tmp_path, capsys):
+    """The objective is checked on a first minibatch before anything is written."""
+    run = tmp_path / "run"
+    argv = ["train", "--workdir", str(run), "--model", "hvae", "--latent-dim", "2"]
+    argv += ["--hidden", "16", "--num-epochs", "1", "--limit", "100", "--num-eval-samples", "2"]
+    assert main([*argv, "--no-progress", "-q"]) == 0
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    resume = ["train", "--workdir", str(run), "--resume", "--elbo", "InfoVAE_ELBO", "-q"]
+    assert main(resume) == 2
+    assert "latent sites" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
