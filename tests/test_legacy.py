@@ -61,6 +61,20 @@ def _rows(path: Path) -> list[dict]:
     return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
 
 
+def assert_same_rows(new: list[dict], old: list[dict]) -> None:
+    """Every number equal, bit for bit, except the Monte Carlo KL diagnostic of the mixture
+    prior: its log-density is now computed with the square expanded
+    (``DiagonalNormalMixture``), the same quantity in another float32 order, so it may
+    differ in the last digits (relative 1e-6; the draws are the same)."""
+    assert len(new) == len(old)
+    for a, b in zip(new, old):
+        assert a.keys() == b.keys()
+        assert {k: v for k, v in a.items() if k != "kl"} == {
+            k: v for k, v in b.items() if k != "kl"
+        }
+        assert a["kl"] == pytest.approx(b["kl"], rel=1e-6)
+
+
 @pytest.fixture
 def one_thread():
     threads = torch.get_num_threads()
@@ -76,7 +90,7 @@ def test_a_fresh_run_trains_the_numbers_of_pyrovae_0_1(tmp_path, one_thread):
     argv += ["--hidden", "16", "--latent-dim", "2", "--prior", "mixture", "--num-components"]
     argv += ["3", "--num-eval-samples", "4", "--diagnostic-items", "50", "--no-progress", "-q"]
     assert main(argv) == 0
-    assert _rows(tmp_path / "run" / "metrics.jsonl") == _rows(LEGACY / "metrics.jsonl")
+    assert_same_rows(_rows(tmp_path / "run" / "metrics.jsonl"), _rows(LEGACY / "metrics.jsonl"))
 
 
 def test_resume_continues_an_old_run_exactly(run, capsys, one_thread):
@@ -85,7 +99,8 @@ def test_resume_continues_an_old_run_exactly(run, capsys, one_thread):
     argv = ["train", "--workdir", str(run), "--resume", "--num-epochs", "3"]
     assert main([*argv, "--no-progress", "-q"]) == 0
     rows = _rows(run / "metrics.jsonl")
-    assert len(rows) == 3 and rows == _rows(LEGACY / "metrics_3_epochs.jsonl")
+    assert len(rows) == 3
+    assert_same_rows(rows, _rows(LEGACY / "metrics_3_epochs.jsonl"))
     state = load_checkpoint(run / "checkpoint.pt")
     assert state["format_version"] == 2 and state["epoch"] == 3
     assert state["optimizers"]["svi"]["state"]  # Adam's moments came through
