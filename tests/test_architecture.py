@@ -312,7 +312,8 @@ def test_hvae_from_the_cli_draws_both_layers(tmp_path, capsys):
     [
         (["--prior", "vamp", "--num-pseudo-inputs", "0"], "num_pseudo_inputs >= 1"),
         (["--prior", "vamp", "--likelihood", "gaussian"], "does not bound"),
-        (["--model", "cvae", "--prior", "vamp"], "encoder reads labels"),
+        (["--prior", "vamp", "--guide", "iaf"], "use --guide normal"),
+        (["--model", "cvae", "--prior", "vamp"], "also read labels"),
         (["--model", "hvae", "--elbo", "InfoVAE_ELBO"], "latent sites z2, z1"),
         (["--model", "hvae", "--guide", "iaf"], "has its own guide"),
         (["--model", "hvae", "--kl-site-weights", "z9=1"], "not a latent site"),

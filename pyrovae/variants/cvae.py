@@ -251,11 +251,7 @@ class ConditionalVAE(VAE):
             )
         )
         likelihood = self.build_likelihood(parts["likelihood"])
-        if parts["prior"][0] == "vamp":
-            raise ConfigError(
-                f"--model {self.name}'s encoder reads labels, which the vamp prior's "
-                "pseudo-inputs do not have; choose another --prior"
-            )
+        # the encoder reads labels: no encoder of x alone for a prior to read
         prior = self.make_prior(parts["prior"], self.latent_dim, None, likelihood)
         decoder = DECODERS.build(
             parts["decoder"][0],

@@ -295,7 +295,7 @@ class HierarchicalVAE(VAE):
             encoder, self.event_shape, self.latent_dim, self.top_dim, hidden=self.hidden
         )
         likelihood = self.build_likelihood(parts["likelihood"])
-        prior = self.make_prior(parts["prior"], self.top_dim, self.guide, likelihood)
+        prior = self.make_prior(parts["prior"], self.top_dim, encoder, likelihood)
         decoder = DECODERS.build(*parts["decoder"], latent_dim=self.latent_dim, **shape)
         self.model = HierarchicalModel(
             prior, decoder, likelihood, self.event_shape, self.latent_dim, hidden=self.hidden

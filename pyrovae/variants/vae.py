@@ -304,12 +304,9 @@ class VAE(PyroModule):
                 guide, encoder, **net, options=guide_options, encoder_options=encoder_options
             )
         self.guide = guide
-        if parts["prior"][0] == "vamp" and not isinstance(guide, AmortizedNormalGuide):
-            raise ConfigError(
-                "the vamp prior mixes the posteriors q(z|u) of a diagonal Gaussian guide at its "
-                "pseudo-inputs; use --guide normal with --prior vamp"
-            )
-        prior = self.make_prior(parts["prior"], self.latent_dim, guide, likelihood)
+        # a prior may read the encoder whose outputs are the guide's Gaussian q(z|x)
+        encoder = guide.encoder if isinstance(guide, AmortizedNormalGuide) else None
+        prior = self.make_prior(parts["prior"], self.latent_dim, encoder, likelihood)
         self.model = VAEModel(prior, decoder, likelihood, self.event_shape)
 
     def build_likelihood(self, part: tuple[Any, dict[str, Any]]) -> Likelihood:
@@ -317,23 +314,23 @@ class VAE(PyroModule):
         return make_likelihood(part[0], self.event_shape, part[1])
 
     def make_prior(
-        self, part: tuple[Any, dict[str, Any]], latent_dim: int, guide: Any, likelihood: Likelihood
+        self,
+        part: tuple[Any, dict[str, Any]],
+        latent_dim: int,
+        encoder: nn.Module | None,
+        likelihood: Likelihood,
     ) -> Prior:
-        """The prior, given what a prior may read: the data shape, the guide's encoder
-        network whose posteriors it mixes (the VampPrior) and the data's range."""
+        """The prior, given what a prior may read: the data shape, the ``encoder`` whose
+        diagonal Gaussians are the guide's q(z|x) (the VampPrior mixes them; ``None`` when
+        the guide has no such encoder) and the data's range (``None`` when the likelihood
+        leaves it open)."""
         name, options = part
-        if name == "vamp" and likelihood.support_interval is None:
-            raise ConfigError(
-                "the vamp prior clamps its pseudo-inputs to the data's range, which a "
-                f"{likelihood.name} likelihood does not bound; use it with --likelihood "
-                "bernoulli or continuous-bernoulli (data in [0, 1])"
-            )
         return make_prior(
             name,
             latent_dim,
             options,
             event_shape=self.event_shape,
-            encoder=getattr(guide, "encoder", None),
+            encoder=encoder,
             data_range=likelihood.support_interval,
         )
 

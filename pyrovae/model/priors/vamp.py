@@ -80,8 +80,8 @@ class VampPrior(Prior):
         self,
         latent_dim: int,
         event_shape: Sequence[int],
-        encoder: Encoder,
-        data_range: tuple[float, float] = (0.0, 1.0),
+        encoder: Encoder | None,
+        data_range: tuple[float, float] | None = (0.0, 1.0),
         *,
         num_pseudo_inputs: int = 500,
         pseudo_inputs_mean: float = 0.05,
@@ -91,6 +91,18 @@ class VampPrior(Prior):
         if num_pseudo_inputs < 1:
             raise ConfigError(
                 f"the vamp prior needs num_pseudo_inputs >= 1, got {num_pseudo_inputs}"
+            )
+        if encoder is None:
+            raise ConfigError(
+                "the vamp prior mixes the guide's diagonal Gaussian posteriors q(z|u) at its "
+                "pseudo-inputs, which this model's guide does not have (use --guide normal; "
+                "the encoders of --model cvae and m2 also read labels)"
+            )
+        if data_range is None:
+            raise ConfigError(
+                "the vamp prior keeps its pseudo-inputs inside the data's range, which this "
+                "likelihood does not bound; use --likelihood bernoulli or continuous-bernoulli "
+                "(data in [0, 1])"
             )
         low, high = (float(v) for v in data_range)
         if not (math.isfinite(low) and math.isfinite(high) and low < high):
