@@ -55,8 +55,10 @@ class VampPrior(Prior):
 
     The encoder is held but not registered as a submodule: it belongs to the guide,
     which saves and moves it; registering it here too would duplicate it in the
-    model's ``state_dict``. Its first two outputs are read as ``(loc, log_var)``, so
-    an encoder with extra outputs (e.g. the IAF guide's context) works as it is.
+    model's ``state_dict``. Its first two outputs are read as ``(loc, log_var)``; the
+    variants pass it only when those are the guide's q(z|x) exactly (the diagonal
+    Gaussian guide, hvae's q(z2|x)), and ``None`` otherwise, which is refused here with
+    one message, as is an open data range (``None``, a Gaussian or Laplace likelihood).
 
     Parameters
     ----------
