@@ -209,6 +209,13 @@ class TwoOptimizerVAE(VAE):
         return TwoOptimizerStep(self)
 
 
+class QuietVAE(TwoOptimizerVAE):
+    """A variant that evaluates nothing per epoch ("or none", as the issue allows)."""
+
+    def evaluate_epoch(self, data, *, batch_size=500, probe_items=1000):
+        return {}
+
+
 def _fit(digits, workdir, epochs, resume=False):
     torch.manual_seed(0)
     vae = TwoOptimizerVAE(digits.shape, latent_dim=2, hidden=(16,))
@@ -233,6 +240,13 @@ def test_a_step_with_two_optimizers_checkpoints_both_and_resumes_exactly(digits,
         a = whole_trainer.step.optimizers[name].state_dict()["state"]
         b = resumed_trainer.step.optimizers[name].state_dict()["state"]
         assert all(torch.equal(a[i][k], b[i][k]) for i in a for k in a[i] if k != "step")
+
+
+def test_a_variant_may_evaluate_nothing_per_epoch(digits):
+    vae = QuietVAE(digits.shape, latent_dim=2, hidden=(16,))
+    trainer = Trainer(vae, vae.training_step(None, learning_rate=0.0), num_epochs=2)
+    history = trainer.fit(digits, progress=True)
+    assert [r["epoch"] for r in history] == [1, 2] and "test_elbo" not in history[-1]
 
 
 def test_resume_refuses_a_step_with_other_optimizers(digits, tmp_path):

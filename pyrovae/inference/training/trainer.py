@@ -287,17 +287,19 @@ class Trainer:
             row["seconds"] = time.perf_counter() - begin
             history.append(row)
             bar.update(steps)
-            bar.set_postfix(
-                epoch=row["epoch"], train=f"{train_objective:.2f}", test=f"{row['test_elbo']:.2f}"
-            )
+            # a variant may evaluate nothing per epoch: the held-out ELBO is shown when there
+            heldout = f"{row['test_elbo']:.2f}" if "test_elbo" in row else "-"
+            bar.set_postfix(epoch=row["epoch"], train=f"{train_objective:.2f}", test=heldout)
             # every epoch is in metrics.jsonl and on the progress bar; log about ten of them
             every = max(1, self.num_epochs // 10)
             level = logging.INFO if (epoch + 1) % every == 0 or epoch == start else logging.DEBUG
             logger.log(
                 level,
-                "epoch %(epoch)d: train objective %(train_objective).3f, held-out ELBO "
-                "%(test_elbo).3f nats/point (%(seconds).1f s)",
-                row,
+                "epoch %d: train objective %.3f, held-out ELBO %s nats/point (%.1f s)",
+                row["epoch"],
+                train_objective,
+                heldout,
+                row["seconds"],
             )
             if workdir is not None:
                 save_checkpoint(
