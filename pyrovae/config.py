@@ -43,6 +43,7 @@ from pyrovae.guides import ENCODERS, GUIDES
 from pyrovae.inference.training import ELBOS, SCHEDULES, make_elbo, make_schedule
 from pyrovae.model import DECODERS, LIKELIHOODS, PRIORS
 from pyrovae.registry import Option, Registry, closest, coerce
+from pyrovae.registry import component as name_and_options
 from pyrovae.variants import VARIANTS
 
 __all__ = [
@@ -270,10 +271,6 @@ def _validate(values: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     return result
 
 
-def _options(table: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in table.items() if k != "name"}
-
-
 def _check_combinations(values: dict[str, dict[str, Any]]) -> None:
     """Combinations of sections and components that cannot work; the components check
     their own options, and building the objective and schedule here runs those checks
@@ -284,9 +281,9 @@ def _check_combinations(values: dict[str, dict[str, Any]]) -> None:
         elbo,
         objective["num_particles"],
         objective["vectorize_particles"],
-        _options(objective["elbo"]),
+        name_and_options(objective["elbo"])[1],
     )
-    make_schedule(schedule, _options(objective["kl_schedule"]), beta=objective["beta"])
+    make_schedule(schedule, name_and_options(objective["kl_schedule"])[1], beta=objective["beta"])
     if elbo == "InfoVAE_ELBO" and values["optimization"]["batch_size"] < 2:
         raise ConfigError("InfoVAE_ELBO estimates an MMD within a minibatch: batch_size >= 2")
     if elbo == "FreeBits_ELBO" and model["prior"]["name"] not in ("normal", "learned-normal"):
@@ -410,7 +407,7 @@ class Config:
 
     def options(self, section: str, key: str) -> dict[str, Any]:
         """The options of the component ``section.key`` (its table less its name)."""
-        return _options(getattr(self, section)[key])
+        return name_and_options(getattr(self, section)[key])[1]
 
 
 def from_flat(values: Mapping[str, Any]) -> Config:

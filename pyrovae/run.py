@@ -35,7 +35,7 @@ from pyrovae.inference.training import (
     make_schedule,
 )
 from pyrovae.inference.training.checkpoint import load_checkpoint
-from pyrovae.inference.training.trainer import refuse_overwrite
+from pyrovae.inference.training.trainer import refuse_overwrite, steps_per_epoch
 from pyrovae.variants import VAE, VARIANTS, build_variant
 
 __all__ = [
@@ -143,7 +143,7 @@ def make_trainer(vae: VAE, data: Dataset, config: Config) -> Trainer:
         objective["kl_schedule"]["name"],
         config.options("objective", "kl_schedule"),
         beta=objective["beta"],
-        steps_per_epoch=max(1, vae.training_size(data) // batch_size),
+        steps_per_epoch=steps_per_epoch(vae.training_size(data), batch_size),
         num_epochs=optimization["num_epochs"],
     )
     return Trainer(
@@ -167,16 +167,27 @@ def train(
     *,
     resume: bool = False,
     progress: bool | None = None,
+    write_config: bool = False,
 ) -> list[dict[str, Any]]:
     """Train ``vae`` on ``data`` as ``config`` describes (objective, schedule, optimizer,
     epochs); with ``workdir``, checkpoint after every epoch (and ``resume`` from there).
-    Returns the per-epoch rows of :meth:`pyrovae.inference.training.Trainer.fit`."""
+    Returns the per-epoch rows of :meth:`pyrovae.inference.training.Trainer.fit`.
+
+    Everything is checked (the resume, the data, one evaluation of the step's losses)
+    before anything is written; then, with ``write_config``, ``workdir/config.toml``.
+    """
     saved = {**config.to_dict(), "model": model_section(vae)}
     with elbo_context(config.objective["elbo"]["name"]):
         trainer = make_trainer(vae, data, config)
         if resume and workdir is not None:
             check_resumable(Path(workdir), saved)
-        return trainer.fit(data, workdir, resume=resume, progress=progress, config=saved)
+        trainer.check(data, vae.training_size(data))
+        if write_config and workdir is not None:
+            Path(workdir).mkdir(parents=True, exist_ok=True)
+            save_config(config, Path(workdir) / "config.toml")
+        return trainer.fit(
+            data, workdir, resume=resume, progress=progress, config=saved, check=False
+        )
 
 
 def saved_config(state: dict[str, Any]) -> Config:
@@ -248,18 +259,8 @@ def fit(
     data = load_data(config, device)
     config = resolve_classes(config, data)
     vae = build_variant(config.model, data.shape, seed=run["seed"]).to(device)
-    saved = {**config.to_dict(), "model": model_section(vae)}
-    with elbo_context(config.objective["elbo"]["name"]):
-        trainer = make_trainer(vae, data, config)
-        # check before writing anything: a refused run must leave the folder as it was
-        if resume:
-            check_resumable(workdir, saved)
-        trainer.check(data, vae.training_size(data))
-        workdir.mkdir(parents=True, exist_ok=True)
-        save_config(config, workdir / "config.toml")
-        history = trainer.fit(
-            data, workdir, resume=resume, progress=progress, config=saved, check=False
-        )
+    # a refused run leaves the folder as it was: train writes only after its checks
+    history = train(vae, data, config, workdir, resume=resume, progress=progress, write_config=True)
     labels = {"y": data.test_labels} if vae.requires_y else {}
     evaluation = evaluate(vae, data.test, run["num_eval_samples"], run["eval_batch_size"], **labels)
     evaluation.update(vae.metrics(data.test, data.test_labels))

@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from pyrovae.data import Dataset
     from pyrovae.variants import VAE
 
-__all__ = ["COLLAPSE_KL", "COLLAPSE_PATIENCE", "Trainer", "refuse_overwrite"]
+__all__ = ["COLLAPSE_KL", "COLLAPSE_PATIENCE", "Trainer", "refuse_overwrite", "steps_per_epoch"]
 
 logger = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ class Trainer:
         totals: dict[str, torch.Tensor] = {}
         has_elbo = True
         betas = []
-        drop_last = num_data > self.batch_size
+        drop_last = num_data > self.batch_size  # as steps_per_epoch counts
         batches = self.vae.training_batches(
             data, self.batch_size, shuffle=True, drop_last=drop_last
         )
@@ -242,7 +242,7 @@ class Trainer:
         workdir = Path(workdir) if workdir is not None else None
         checkpoint = workdir / "checkpoint.pt" if workdir is not None else None
         num_data = vae.training_size(data)
-        steps = max(1, num_data // self.batch_size)
+        steps = steps_per_epoch(num_data, self.batch_size)
         if check:
             self.check(data, num_data)
         history: list[dict[str, Any]] = []
@@ -346,6 +346,12 @@ class Trainer:
         except (RuntimeError, ValueError, KeyError, TypeError) as e:
             raise CheckpointError(f"checkpoint {path} does not fit this model: {e}") from None
         return list(state["history"])
+
+
+def steps_per_epoch(num_data: int, batch_size: int) -> int:
+    """The SVI steps of an epoch: full minibatches only (a last short one is dropped),
+    or one when the data fit a single minibatch."""
+    return max(1, num_data // batch_size)
 
 
 def _warn_if_collapsed(
