@@ -26,7 +26,6 @@ from pyrovae import plots
 from pyrovae.config import Config, from_flat, is_flat, save_config
 from pyrovae.data import Dataset, load_dataset
 from pyrovae.errors import CheckpointError, ConfigError, DataError, PyroVAEError
-from pyrovae.inference import evaluate
 from pyrovae.inference.training import (
     Trainer,
     TrainingStep,
@@ -34,7 +33,7 @@ from pyrovae.inference.training import (
     make_elbo,
     make_schedule,
 )
-from pyrovae.inference.training.checkpoint import load_checkpoint
+from pyrovae.inference.training.checkpoint import load_checkpoint, save_checkpoint
 from pyrovae.inference.training.trainer import refuse_overwrite, steps_per_epoch
 from pyrovae.variants import VAE, VARIANTS, build_variant
 
@@ -185,9 +184,18 @@ def train(
         if write_config and workdir is not None:
             Path(workdir).mkdir(parents=True, exist_ok=True)
             save_config(config, Path(workdir) / "config.toml")
-        return trainer.fit(
+        history = trainer.fit(
             data, workdir, resume=resume, progress=progress, config=saved, check=False
         )
+    if vae.finish_training(data) and workdir is not None:
+        # what was fitted after the epochs (a prior over codes) joins the checkpoint; the
+        # optimizers' and random states stay those of the last epoch, so --resume continues
+        # the epochs exactly and fits it again
+        path = Path(workdir) / "checkpoint.pt"
+        state = load_checkpoint(path)
+        state.pop("format_version", None)
+        save_checkpoint({**state, "vae": vae.state_dict()}, path)
+    return history
 
 
 def saved_config(state: dict[str, Any]) -> Config:
@@ -261,16 +269,21 @@ def fit(
     vae = build_variant(config.model, data.shape, seed=run["seed"]).to(device)
     # a refused run leaves the folder as it was: train writes only after its checks
     history = train(vae, data, config, workdir, resume=resume, progress=progress, write_config=True)
-    labels = {"y": data.test_labels} if vae.requires_y else {}
-    evaluation = evaluate(vae, data.test, run["num_eval_samples"], run["eval_batch_size"], **labels)
+    evaluation = vae.evaluate_heldout(
+        data.test,
+        num_samples=run["num_eval_samples"],
+        batch_size=run["eval_batch_size"],
+        y=data.test_labels if vae.requires_y else None,
+    )
     evaluation.update(vae.metrics(data.test, data.test_labels))
     (workdir / "evaluation.json").write_text(json.dumps(evaluation, indent=2) + "\n")
-    logger.info(
-        "held-out: ELBO %.3f, log p(x) >= %.3f (IWAE, K=%d) nats per data point",
-        evaluation["elbo"],
-        evaluation["log_likelihood"],
-        run["num_eval_samples"],
-    )
+    if "log_likelihood" in evaluation:
+        logger.info(
+            "held-out: ELBO %.3f, log p(x) >= %.3f (IWAE, K=%d) nats per data point",
+            evaluation["elbo"],
+            evaluation["log_likelihood"],
+            run["num_eval_samples"],
+        )
     write_figures(vae, data, history, workdir)
     return FitResult(vae, data, history, evaluation, workdir)
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import pyro
 import pyro.distributions as dist
@@ -20,6 +21,7 @@ from pyro import poutine
 from pyrovae import VAE, Config, ConfigError, load_dataset
 from pyrovae.cli import main
 from pyrovae.config import COMPONENTS, flag_options, load_config, save_config
+from pyrovae.inference.sites import CAPABILITIES
 from pyrovae.inference.training import SVIStep, Trainer, make_elbo
 from pyrovae.inference.training.checkpoint import load_checkpoint
 from pyrovae.model.priors import PRIORS, Prior
@@ -352,3 +354,35 @@ def test_a_refused_resume_leaves_the_run_folder_as_it_was(tmp_path, capsys):
     assert main(resume) == 2
     assert "latent sites" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
+class _NoLikelihoodVAE(VAE):
+    """A variant that declares it lacks every capability a tool may need."""
+
+    name = "nolikelihood"
+    cannot: ClassVar[dict[str, str]] = {c: f"it has no {c} (a test)" for c in CAPABILITIES}
+
+
+def test_every_tool_refuses_a_variant_that_lacks_what_it_needs():
+    from pyrovae.inference import diagnose, evaluate, posterior_draws
+    from pyrovae.inference.applications.inpainting import inpaint
+    from pyrovae.inference.applications.latent_ops import interpolate
+    from pyrovae.inference.sites import require
+
+    vae = _NoLikelihoodVAE((1, 8, 8), latent_dim=2, hidden=(8,))
+    x = torch.rand(4, 1, 8, 8).bernoulli()
+    calls = {
+        "likelihood": lambda: evaluate(vae, x, 2),
+        "posterior": lambda: diagnose(vae, x),
+        "latent_ops": lambda: interpolate(vae, x[0], x[1]),
+        "inpainting": lambda: inpaint(vae, x, torch.ones_like(x, dtype=torch.bool)),
+    }
+    for capability, call in calls.items():
+        with pytest.raises(ConfigError, match=f"--model nolikelihood: it has no {capability}"):
+            call()
+    with pytest.raises(ConfigError, match="posterior inspection does not apply"):
+        posterior_draws(vae, x)
+    with pytest.raises(ValueError, match="unknown capability"):
+        require(vae, "telepathy", "a test")
+    plain = VAE((1, 8, 8), latent_dim=2, hidden=(8,))
+    assert evaluate(plain, x, 2)["num_data"] == 4  # the plain VAE lacks nothing

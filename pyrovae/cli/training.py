@@ -183,7 +183,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import pyro
 
-    from pyrovae.inference.evaluation import evaluate
     from pyrovae.run import load_data, load_run
 
     if args.num_samples < 1 or args.batch_size < 1:
@@ -206,7 +205,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if vae.requires_y:
         vae.validate_labels(y, len(x), f"the labels of {args.data or 'the test set'}")
         labels = {"y": y.to(vae.device)}
-    results = evaluate(vae, x, args.num_samples, args.batch_size, **labels)
+    results = vae.evaluate_heldout(
+        x, num_samples=args.num_samples, batch_size=args.batch_size, **labels
+    )
     if y is not None:
         results.update(vae.metrics(x, y.to(vae.device)))
     if args.run.is_dir() and not args.data and args.num_items is None:

@@ -1,4 +1,4 @@
-"""The latent sample sites of a model: which there are, and where one is required.
+r"""The latent sample sites of a model: which there are, and where one is required.
 
 A Pyro model may have several latent sites (a hierarchical VAE draws ``z2`` and then
 ``z1 | z2``). A VAE names its sites in ``vae.latent_sites`` (``("z",)`` when it does not
@@ -6,6 +6,17 @@ say); a trace names them too: its sample sites that are neither observed nor a p
 subsample. The collapse diagnostics and the ArviZ export work over every site; the tools
 that need one code per item (NUTS, the gaps, the latent-space tools, latent operations,
 inpainting) call :func:`require_single_latent` first.
+
+Not every variant has what every tool reads. A variant names what it lacks in
+``vae.cannot`` (capability -> the reason), and each tool calls :func:`require` with the
+capability it needs, so that a run of such a variant is refused with one message:
+
+- ``"likelihood"``: :math:`\log p(x, z) - \log q(z \mid x)` in data space (the ELBO, the
+  IWAE :math:`\log p(x)`, anomaly scores, the gaps);
+- ``"posterior"``: a diagonal Gaussian :math:`q(z \mid x)` per item (the collapse
+  diagnostics, the ArviZ export, NUTS, the latent-space tools);
+- ``"latent_ops"``: interpolation, traversal and arithmetic of codes;
+- ``"inpainting"``: conditioning on some pixels (inpainting, denoising).
 """
 
 from __future__ import annotations
@@ -15,7 +26,10 @@ from pyro.poutine.util import site_is_subsample
 
 from pyrovae.errors import ConfigError
 
-__all__ = ["latent_sites", "require_single_latent", "trace_latent_sites"]
+__all__ = ["CAPABILITIES", "latent_sites", "require", "require_single_latent", "trace_latent_sites"]
+
+#: what a tool may need of a variant (see the module docstring)
+CAPABILITIES = ("likelihood", "posterior", "latent_ops", "inpainting")
 
 
 def latent_sites(vae: object) -> tuple[str, ...]:
@@ -40,3 +54,14 @@ def require_single_latent(vae: object, what: str) -> None:
             f"{what} works on a model with one latent site; this model has {len(sites)} "
             f"({', '.join(sites)})"
         )
+
+
+def require(vae: object, capability: str, what: str) -> None:
+    """Raise :class:`ConfigError` when ``vae`` names ``capability`` (one of
+    :data:`CAPABILITIES`) in its ``cannot`` table, as ``what`` needs it."""
+    if capability not in CAPABILITIES:
+        raise ValueError(f"unknown capability {capability!r}; one of {CAPABILITIES}")
+    reason = getattr(vae, "cannot", {}).get(capability)
+    if reason is not None:
+        name = getattr(vae, "name", type(vae).__name__)
+        raise ConfigError(f"{what} does not apply to --model {name}: {reason}")

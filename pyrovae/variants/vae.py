@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import pyro
 import pyro.distributions as dist
@@ -214,6 +214,9 @@ class VAE(PyroModule):
     latent_sites: tuple[str, ...] = ("z",)
     #: the variant's own guide, if it has one (then ``guide`` must stay ``"normal"``)
     own_guide: str | None = None
+    #: what the variant lacks, capability -> why: the tools that need it refuse a run of
+    #: this variant with that reason (:data:`pyrovae.inference.sites.CAPABILITIES`)
+    cannot: ClassVar[Mapping[str, str]] = {}
 
     def __init__(
         self,
@@ -393,6 +396,27 @@ class VAE(PyroModule):
         if len(probe) >= 2 and not self.requires_y:  # diagnostics encode x alone
             row.update(diagnose(self, probe.to(self.device), batch_size=batch_size))
         return row
+
+    def evaluate_heldout(
+        self,
+        x: torch.Tensor,
+        *,
+        num_samples: int = 1000,
+        batch_size: int = 500,
+        y: torch.Tensor | None = None,
+    ) -> dict[str, Any]:
+        r"""The run's held-out summary (``evaluation.json``, ``pyrovae evaluate``): the ELBO,
+        the IWAE :math:`\log p(x)` with ``num_samples`` draws and the reconstruction error
+        (:func:`pyrovae.inference.evaluate`); ``y`` for a variant that reads labels. A
+        variant without a data-space likelihood reports what it has instead."""
+        from pyrovae.inference import evaluate
+
+        return evaluate(self, x, num_samples, batch_size, y)
+
+    def finish_training(self, data: Dataset) -> bool:
+        """Fit what the variant fits once, after its epochs (none here; the VQ-VAE's prior
+        over codes); returns whether parameters changed, so that the run layer saves them."""
+        return False
 
     def metrics(self, x: torch.Tensor, y: torch.Tensor | None) -> dict[str, float]:
         """Extra held-out numbers for ``metrics.jsonl`` and ``evaluation.json`` (none here)."""

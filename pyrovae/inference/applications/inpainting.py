@@ -47,7 +47,7 @@ import torch
 
 from pyrovae.errors import ConfigError, DataError
 from pyrovae.inference.evaluation import chunk_size, eval_mode, importance_weights
-from pyrovae.inference.sites import require_single_latent
+from pyrovae.inference.sites import require, require_single_latent
 from pyrovae.registry import Registry
 
 if TYPE_CHECKING:
@@ -120,6 +120,7 @@ def make_mask(
 def _check(vae: VAE, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     if vae.needs_labels:
         raise ConfigError("inpainting and denoising work on a plain VAE run (--model vae)")
+    require(vae, "inpainting", "inpainting and denoising")
     require_single_latent(vae, "inpainting and denoising")
     vae.validate_data(x, "the items")
     if mask.dtype != torch.bool or mask.shape != x.shape:

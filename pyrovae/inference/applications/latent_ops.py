@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from pyrovae.errors import ConfigError
-from pyrovae.inference.sites import require_single_latent
+from pyrovae.inference.sites import require, require_single_latent
 
 if TYPE_CHECKING:
     from pyrovae.variants import VAE
@@ -82,6 +82,7 @@ INTERPOLATIONS = {"lerp": lerp, "slerp": slerp}
 
 
 def _check(vae: VAE) -> None:
+    require(vae, "latent_ops", "latent-space operations")
     vae.require_unconditional("latent-space operations")
     require_single_latent(vae, "latent-space operations")
 

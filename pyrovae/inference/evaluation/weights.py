@@ -35,6 +35,8 @@ from pyro import poutine
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import site_is_subsample
 
+from pyrovae.inference.sites import require
+
 __all__ = [
     "CHUNK_ELEMENTS",
     "ImportanceWeights",
@@ -239,6 +241,7 @@ def importance_weights(
     ImportanceWeights
         ``log_weight`` and its terms, each ``(K, N)``.
     """
+    require(vae, "likelihood", "the ELBO and the IWAE log p(x)")
     if seed is not None:
         devices = []
         if x.device.type == "cuda":

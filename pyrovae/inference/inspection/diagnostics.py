@@ -49,7 +49,7 @@ from torch.distributions import kl_divergence
 from pyrovae.errors import ConfigError, DataError
 from pyrovae.guides.encoders import diagonal_normal
 from pyrovae.inference.evaluation import batches, chunk_size, eval_mode
-from pyrovae.inference.sites import latent_sites, require_single_latent
+from pyrovae.inference.sites import latent_sites, require, require_single_latent
 
 if TYPE_CHECKING:
     from pyrovae.variants import VAE
@@ -72,6 +72,7 @@ def encode_all(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Posterior means and log-variances of ``q(z | x)`` for every item, shape ``(N, D)``
     (a model with one latent site; :func:`site_codes` for several)."""
+    require(vae, "posterior", "encoding q(z | x)")
     require_single_latent(vae, "encode_all")
     with eval_mode(vae):
         pairs = [vae.encode(xb) for xb, _ in batches(x, batch_size)]
@@ -133,6 +134,7 @@ def site_codes(
     ``num_samples`` draws of :math:`\log q(z_s) - \log p(z_s)` per item. Sites come in
     the order of ``vae.latent_sites``; each must be a diagonal Normal in the guide.
     """
+    require(vae, "posterior", "the collapse diagnostics")
     names = latent_sites(vae)
     parts: dict[str, list[tuple]] = {name: [] for name in names}
     with eval_mode(vae):

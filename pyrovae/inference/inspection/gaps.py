@@ -56,7 +56,7 @@ from pyrovae.errors import ConfigError
 from pyrovae.guides.local import LocalNormalGuide
 from pyrovae.inference.evaluation import importance_weights, log_mean_exp
 from pyrovae.inference.inspection.mcmc import frozen
-from pyrovae.inference.sites import require_single_latent
+from pyrovae.inference.sites import require, require_single_latent
 from pyrovae.inference.training.objectives import make_elbo
 
 if TYPE_CHECKING:
@@ -225,6 +225,7 @@ def inference_gaps(
     """
     if num_samples < 1:
         raise ConfigError(f"-k/--num-samples must be >= 1, got {num_samples}")
+    require(vae, "posterior", "the gap decomposition")
     vae.require_unconditional("the gap decomposition")
     require_single_latent(vae, "the gap decomposition")
     vae.validate_data(x, "data for the gaps")

@@ -34,7 +34,7 @@ import torch
 from pyrovae.data import Dataset
 from pyrovae.errors import ConfigError, DataError
 from pyrovae.inference.inspection.diagnostics import diagnose, encode_all
-from pyrovae.inference.sites import require_single_latent
+from pyrovae.inference.sites import require, require_single_latent
 from pyrovae.registry import Registry
 
 if TYPE_CHECKING:
@@ -97,6 +97,7 @@ def encode_dataset(vae: VAE, data: Dataset, batch_size: int = 500) -> dict[str, 
     ``test_log_var`` (each ``(N, latent_dim)``) and, when the data set has labels,
     ``train_labels`` and ``test_labels``.
     """
+    require(vae, "posterior", "encoding a data set")
     require_single_latent(vae, "encoding a data set")
     codes: dict[str, np.ndarray] = {}
     for split in ("train", "test"):
@@ -165,6 +166,7 @@ def latent_report(
     ``seed``; ``None`` for all), which bounds its time on large data sets (on
     Fashion-MNIST's 50-dim codes, 10000 items give the same accuracy as 60000 within 0.1%).
     """
+    require(vae, "posterior", "the latent report")
     require_single_latent(vae, "the latent report")
     if not threshold > 0:
         raise ConfigError(f"the active-unit threshold must be > 0, got {threshold}")

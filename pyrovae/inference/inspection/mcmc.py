@@ -40,7 +40,7 @@ from pyro.infer.autoguide.initialization import init_to_sample
 from pyrovae.errors import ConfigError
 from pyrovae.inference.evaluation import eval_mode
 from pyrovae.inference.inspection.posterior import coords_and_dims, import_arviz
-from pyrovae.inference.sites import latent_sites, require_single_latent
+from pyrovae.inference.sites import latent_sites, require, require_single_latent
 
 if TYPE_CHECKING:
     import arviz
@@ -111,6 +111,8 @@ def nuts_posterior(
     ):
         if value < low:
             raise ConfigError(f"NUTS {name} must be >= {low}, got {value}")
+    require(vae, "posterior", "NUTS on p(z | x)")
+    require(vae, "likelihood", "NUTS on p(z | x)")
     vae.require_unconditional("NUTS on p(z | x)")
     require_single_latent(vae, "NUTS on p(z | x)")
     vae.validate_data(x, "inputs to inspect")

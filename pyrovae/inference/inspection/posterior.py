@@ -49,7 +49,7 @@ import torch
 from pyro.infer import Predictive
 
 from pyrovae.errors import ConfigError, DataError
-from pyrovae.inference.sites import latent_sites
+from pyrovae.inference.sites import latent_sites, require
 
 if TYPE_CHECKING:
     import arviz
@@ -165,6 +165,7 @@ def posterior_draws(
     az = import_arviz()
     if num_samples < 1:
         raise ConfigError(f"the number of posterior draws must be >= 1, got {num_samples}")
+    require(vae, "posterior", "posterior inspection")
     vae.require_unconditional("posterior inspection")
     vae.validate_data(x, "inputs to inspect")
     x = x.to(vae.device)
