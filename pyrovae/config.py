@@ -7,7 +7,7 @@ A run is described by five sections, each a table of plain values::
                     encoder, decoder, guide
     [objective]     num_particles, vectorize_particles, beta, kl_site_weights, and the
                     components elbo, kl_schedule
-    [optimization]  num_epochs, batch_size, learning_rate, clip_norm
+    [optimization]  num_epochs, batch_size, learning_rate, clip_norm, time_limit
     [run]           seed, device, num_threads, num_eval_samples, eval_batch_size,
                     diagnostic_items
 
@@ -123,6 +123,14 @@ SECTIONS: dict[str, dict[str, Key]] = {
         "learning_rate": _key(float, 1e-3, "Adam learning rate", minimum=0.0, strict=True),
         "clip_norm": _key(
             float, None, "clip the gradient norm to this value", minimum=0.0, strict=True
+        ),
+        "time_limit": _key(
+            float,
+            None,
+            "stop after the first epoch that ends past this many seconds of epochs (those of "
+            "a resumed run's earlier sessions count); the KL schedule still spans num_epochs",
+            minimum=0.0,
+            strict=True,
         ),
     },
     "run": {

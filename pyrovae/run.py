@@ -155,6 +155,7 @@ def make_trainer(vae: VAE, data: Dataset, config: Config) -> Trainer:
         eval_batch_size=config.run["eval_batch_size"],
         diagnostic_items=config.run["diagnostic_items"],
         seed=config.run["seed"],
+        time_limit=optimization["time_limit"],
     )
 
 

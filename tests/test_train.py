@@ -103,6 +103,20 @@ def test_resume_can_extend_a_finished_run(tmp_path):
     assert [r["epoch"] for r in result.history] == [1, 2]
 
 
+def test_a_time_limit_stops_after_the_epoch_that_passes_it_and_resume_honours_it(tmp_path):
+    # every epoch takes more than a microsecond: the limit stops the run after its first
+    tiny = Config.from_flags(num_epochs=3, time_limit=1e-6, **FAST)
+    result = fit(tiny, tmp_path, progress=False)
+    assert [r["epoch"] for r in result.history] == [1]
+    # a resumed run counts the seconds of its earlier epochs: still out of time
+    again = fit(tiny, tmp_path, resume=True, progress=False)
+    assert [r["epoch"] for r in again.history] == [1]
+    # a larger budget continues it to num_epochs
+    more = Config.from_flags(num_epochs=3, time_limit=1e6, **FAST)
+    done = fit(more, tmp_path, resume=True, progress=False)
+    assert [r["epoch"] for r in done.history] == [1, 2, 3]
+
+
 def test_existing_run_is_not_overwritten(tmp_path):
     fit(Config.from_flags(num_epochs=1, **FAST), tmp_path, progress=False)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}

@@ -86,6 +86,10 @@ class Trainer:
         Held-out points of the per-epoch collapse diagnostics (0: none).
     seed : int
         Seeds Pyro's random streams at the start of a fresh run.
+    time_limit : float, optional
+        Stop after the first epoch that ends once the run's epochs (their ``seconds``,
+        training and per-epoch evaluation, over every session of a resumed run) add up to
+        this many seconds: equal wall-clock budgets for models whose epochs differ in cost.
 
     Attributes
     ----------
@@ -109,6 +113,7 @@ class Trainer:
         eval_batch_size: int = 500,
         diagnostic_items: int = 1000,
         seed: int = 0,
+        time_limit: float | None = None,
     ) -> None:
         self.vae = vae
         self.step = step
@@ -125,6 +130,7 @@ class Trainer:
         self.eval_batch_size = eval_batch_size
         self.diagnostic_items = diagnostic_items
         self.seed = seed
+        self.time_limit = time_limit
         self.step_count = 0
         self.epoch_stats: dict[str, Any] = {}
 
@@ -267,6 +273,17 @@ class Trainer:
             desc="SVI",
         )
         for epoch in range(start, self.num_epochs):
+            spent = sum(r["seconds"] for r in history)
+            if self.time_limit is not None and spent > self.time_limit:
+                logger.info(
+                    "time limit: %.1f s of epochs spent (limit %.1f s); stopping after epoch "
+                    "%d of %d",
+                    spent,
+                    self.time_limit,
+                    epoch,
+                    self.num_epochs,
+                )
+                break
             begin = time.perf_counter()
             train_objective = self.epoch(data)
             if not math.isfinite(train_objective):
