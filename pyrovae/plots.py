@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,6 +25,7 @@ __all__ = [
     "posterior_predictive_grid",
     "reconstructions",
     "score_histograms",
+    "side_by_side",
 ]
 
 
@@ -65,6 +66,35 @@ def image_grid(
     ax.axis("off")
     if title:
         ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def side_by_side(
+    panels: Mapping[str, torch.Tensor], *, nrow: int = 8, title: str | None = None
+) -> Figure:
+    """Grids of images next to each other, one per entry of ``panels`` (its key the panel's
+    title), e.g. the samples of several models."""
+    from torchvision.utils import make_grid
+
+    grids = [
+        make_grid(_as_images(images), nrow=nrow, padding=1, pad_value=1.0)
+        for images in panels.values()
+    ]
+    fig = Figure(figsize=(2.6 * len(grids), 3.0 if title else 2.8))
+    axes = fig.subplots(1, len(grids), squeeze=False)[0]
+    for ax, name, grid in zip(axes, panels, grids):
+        ax.imshow(
+            grid.permute(1, 2, 0).squeeze(-1).numpy(),
+            cmap="gray",
+            vmin=0,
+            vmax=1,
+            interpolation="nearest",
+        )
+        ax.set_title(name, fontsize=9)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     return fig
 
