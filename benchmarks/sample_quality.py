@@ -155,7 +155,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-samples", type=int, help="samples to score (default: held-out size)")
     parser.add_argument("--num-threads", type=int, default=2, help="torch threads (%(default)s)")
     parser.add_argument("--limit", type=int, help="only the first N train and test items")
-    parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
+    parser.add_argument("--rows", nargs="+", choices=list(ROWS), help="default: every row")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache-dir", type=Path, help="the score classifier's cache folder")
     parser.add_argument("--out", type=Path, help="run folders (default: runs/quality-DATASET)")
@@ -171,6 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.quick:
         args.dataset, args.time_limit, args.max_epochs = "digits", 1.0, 2
         args.num_eval_samples, args.num_samples, args.num_threads = 4, 200, 1
+        args.rows = args.rows or ["vae-bernoulli", "vaegan", "vqvae"]
+    args.rows = args.rows or list(ROWS)
     if args.time_limit <= 0 or args.max_epochs < 1:
         raise SystemExit("--time-limit must be positive and --max-epochs at least 1")
     args.out = args.out or Path(f"runs/quality-{args.dataset}")

@@ -22,7 +22,7 @@ APPLICATION_BENCHMARKS = {
     "semisupervised": ["data set", "labels per class", "alpha / N", "M2"],
 }
 #: benchmarks that print a table of their own (not timings against PyTorch)
-OTHER_BENCHMARKS = ["collapse"]
+OTHER_BENCHMARKS = ["collapse", "sample_quality"]
 
 
 @pytest.fixture
@@ -72,6 +72,19 @@ def test_collapse_quick_run_prints_one_row_per_objective(import_benchmark, tmp_p
         assert 0 <= int(active) <= int(latent) == 16
         assert math.isfinite(float(row[header.index("IWAE log p(x)")]))
     assert (tmp_path / "table.md").read_text() in out
+
+
+def test_sample_quality_quick_run_scores_every_variant(import_benchmark, tmp_path, capsys):
+    out = tmp_path / "runs"
+    argv = ["--quick", "--out", str(out), "--cache-dir", str(tmp_path / "cache")]
+    assert import_benchmark("sample_quality").main(argv) == 0
+    header, rows = parse_table(capsys.readouterr().out)
+    assert header[:3] == ["model", "FD samples", "FD recon."]
+    assert [row[0] for row in rows] == ["VAE, Bernoulli", "VAE-GAN", "VQ-VAE + fitted prior"]
+    for row in rows:
+        fd, precision = float(row[1]), float(row[3])
+        assert fd >= 0 and 0 <= precision <= 1
+    assert (out / "samples.png").stat().st_size > 0
 
 
 @pytest.mark.parametrize("name", BENCHMARKS)
