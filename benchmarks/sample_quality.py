@@ -7,9 +7,10 @@ Every row trains with the same encoder and decoder widths (convolutional, channe
 pixels. Then ``pyrovae score`` measures, on the held-out items, in the feature space of a
 classifier pyrovae trains on the data set's labels: the Fréchet distance of prior samples
 and of reconstructions, the precision and recall of the samples (Kynkäänniemi et al.
-2019), their sharpness (mean variance of the Laplacian; the data's alongside) and the
-pixel reconstruction error. The held-out log-likelihood is the IWAE bound with
-``--num-eval-samples`` draws where the model defines one.
+2019; and density and coverage, Naeem et al. 2020), their sharpness (mean variance of the
+Laplacian; the data's alongside) and the pixel reconstruction error. The held-out
+log-likelihood is the IWAE bound with ``--num-eval-samples`` draws where the model
+defines one.
 
 Rows: the VAE with each likelihood (Bernoulli, continuous Bernoulli, Gaussian and Laplace
 with a learned scale), the VAE-GAN and the VQ-VAE (samples from its fitted prior over
@@ -58,8 +59,10 @@ HEADER = [
     "FD recon.",
     "precision",
     "recall",
+    "density",
+    "coverage",
     "sharpness",
-    "pixel MSE",
+    "recon. MSE",
     "log p(x)",
     "epochs",
     "train s",
@@ -112,8 +115,10 @@ def table_row(name: str, out: Path) -> list[str]:
         f"{scores['fd_reconstructions']:.2f}",
         f"{scores['precision']:.3f}",
         f"{scores['recall']:.3f}",
+        f"{scores['density']:.3f}",
+        f"{scores['coverage']:.3f}",
         f"{scores['sharpness_samples']:.4f}",
-        f"{scores['pixel_mse']:.4f}",
+        f"{scores['reconstruction_mse']:.4f}",
         "n/a" if log_px is None else f"{log_px:.1f}",
         str(len(history)),
         f"{sum(r['seconds'] for r in history):.0f}",

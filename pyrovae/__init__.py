@@ -18,8 +18,9 @@ from pyrovae.inference import (  # noqa: E402
     iwae_log_likelihood,
     nuts_posterior,
     posterior_draws,
+    score,
 )
-from pyrovae.run import fit, load_run, train  # noqa: E402
+from pyrovae.run import fit, load_run, score_run, train  # noqa: E402
 from pyrovae.variants import VAE, VARIANTS, ConditionalVAE, SemiSupervisedVAE  # noqa: E402
 
 __version__ = "0.1.0"
@@ -44,5 +45,7 @@ __all__ = [
     "load_run",
     "nuts_posterior",
     "posterior_draws",
+    "score",
+    "score_run",
     "train",
 ]

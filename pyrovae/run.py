@@ -9,6 +9,7 @@ A run folder holds::
                         point), KL weight, collapse diagnostics
     evaluation.json     held-out ELBO, IWAE log p(x) with K samples, reconstruction error
     elbo.png, reconstructions.png, samples.png
+    scores.json         sample quality (written by ``score_run``, ``pyrovae score``)
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ from pyrovae import plots
 from pyrovae.config import Config, from_flat, is_flat, save_config
 from pyrovae.data import Dataset, load_dataset
 from pyrovae.errors import CheckpointError, ConfigError, DataError, PyroVAEError
+from pyrovae.inference import score
 from pyrovae.inference.training import (
     Trainer,
     TrainingStep,
@@ -47,6 +50,7 @@ __all__ = [
     "resolve_classes",
     "resolve_device",
     "save_figure",
+    "score_run",
     "train",
 ]
 
@@ -338,3 +342,41 @@ def load_run(
     device = resolve_device(device) if isinstance(device, str) else device
     vae.eval()
     return vae.to(device), config, checkpoint
+
+
+def write_json(value: Any, path: Path) -> None:
+    """Write ``value`` as indented JSON atomically: a temporary file, then ``os.replace``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(value, indent=2) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def score_run(
+    workdir: str | os.PathLike,
+    *,
+    num_samples: int | None = None,
+    batch_size: int = 500,
+    seed: int = 0,
+    cache_dir: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+) -> dict[str, Any]:
+    """Sample-quality scores of a run on its held-out data: :func:`pyrovae.inference.score`
+    of the run's VAE and data set (the arguments mean what they mean there).
+
+    When ``workdir`` is a run folder (not a checkpoint file), the scores are also written
+    to ``workdir/scores.json``, atomically and only once all of them are computed: a
+    refused or interrupted call leaves the folder as it was.
+    """
+    vae, config, _ = load_run(workdir, device)
+    data = load_data(config, vae.device)
+    scores = score(
+        vae, data, num_samples=num_samples, batch_size=batch_size, seed=seed, cache_dir=cache_dir
+    )
+    if Path(workdir).is_dir():
+        write_json(scores, Path(workdir) / "scores.json")
+    return scores

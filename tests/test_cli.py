@@ -21,6 +21,7 @@ CLI_TESTED = {
     "train": "trained_run",
     "evaluate": "test_evaluate",
     "sample": "test_sample",
+    "score": "test_scores.py::test_score_command",
     "augment": "test_augment",
     "anomaly": "test_anomaly",
     "interpolate": "test_latent_commands",

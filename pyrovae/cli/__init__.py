@@ -5,7 +5,7 @@ A thin layer over the library: it parses flags into a :class:`~pyrovae.config.Co
 and turns every :class:`~pyrovae.errors.PyroVAEError` into one message on stderr and
 exit status 2.
 
-Subcommands live in :mod:`~pyrovae.cli.training` (train, evaluate, sample),
+Subcommands live in :mod:`~pyrovae.cli.training` (train, evaluate, sample, score),
 :mod:`~pyrovae.cli.inspection` (inspect, graph, latent) and
 :mod:`~pyrovae.cli.applications` (augment, anomaly, interpolate, traverse, arithmetic,
 inpaint, denoise); each module has ``add_parsers(sub, common)`` and ``COMMANDS``.

@@ -1,4 +1,5 @@
-"""``pyrovae train | evaluate | sample``: train a run, score it, generate from it."""
+"""``pyrovae train | evaluate | sample | score``: train a run, evaluate it, generate from it,
+score its samples."""
 
 from __future__ import annotations
 
@@ -73,7 +74,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    """The subcommands train, evaluate and sample."""
+    """The subcommands train, evaluate, sample and score."""
     train = sub.add_parser(
         "train",
         parents=[common],
@@ -130,6 +131,31 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
         "--label",
         type=int,
         help="generate this class (runs of --model cvae or m2); default: the classes in turn",
+    )
+
+    score = run_parser(
+        sub,
+        common,
+        "score",
+        help="sample quality of a run: Fréchet distance, precision/recall, sharpness",
+        description=(
+            "Score prior samples and reconstructions against the held-out data in the feature "
+            "space of a classifier trained (once, then cached) on the data set's labels; "
+            "prints JSON and writes RUN/scores.json."
+        ),
+    )
+    score.add_argument(
+        "-n",
+        "--num-samples",
+        type=int,
+        help="prior samples to draw (default: as many as held-out items)",
+    )
+    score.add_argument("--batch-size", type=int, default=500, help="items per batch")
+    score.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="folder of the trained feature classifiers (default: $PYROVAE_CACHE, else "
+        "$XDG_CACHE_HOME/pyrovae, else ~/.cache/pyrovae)",
     )
 
 
@@ -254,4 +280,30 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "sample": _cmd_sample}
+def _cmd_score(args: argparse.Namespace) -> int:
+    from pyrovae.run import score_run
+
+    if args.num_samples is not None and args.num_samples < 1:
+        raise ConfigError(f"--num-samples must be >= 1, got {args.num_samples}")
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.cache_dir is not None and args.cache_dir.exists() and not args.cache_dir.is_dir():
+        raise ConfigError(f"--cache-dir {args.cache_dir} is a file; give a folder")
+    scores = score_run(
+        args.run,
+        num_samples=args.num_samples,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        cache_dir=args.cache_dir,
+        device=args.device,
+    )
+    print(json.dumps(scores, indent=2))
+    return 0
+
+
+COMMANDS = {
+    "train": _cmd_train,
+    "evaluate": _cmd_evaluate,
+    "sample": _cmd_sample,
+    "score": _cmd_score,
+}

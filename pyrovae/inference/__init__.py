@@ -1,16 +1,22 @@
 """Inference, by purpose: ``training`` (the trainer of steps, the SVI step, objectives,
 schedules, checkpoints),
-``evaluation`` (the importance weights and the bounds and scores read from them),
+``evaluation`` (the importance weights and the bounds and scores read from them; sample
+quality),
 ``inspection`` (collapse diagnostics, ArviZ draws, NUTS, inference gaps, the latent
 space) and ``applications`` (anomaly scores, latent operations, inpainting)."""
 
 from pyrovae.inference.evaluation import (
     evaluate,
+    feature_classifier,
+    frechet_distance,
     heldout_elbo,
     importance_weights,
     iwae_log_likelihood,
     log_weights,
+    precision_recall,
     reconstruction_error,
+    score,
+    sharpness,
 )
 from pyrovae.inference.inspection import (
     EMBEDDINGS,
@@ -71,6 +77,8 @@ __all__ = [
     "encode_all",
     "encode_dataset",
     "evaluate",
+    "feature_classifier",
+    "frechet_distance",
     "heldout_elbo",
     "importance_weights",
     "inference_gaps",
@@ -89,10 +97,13 @@ __all__ = [
     "optimize_local_guide",
     "posterior_draws",
     "posterior_summary",
+    "precision_recall",
     "reconstruction_error",
     "require_single_latent",
     "save_checkpoint",
     "save_codes",
     "save_inference_data",
+    "score",
+    "sharpness",
     "total_kl",
 ]
