@@ -17,7 +17,9 @@ ones the component declares (:mod:`pyrovae.registry`), checked when the config i
 Every key and every declared option is also a CLI flag of the same name
 (``latent_dim`` -> ``--latent-dim``, ``num_components`` -> ``--num-components``;
 ``--model`` picks the variant); an option flag goes to every chosen component that
-declares it, and a flag that no chosen component takes is an error. The resolved
+declares it, and a flag that no chosen component takes is an error. A component that
+neither the file nor the flags name is the variant's own default where it has one
+(``--model vaegan`` builds ``conv`` networks) and the configuration's otherwise. The resolved
 configuration is written to the run folder as ``config.toml``.
 
 This module is the run layer's: the library below it (model, guides, variants,
@@ -52,6 +54,8 @@ __all__ = [
     "SECTIONS",
     "Config",
     "Key",
+    "default_component",
+    "default_help",
     "flag_options",
     "from_flat",
     "load_config",
@@ -240,13 +244,42 @@ def _check_component(key: str, value: Any) -> dict[str, Any]:
     return {"name": name, **{k: checked.get(k, o.default) for k, o in declared.items()}}
 
 
-def _defaults() -> dict[str, dict[str, Any]]:
+def _variant_name(value: Any) -> str:
+    """The variant a model section's ``variant`` value (a name or a table) names; the
+    default variant when it names none."""
+    name = value.get("name") if isinstance(value, Mapping) else value
+    return name if isinstance(name, str) else COMPONENTS["variant"].default
+
+
+def default_component(key: str, variant: str) -> str:
+    """The component ``key`` of a run of ``variant`` that names none: the variant's own
+    default (``VAE.component_defaults``, e.g. the VAE-GAN's ``conv`` networks), else the
+    configuration's."""
+    own = VARIANTS[variant].component_defaults if variant in VARIANTS else {}
+    return own.get(key, COMPONENTS[key].default)
+
+
+def default_help(key: str) -> str:
+    """``key``'s default for ``--help``: ``mlp; conv for --model vaegan``."""
+    special = [
+        f"{VARIANTS[v].component_defaults[key]} for --model {v}"
+        for v in VARIANTS
+        if key in VARIANTS[v].component_defaults
+    ]
+    return "; ".join([COMPONENTS[key].default, *special])
+
+
+def _defaults(variant: str | None = None) -> dict[str, dict[str, Any]]:
+    """Every key's default, the components' those of ``variant`` (the default variant's
+    when ``None``)."""
+    variant = variant or COMPONENTS["variant"].default
     values: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
     for section, keys in SECTIONS.items():
         for key, spec in keys.items():
             values[section][key] = copy.deepcopy(spec.default)
     for key, component in COMPONENTS.items():
-        values[component.section][key] = {"name": component.default}
+        name = variant if key == "variant" else default_component(key, variant)
+        values[component.section][key] = {"name": name}
     return values
 
 
@@ -258,7 +291,8 @@ def _validate(values: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
             f"unknown config section {unknown[0]!r}{closest(unknown[0], SECTIONS)}; the "
             f"sections are: {', '.join(SECTIONS)}"
         )
-    result = _defaults()
+    model = values.get("model")
+    result = _defaults(_variant_name(model.get("variant") if isinstance(model, Mapping) else None))
     for section, table in values.items():
         if not isinstance(table, Mapping):
             raise ConfigError(f"config section [{section}] must be a table, got {table!r}")
@@ -395,7 +429,9 @@ class Config:
     @classmethod
     def from_flags(cls, **flags: Any) -> Config:
         """The default config with flat ``flags`` applied, as the CLI applies its flags."""
-        return cls.from_dict(_apply_flags(_defaults(), flags, strict=True))
+        return cls.from_dict(
+            _apply_flags(_defaults(_variant_name(flags.get("model"))), flags, strict=True)
+        )
 
     def replace(self, **flags: Any) -> Config:
         """A copy with flat ``flags`` applied (validated like any other config)."""
@@ -447,7 +483,15 @@ def load_config(path: str | os.PathLike, **flags: Any) -> Config:
         raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
-    config = from_flat(values) if is_flat(values) else Config.from_dict(values)
+    if is_flat(values):
+        config = from_flat(values)
+    else:
+        model = values.get("model", {})
+        other = "model" in flags and isinstance(model, Mapping)
+        if other and _variant_name(model.get("variant")) != flags["model"]:
+            # another variant: the components the file does not name are its defaults
+            values = {**values, "model": {**model, "variant": {"name": flags["model"]}}}
+        config = Config.from_dict(values)
     return config.replace(**flags) if flags else config
 
 

@@ -116,15 +116,29 @@ def reconstructions(inputs: torch.Tensor, recons: torch.Tensor, *, nrow: int = 8
 
 
 def elbo_curves(history: Sequence[dict[str, Any]]) -> Figure:
-    """Train and held-out ELBO (nats per data point) against the epoch."""
+    """Train and held-out ELBO (nats per data point) against the epoch.
+
+    A variant without an ELBO of the data shows the bound it has instead: the training
+    objective and its held-out ``test_<name>_elbo`` (the VAE-GAN's ``test_feature_elbo``),
+    or no held-out curve when it evaluates none."""
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot()
     epochs = [row["epoch"] for row in history]
-    train = [math.nan if row.get("train_elbo") is None else row["train_elbo"] for row in history]
-    ax.plot(epochs, train, label="train (running average)")
-    ax.plot(epochs, [row["test_elbo"] for row in history], label="held-out")
+    first = history[0] if history else {}
+    bounds = [k for k in first if k.startswith("test_") and k.endswith("elbo")]
+    heldout = "test_elbo" if "test_elbo" in first else next(iter(bounds), None)
+    if heldout in (None, "test_elbo"):
+        train = [
+            math.nan if row.get("train_elbo") is None else row["train_elbo"] for row in history
+        ]
+        ax.plot(epochs, train, label="train (running average)")
+    else:
+        ax.plot(epochs, [row["train_objective"] for row in history], label="train objective")
+    if heldout is not None:
+        label = "held-out" if heldout == "test_elbo" else f"held-out ({heldout[5:]})"
+        ax.plot(epochs, [row.get(heldout, math.nan) for row in history], label=label)
     ax.set_xlabel("epoch")
-    ax.set_ylabel("ELBO (nats per data point)")
+    ax.set_ylabel("ELBO (nats per data point)" if heldout == "test_elbo" else "nats per data point")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -194,7 +194,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         posterior_summary,
         save_inference_data,
     )
-    from pyrovae.inference.sites import latent_sites, require_single_latent
+    from pyrovae.inference.sites import latent_sites, require, require_single_latent
     from pyrovae.run import load_data, load_run, save_figure
 
     matplotlib.use("Agg")
@@ -213,6 +213,11 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         raise ConfigError("; ".join(bad))
     vae, config, _ = load_run(args.run, args.device)
     _refuse_labelled(vae, config, "inspect", "needs_labels")
+    # refused before anything is drawn or written
+    if args.nuts:
+        require(vae, "likelihood", "NUTS on p(z | x)")
+    if args.gaps:
+        require(vae, "likelihood", "the gap decomposition")
     several = len(latent_sites(vae)) > 1
     if several and (args.nuts or args.gaps or args.dims is not None):
         # the export has one variable per site; the figures, NUTS and the gaps read one

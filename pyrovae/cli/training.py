@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from pyrovae.cli.common import load_items, run_parser
-from pyrovae.config import COMPONENTS, SECTIONS, Config, flag_options, load_config
+from pyrovae.config import COMPONENTS, SECTIONS, Config, default_help, flag_options, load_config
 from pyrovae.errors import ConfigError, PyroVAEError
 
 
@@ -48,14 +48,14 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     options every registered component declares (one ``--help`` group each)."""
     for section, keys in SECTIONS.items():
         group = parser.add_argument_group(f"[{section}] (keys of --config FILE)")
-        for component in COMPONENTS.values():
+        for key, component in COMPONENTS.items():
             if component.section == section:
                 names = component.registry.names()
                 _add_typed(
                     group,
                     component.flag,
                     str,
-                    f"{component.help} (default: {component.default})",
+                    f"{component.help} (default: {default_help(key)})",
                     choices=names,
                 )
         for key, spec in keys.items():

@@ -217,6 +217,9 @@ class VAE(PyroModule):
     #: what the variant lacks, capability -> why: the tools that need it refuse a run of
     #: this variant with that reason (:data:`pyrovae.inference.sites.CAPABILITIES`)
     cannot: ClassVar[Mapping[str, str]] = {}
+    #: the registered components the variant is built from when a run names none, role ->
+    #: name (the VAE-GAN's ``conv`` networks); the others are the run configuration's own
+    component_defaults: ClassVar[Mapping[str, str]] = {}
 
     def __init__(
         self,

@@ -226,6 +226,7 @@ def inference_gaps(
     if num_samples < 1:
         raise ConfigError(f"-k/--num-samples must be >= 1, got {num_samples}")
     require(vae, "posterior", "the gap decomposition")
+    require(vae, "likelihood", "the gap decomposition")  # before the local guides are fitted
     vae.require_unconditional("the gap decomposition")
     require_single_latent(vae, "the gap decomposition")
     vae.validate_data(x, "data for the gaps")
