@@ -38,6 +38,7 @@ from pyrovae.inference.training import (
 )
 from pyrovae.inference.training.checkpoint import load_checkpoint, save_checkpoint
 from pyrovae.inference.training.trainer import refuse_overwrite, steps_per_epoch
+from pyrovae.progress import enabled as progress_enabled
 from pyrovae.variants import VAE, VARIANTS, build_variant
 
 __all__ = [
@@ -255,6 +256,9 @@ def fit(
     Seeds everything with the run's seed, loads the data, builds the variant, trains it
     (resuming from ``workdir`` when ``resume``), then evaluates on the held-out data
     with ``num_eval_samples`` importance samples and saves figures.
+
+    ``progress`` shows the training's bar (``None``: on a terminal) and, unless it is
+    ``False``, the final evaluation's bar on a terminal (:mod:`pyrovae.progress`).
     """
     workdir = Path(workdir)
     if workdir.exists() and not workdir.is_dir():
@@ -274,12 +278,13 @@ def fit(
     vae = build_variant(config.model, data.shape, seed=run["seed"]).to(device)
     # a refused run leaves the folder as it was: train writes only after its checks
     history = train(vae, data, config, workdir, resume=resume, progress=progress, write_config=True)
-    evaluation = vae.evaluate_heldout(
-        data.test,
-        num_samples=run["num_eval_samples"],
-        batch_size=run["eval_batch_size"],
-        y=data.test_labels if vae.requires_y else None,
-    )
+    with progress_enabled(progress is not False):
+        evaluation = vae.evaluate_heldout(
+            data.test,
+            num_samples=run["num_eval_samples"],
+            batch_size=run["eval_batch_size"],
+            y=data.test_labels if vae.requires_y else None,
+        )
     evaluation.update(vae.metrics(data.test, data.test_labels))
     (workdir / "evaluation.json").write_text(json.dumps(evaluation, indent=2) + "\n")
     if "log_likelihood" in evaluation:
