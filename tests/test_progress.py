@@ -1,21 +1,24 @@
-"""Progress: the training bar advances once per step, and the long evaluations draw bars on
-a terminal only (never with --no-progress, never per epoch)."""
+"""Progress and logging: the training bar advances once per step, the long evaluations draw
+bars on a terminal only (never with --no-progress, never per epoch), and --tensorboard
+writes scalars, a KL histogram and image grids that TensorBoard reads back."""
 
 from __future__ import annotations
 
 import io
+import json
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from pyrovae import VAE, Config, cli, load_dataset, progress, score
+from pyrovae import VAE, Config, ConfigError, cli, load_dataset, progress, score
 from pyrovae.data import Dataset
 from pyrovae.inference.evaluation import ClassifierSettings
 from pyrovae.inference.training import Trainer
 from pyrovae.inference.training.trainer import POSTFIX_EVERY
 from pyrovae.run import make_trainer
+from pyrovae.variants import build_variant
 
 TINY = ["--num-epochs", "2", "--num-eval-samples", "8", "-q"]
 
@@ -237,3 +240,83 @@ def test_a_bar_over_batches_counts_items(monkeypatch):
         sizes = [len(xb) for xb, _ in batches(torch.zeros(11, 2), 4, desc="items")]
     (bar,) = bars.made
     assert sizes == [4, 4, 3] and bar.n == bar.total == 11 and "items" in terminal.getvalue()
+
+
+# --- TensorBoard ----------------------------------------------------------------------------
+
+
+def _events(folder: Path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder), size_guidance={"histograms": 0, "images": 0})
+    events.Reload()
+    return events
+
+
+def test_tensorboard_logs_scalars_a_kl_histogram_and_images_and_resume_continues(
+    trained_run, tmp_path, capsys
+):
+    pytest.importorskip("tensorboard")
+    workdir = tmp_path / "run"
+    argv = ["train", "--workdir", workdir, "--tensorboard", "--tensorboard-every", "2"]
+    code, _, err = run_cli([*argv, "--no-progress", *TINY], capsys)
+    assert code == 0, err
+    events = _events(workdir / "tensorboard")
+    tags = events.Tags()
+    expected = {"train/objective", "train/elbo", "test/elbo", "beta", "kl", "active_units"}
+    assert expected <= set(tags["scalars"])
+    assert "epoch" not in tags["scalars"] and "kl_per_dim" in tags["histograms"]
+    assert set(tags["images"]) == {"images/reconstructions", "images/samples"}
+    assert [e.step for e in events.Scalars("train/objective")] == [1, 2]
+    assert [e.step for e in events.Images("images/samples")] == [2]
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [e.value for e in events.Scalars("test/elbo")] == pytest.approx(
+        [r["test_elbo"] for r in rows]
+    )
+    (histogram,) = events.Histograms("kl_per_dim")[-1:]
+    assert histogram.histogram_value.num == 8  # one value per latent dimension
+    # logging draws its samples from a random stream of its own: training is unchanged
+    lines = (trained_run / "metrics.jsonl").read_text().splitlines()
+    plain = [json.loads(line) for line in lines]
+    assert [r["train_objective"] for r in rows] == [r["train_objective"] for r in plain]
+    # a resumed run adds its epochs to the same folder
+    argv = ["train", "--workdir", workdir, "--resume", "--num-epochs", "3", "--no-progress", "-q"]
+    code, _, err = run_cli(argv, capsys)
+    assert code == 0, err
+    events = _events(workdir / "tensorboard")
+    assert [e.step for e in events.Scalars("train/objective")] == [1, 2, 3]
+    assert [e.step for e in events.Images("images/samples")] == [2, 3]
+
+
+def test_image_grids_of_a_conditional_run(digits, tmp_path):
+    pytest.importorskip("tensorboard")
+    from pyrovae.tensorboard import TensorBoardLogger
+
+    vae = build_variant(Config.from_flags(model="cvae", num_classes=10).model, digits.shape)
+    logger = TensorBoardLogger(tmp_path, digits.test[:12], digits.test_labels[:12])
+    grids = logger.image_grids(vae)
+    # 8 of the 12 items fill a row, above its reconstructions; the samples: 10 classes a row
+    assert grids["reconstructions"].shape == (3, 2 * 9 + 1, 8 * 9 + 1)
+    assert grids["samples"].shape == (3, 7 * 9 + 1, 10 * 9 + 1)
+    state = torch.random.get_rng_state()
+    logger.image_grids(vae)
+    assert torch.equal(state, torch.random.get_rng_state())
+
+
+def test_a_missing_tensorboard_package_is_one_message_and_nothing_is_written(
+    tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
+    workdir = tmp_path / "run"
+    code, _, err = run_cli(["train", "--workdir", workdir, "--tensorboard", *TINY], capsys)
+    assert code == 2 and "pip install -e '.[tensorboard]'" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not workdir.exists()
+
+
+def test_tensorboard_is_a_config_key():
+    config = Config.from_flags(tensorboard=True, tensorboard_every=5)
+    assert config.run["tensorboard"] is True and config.run["tensorboard_every"] == 5
+    assert Config.from_flags().run["tensorboard"] is False
+    with pytest.raises(ConfigError, match="tensorboard_every must be >= 1"):
+        Config.from_flags(tensorboard_every=0)

@@ -27,7 +27,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +58,7 @@ __all__ = [
     "COLLAPSE_KL",
     "COLLAPSE_PATIENCE",
     "POSTFIX_EVERY",
+    "EpochCallback",
     "Trainer",
     "refuse_overwrite",
     "steps_per_epoch",
@@ -76,6 +77,10 @@ COLLAPSE_PATIENCE = 3
 #: steps between updates of the progress bar's running objective (reading it waits for
 #: the device, so not every step)
 POSTFIX_EVERY = 10
+
+#: called after every epoch, once its row is recorded and checkpointed, as
+#: ``callback(trainer, row)`` (e.g. a TensorBoard writer)
+EpochCallback = Callable[["Trainer", dict[str, Any]], None]
 
 
 class Trainer:
@@ -237,6 +242,7 @@ class Trainer:
         progress: bool | None = None,
         config: Mapping[str, Any] | None = None,
         check: bool = True,
+        callbacks: Sequence[EpochCallback] = (),
     ) -> list[dict[str, Any]]:
         """Train for ``num_epochs`` epochs (from where a resumed run stopped).
 
@@ -260,6 +266,9 @@ class Trainer:
         check : bool
             Validate the data and one loss evaluation first (:meth:`check`); the run
             layer does it itself before it writes anything.
+        callbacks : sequence of callables
+            Each is called as ``callback(trainer, row)`` after every epoch, once the row
+            is in the history (and checkpointed, with ``workdir``).
 
         Returns
         -------
@@ -361,6 +370,8 @@ class Trainer:
                     checkpoint,
                 )
                 _write_metrics(history, workdir / "metrics.jsonl")
+            for callback in callbacks:
+                callback(self, row)
         bar.close()
         return history
 
