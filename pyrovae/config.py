@@ -9,7 +9,7 @@ A run is described by five sections, each a table of plain values::
                     components elbo, kl_schedule
     [optimization]  num_epochs, batch_size, learning_rate, clip_norm, time_limit
     [run]           seed, device, num_threads, num_eval_samples, eval_batch_size,
-                    diagnostic_items
+                    diagnostic_items, tensorboard, tensorboard_every
 
 A **component** is a table of its own, its registered ``name`` and its options
 (``[model.prior]`` ``name = "mixture"``, ``num_components = 3``); the options are the
@@ -151,6 +151,15 @@ SECTIONS: dict[str, dict[str, Key]] = {
         "eval_batch_size": _key(int, 500, "data points per evaluation batch", minimum=1),
         "diagnostic_items": _key(
             int, 1000, "held-out points for the per-epoch collapse diagnostics (0: none)", minimum=0
+        ),
+        "tensorboard": _key(
+            bool,
+            False,
+            "log to RUN/tensorboard: epoch scalars, KL per dimension, image grids (needs the "
+            "tensorboard extra)",
+        ),
+        "tensorboard_every": _key(
+            int, 10, "epochs between TensorBoard image grids (and the last epoch)", minimum=1
         ),
     },
 }

@@ -14,6 +14,7 @@ import torch
 from matplotlib.figure import Figure
 
 __all__ = [
+    "as_images",
     "elbo_curves",
     "image_grid",
     "image_rows",
@@ -29,7 +30,7 @@ __all__ = [
 ]
 
 
-def _as_images(x: torch.Tensor) -> torch.Tensor:
+def as_images(x: torch.Tensor) -> torch.Tensor:
     """``(N, C, H, W)`` images in [0, 1], C in {1, 3}.
 
     ``(N, H, W)`` items are greyscale images, other channel counts are shown channel by
@@ -49,7 +50,7 @@ def image_grid(
     images: torch.Tensor, *, nrow: int = 8, title: str | None = None, scale: float = 0.6
 ) -> Figure:
     """A grid of images (``torchvision.utils.make_grid``) as a figure."""
-    images = _as_images(images)
+    images = as_images(images)
     from torchvision.utils import make_grid  # torchvision's import takes ~2 s; only here
 
     grid = make_grid(images, nrow=nrow, padding=1, pad_value=1.0)
@@ -78,7 +79,7 @@ def side_by_side(
     from torchvision.utils import make_grid
 
     grids = [
-        make_grid(_as_images(images), nrow=nrow, padding=1, pad_value=1.0)
+        make_grid(as_images(images), nrow=nrow, padding=1, pad_value=1.0)
         for images in panels.values()
     ]
     fig = Figure(figsize=(2.6 * len(grids), 3.0 if title else 2.8))
@@ -108,7 +109,7 @@ def image_rows(rows: torch.Tensor | Sequence[torch.Tensor], title: str) -> Figur
 
 def reconstructions(inputs: torch.Tensor, recons: torch.Tensor, *, nrow: int = 8) -> Figure:
     """Inputs (odd rows) directly above their reconstructions (even rows)."""
-    inputs, recons = _as_images(inputs), _as_images(recons)
+    inputs, recons = as_images(inputs), as_images(recons)
     rows = [
         t for i in range(0, len(inputs), nrow) for t in (inputs[i : i + nrow], recons[i : i + nrow])
     ]

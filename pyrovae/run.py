@@ -9,11 +9,13 @@ A run folder holds::
                         point), KL weight, collapse diagnostics
     evaluation.json     held-out ELBO, IWAE log p(x) with K samples, reconstruction error
     elbo.png, reconstructions.png, samples.png
+    tensorboard/        event files, with ``tensorboard = true`` (``--tensorboard``)
     scores.json         sample quality (written by ``score_run``, ``pyrovae score``)
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -38,6 +40,8 @@ from pyrovae.inference.training import (
 )
 from pyrovae.inference.training.checkpoint import load_checkpoint, save_checkpoint
 from pyrovae.inference.training.trainer import refuse_overwrite, steps_per_epoch
+from pyrovae.progress import enabled as progress_enabled
+from pyrovae.tensorboard import TensorBoardLogger, require_tensorboard
 from pyrovae.variants import VAE, VARIANTS, build_variant
 
 __all__ = [
@@ -46,6 +50,7 @@ __all__ = [
     "load_data",
     "load_run",
     "make_step",
+    "make_tensorboard",
     "make_trainer",
     "resolve_classes",
     "resolve_device",
@@ -163,6 +168,26 @@ def make_trainer(vae: VAE, data: Dataset, config: Config) -> Trainer:
     )
 
 
+def make_tensorboard(
+    vae: VAE, data: Dataset, config: Config, workdir: str | os.PathLike | None
+) -> TensorBoardLogger | None:
+    """The TensorBoard callback of a run with ``tensorboard = true`` (``None`` without):
+    it writes ``workdir/tensorboard/``, with image grids every ``tensorboard_every`` epochs
+    of the first 16 held-out items' reconstructions and of prior samples."""
+    run = config.run
+    if not run["tensorboard"]:
+        return None
+    if workdir is None:
+        raise ConfigError("--tensorboard writes RUN/tensorboard: train with a run folder")
+    return TensorBoardLogger(
+        Path(workdir) / "tensorboard",
+        data.test[:16],
+        data.test_labels[:16] if vae.requires_y else None,
+        image_every=run["tensorboard_every"],
+        seed=run["seed"],
+    )
+
+
 def train(
     vae: VAE,
     data: Dataset,
@@ -177,11 +202,13 @@ def train(
     epochs); with ``workdir``, checkpoint after every epoch (and ``resume`` from there).
     Returns the per-epoch rows of :meth:`pyrovae.inference.training.Trainer.fit`.
 
-    Everything is checked (the resume, the data, one evaluation of the step's losses)
-    before anything is written; then, with ``write_config``, ``workdir/config.toml``.
+    Everything is checked (the resume, the data, one evaluation of the step's losses, the
+    tensorboard package for ``tensorboard = true``) before anything is written; then, with
+    ``write_config``, ``workdir/config.toml``.
     """
     saved = {**config.to_dict(), "model": model_section(vae)}
-    with elbo_context(config.objective["elbo"]["name"]):
+    board = make_tensorboard(vae, data, config, workdir)
+    with elbo_context(config.objective["elbo"]["name"]), board or contextlib.nullcontext():
         trainer = make_trainer(vae, data, config)
         if resume and workdir is not None:
             check_resumable(Path(workdir), saved)
@@ -190,7 +217,13 @@ def train(
             Path(workdir).mkdir(parents=True, exist_ok=True)
             save_config(config, Path(workdir) / "config.toml")
         history = trainer.fit(
-            data, workdir, resume=resume, progress=progress, config=saved, check=False
+            data,
+            workdir,
+            resume=resume,
+            progress=progress,
+            config=saved,
+            check=False,
+            callbacks=[board] if board is not None else [],
         )
     if vae.finish_training(data) and workdir is not None:
         # what was fitted after the epochs (a prior over codes) joins the checkpoint; the
@@ -255,12 +288,17 @@ def fit(
     Seeds everything with the run's seed, loads the data, builds the variant, trains it
     (resuming from ``workdir`` when ``resume``), then evaluates on the held-out data
     with ``num_eval_samples`` importance samples and saves figures.
+
+    ``progress`` shows the training's bar (``None``: on a terminal) and, unless it is
+    ``False``, the final evaluation's bar on a terminal (:mod:`pyrovae.progress`).
     """
     workdir = Path(workdir)
     if workdir.exists() and not workdir.is_dir():
         raise ConfigError(f"--workdir {workdir} is a file; give a folder for the run")
     if not resume:
         refuse_overwrite(workdir)
+    if config.run["tensorboard"]:
+        require_tensorboard()  # before loading the data; nothing is written yet
     # absolute data paths, so evaluate and --resume find the same files from anywhere
     paths = {k: str(Path(v).resolve()) for k in ("data", "data_dir") if (v := config.data[k])}
     config = config.replace(**paths)
@@ -274,12 +312,13 @@ def fit(
     vae = build_variant(config.model, data.shape, seed=run["seed"]).to(device)
     # a refused run leaves the folder as it was: train writes only after its checks
     history = train(vae, data, config, workdir, resume=resume, progress=progress, write_config=True)
-    evaluation = vae.evaluate_heldout(
-        data.test,
-        num_samples=run["num_eval_samples"],
-        batch_size=run["eval_batch_size"],
-        y=data.test_labels if vae.requires_y else None,
-    )
+    with progress_enabled(progress is not False):
+        evaluation = vae.evaluate_heldout(
+            data.test,
+            num_samples=run["num_eval_samples"],
+            batch_size=run["eval_batch_size"],
+            y=data.test_labels if vae.requires_y else None,
+        )
     evaluation.update(vae.metrics(data.test, data.test_labels))
     (workdir / "evaluation.json").write_text(json.dumps(evaluation, indent=2) + "\n")
     if "log_likelihood" in evaluation:

@@ -3,7 +3,8 @@
 A thin layer over the library: it parses flags into a :class:`~pyrovae.config.Config`
 (explicit flags override ``--config FILE``), calls :func:`pyrovae.fit` and friends,
 and turns every :class:`~pyrovae.errors.PyroVAEError` into one message on stderr and
-exit status 2.
+exit status 2. Every command takes ``-q`` (log warnings only) and ``--no-progress`` (no
+progress bars; they show only when stderr is a terminal anyway, see :mod:`pyrovae.progress`).
 
 Subcommands live in :mod:`~pyrovae.cli.training` (train, evaluate, sample, score),
 :mod:`~pyrovae.cli.inspection` (inspect, graph, latent) and
@@ -19,6 +20,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from pyrovae import progress
 from pyrovae.cli import applications, inspection, training
 from pyrovae.errors import PyroVAEError
 from pyrovae.registry import closest
@@ -39,6 +41,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    common.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="hide the progress bars (they show only when stderr is a terminal)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for group in GROUPS:
         group.add_parsers(sub, common)
@@ -73,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         from tqdm.contrib.logging import logging_redirect_tqdm
 
-        with logging_redirect_tqdm():
+        with logging_redirect_tqdm(), progress.enabled(not args.no_progress):
             return COMMANDS[args.command](args)
     except PyroVAEError as e:
         print(f"pyrovae {args.command}: error: {e}", file=sys.stderr)

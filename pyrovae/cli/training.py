@@ -91,7 +91,6 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     train.add_argument(
         "--resume", action="store_true", help="continue the run in --workdir where it stopped"
     )
-    train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     _add_config_flags(train)
 
     evaluate = run_parser(

@@ -96,7 +96,7 @@ def anomaly_scores(
     chunk = chunk_size(batch_size, num_samples * math.prod(x.shape[1:]))
     parts: dict[str, list[torch.Tensor]] = {name: [] for name in SCORES}
     with eval_mode(vae):
-        for xb, yb in batches(x, chunk, y):
+        for xb, yb in batches(x, chunk, y, desc="anomaly scores"):
             weights = importance_weights(vae, xb, num_samples, yb)
             log_w = weights.log_weight
             parts["neg-elbo"].append(-log_w.mean(0))

@@ -48,6 +48,7 @@ import torch
 from pyrovae.errors import ConfigError, DataError
 from pyrovae.inference.evaluation import chunk_size, eval_mode, importance_weights
 from pyrovae.inference.sites import require, require_single_latent
+from pyrovae.progress import progress_bar
 from pyrovae.registry import Registry
 
 if TYPE_CHECKING:
@@ -172,7 +173,7 @@ def inpaint(
     fill = torch.as_tensor(fill, dtype=x.dtype, device=x.device).expand_as(x)
     chunk = chunk_size(batch_size, num_samples * math.prod(x.shape[1:]))
     completed = []
-    with eval_mode(vae):
+    with eval_mode(vae), progress_bar(total=len(x), desc="inpainting", unit="item") as bar:
         for start in range(0, len(x), chunk):
             xb, mb = x[start : start + chunk], mask[start : start + chunk]
             current = torch.where(mb, xb, fill[start : start + chunk])
@@ -183,6 +184,7 @@ def inpaint(
                 weights = torch.softmax(log_w, dim=0).reshape(*log_w.shape, *[1] * (x.dim() - 1))
                 current = torch.where(mb, xb, (weights * w.mean).sum(0))
             completed.append(current)
+            bar.update(len(xb))
     return torch.cat(completed)
 
 

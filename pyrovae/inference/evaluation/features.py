@@ -52,6 +52,7 @@ from torch import nn
 from pyrovae.data import Dataset
 from pyrovae.errors import ConfigError, DataError
 from pyrovae.inference.evaluation.weights import eval_mode
+from pyrovae.progress import progress_bar
 
 __all__ = [
     "CACHE_FORMAT",
@@ -254,7 +255,8 @@ def train_classifier(
     with batches from
     :meth:`Dataset.cycle <pyrovae.data.Dataset.cycle>` (fresh Bernoulli draws for
     ``binarize="dynamic"``, as the VAE sees them). The weights and the order come from
-    ``settings.seed``; the global random state is left as it was.
+    ``settings.seed``; the global random state is left as it was. A progress bar counts
+    the steps (:mod:`pyrovae.progress`).
 
     Raises
     ------
@@ -276,7 +278,7 @@ def train_classifier(
         optimizer = torch.optim.Adam(network.parameters(), lr=settings.learning_rate)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, settings.num_steps)
         network.train()
-        for _ in range(settings.num_steps):
+        for _ in progress_bar(range(settings.num_steps), desc="feature classifier", unit="step"):
             x, y = next(batches)
             loss = nn.functional.cross_entropy(network(x), y)
             optimizer.zero_grad()

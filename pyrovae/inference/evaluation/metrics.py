@@ -50,12 +50,13 @@ def iwae_log_likelihood(
     y: torch.Tensor | None = None,
 ) -> torch.Tensor:
     r"""Per-item IWAE estimate :math:`\mathcal{L}_K(x)` of :math:`\log p(x)` in nats
-    (of :math:`\log p(x \mid y)` for a conditional VAE given labels ``y``)."""
+    (of :math:`\log p(x \mid y)` for a conditional VAE given labels ``y``); a progress bar
+    as in :func:`evaluate`."""
     with eval_mode(vae):
         return torch.cat(
             [
                 log_mean_exp(log_weights(vae, xb, num_samples, yb))
-                for xb, yb in batches(x, batch_size, y)
+                for xb, yb in batches(x, batch_size, y, desc=f"IWAE log p(x), K={num_samples}")
             ]
         )
 
@@ -89,10 +90,12 @@ def evaluate(
     Returns ``elbo`` (mean over the same ``K`` samples), ``log_likelihood`` (IWAE
     with ``K`` samples), ``kl_gap`` (their difference, an upper bound on the mean
     KL(q(z|x) || p(z|x)) up to Monte Carlo error) and ``reconstruction_mse``.
+
+    Inside a :func:`pyrovae.progress.enabled` block, a bar on a terminal counts the items.
     """
     elbos, log_px = [], []
     with eval_mode(vae):
-        for xb, yb in batches(x, batch_size, y):
+        for xb, yb in batches(x, batch_size, y, desc=f"IWAE log p(x), K={num_samples}"):
             lw = log_weights(vae, xb, num_samples, yb)
             elbos.append(lw.mean(0))
             log_px.append(log_mean_exp(lw))

@@ -75,6 +75,7 @@ from pyrovae.inference.evaluation.features import (
     is_image,
 )
 from pyrovae.inference.evaluation.weights import batches, chunk_size, eval_mode
+from pyrovae.progress import progress_bar
 
 if TYPE_CHECKING:
     from pyrovae.variants import VAE
@@ -348,7 +349,9 @@ def score(
     :math:`E[x \mid z]`, :math:`z \sim p(z)`, as :meth:`VAE.sample` returns them (a variant
     that needs labels draws the classes in turn), and **reconstructions** of the held-out
     items, :math:`E[x \mid z = \mu_\phi(x)]` (given their labels when the variant takes
-    them). Everything runs in eval mode, without gradients, in batches.
+    them). Everything runs in eval mode, without gradients, in batches; inside a
+    :func:`pyrovae.progress.enabled` block, bars on a terminal count the classifier's
+    training steps and the items of each pass.
 
     Parameters
     ----------
@@ -419,24 +422,28 @@ def score(
     with eval_mode(vae), torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         labels = data.test_labels if vae.requires_y else None
-        for xb, yb in batches(test, batch_size, labels):
+        for xb, yb in batches(test, batch_size, labels, desc="held-out and reconstructions"):
             xb = xb.to(device)
             real.add(xb)
             xr = vae.reconstruct(xb) if yb is None else vae.reconstruct(xb, y=yb.to(device))
             recon.add(xr)
             squared_errors.append((xr - xb).pow(2).flatten(1).mean(1))
-        for start in range(0, num_samples, batch_size):
-            size = min(batch_size, num_samples - start)
-            if vae.needs_labels:  # the classes in turn, continued across batches
-                y = torch.arange(start, start + size, device=device) % vae.num_classes
-                fake.add(vae.sample(size, y=y))
-            else:
-                fake.add(vae.sample(size))
+        with progress_bar(total=num_samples, desc="prior samples", unit="item") as bar:
+            for start in range(0, num_samples, batch_size):
+                size = min(batch_size, num_samples - start)
+                if vae.needs_labels:  # the classes in turn, continued across batches
+                    y = torch.arange(start, start + size, device=device) % vae.num_classes
+                    fake.add(vae.sample(size, y=y))
+                else:
+                    fake.add(vae.sample(size))
+                bar.update(size)
         generator = torch.Generator(device=data.train.device).manual_seed(seed)
         subset = torch.randperm(len(data.train), generator=generator, device=data.train.device)
         subset = subset[: len(test)]
-        for xb in data.batches("train", batch_size, indices=subset, generator=generator):
-            train.add(xb.to(device))
+        with progress_bar(total=len(subset), desc="training items", unit="item") as bar:
+            for xb in data.batches("train", batch_size, indices=subset, generator=generator):
+                train.add(xb.to(device))
+                bar.update(len(xb))
     real_features = real.all_features()
     manifold = manifold_scores(real_features, fake.all_features(), k)
     return {

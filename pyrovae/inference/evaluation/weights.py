@@ -36,6 +36,7 @@ from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import site_is_subsample
 
 from pyrovae.inference.sites import require
+from pyrovae.progress import progress_bar
 
 __all__ = [
     "CHUNK_ELEMENTS",
@@ -78,12 +79,28 @@ def log_mean_exp(log_w: torch.Tensor, dim: int = 0) -> torch.Tensor:
 
 
 def batches(
-    x: torch.Tensor, batch_size: int, y: torch.Tensor | None = None
+    x: torch.Tensor,
+    batch_size: int,
+    y: torch.Tensor | None = None,
+    *,
+    desc: str | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
-    """``(x, y)`` slices of ``batch_size`` items (``y`` slices are ``None`` without labels)."""
-    for start in range(0, len(x), batch_size):
-        end = start + batch_size
-        yield x[start:end], None if y is None else y[start:end]
+    """``(x, y)`` slices of ``batch_size`` items (``y`` slices are ``None`` without labels).
+
+    With ``desc``, a progress bar labelled ``desc`` counts the items
+    (:func:`pyrovae.progress.progress_bar`: shown only inside a
+    :func:`pyrovae.progress.enabled` block, on a terminal).
+    """
+    bar = progress_bar(total=len(x), desc=desc, unit="item") if desc is not None else None
+    try:
+        for start in range(0, len(x), batch_size):
+            end = start + batch_size
+            yield x[start:end], None if y is None else y[start:end]
+            if bar is not None:
+                bar.update(min(end, len(x)) - start)
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 @dataclass(frozen=True)

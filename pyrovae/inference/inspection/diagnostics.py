@@ -68,14 +68,15 @@ __all__ = [
 
 @torch.no_grad()
 def encode_all(
-    vae: VAE, x: torch.Tensor, batch_size: int = 500
+    vae: VAE, x: torch.Tensor, batch_size: int = 500, *, desc: str | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Posterior means and log-variances of ``q(z | x)`` for every item, shape ``(N, D)``
-    (a model with one latent site; :func:`site_codes` for several)."""
+    (a model with one latent site; :func:`site_codes` for several). With ``desc``, a
+    progress bar of that label counts the items (:func:`batches`)."""
     require(vae, "posterior", "encoding q(z | x)")
     require_single_latent(vae, "encode_all")
     with eval_mode(vae):
-        pairs = [vae.encode(xb) for xb, _ in batches(x, batch_size)]
+        pairs = [vae.encode(xb) for xb, _ in batches(x, batch_size, desc=desc)]
     return torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
 
 

@@ -58,6 +58,7 @@ from pyrovae.inference.evaluation import importance_weights, log_mean_exp
 from pyrovae.inference.inspection.mcmc import frozen
 from pyrovae.inference.sites import require, require_single_latent
 from pyrovae.inference.training.objectives import make_elbo
+from pyrovae.progress import progress_bar
 
 if TYPE_CHECKING:
     from pyrovae.variants import VAE
@@ -101,7 +102,7 @@ def optimize_local_guide(
     optimizer = torch.optim.Adam(guide.parameters(), lr=learning_rate)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=num_steps)
     with frozen(vae):
-        for step in range(num_steps):
+        for step in progress_bar(range(num_steps), desc="per-item guides", unit="step"):
             optimizer.zero_grad()
             loss = loss_fn(x)
             loss.backward()

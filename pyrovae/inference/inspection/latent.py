@@ -95,14 +95,15 @@ def encode_dataset(vae: VAE, data: Dataset, batch_size: int = 500) -> dict[str, 
 
     Returns a dict of NumPy arrays: ``train_loc``, ``train_log_var``, ``test_loc``,
     ``test_log_var`` (each ``(N, latent_dim)``) and, when the data set has labels,
-    ``train_labels`` and ``test_labels``.
+    ``train_labels`` and ``test_labels``. Inside a :func:`pyrovae.progress.enabled` block,
+    a bar on a terminal counts the items of each split.
     """
     require(vae, "posterior", "encoding a data set")
     require_single_latent(vae, "encoding a data set")
     codes: dict[str, np.ndarray] = {}
     for split in ("train", "test"):
         x = getattr(data, split)
-        loc, log_var = encode_all(vae, x.to(vae.device), batch_size)
+        loc, log_var = encode_all(vae, x.to(vae.device), batch_size, desc=f"encoding {split}")
         codes[f"{split}_loc"] = loc.cpu().numpy()
         codes[f"{split}_log_var"] = log_var.cpu().numpy()
         labels = getattr(data, f"{split}_labels")

@@ -41,6 +41,7 @@ from pyrovae.errors import ConfigError
 from pyrovae.inference.evaluation import eval_mode
 from pyrovae.inference.inspection.posterior import coords_and_dims, import_arviz
 from pyrovae.inference.sites import latent_sites, require, require_single_latent
+from pyrovae.progress import active as progress_active
 
 if TYPE_CHECKING:
     import arviz
@@ -76,7 +77,7 @@ def nuts_posterior(
     items: Sequence[int] | None = None,
     target_accept_prob: float = 0.8,
     max_tree_depth: int = 10,
-    progress: bool = False,
+    progress: bool | None = None,
 ) -> arviz.InferenceData:
     r"""Sample :math:`p_\theta(z \mid x)` with NUTS; return ``InferenceData``.
 
@@ -94,8 +95,9 @@ def nuts_posterior(
         Coordinates of the ``item`` dimension, as in :func:`posterior_draws`.
     target_accept_prob, max_tree_depth : float, int
         NUTS settings (Pyro's defaults).
-    progress : bool
-        Show Pyro's progress bar.
+    progress : bool, optional
+        Show Pyro's progress bar of each chain; ``None``: as :mod:`pyrovae.progress` says
+        (inside a :func:`~pyrovae.progress.enabled` block, on a terminal).
 
     Returns
     -------
@@ -120,6 +122,7 @@ def nuts_posterior(
     (site,) = latent_sites(vae)
     coords, dims = coords_and_dims(vae, x, items, {site: vae.latent_dim})
     draws, diverging, step_sizes = [], [], []
+    show = progress_active() if progress is None else progress
     with frozen(vae):
         for chain in range(num_chains):
             kernel = NUTS(
@@ -134,7 +137,7 @@ def nuts_posterior(
                 num_samples=num_samples,
                 warmup_steps=num_warmup,
                 num_chains=1,
-                disable_progbar=not progress,
+                disable_progbar=not show,
             )
             mcmc.run(x)
             z = mcmc.get_samples()[site]

@@ -27,13 +27,12 @@ import logging
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyro
 import torch
-from tqdm.auto import tqdm
 
 from pyrovae.errors import CheckpointError, ConfigError, PyroVAEError
 from pyrovae.inference.training.checkpoint import (
@@ -45,13 +44,25 @@ from pyrovae.inference.training.checkpoint import (
 )
 from pyrovae.inference.training.schedules import ConstantSchedule, Schedule
 from pyrovae.inference.training.step import TrainingStep
+from pyrovae.progress import enabled as progress_enabled
+from pyrovae.progress import progress_bar
 from pyrovae.registry import closest
 
 if TYPE_CHECKING:
+    from tqdm import tqdm
+
     from pyrovae.data import Dataset
     from pyrovae.variants import VAE
 
-__all__ = ["COLLAPSE_KL", "COLLAPSE_PATIENCE", "Trainer", "refuse_overwrite", "steps_per_epoch"]
+__all__ = [
+    "COLLAPSE_KL",
+    "COLLAPSE_PATIENCE",
+    "POSTFIX_EVERY",
+    "EpochCallback",
+    "Trainer",
+    "refuse_overwrite",
+    "steps_per_epoch",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +73,14 @@ COLLAPSE_KL = 0.1
 #: consecutive collapsed-looking epochs before the warning: at least this many, and a
 #: tenth of the run (a fresh model starts near the prior); a run's last epoch warns sooner
 COLLAPSE_PATIENCE = 3
+
+#: steps between updates of the progress bar's running objective (reading it waits for
+#: the device, so not every step)
+POSTFIX_EVERY = 10
+
+#: called after every epoch, once its row is recorded and checkpointed, as
+#: ``callback(trainer, row)`` (e.g. a TensorBoard writer)
+EpochCallback = Callable[["Trainer", dict[str, Any]], None]
 
 
 class Trainer:
@@ -133,6 +152,8 @@ class Trainer:
         self.time_limit = time_limit
         self.step_count = 0
         self.epoch_stats: dict[str, Any] = {}
+        # what the progress bar shows after its counts: epoch, running objective, held-out
+        self._bar_fields: dict[str, str] = {}
 
     def site_weights(self, beta: float) -> float | dict[str, float]:
         """The KL weight ``beta`` of a step as the model takes it: one number, or one per
@@ -156,7 +177,7 @@ class Trainer:
         with pyro.validation_enabled(True):
             self.step.check(_to_device(first, self.vae.device), num_data=num_data, beta=beta)
 
-    def epoch(self, data: Dataset) -> float:
+    def epoch(self, data: Dataset, bar: tqdm | None = None) -> float:
         """One pass over shuffled training minibatches; returns the mean objective per point.
 
         A last batch smaller than ``batch_size`` is dropped (the JIT's traced graph
@@ -164,7 +185,11 @@ class Trainer:
         Step ``t`` uses the KL weight ``schedule(t)``. The returned value is the
         training objective (the ELBO with :math:`\beta_t`, or the IWAE, free-bits,
         InfoVAE objective); :attr:`epoch_stats` has the true ELBO next to it.
+
+        ``bar`` (a tqdm bar over the run's steps) advances by one per step and shows the
+        epoch's running mean objective every :data:`POSTFIX_EVERY` steps.
         """
+        show = bar is not None and not bar.disable
         self.vae.train()
         num_data = self.vae.training_size(data)
         totals: dict[str, torch.Tensor] = {}
@@ -187,6 +212,12 @@ class Trainer:
                     totals[key] = value.clone()
             betas.append(beta)
             self.step_count += 1
+            if bar is not None:
+                bar.update(1)
+                if show and len(betas) % POSTFIX_EVERY == 0:
+                    running = -totals["loss"].item() / (len(betas) * num_data)
+                    self._bar_fields["objective"] = f"{running:.2f}"
+                    bar.set_postfix(self._bar_fields, refresh=False)
         steps = len(betas)
         objective = -totals["loss"].item() / (steps * num_data)
         self.epoch_stats = {
@@ -211,6 +242,7 @@ class Trainer:
         progress: bool | None = None,
         config: Mapping[str, Any] | None = None,
         check: bool = True,
+        callbacks: Sequence[EpochCallback] = (),
     ) -> list[dict[str, Any]]:
         """Train for ``num_epochs`` epochs (from where a resumed run stopped).
 
@@ -226,12 +258,17 @@ class Trainer:
             random number generator states and metrics are restored, so the run continues
             exactly as if it had not stopped.
         progress : bool, optional
-            Show a tqdm bar; ``None`` shows it only on a terminal.
+            Show a tqdm bar over the run's steps (steps/s, and the epoch, the epoch's
+            running mean objective and the last held-out ELBO); ``None`` shows it only on
+            a terminal. The per-epoch evaluation shows no bar of its own.
         config : mapping, optional
             The run's configuration as plain data, stored in the checkpoint.
         check : bool
             Validate the data and one loss evaluation first (:meth:`check`); the run
             layer does it itself before it writes anything.
+        callbacks : sequence of callables
+            Each is called as ``callback(trainer, row)`` after every epoch, once the row
+            is in the history (and checkpointed, with ``workdir``).
 
         Returns
         -------
@@ -265,13 +302,15 @@ class Trainer:
         self.step_count = start * steps  # the schedule continues where the run stopped
         collapsed_for = 0  # epochs in a row that looked collapsed
         patience = max(COLLAPSE_PATIENCE, self.num_epochs // 10)
-        bar = tqdm(
+        bar = progress_bar(
             total=self.num_epochs * steps,
             initial=start * steps,
             unit="step",
-            disable=None if progress is None else not progress,
             desc="SVI",
+            leave=True,
+            disable=None if progress is None else not progress,
         )
+        self._bar_fields = {}
         for epoch in range(start, self.num_epochs):
             spent = sum(r["seconds"] for r in history)
             if self.time_limit is not None and spent > self.time_limit:
@@ -285,28 +324,27 @@ class Trainer:
                 )
                 break
             begin = time.perf_counter()
-            train_objective = self.epoch(data)
+            self._bar_fields["epoch"] = f"{epoch + 1}/{self.num_epochs}"
+            train_objective = self.epoch(data, bar)
             if not math.isfinite(train_objective):
                 raise PyroVAEError(
                     f"the ELBO became {train_objective} in epoch {epoch + 1}; lower "
                     "--learning-rate or set --clip-norm"
                 )
-            row = {
-                "epoch": epoch + 1,
-                **self.epoch_stats,
-                **vae.evaluate_epoch(
+            with progress_enabled(False):  # a quick evaluation: the training bar is enough
+                evaluation = vae.evaluate_epoch(
                     data, batch_size=self.eval_batch_size, probe_items=self.diagnostic_items
-                ),
-            }
+                )
+            row = {"epoch": epoch + 1, **self.epoch_stats, **evaluation}
             if "kl" in row:
                 last = epoch + 1 == self.num_epochs
                 collapsed_for = _warn_if_collapsed(row, epoch + 1, collapsed_for, last, patience)
             row["seconds"] = time.perf_counter() - begin
             history.append(row)
-            bar.update(steps)
             # a variant may evaluate nothing per epoch: the held-out ELBO is shown when there
             heldout = f"{row['test_elbo']:.2f}" if "test_elbo" in row else "-"
-            bar.set_postfix(epoch=row["epoch"], train=f"{train_objective:.2f}", test=heldout)
+            self._bar_fields.update(objective=f"{train_objective:.2f}", test=heldout)
+            bar.set_postfix(self._bar_fields)
             # every epoch is in metrics.jsonl and on the progress bar; log about ten of them
             every = max(1, self.num_epochs // 10)
             level = logging.INFO if (epoch + 1) % every == 0 or epoch == start else logging.DEBUG
@@ -332,6 +370,8 @@ class Trainer:
                     checkpoint,
                 )
                 _write_metrics(history, workdir / "metrics.jsonl")
+            for callback in callbacks:
+                callback(self, row)
         bar.close()
         return history
 
