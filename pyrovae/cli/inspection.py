@@ -194,7 +194,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         posterior_summary,
         save_inference_data,
     )
-    from pyrovae.inference.sites import latent_sites, require_single_latent
+    from pyrovae.inference.sites import latent_sites, require, require_single_latent
     from pyrovae.run import load_data, load_run, save_figure
 
     matplotlib.use("Agg")
@@ -213,6 +213,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         raise ConfigError("; ".join(bad))
     vae, config, _ = load_run(args.run, args.device)
     _refuse_labelled(vae, config, "inspect", "needs_labels")
+    require(vae, "posterior", "posterior inspection")  # before the output folder is made
     several = len(latent_sites(vae)) > 1
     if several and (args.nuts or args.gaps or args.dims is not None):
         # the export has one variable per site; the figures, NUTS and the gaps read one
@@ -332,6 +333,7 @@ def _cmd_latent(args: argparse.Namespace) -> int:
 
     from pyrovae import plots
     from pyrovae.inference.inspection.latent import embed, encode_dataset, latent_report, save_codes
+    from pyrovae.inference.sites import require
     from pyrovae.run import load_data, load_run, save_figure
 
     matplotlib.use("Agg")
@@ -340,6 +342,7 @@ def _cmd_latent(args: argparse.Namespace) -> int:
         raise ConfigError("--max-points and --probe-max-train must be >= 2, --batch-size >= 1")
     vae, config, _ = load_run(args.run, args.device)
     _refuse_labelled(vae, config, "latent", "requires_y")
+    require(vae, "posterior", "encoding a data set")  # before the output folder is made
     data = load_data(config, vae.device)
     out = _output_folder(args, "latent")
     pyro.set_rng_seed(args.seed)  # the mutual information estimate draws z ~ q(z|x)
