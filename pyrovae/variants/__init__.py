@@ -7,6 +7,9 @@
   :math:`q(y \\mid x)\\,q(z \\mid x, y)` (Kingma et al. 2014).
 - ``hvae``: :class:`HierarchicalVAE`, :math:`p(z_2)\\,p(z_1 \\mid z_2)\\,p(x \\mid z_1)` with
   :math:`q(z_2 \\mid x)\\,q(z_1 \\mid x, z_2)` (Tomczak & Welling 2018).
+- ``vqvae``: :class:`VQVAE`, :math:`p(k)\\,p(x \\mid e_k)` over a grid of discrete codes
+  :math:`k` with the point-mass guide :math:`q(k \\mid x)` at the nearest codebook vectors
+  (van den Oord et al. 2017).
 
 A variant module holds the variant's model, its guide and what its training step needs;
 its class subclasses :class:`VAE` and overrides what differs (``build`` for the networks,
@@ -23,8 +26,9 @@ from pyrovae.variants.cvae import ConditionalVAE
 from pyrovae.variants.hvae import HierarchicalVAE
 from pyrovae.variants.m2 import SemiSupervisedVAE
 from pyrovae.variants.vae import VAE
+from pyrovae.variants.vqvae import VQVAE
 
-__all__ = ["VAE", "VARIANTS", "ConditionalVAE", "SemiSupervisedVAE", "build_variant"]
+__all__ = ["VAE", "VARIANTS", "VQVAE", "ConditionalVAE", "SemiSupervisedVAE", "build_variant"]
 
 #: ``--model``: name -> VAE class
 VARIANTS: Registry[type[VAE]] = Registry("model")
@@ -32,6 +36,7 @@ VARIANTS.register("vae")(VAE)
 VARIANTS.register("cvae")(ConditionalVAE)
 VARIANTS.register("m2")(SemiSupervisedVAE)
 VARIANTS.register("hvae")(HierarchicalVAE)
+VARIANTS.register("vqvae")(VQVAE)
 
 
 def build_variant(section: Mapping[str, Any], event_shape: Sequence[int], seed: int = 0) -> VAE:
