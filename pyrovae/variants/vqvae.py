@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -580,14 +581,17 @@ class VQVAE(VAE):
         )
         with eval_mode(self), torch.no_grad():
             codes = torch.cat([self.encode(x.to(self.device)) for x in batches])
+        begin = time.perf_counter()
         self.model.prior.fit(codes, generator=torch.Generator(self.device).manual_seed(self.seed))
+        seconds = time.perf_counter() - begin
         heldout = self._heldout(data.test.to(self.device), 500)
         passes = getattr(self.model.prior, "passes", 0)
         logger.info(
-            "%s code prior%s: held-out log-likelihood of the codes %.3f nats per item "
-            "(uniform: %.3f)",
+            "%s code prior (%s%.1f s): held-out log-likelihood of the codes %.3f nats per "
+            "item (uniform: %.3f)",
             self.code_prior,
-            f" ({passes} passes)" if passes else "",
+            f"{passes} passes, " if passes else "",
+            seconds,
             heldout.log_prior / heldout.num_data,
             -self.num_positions * math.log(self.num_codes),
         )
