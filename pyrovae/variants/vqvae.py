@@ -76,6 +76,7 @@ from torch import nn
 
 from pyrovae.errors import ConfigError
 from pyrovae.guides.quantizer import VectorQuantizer, perplexity
+from pyrovae.inference.training.step import _is_one
 from pyrovae.model.base import LocalPyroModule, data_plate, kl_weight
 from pyrovae.model.likelihoods import Likelihood
 from pyrovae.model.priors.codes import CODE_PRIORS, CodePrior
@@ -244,10 +245,6 @@ class VQGuide(LocalPyroModule):
             with kl_weight(beta, "k"):
                 pyro.sample("k", dist.Delta(k, log_density, event_dim=1))
         return z_e
-
-
-def _is_one(beta: float | Mapping[str, float]) -> bool:
-    return all(b == 1.0 for b in beta.values()) if isinstance(beta, Mapping) else beta == 1.0
 
 
 class VQVAEStep:

@@ -226,8 +226,8 @@ class AutoregressiveCodePrior(CodePrior):
 
     def fit(self, codes: torch.Tensor, *, generator: torch.Generator) -> None:
         """Maximum likelihood on ``codes`` from fresh parameters (:meth:`reset_parameters`),
-        early-stopped on a held-out tenth of them (none with fewer than 10 codes, then
-        every pass is kept); the split and the minibatch order are drawn from
+        early-stopped on a held-out tenth of them (with fewer than 10 codes there is none,
+        and the last pass is kept); the split and the minibatch order are drawn from
         ``generator``."""
         self._check_codes(codes)
         self.reset_parameters(generator)
