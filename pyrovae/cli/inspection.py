@@ -213,6 +213,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         raise ConfigError("; ".join(bad))
     vae, config, _ = load_run(args.run, args.device)
     _refuse_labelled(vae, config, "inspect", "needs_labels")
+    require(vae, "posterior", "posterior inspection")  # before the output folder is made
     # refused before anything is drawn or written
     if args.nuts:
         require(vae, "likelihood", "NUTS on p(z | x)")
@@ -337,6 +338,7 @@ def _cmd_latent(args: argparse.Namespace) -> int:
 
     from pyrovae import plots
     from pyrovae.inference.inspection.latent import embed, encode_dataset, latent_report, save_codes
+    from pyrovae.inference.sites import require
     from pyrovae.run import load_data, load_run, save_figure
 
     matplotlib.use("Agg")
@@ -345,6 +347,7 @@ def _cmd_latent(args: argparse.Namespace) -> int:
         raise ConfigError("--max-points and --probe-max-train must be >= 2, --batch-size >= 1")
     vae, config, _ = load_run(args.run, args.device)
     _refuse_labelled(vae, config, "latent", "requires_y")
+    require(vae, "posterior", "encoding a data set")  # before the output folder is made
     data = load_data(config, vae.device)
     out = _output_folder(args, "latent")
     pyro.set_rng_seed(args.seed)  # the mutual information estimate draws z ~ q(z|x)

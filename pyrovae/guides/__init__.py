@@ -3,6 +3,8 @@
 ``GUIDES`` holds the registered guides: ``normal`` (diagonal Gaussian), ``lowrank``
 (low-rank-plus-diagonal Gaussian) and ``iaf`` (Gaussian followed by inverse
 autoregressive flow steps); :func:`make_guide` builds one with its encoder.
+:mod:`~pyrovae.guides.quantizer` holds the VQ-VAE's codebook and nearest-neighbour
+assignment (:class:`VectorQuantizer`).
 """
 
 from pyrovae.guides.amortized import GUIDES, AmortizedGuide, AmortizedNormalGuide, make_guide
@@ -10,6 +12,7 @@ from pyrovae.guides.encoders import ENCODERS, ConvEncoder, MLPEncoder, diagonal_
 from pyrovae.guides.flows import IAFGuide
 from pyrovae.guides.local import LocalNormalGuide
 from pyrovae.guides.lowrank import LowRankNormalGuide
+from pyrovae.guides.quantizer import VectorQuantizer, perplexity
 
 __all__ = [
     "ENCODERS",
@@ -21,6 +24,8 @@ __all__ = [
     "LocalNormalGuide",
     "LowRankNormalGuide",
     "MLPEncoder",
+    "VectorQuantizer",
     "diagonal_normal",
     "make_guide",
+    "perplexity",
 ]

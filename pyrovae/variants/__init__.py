@@ -10,6 +10,9 @@
 - ``vaegan``: :class:`VAEGAN`, :math:`p(z)\\,p(\\mathrm{Dis}_l(x) \\mid z)`, a likelihood on
   the features of a discriminator trained next to it, with :math:`q(z \\mid x)` (Larsen
   et al. 2016).
+- ``vqvae``: :class:`VQVAE`, :math:`p(k)\\,p(x \\mid e_k)` over a grid of discrete codes
+  :math:`k` with the point-mass guide :math:`q(k \\mid x)` at the nearest codebook vectors
+  (van den Oord et al. 2017).
 
 A variant module holds the variant's model, its guide and what its training step needs;
 its class subclasses :class:`VAE` and overrides what differs (``build`` for the networks,
@@ -27,8 +30,17 @@ from pyrovae.variants.hvae import HierarchicalVAE
 from pyrovae.variants.m2 import SemiSupervisedVAE
 from pyrovae.variants.vae import VAE
 from pyrovae.variants.vaegan import VAEGAN
+from pyrovae.variants.vqvae import VQVAE
 
-__all__ = ["VAE", "VAEGAN", "VARIANTS", "ConditionalVAE", "SemiSupervisedVAE", "build_variant"]
+__all__ = [
+    "VAE",
+    "VAEGAN",
+    "VARIANTS",
+    "VQVAE",
+    "ConditionalVAE",
+    "SemiSupervisedVAE",
+    "build_variant",
+]
 
 #: ``--model``: name -> VAE class
 VARIANTS: Registry[type[VAE]] = Registry("model")
@@ -37,6 +49,7 @@ VARIANTS.register("cvae")(ConditionalVAE)
 VARIANTS.register("m2")(SemiSupervisedVAE)
 VARIANTS.register("hvae")(HierarchicalVAE)
 VARIANTS.register("vaegan")(VAEGAN)
+VARIANTS.register("vqvae")(VQVAE)
 
 
 def build_variant(section: Mapping[str, Any], event_shape: Sequence[int], seed: int = 0) -> VAE:

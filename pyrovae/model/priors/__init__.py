@@ -5,6 +5,9 @@ r"""Priors :math:`p(z)` over the latent code: one module per prior, one ``PRIORS
 here: ``normal``, ``learned-normal`` and ``mixture``
 (:mod:`~pyrovae.model.priors.basic`), ``vamp`` (:mod:`~pyrovae.model.priors.vamp`)
 and ``flow`` (:mod:`~pyrovae.model.priors.flow`).
+
+:mod:`~pyrovae.model.priors.codes` holds the priors over grids of discrete codes that the
+VQ-VAE fits after training (``CODE_PRIORS``: ``categorical``, ``autoregressive``).
 """
 
 from pyrovae.model.priors.base import (
@@ -16,11 +19,21 @@ from pyrovae.model.priors.base import (
     make_prior,
 )
 from pyrovae.model.priors.basic import LearnedNormalPrior, MixturePrior, NormalPrior
+from pyrovae.model.priors.codes import (
+    CODE_PRIORS,
+    AutoregressiveCodePrior,
+    CategoricalCodePrior,
+    CodePrior,
+)
 from pyrovae.model.priors.flow import FlowPrior
 from pyrovae.model.priors.vamp import VampPrior
 
 __all__ = [
+    "CODE_PRIORS",
     "PRIORS",
+    "AutoregressiveCodePrior",
+    "CategoricalCodePrior",
+    "CodePrior",
     "DiagonalNormalMixture",
     "DistributionPrior",
     "FlowPrior",
