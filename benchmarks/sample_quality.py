@@ -44,12 +44,15 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
 from benchmarks.common import markdown_table, report
 
 #: row name -> (label, the row's own flags)
+CONV = ["--encoder", "conv", "--decoder", "conv"]
 ROWS: dict[str, tuple[str, list[str]]] = {
-    "vae-bernoulli": ("VAE, Bernoulli", ["--likelihood", "bernoulli"]),
-    "vae-cb": ("VAE, continuous Bernoulli", ["--likelihood", "continuous-bernoulli"]),
-    "vae-gaussian": ("VAE, Gaussian", ["--likelihood", "gaussian"]),
-    "vae-laplace": ("VAE, Laplace", ["--likelihood", "laplace"]),
-    "vaegan": ("VAE-GAN", ["--model", "vaegan"]),
+    "vae-bernoulli": ("VAE, Bernoulli", [*CONV, "--likelihood", "bernoulli"]),
+    "vae-cb": ("VAE, continuous Bernoulli", [*CONV, "--likelihood", "continuous-bernoulli"]),
+    "vae-gaussian": ("VAE, Gaussian", [*CONV, "--likelihood", "gaussian"]),
+    "vae-laplace": ("VAE, Laplace", [*CONV, "--likelihood", "laplace"]),
+    "vaegan": ("VAE-GAN", ["--model", "vaegan"]),  # conv networks by default
+    # its own conv encoder to a grid of codes (channels 32, 64) and decoder; --hidden sizes
+    # the autoregressive prior over codes, --latent-dim is the code dimension
     "vqvae": ("VQ-VAE + fitted prior", ["--model", "vqvae"]),
 }
 
@@ -69,10 +72,12 @@ HEADER = [
 ]
 
 
-def _run(argv: Sequence[str], threads: int) -> None:
-    """``python -m pyrovae ARGV`` in its own process with ``threads`` OpenMP threads."""
+def _run(argv: Sequence[str], threads: int, output: Path) -> None:
+    """``python -m pyrovae ARGV`` in its own process with ``threads`` OpenMP threads, its
+    standard output (the command's JSON) written to ``output``."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    subprocess.run([sys.executable, "-m", "pyrovae", *argv], check=True, env=env)
+    with output.open("w") as out:
+        subprocess.run([sys.executable, "-m", "pyrovae", *argv], check=True, env=env, stdout=out)
 
 
 def train_and_score(name: str, args: argparse.Namespace) -> None:
@@ -84,7 +89,7 @@ def train_and_score(name: str, args: argparse.Namespace) -> None:
     flags = ROWS[name][1]
     common = [
         "--dataset", args.dataset,
-        "--encoder", "conv", "--decoder", "conv", "--hidden", "256", "--latent-dim", "16",
+        "--hidden", "256", "--latent-dim", "16",
         "--batch-size", "64", "--learning-rate", "1e-3",
         "--num-epochs", str(args.max_epochs), "--time-limit", str(args.time_limit),
         "--num-eval-samples", str(args.num_eval_samples), "--diagnostic-items", "0",
@@ -94,13 +99,14 @@ def train_and_score(name: str, args: argparse.Namespace) -> None:
         common += ["--limit", str(args.limit)]
     if not (workdir / "evaluation.json").exists():
         train = ["--resume"] if (workdir / "checkpoint.pt").exists() else [*common, *flags]
-        _run(["train", "-q", "--no-progress", "--workdir", str(workdir), *train], args.num_threads)
+        argv = ["train", "-q", "--no-progress", "--workdir", str(workdir), *train]
+        _run(argv, args.num_threads, args.out / f"{name}.train.json")
     score = ["score", str(workdir), "-q", "--seed", str(args.seed)]
     if args.num_samples is not None:
         score += ["--num-samples", str(args.num_samples)]
     if args.cache_dir is not None:
         score += ["--cache-dir", str(args.cache_dir)]
-    _run(score, args.num_threads)
+    _run(score, args.num_threads, args.out / f"{name}.score.json")
 
 
 def table_row(name: str, out: Path) -> list[str]:
@@ -139,7 +145,8 @@ def samples_figure(names: Sequence[str], out: Path, seed: int) -> Path:
         pyro.set_rng_seed(seed)
         panels[ROWS[name][0]] = vae.sample(64)
     path = out / "samples.png"
-    plots.side_by_side(panels, title="samples from the prior").savefig(path, dpi=150)
+    figure = plots.side_by_side(panels, ncols=3, title="64 samples from the prior of each model")
+    figure.savefig(path, dpi=150)
     return path
 
 

@@ -72,18 +72,26 @@ def image_grid(
 
 
 def side_by_side(
-    panels: Mapping[str, torch.Tensor], *, nrow: int = 8, title: str | None = None
+    panels: Mapping[str, torch.Tensor],
+    *,
+    nrow: int = 8,
+    ncols: int | None = None,
+    title: str | None = None,
 ) -> Figure:
     """Grids of images next to each other, one per entry of ``panels`` (its key the panel's
-    title), e.g. the samples of several models."""
+    title), e.g. the samples of several models; ``ncols`` panels per row (default: all)."""
     from torchvision.utils import make_grid
 
     grids = [
         make_grid(as_images(images), nrow=nrow, padding=1, pad_value=1.0)
         for images in panels.values()
     ]
-    fig = Figure(figsize=(2.6 * len(grids), 3.0 if title else 2.8))
-    axes = fig.subplots(1, len(grids), squeeze=False)[0]
+    ncols = min(ncols or len(grids), len(grids))
+    nrows = math.ceil(len(grids) / ncols)
+    fig = Figure(figsize=(2.6 * ncols, 2.8 * nrows + (0.3 if title else 0.0)))
+    axes = fig.subplots(nrows, ncols, squeeze=False).flatten()
+    for ax in axes[len(grids) :]:
+        ax.axis("off")
     for ax, name, grid in zip(axes, panels, grids):
         ax.imshow(
             grid.permute(1, 2, 0).squeeze(-1).numpy(),
