@@ -116,9 +116,7 @@ class VAEModel(LocalPyroModule):
         are drawn from the likelihood (inpainting). Returns the decoder's output (the
         likelihood's parameters).
         """
-        size = len(x) if x is not None else (batch_size or 1)
-        device = x.device if x is not None else self.device
-        with data_plate(size, num_data, device):
+        with self.plate(x, num_data, batch_size):
             with kl_weight(beta):
                 z = pyro.sample("z", self.prior())
             params = self.decoder(z)
@@ -127,6 +125,15 @@ class VAEModel(LocalPyroModule):
         if mask is not None:
             self.observe_pixels(params, x, mask)
         return params
+
+    def plate(
+        self, x: torch.Tensor | None, num_data: int | None, batch_size: int | None
+    ) -> pyro.plate:
+        """The data plate of one call: the ``len(x)`` items of ``x`` on its device, or
+        ``batch_size`` new ones (default 1) on the model's, out of ``num_data``."""
+        if x is None:
+            return data_plate(batch_size or 1, num_data, self.device)
+        return data_plate(len(x), num_data, x.device)
 
     def observe(self, params: torch.Tensor, x: torch.Tensor | None) -> None:
         """The site ``x ~ p(x | params)`` of one item, its pixels an event."""

@@ -88,7 +88,7 @@ from torch import nn
 
 from pyrovae.errors import ConfigError
 from pyrovae.model import Likelihood, Prior
-from pyrovae.model.base import data_plate, kl_weight
+from pyrovae.model.base import kl_weight
 from pyrovae.networks import conv_feature_shape
 from pyrovae.variants.vae import VAE, VAEModel
 
@@ -271,10 +271,8 @@ class VAEGANModel(VAEModel):
         batch_size: int | None = None,
         beta: float = 1.0,
     ) -> torch.Tensor:
-        size = len(x) if x is not None else (batch_size or 1)
-        device = x.device if x is not None else self.device
         feature_dims = len(self.discriminator.feature_shape(self.feature_layer))
-        with data_plate(size, num_data, device):
+        with self.plate(x, num_data, batch_size):
             with kl_weight(beta):
                 z = pyro.sample("z", self.prior())
             params = self.decoder(z)

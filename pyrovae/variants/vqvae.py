@@ -187,9 +187,7 @@ class VQModel(VAEModel):
         beta: float = 1.0,
     ) -> torch.Tensor:
         """Run the generative story; with ``x=None`` draw ``batch_size`` new data points."""
-        size = len(x) if x is not None else (batch_size or 1)
-        device = x.device if x is not None else self.device
-        with data_plate(size, num_data, device):
+        with self.plate(x, num_data, batch_size):
             with kl_weight(beta, "k"):
                 k = pyro.sample("k", self.prior())
             params = self.decoder(self.quantizer.lookup(k))
