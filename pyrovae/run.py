@@ -11,6 +11,11 @@ A run folder holds::
     elbo.png, reconstructions.png, samples.png
     tensorboard/        event files, with ``tensorboard = true`` (``--tensorboard``)
     scores.json         sample quality (written by ``score_run``, ``pyrovae score``)
+
+Under ``torchrun`` every process runs :func:`fit` as one rank of a data-parallel run
+(:mod:`pyrovae.inference.training.distributed`): rank 0 alone writes the run folder, which
+every rank reads to ``--resume``, so on several machines it must be on a file system they
+share.
 """
 
 from __future__ import annotations
@@ -31,9 +36,11 @@ from pyrovae.config import Config, from_flat, is_flat, save_config
 from pyrovae.data import Dataset, load_dataset
 from pyrovae.errors import CheckpointError, ConfigError, DataError, PyroVAEError
 from pyrovae.inference import score
+from pyrovae.inference.sites import require
 from pyrovae.inference.training import (
     Trainer,
     TrainingStep,
+    distributed,
     elbo_context,
     make_elbo,
     make_schedule,
@@ -46,6 +53,7 @@ from pyrovae.variants import VAE, VARIANTS, build_variant
 
 __all__ = [
     "FitResult",
+    "evaluate_run",
     "fit",
     "load_data",
     "load_run",
@@ -151,7 +159,9 @@ def make_trainer(vae: VAE, data: Dataset, config: Config) -> Trainer:
         objective["kl_schedule"]["name"],
         config.options("objective", "kl_schedule"),
         beta=objective["beta"],
-        steps_per_epoch=steps_per_epoch(vae.training_size(data), batch_size),
+        steps_per_epoch=steps_per_epoch(
+            vae.training_size(data), batch_size, distributed.world_size()
+        ),
         num_epochs=optimization["num_epochs"],
     )
     return Trainer(
@@ -204,7 +214,9 @@ def train(
 
     Everything is checked (the resume, the data, one evaluation of the step's losses, the
     tensorboard package for ``tensorboard = true``) before anything is written; then, with
-    ``write_config``, ``workdir/config.toml``.
+    ``write_config``, ``workdir/config.toml``. In a data-parallel run rank 0 alone writes;
+    every rank trains and fits what the variant fits after its epochs, and rank 0's is
+    saved.
     """
     saved = {**config.to_dict(), "model": model_section(vae)}
     board = make_tensorboard(vae, data, config, workdir)
@@ -213,7 +225,7 @@ def train(
         if resume and workdir is not None:
             check_resumable(Path(workdir), saved)
         trainer.check(data, vae.training_size(data))
-        if write_config and workdir is not None:
+        if write_config and workdir is not None and distributed.is_main_process():
             Path(workdir).mkdir(parents=True, exist_ok=True)
             save_config(config, Path(workdir) / "config.toml")
         history = trainer.fit(
@@ -225,7 +237,8 @@ def train(
             check=False,
             callbacks=[board] if board is not None else [],
         )
-    if vae.finish_training(data) and workdir is not None:
+    fitted = vae.finish_training(data)
+    if fitted and workdir is not None and distributed.is_main_process():
         # what was fitted after the epochs (a prior over codes) joins the checkpoint; the
         # optimizers' and random states stay those of the last epoch, so --resume continues
         # the epochs exactly and fits it again
@@ -291,6 +304,13 @@ def fit(
 
     ``progress`` shows the training's bar (``None``: on a terminal) and, unless it is
     ``False``, the final evaluation's bar on a terminal (:mod:`pyrovae.progress`).
+
+    Under ``torchrun`` this is one rank of a data-parallel run: the process group lives
+    for the call (:func:`~pyrovae.inference.training.distributed.process_group`; a variant
+    that cannot train so is refused before it starts, on every rank alike), each rank
+    trains on its share of the data and evaluates its share of the held-out items, rank 0
+    writes the run folder, and every rank returns the same history and evaluation once
+    the folder is complete.
     """
     workdir = Path(workdir)
     if workdir.exists() and not workdir.is_dir():
@@ -299,37 +319,79 @@ def fit(
         refuse_overwrite(workdir)
     if config.run["tensorboard"]:
         require_tensorboard()  # before loading the data; nothing is written yet
+    if distributed.launched():
+        # before the process group starts: every rank refuses alike, none waits for another
+        variant = VARIANTS[config.model["variant"]["name"]]
+        require(variant, "distributed", "data-parallel training (torchrun)")
     # absolute data paths, so evaluate and --resume find the same files from anywhere
     paths = {k: str(Path(v).resolve()) for k in ("data", "data_dir") if (v := config.data[k])}
     config = config.replace(**paths)
+    with distributed.process_group(resolve_device(config.run["device"])) as device:
+        return _fit(config, workdir, device, resume=resume, progress=progress)
+
+
+def _fit(
+    config: Config,
+    workdir: Path,
+    device: torch.device,
+    *,
+    resume: bool,
+    progress: bool | None,
+) -> FitResult:
+    """:func:`fit` once the device (and under ``torchrun`` the process group) is set."""
     run = config.run
-    device = resolve_device(run["device"])
+    main = distributed.is_main_process()
     if run["num_threads"] is not None:
         torch.set_num_threads(run["num_threads"])
-    torch.manual_seed(run["seed"])
-    data = load_data(config, device)
+    torch.manual_seed(run["seed"])  # every rank builds the same initial VAE
+    # a download: rank 0 first, then the others read its files
+    first = distributed.main_process_first() if config.data["download"] else None
+    with first or contextlib.nullcontext():
+        data = load_data(config, device)
     config = resolve_classes(config, data)
     vae = build_variant(config.model, data.shape, seed=run["seed"]).to(device)
     # a refused run leaves the folder as it was: train writes only after its checks
     history = train(vae, data, config, workdir, resume=resume, progress=progress, write_config=True)
-    with progress_enabled(progress is not False):
+    with progress_enabled(progress is not False and main):
+        evaluation = evaluate_run(vae, data, config)
+    if main:
+        (workdir / "evaluation.json").write_text(json.dumps(evaluation, indent=2) + "\n")
+        if "log_likelihood" in evaluation:
+            logger.info(
+                "held-out: ELBO %.3f, log p(x) >= %.3f (IWAE, K=%d) nats per data point",
+                evaluation["elbo"],
+                evaluation["log_likelihood"],
+                run["num_eval_samples"],
+            )
+        write_figures(vae, data, history, workdir)
+    distributed.barrier()  # every rank returns once the run folder is complete
+    return FitResult(vae, data, history, evaluation, workdir)
+
+
+def evaluate_run(vae: VAE, data: Dataset, config: Config) -> dict[str, Any]:
+    """The run's final held-out summary (``evaluation.json``): the variant's
+    :meth:`~pyrovae.variants.VAE.evaluate_heldout` with ``num_eval_samples`` importance
+    samples and its :meth:`~pyrovae.variants.VAE.metrics`.
+
+    In a data-parallel run each rank evaluates its contiguous share of the held-out items
+    and the per-item means are combined exactly, ``num_data`` added up
+    (:func:`~pyrovae.inference.training.distributed.split_means`).
+    """
+    run = config.run
+
+    def heldout(part: slice) -> dict[str, Any]:
+        x = data.test[part]
+        y = None if data.test_labels is None else data.test_labels[part]
         evaluation = vae.evaluate_heldout(
-            data.test,
+            x,
             num_samples=run["num_eval_samples"],
             batch_size=run["eval_batch_size"],
-            y=data.test_labels if vae.requires_y else None,
+            y=y if vae.requires_y else None,
         )
-    evaluation.update(vae.metrics(data.test, data.test_labels))
-    (workdir / "evaluation.json").write_text(json.dumps(evaluation, indent=2) + "\n")
-    if "log_likelihood" in evaluation:
-        logger.info(
-            "held-out: ELBO %.3f, log p(x) >= %.3f (IWAE, K=%d) nats per data point",
-            evaluation["elbo"],
-            evaluation["log_likelihood"],
-            run["num_eval_samples"],
-        )
-    write_figures(vae, data, history, workdir)
-    return FitResult(vae, data, history, evaluation, workdir)
+        evaluation.update(vae.metrics(x, y))
+        return evaluation
+
+    return distributed.split_means(heldout, len(data.test))
 
 
 def write_figures(vae: VAE, data: Dataset, history: list[dict[str, Any]], workdir: Path) -> None:

@@ -24,6 +24,7 @@ import torch
 
 from pyrovae.errors import ConfigError
 from pyrovae.inference.evaluation.weights import eval_mode
+from pyrovae.inference.training.distributed import is_main_process
 
 if TYPE_CHECKING:
     from pyrovae.inference.training import Trainer
@@ -53,12 +54,6 @@ def tag(key: str) -> str:
         if key.startswith(prefix + "_"):
             return f"{prefix}/{key[len(prefix) + 1 :]}"
     return key
-
-
-def _is_main_process() -> bool:
-    """Rank 0 of a ``torch.distributed`` job, or a process outside one."""
-    dist = torch.distributed
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 class TensorBoardLogger:
@@ -110,7 +105,7 @@ class TensorBoardLogger:
 
     def __call__(self, trainer: Trainer, row: dict[str, Any]) -> None:
         """Write epoch ``row["epoch"]``: its scalars, KL histogram and (due) image grids."""
-        if not _is_main_process():
+        if not is_main_process():
             return
         epoch = row["epoch"]
         if self._writer is None:

@@ -10,6 +10,11 @@ Subcommands live in :mod:`~pyrovae.cli.training` (train, evaluate, sample, score
 :mod:`~pyrovae.cli.inspection` (inspect, graph, latent) and
 :mod:`~pyrovae.cli.applications` (augment, anomaly, interpolate, traverse, arithmetic,
 inpaint, denoise); each module has ``add_parsers(sub, common)`` and ``COMMANDS``.
+
+Under ``torchrun`` (``torchrun --nproc-per-node 4 -m pyrovae train ...``) every process runs
+the command; rank 0 prints and logs, the other ranks log errors only and show no bars. A
+refusal of the configuration, which every rank meets alike, is printed once, by rank 0;
+another error that a rank other than 0 meets is printed with its rank.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from collections.abc import Sequence
 
 from pyrovae import progress
 from pyrovae.cli import applications, inspection, training
-from pyrovae.errors import PyroVAEError
+from pyrovae.errors import ConfigError, PyroVAEError
+from pyrovae.inference.training.distributed import launched_rank
 from pyrovae.registry import closest
 
 __all__ = ["COMMANDS", "main"]
@@ -73,17 +79,22 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (2 for a user error, with one message)."""
     args = _parse(argv)
+    rank = launched_rank()  # 0 outside torchrun
+    if rank > 0:  # one rank speaks for a data-parallel run
+        args.no_progress = True
     if not logging.getLogger().handlers:
-        logging.basicConfig(
-            format="%(message)s", level=logging.WARNING if args.quiet else logging.INFO
-        )
+        level = logging.WARNING if args.quiet else logging.INFO
+        logging.basicConfig(format="%(message)s", level=level if rank == 0 else logging.ERROR)
     try:
         from tqdm.contrib.logging import logging_redirect_tqdm
 
         with logging_redirect_tqdm(), progress.enabled(not args.no_progress):
             return COMMANDS[args.command](args)
     except PyroVAEError as e:
-        print(f"pyrovae {args.command}: error: {e}", file=sys.stderr)
+        if rank == 0:
+            print(f"pyrovae {args.command}: error: {e}", file=sys.stderr)
+        elif not isinstance(e, ConfigError):  # a configuration is refused by every rank
+            print(f"pyrovae {args.command} [rank {rank}]: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"\npyrovae {args.command}: interrupted", file=sys.stderr)

@@ -182,6 +182,7 @@ def _config_from_args(args: argparse.Namespace) -> Config:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from pyrovae.inference.training.distributed import launched_rank
     from pyrovae.run import fit
 
     config = _config_from_args(args)
@@ -190,12 +191,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
             config, args.workdir, resume=args.resume, progress=False if args.no_progress else None
         )
     except KeyboardInterrupt:
-        print(
-            f"\ninterrupted; the last finished epoch is saved. Continue with:\n  pyrovae train "
-            f"--workdir {args.workdir} --resume",
-            file=sys.stderr,
-        )
+        if launched_rank() == 0:
+            print(
+                f"\ninterrupted; the last finished epoch is saved. Continue with:\n  pyrovae "
+                f"train --workdir {args.workdir} --resume",
+                file=sys.stderr,
+            )
         return 130
+    if launched_rank() > 0:  # rank 0 reports a data-parallel run
+        return 0
     last = result.history[-1] if result.history else {}
     print(
         json.dumps(

@@ -21,7 +21,7 @@ Modules, one concern each:
 """
 
 from pyrovae.data.binarization import BINARIZE
-from pyrovae.data.dataset import Dataset
+from pyrovae.data.dataset import Dataset, Shard
 from pyrovae.data.files import load_items
 from pyrovae.data.idx import read_idx
 from pyrovae.data.sources import (
@@ -40,6 +40,7 @@ __all__ = [
     "DEFAULT_DATA_DIR",
     "Dataset",
     "DatasetLoader",
+    "Shard",
     "load_dataset",
     "load_items",
     "read_idx",

@@ -10,6 +10,10 @@ Randomness. A pass over the data (its order, and its Bernoulli draws under
 else a fresh one seeded by a single draw from the global torch RNG (:meth:`Dataset.new_generator`).
 So the same seed gives the same batches however many random numbers the model draws between
 them, and a trainer that checkpoints the global RNG state resumes a run exactly.
+
+Data-parallel training. A pass of one process among several (:class:`Shard`) takes its share
+of an order that every process draws alike, from the shard's own seed; the generator then
+draws only that process's dynamic binarization.
 """
 
 from __future__ import annotations
@@ -25,13 +29,53 @@ from pyrovae.data.binarization import bernoulli, check_binarize, check_unit_inte
 from pyrovae.data.validation import validate_data, validate_labels
 from pyrovae.errors import ConfigError, DataError
 
-__all__ = ["SPLITS", "Batch", "Dataset", "split_indices"]
+__all__ = ["SPLITS", "Batch", "Dataset", "Shard", "split_indices"]
 
 #: The two tensors of a :class:`Dataset`.
 SPLITS = ("train", "test")
 
 #: What :meth:`Dataset.batches` yields: items ``x``, or ``(x, y)`` with ``labels=True``.
 Batch = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One process's share of a pass over the training items in data-parallel training.
+
+    Every rank draws the same order of the items, a permutation seeded by ``seed`` (the
+    identity without shuffling), cuts it to a multiple of ``world_size`` items, and takes
+    every ``world_size``-th item of it from the ``rank``-th on. So the ranks' batches ``k``
+    of ``B`` items are together batch ``k`` of a one-process pass over the same order with
+    ``world_size * B`` items, and every rank has as many items, hence as many batches.
+
+    Parameters
+    ----------
+    rank, world_size : int
+        This process's rank and the number of processes.
+    seed : int
+        Seeds the order shared by all ranks (not the training's random stream, which
+        differs between ranks).
+    """
+
+    rank: int
+    world_size: int
+    seed: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.rank < self.world_size:
+            raise ConfigError(
+                f"rank must lie in [0, world_size), got rank {self.rank} of {self.world_size}"
+            )
+
+    def positions(self, num_items: int, shuffle: bool, device: torch.device) -> torch.Tensor:
+        """This rank's positions among ``num_items`` items, in the order it visits them."""
+        if shuffle:
+            generator = torch.Generator().manual_seed(self.seed)
+            order = torch.randperm(num_items, generator=generator)
+        else:
+            order = torch.arange(num_items)
+        kept = num_items - num_items % self.world_size
+        return order[:kept][self.rank :: self.world_size].to(device)
 
 
 @dataclass(frozen=True, eq=False)
@@ -137,6 +181,7 @@ class Dataset:
         labels: bool = False,
         indices: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        shard: Shard | None = None,
     ) -> Iterator[Batch]:
         """Iterate over one pass of ``split`` in batches of ``batch_size`` items.
 
@@ -158,7 +203,11 @@ class Dataset:
         generator : torch.Generator, optional
             The random source for the order and for dynamic binarization; the global torch
             RNG when ``None`` (so seeding torch, or restoring its state from a checkpoint,
-            fixes every pass).
+            fixes every pass). With a ``shard``, the binarization alone.
+        shard : Shard, optional
+            Visit only this process's share of the pass (data-parallel training): the order
+            of the items (of ``indices``, when given) comes from ``shard.seed``, the same on
+            every rank, and the rank takes its part of it (see :class:`Shard`).
 
         Yields
         ------
@@ -180,10 +229,13 @@ class Dataset:
         subset = _subset(indices, len(x), split, x.device)
         resample = self._resamples(split)
         order = subset
-        if shuffle:
-            order = _permutation(len(x) if subset is None else len(subset), generator, x.device)
-            if subset is not None:
-                order = subset[order]
+        num_items = len(x) if subset is None else len(subset)
+        if shard is not None:
+            order = shard.positions(num_items, shuffle, x.device)
+        elif shuffle:
+            order = _permutation(num_items, generator, x.device)
+        if subset is not None and order is not subset:
+            order = subset[order]
         return _slices(x, y, batch_size, order, drop_last, resample, generator)
 
     def cycle(

@@ -16,7 +16,10 @@ capability it needs, so that a run of such a variant is refused with one message
 - ``"posterior"``: a diagonal Gaussian :math:`q(z \mid x)` per item (the collapse
   diagnostics, the ArviZ export, NUTS, the latent-space tools);
 - ``"latent_ops"``: interpolation, traversal and arithmetic of codes;
-- ``"inpainting"``: conditioning on some pixels (inpainting, denoising).
+- ``"inpainting"``: conditioning on some pixels (inpainting, denoising);
+- ``"distributed"``: data-parallel training under ``torchrun``, whose
+  DistributedDataParallel averages the gradients of one loss's ``backward()``
+  (:mod:`pyrovae.inference.training.distributed`).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from pyrovae.errors import ConfigError
 __all__ = ["CAPABILITIES", "latent_sites", "require", "require_single_latent", "trace_latent_sites"]
 
 #: what a tool may need of a variant (see the module docstring)
-CAPABILITIES = ("likelihood", "posterior", "latent_ops", "inpainting")
+CAPABILITIES = ("likelihood", "posterior", "latent_ops", "inpainting", "distributed")
 
 
 def latent_sites(vae: object) -> tuple[str, ...]:

@@ -45,7 +45,7 @@ from pyrovae.networks import join, one_hot
 from pyrovae.variants.vae import VAE, VAEModel
 
 if TYPE_CHECKING:
-    from pyrovae.data import Dataset
+    from pyrovae.data import Dataset, Shard
 
 __all__ = [
     "DRAWS",
@@ -283,10 +283,19 @@ class ConditionalVAE(VAE):
     # -- the training step --
 
     def training_batches(
-        self, data: Dataset, batch_size: int, *, shuffle: bool = True, drop_last: bool = False
+        self,
+        data: Dataset,
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        shard: Shard | None = None,
     ) -> Iterator[dict[str, Any]]:
-        """One epoch of ``{"x": x, "y": y}`` minibatches (the data set must have labels)."""
-        pairs = data.batches("train", batch_size, shuffle=shuffle, drop_last=drop_last, labels=True)
+        """One epoch of ``{"x": x, "y": y}`` minibatches (the data set must have labels);
+        this rank's share of it with a ``shard``."""
+        pairs = data.batches(
+            "train", batch_size, shuffle=shuffle, drop_last=drop_last, labels=True, shard=shard
+        )
         for x, y in pairs:
             yield {"x": x, "y": y}
 

@@ -63,7 +63,7 @@ from pyrovae.networks import mlp
 from pyrovae.variants.cvae import ConditionalVAE, ConditionalVAEModel
 
 if TYPE_CHECKING:
-    from pyrovae.data import Dataset
+    from pyrovae.data import Dataset, Shard
 
 __all__ = [
     "Classifier",
@@ -350,11 +350,22 @@ class SemiSupervisedVAE(ConditionalVAE):
         return SVIStep(loss, learning_rate=learning_rate, clip_norm=clip_norm)
 
     def training_batches(
-        self, data: Dataset, batch_size: int, *, shuffle: bool = True, drop_last: bool = False
+        self,
+        data: Dataset,
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        shard: Shard | None = None,
     ) -> Iterator[dict[str, Any]]:
         """One pass over the unlabelled items; each minibatch comes with a labelled one of
         the same size (or all labelled items, if fewer), cycling through them. Both draw
-        their order and dynamic binarization from one generator seeded by the global RNG."""
+        their order and dynamic binarization from one generator seeded by the global RNG.
+
+        With a ``shard`` (data-parallel training) the rank takes its share of the unlabelled
+        items, in the order every rank draws alike; each rank cycles through all the
+        labelled items in an order of its own (its generator is seeded by its own stream),
+        so the labelled term of every rank is an unbiased estimate, as in one process."""
         labeled, unlabeled = self._split(data)
         generator = data.new_generator()
         pairs = data.cycle(
@@ -367,6 +378,7 @@ class SemiSupervisedVAE(ConditionalVAE):
             drop_last=drop_last,
             indices=unlabeled,
             generator=generator,
+            shard=shard,
         ):
             xl, yl = next(pairs)
             yield {"x": x, "x_labeled": xl, "y_labeled": yl, "num_labeled": len(labeled)}

@@ -49,7 +49,7 @@ from pyrovae.model.base import LocalPyroModule, data_plate, kl_weight
 from pyrovae.registry import Registry, assign_options, component
 
 if TYPE_CHECKING:
-    from pyrovae.data import Dataset
+    from pyrovae.data import Dataset, Shard
 
 __all__ = ["VAE", "VAEModel"]
 
@@ -381,10 +381,24 @@ class VAE(PyroModule):
         )
 
     def training_batches(
-        self, data: Dataset, batch_size: int, *, shuffle: bool = True, drop_last: bool = False
+        self,
+        data: Dataset,
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        shard: Shard | None = None,
     ) -> Iterator[dict[str, Any]]:
-        """One epoch of the step's keyword arguments: ``{"x": x}`` per minibatch."""
-        for x in data.batches("train", batch_size, shuffle=shuffle, drop_last=drop_last):
+        """One epoch of the step's keyword arguments: ``{"x": x}`` per minibatch.
+
+        In data-parallel training the trainer gives this rank's ``shard`` of the epoch,
+        which goes to :meth:`Dataset.batches <pyrovae.data.Dataset.batches>`: every batch
+        a variant yields must come from it, so that the ranks see different items.
+        """
+        batches = data.batches(
+            "train", batch_size, shuffle=shuffle, drop_last=drop_last, shard=shard
+        )
+        for x in batches:
             yield {"x": x}
 
     def training_size(self, data: Dataset) -> int:
@@ -396,15 +410,31 @@ class VAE(PyroModule):
     ) -> dict[str, Any]:
         """What the trainer logs after each epoch: the held-out ELBO, the variant's
         :meth:`metrics` and the collapse diagnostics of every latent site on the first
-        ``probe_items`` held-out items (none when 0)."""
-        from pyrovae.inference import diagnose, heldout_elbo
+        ``probe_items`` held-out items (none when 0).
 
-        labels = {"y": data.test_labels} if self.requires_y else {}
-        row = {"test_elbo": heldout_elbo(self, data.test, batch_size, **labels)}
-        row.update(self.metrics(data.test, data.test_labels))
+        In data-parallel training each rank evaluates its share of the held-out items and
+        their means are combined exactly
+        (:func:`~pyrovae.inference.training.distributed.split_means`; so :meth:`metrics`
+        must return per-item means); the diagnostics read every probe item's code at once
+        (the mutual information), so rank 0 computes them and sends them to the others.
+        """
+        from pyrovae.inference import diagnose, heldout_elbo
+        from pyrovae.inference.training import distributed
+
+        def means(part: slice) -> dict[str, Any]:
+            x = data.test[part]
+            y = None if data.test_labels is None else data.test_labels[part]
+            labels = {"y": y} if self.requires_y else {}
+            return {"test_elbo": heldout_elbo(self, x, batch_size, **labels), **self.metrics(x, y)}
+
+        row = distributed.split_means(means, len(data.test))
         probe = data.test[:probe_items]
         if len(probe) >= 2 and not self.requires_y:  # diagnostics encode x alone
-            row.update(diagnose(self, probe.to(self.device), batch_size=batch_size))
+            row.update(
+                distributed.from_main_process(
+                    lambda: diagnose(self, probe.to(self.device), batch_size=batch_size)
+                )
+            )
         return row
 
     def evaluate_heldout(
@@ -429,7 +459,9 @@ class VAE(PyroModule):
         return False
 
     def metrics(self, x: torch.Tensor, y: torch.Tensor | None) -> dict[str, float]:
-        """Extra held-out numbers for ``metrics.jsonl`` and ``evaluation.json`` (none here)."""
+        """Extra held-out numbers for ``metrics.jsonl`` and ``evaluation.json`` (none here):
+        means over the items of ``x``, which data-parallel evaluation combines over the
+        ranks' shares."""
         return {}
 
     def require_unconditional(self, what: str) -> None:

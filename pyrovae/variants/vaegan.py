@@ -635,6 +635,11 @@ class VAEGAN(VAE):
             "conditioning on some pixels needs a likelihood of the pixels; the VAE-GAN's "
             "is on the discriminator's features of the whole image"
         ),
+        "distributed": (
+            "its step takes torch.autograd.grad of three objectives, one per parameter "
+            "group, and DistributedDataParallel averages gradients only in a backward() "
+            "pass; train it in one process (without torchrun)"
+        ),
     }
 
     def __init__(

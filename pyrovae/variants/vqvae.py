@@ -428,6 +428,11 @@ class VQVAE(VAE):
             "over completions of missing pixels has a single proposal to weigh (denoising "
             "shares this path)"
         ),
+        "distributed": (
+            "its step moves the codebook by moving averages and restarts dead codes from "
+            "each batch, which every rank would do on its own shard and let the codebooks "
+            "drift apart; train it in one process (without torchrun)"
+        ),
     }
     option_choices: ClassVar[dict[str, tuple[str, ...]]] = {
         "codebook": ("ema", "loss"),

@@ -1,5 +1,5 @@
-"""Training: the trainer of steps, the default SVI step, objectives, KL schedules and
-checkpoints."""
+"""Training: the trainer of steps, the default SVI step, objectives, KL schedules,
+checkpoints, and data-parallel training under ``torchrun`` (:mod:`.distributed`)."""
 
 from pyrovae.inference.training.checkpoint import load_checkpoint, save_checkpoint
 from pyrovae.inference.training.objectives import (

@@ -7,6 +7,9 @@ states and the metrics so far: everything the trainer needs to resume exactly.
 Format 1 (pyrovae 0.1: a flat config and one ``optimizer``) is read too: its one
 optimizer becomes ``optimizers["svi"]``; the run layer converts its flat config
 (:func:`pyrovae.config.from_flat`).
+
+A data-parallel run's checkpoint (written by rank 0) also holds ``world_size`` and
+``rank_rng``, the random states of every rank in rank order; ``rng`` is rank 0's.
 """
 
 from __future__ import annotations
@@ -86,20 +89,29 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return state
 
 
-def get_rng_state() -> dict[str, Any]:
-    """The states of every random number generator training uses."""
+def get_rng_state(device: torch.device | None = None) -> dict[str, Any]:
+    """The states of every random number generator training uses.
+
+    ``device`` (a CUDA device): record that device's generator alone, as ``cuda_device``,
+    rather than every device's (a data-parallel rank draws on its own device only).
+    """
     state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
+    if device is not None and device.type == "cuda":
+        state["cuda_device"] = torch.cuda.get_rng_state(device)
+    elif torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore the states saved by :func:`get_rng_state`."""
+    """Restore the states saved by :func:`get_rng_state` (``cuda_device``: on the current
+    CUDA device)."""
     torch.set_rng_state(state["torch"].cpu())
     random.setstate(_as_tuple(state["python"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    if "cuda_device" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda_device"].cpu())
 
 
 def _as_tuple(value: Any) -> Any:

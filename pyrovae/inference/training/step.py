@@ -7,6 +7,13 @@ stochastic variational inference: the loss :math:`-\mathrm{ELBO}` of an
 :class:`pyro.infer.elbo.ELBOModule` (``elbo(model, guide)``), one backward pass and one
 ``torch.optim.Adam`` step. A variant with a discriminator or a codebook returns a step
 with several optimizers, each stepped right after the backward pass of its own loss.
+
+Data-parallel training (:mod:`pyrovae.inference.training.distributed`) needs a step with a
+``distribute()`` method, which the trainer calls once before the first update: from then
+on the step's gradients are averaged over the ranks. :class:`SVIStep` calls its loss module
+through DistributedDataParallel; a step without the method (the VAE-GAN's, whose gradients
+come from ``torch.autograd.grad``) cannot train data-parallel, and its variant says so in
+its ``cannot`` table.
 """
 
 from __future__ import annotations
@@ -74,6 +81,8 @@ class SVIStep:
         self, loss: nn.Module, *, learning_rate: float = 1e-3, clip_norm: float | None = None
     ) -> None:
         self.loss = loss
+        # what a step calls: the loss module, or its DistributedDataParallel wrapper
+        self.module: nn.Module = loss
         self.parameters = list(loss.parameters())
         self.optimizers = {"svi": torch.optim.Adam(self.parameters, lr=learning_rate)}
         self.clip_norm = clip_norm
@@ -86,12 +95,23 @@ class SVIStep:
         # with autograd on: some Pyro ELBOs refuse a loss that cannot be differentiated
         self.loss(**batch, num_data=num_data, beta=beta)
 
+    def distribute(self) -> None:
+        """Call the loss module through DistributedDataParallel from now on
+        (:func:`~pyrovae.inference.training.distributed.wrap`): its ``forward`` is the loss,
+        so the ``backward()`` of every step averages the gradients over the ranks before the
+        clipping and the Adam step, which then agree on every rank. Call it once the
+        parameters exist (after :meth:`check`)."""
+        from pyrovae.inference.training.distributed import wrap
+
+        if self.module is self.loss:
+            self.module = wrap(self.loss)
+
     def __call__(
         self, batch: Mapping[str, Any], *, num_data: int, beta: float | Mapping[str, float] = 1.0
     ) -> dict[str, torch.Tensor]:
         # per-step validation costs ~0.3 ms; the trainer validated model, guide and data once
         with pyro.validation_enabled(False):
-            loss = self.loss(**batch, num_data=num_data, beta=beta)
+            loss = self.module(**batch, num_data=num_data, beta=beta)
         optimizer = self.optimizers["svi"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

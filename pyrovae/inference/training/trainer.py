@@ -18,6 +18,12 @@ dimension, active units and the mutual information :math:`I(x; z)`). A warning i
 logged when the code looks collapsed (a KL below :data:`COLLAPSE_KL` nats per data
 point, summed over dimensions, or no active unit) for a tenth of the run's epochs in a row (at least
 :data:`COLLAPSE_PATIENCE`).
+
+Under ``torchrun`` the trainer is one of several ranks
+(:mod:`pyrovae.inference.training.distributed`): each rank trains on its share of every
+epoch, the step averages the gradients over the ranks, the logged numbers are the ranks'
+means (the evaluation's are exact means over the held-out items), and rank 0 alone writes
+the checkpoint and ``metrics.jsonl``. In one process everything is as it always was.
 """
 
 from __future__ import annotations
@@ -34,7 +40,8 @@ from typing import TYPE_CHECKING, Any
 import pyro
 import torch
 
-from pyrovae.errors import CheckpointError, ConfigError, PyroVAEError
+from pyrovae.errors import CheckpointError, ConfigError, DataError, PyroVAEError
+from pyrovae.inference.training import distributed
 from pyrovae.inference.training.checkpoint import (
     CHECKPOINT_KEYS,
     get_rng_state,
@@ -79,7 +86,9 @@ COLLAPSE_PATIENCE = 3
 POSTFIX_EVERY = 10
 
 #: called after every epoch, once its row is recorded and checkpointed, as
-#: ``callback(trainer, row)`` (e.g. a TensorBoard writer)
+#: ``callback(trainer, row)`` (e.g. a TensorBoard writer); on every rank of a data-parallel
+#: run, with the same row, so a callback that writes checks
+#: :func:`~pyrovae.inference.training.distributed.is_main_process`
 EpochCallback = Callable[["Trainer", dict[str, Any]], None]
 
 
@@ -104,7 +113,8 @@ class Trainer:
     diagnostic_items : int
         Held-out points of the per-epoch collapse diagnostics (0: none).
     seed : int
-        Seeds Pyro's random streams at the start of a fresh run.
+        Seeds Pyro's random streams at the start of a fresh run (``seed + r`` on rank
+        ``r`` of a data-parallel run), and the data order of its epochs.
     time_limit : float, optional
         Stop after the first epoch that ends once the run's epochs (their ``seconds``,
         training and per-epoch evaluation, over every session of a resumed run) add up to
@@ -172,12 +182,18 @@ class Trainer:
         """
         self.vae.validate_data(data.train, "training data")
         self.vae.validate_data(data.test, "held-out data")
+        world = distributed.world_size()
+        if num_data < world:
+            raise DataError(
+                f"{num_data} training items cannot be shared by {world} processes; use more "
+                "data (--limit) or fewer processes (--nproc-per-node)"
+            )
         first = next(self.vae.training_batches(data, self.batch_size, shuffle=False))
         beta = self.site_weights(self.schedule(self.step_count))
         with pyro.validation_enabled(True):
             self.step.check(_to_device(first, self.vae.device), num_data=num_data, beta=beta)
 
-    def epoch(self, data: Dataset, bar: tqdm | None = None) -> float:
+    def epoch(self, data: Dataset, bar: tqdm | None = None, *, index: int | None = None) -> float:
         """One pass over shuffled training minibatches; returns the mean objective per point.
 
         A last batch smaller than ``batch_size`` is dropped (the JIT's traced graph
@@ -188,16 +204,27 @@ class Trainer:
 
         ``bar`` (a tqdm bar over the run's steps) advances by one per step and shows the
         epoch's running mean objective every :data:`POSTFIX_EVERY` steps.
+
+        In data-parallel training the pass is this rank's share of the epoch's order
+        (:func:`~pyrovae.inference.training.distributed.epoch_shard`, seeded by ``seed`` and
+        ``index``, the epoch's number from 0: by default the one :attr:`step_count` is in),
+        and the returned objective and :attr:`epoch_stats` are means over the ranks.
         """
         show = bar is not None and not bar.disable
         self.vae.train()
         num_data = self.vae.training_size(data)
+        world = distributed.world_size()
+        if index is None:
+            index = self.step_count // steps_per_epoch(num_data, self.batch_size, world)
         totals: dict[str, torch.Tensor] = {}
         has_elbo = True
         betas = []
-        drop_last = num_data > self.batch_size  # as steps_per_epoch counts
+        drop_last = num_data // world > self.batch_size  # as steps_per_epoch counts
+        shard = distributed.epoch_shard(self.seed, index)
+        # one process passes no shard: a variant's own training_batches need not take one
+        sharding = {} if shard is None else {"shard": shard}
         batches = self.vae.training_batches(
-            data, self.batch_size, shuffle=True, drop_last=drop_last
+            data, self.batch_size, shuffle=True, drop_last=drop_last, **sharding
         )
         for batch in batches:
             beta = self.schedule(self.step_count)
@@ -219,6 +246,7 @@ class Trainer:
                     self._bar_fields["objective"] = f"{running:.2f}"
                     bar.set_postfix(self._bar_fields, refresh=False)
         steps = len(betas)
+        totals = distributed.mean(totals)  # every rank's share of the epoch
         objective = -totals["loss"].item() / (steps * num_data)
         self.epoch_stats = {
             "train_objective": objective,
@@ -256,7 +284,8 @@ class Trainer:
         resume : bool
             Continue from ``workdir/checkpoint.pt``: parameters, every optimizer's state,
             random number generator states and metrics are restored, so the run continues
-            exactly as if it had not stopped.
+            exactly as if it had not stopped (on as many ranks as it had; see
+            :meth:`restore` for another number).
         progress : bool, optional
             Show a tqdm bar over the run's steps (steps/s, and the epoch, the epoch's
             running mean objective and the last held-out ELBO); ``None`` shows it only on
@@ -265,7 +294,8 @@ class Trainer:
             The run's configuration as plain data, stored in the checkpoint.
         check : bool
             Validate the data and one loss evaluation first (:meth:`check`); the run
-            layer does it itself before it writes anything.
+            layer does it itself before it writes anything. In data-parallel training the
+            step is then wrapped for DistributedDataParallel, once its parameters exist.
         callbacks : sequence of callables
             Each is called as ``callback(trainer, row)`` after every epoch, once the row
             is in the history (and checkpointed, with ``workdir``).
@@ -285,7 +315,8 @@ class Trainer:
         workdir = Path(workdir) if workdir is not None else None
         checkpoint = workdir / "checkpoint.pt" if workdir is not None else None
         num_data = vae.training_size(data)
-        steps = steps_per_epoch(num_data, self.batch_size)
+        steps = steps_per_epoch(num_data, self.batch_size, distributed.world_size())
+        main = distributed.is_main_process()
         if check:
             self.check(data, num_data)
         history: list[dict[str, Any]] = []
@@ -297,7 +328,9 @@ class Trainer:
         else:
             if workdir is not None:
                 refuse_overwrite(workdir)
-            pyro.set_rng_seed(self.seed)
+            pyro.set_rng_seed(distributed.rank_seed(self.seed))  # seed + rank
+        if distributed.is_distributed():
+            self.distribute()
         start = len(history)
         self.step_count = start * steps  # the schedule continues where the run stopped
         collapsed_for = 0  # epochs in a row that looked collapsed
@@ -308,7 +341,7 @@ class Trainer:
             unit="step",
             desc="SVI",
             leave=True,
-            disable=None if progress is None else not progress,
+            disable=(None if progress is None else not progress) if main else True,
         )
         self._bar_fields = {}
         for epoch in range(start, self.num_epochs):
@@ -325,7 +358,7 @@ class Trainer:
                 break
             begin = time.perf_counter()
             self._bar_fields["epoch"] = f"{epoch + 1}/{self.num_epochs}"
-            train_objective = self.epoch(data, bar)
+            train_objective = self.epoch(data, bar)  # its index: from step_count
             if not math.isfinite(train_objective):
                 raise PyroVAEError(
                     f"the ELBO became {train_objective} in epoch {epoch + 1}; lower "
@@ -339,7 +372,8 @@ class Trainer:
             if "kl" in row:
                 last = epoch + 1 == self.num_epochs
                 collapsed_for = _warn_if_collapsed(row, epoch + 1, collapsed_for, last, patience)
-            row["seconds"] = time.perf_counter() - begin
+            # the slowest rank's seconds: the time limit stops every rank after one epoch
+            row["seconds"] = distributed.maximum(time.perf_counter() - begin)
             history.append(row)
             # a variant may evaluate nothing per epoch: the held-out ELBO is shown when there
             heldout = f"{row['test_elbo']:.2f}" if "test_elbo" in row else "-"
@@ -357,29 +391,70 @@ class Trainer:
                 row["seconds"],
             )
             if workdir is not None:
-                save_checkpoint(
-                    {
-                        "config": dict(config or {}),
-                        "event_shape": list(vae.event_shape),
-                        "epoch": epoch + 1,
-                        "vae": vae.state_dict(),
-                        "optimizers": {k: o.state_dict() for k, o in self.step.optimizers.items()},
-                        "rng": get_rng_state(),
-                        "history": history,
-                    },
-                    checkpoint,
-                )
+                self.save(checkpoint, history, config)
+            if workdir is not None and main:
                 _write_metrics(history, workdir / "metrics.jsonl")
             for callback in callbacks:
                 callback(self, row)
         bar.close()
         return history
 
+    def distribute(self) -> None:
+        """Average the step's gradients over the ranks from now on (its ``distribute()``,
+        e.g. :meth:`SVIStep.distribute <pyrovae.inference.training.SVIStep.distribute>`).
+
+        Raises
+        ------
+        ConfigError
+            If the step has no ``distribute`` (it cannot train data-parallel).
+        """
+        distribute = getattr(self.step, "distribute", None)
+        if distribute is None:
+            raise ConfigError(
+                f"--model {self.vae.name} cannot train data-parallel: its training step "
+                f"({type(self.step).__name__}) has no distribute(); train it in one process"
+            )
+        distribute()
+
+    def save(
+        self, path: Path, history: list[dict[str, Any]], config: Mapping[str, Any] | None
+    ) -> None:
+        """Write the checkpoint after epoch ``len(history)`` (atomically, rank 0 only).
+
+        A data-parallel run gathers every rank's random states to rank 0 first (all ranks
+        call this), and its checkpoint holds them as ``rank_rng`` next to ``world_size``.
+        """
+        spread = distributed.is_distributed()
+        ranks = distributed.gather(get_rng_state(self.vae.device if spread else None))
+        if ranks is None:  # a rank other than 0
+            return
+        state = {
+            "config": dict(config or {}),
+            "event_shape": list(self.vae.event_shape),
+            "epoch": len(history),
+            "vae": self.vae.state_dict(),
+            "optimizers": {k: o.state_dict() for k, o in self.step.optimizers.items()},
+            "rng": ranks[0],
+            "history": history,
+        }
+        if spread:
+            state.update(world_size=len(ranks), rank_rng=ranks)
+        save_checkpoint(state, path)
+
     def restore(self, state: dict[str, Any], path: Path) -> list[dict[str, Any]]:
         """Load a checkpoint's parameters, optimizer and RNG states; returns its history.
 
         The optimizers' settings as built for this run (a changed ``--learning-rate``)
         win over the saved ones; their moments and step counts are restored.
+
+        A run resumed on as many ranks as wrote the checkpoint restores each rank's random
+        states and continues bit for bit. On another number of ranks (or from a one-process
+        run), the parameters, the optimizers' moments, the epoch and so the KL schedule and
+        the epochs' data order continue; the ranks' random streams cannot (there is one per
+        rank), so each rank seeds a new one (:func:`~pyrovae.inference.training.distributed.
+        rank_seed`), and the global minibatch becomes ``ranks * batch_size`` items. One
+        process resuming a data-parallel run takes rank 0's streams, and draws its data
+        order from them again.
         """
         missing = [k for k in CHECKPOINT_KEYS if k not in state]
         if missing:
@@ -399,16 +474,42 @@ class Trainer:
                 optimizer.load_state_dict(state["optimizers"][name])
                 for group, fresh in zip(optimizer.param_groups, settings):
                     group.update(fresh)
-            set_rng_state(state["rng"])
+            self._restore_rng(state)
         except (RuntimeError, ValueError, KeyError, TypeError) as e:
             raise CheckpointError(f"checkpoint {path} does not fit this model: {e}") from None
         return list(state["history"])
 
+    def _restore_rng(self, state: dict[str, Any]) -> None:
+        """Each rank's random states of ``state``, or new streams (see :meth:`restore`)."""
+        saved = state.get("world_size", 1)
+        world = distributed.world_size()
+        if not distributed.is_distributed():
+            set_rng_state(state["rng"])
+            if saved != 1:
+                logger.info(
+                    "resuming in one process a run of %d processes: rank 0's random streams "
+                    "continue here",
+                    saved,
+                )
+            return
+        ranks = state.get("rank_rng")
+        if ranks is not None and len(ranks) == world:
+            set_rng_state(ranks[distributed.rank()])
+            return
+        pyro.set_rng_seed(distributed.rank_seed(self.seed, state["epoch"]))
+        logger.info(
+            "resuming on %d processes a run of %d: parameters, optimizer moments and the "
+            "epoch continue; each rank's noise starts a new random stream",
+            world,
+            saved,
+        )
 
-def steps_per_epoch(num_data: int, batch_size: int) -> int:
+
+def steps_per_epoch(num_data: int, batch_size: int, world_size: int = 1) -> int:
     """The SVI steps of an epoch: full minibatches only (a last short one is dropped),
-    or one when the data fit a single minibatch."""
-    return max(1, num_data // batch_size)
+    or one when the data fit a single minibatch; with ``world_size`` ranks, those of one
+    rank's share of ``num_data // world_size`` items (every rank takes as many)."""
+    return max(1, num_data // world_size // batch_size)
 
 
 def _warn_if_collapsed(
