@@ -137,7 +137,7 @@ def test_a_variant_that_cannot_train_data_parallel_is_refused_on_every_rank(
         assert main(argv) == 2
         errors.append(capsys.readouterr().err)
     assert errors[0].count("error:") == 1 and errors[1] == ""
-    assert f"data-parallel training (torchrun) does not apply to --model {model}" in errors[0]
+    assert f"--model {model} cannot be used for data-parallel training (torchrun)" in errors[0]
     assert reason in errors[0] and not workdir.exists()
 
 

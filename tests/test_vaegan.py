@@ -342,11 +342,11 @@ def test_the_command_line_trains_samples_evaluates_and_resumes(tmp_path, capsys)
 @pytest.mark.parametrize(
     ("command", "refused"),
     [
-        (["anomaly", "{run}"], "the ELBO and the IWAE log p(x) does not apply to --model vaegan"),
-        (["inpaint", "{run}"], "inpainting and denoising does not apply to --model vaegan"),
-        (["denoise", "{run}"], "inpainting and denoising does not apply to --model vaegan"),
-        (["inspect", "{run}", "--gaps"], "the gap decomposition does not apply"),
-        (["inspect", "{run}", "--nuts"], "NUTS on p(z | x) does not apply"),
+        (["anomaly", "{run}"], "--model vaegan cannot be used for the ELBO and the IWAE log p(x)"),
+        (["inpaint", "{run}"], "--model vaegan cannot be used for inpainting and denoising"),
+        (["denoise", "{run}"], "--model vaegan cannot be used for inpainting and denoising"),
+        (["inspect", "{run}", "--gaps"], "cannot be used for the gap decomposition"),
+        (["inspect", "{run}", "--nuts"], "cannot be used for NUTS on p(z | x)"),
     ],
 )
 def test_tools_that_need_a_data_likelihood_refuse_with_one_message(

@@ -564,12 +564,12 @@ def cli_run(tmp_path_factory) -> Path:
 @pytest.mark.parametrize(
     "argv, phrase",
     [
-        (["inspect"], "posterior inspection does not apply to --model vqvae"),
-        (["latent"], "does not apply to --model vqvae"),
-        (["interpolate", "--items", "0", "1"], "latent-space operations does not apply"),
-        (["traverse"], "latent-space operations does not apply"),
-        (["inpaint"], "inpainting and denoising does not apply to --model vqvae"),
-        (["denoise"], "inpainting and denoising does not apply to --model vqvae"),
+        (["inspect"], "--model vqvae cannot be used for posterior inspection"),
+        (["latent"], "--model vqvae cannot be used for"),
+        (["interpolate", "--items", "0", "1"], "cannot be used for latent-space operations"),
+        (["traverse"], "cannot be used for latent-space operations"),
+        (["inpaint"], "--model vqvae cannot be used for inpainting and denoising"),
+        (["denoise"], "--model vqvae cannot be used for inpainting and denoising"),
     ],
 )
 def test_refused_tools_exit_2_with_one_message(argv, phrase, cli_run, capsys):

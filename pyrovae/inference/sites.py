@@ -67,4 +67,4 @@ def require(vae: object, capability: str, what: str) -> None:
     reason = getattr(vae, "cannot", {}).get(capability)
     if reason is not None:
         name = getattr(vae, "name", type(vae).__name__)
-        raise ConfigError(f"{what} does not apply to --model {name}: {reason}")
+        raise ConfigError(f"--model {name} cannot be used for {what}: {reason}")
