@@ -33,7 +33,7 @@ import torch
 
 from pyrovae import plots
 from pyrovae.config import Config, from_flat, is_flat, save_config
-from pyrovae.data import Dataset, load_dataset
+from pyrovae.data import Dataset, Loader, load_dataset
 from pyrovae.errors import CheckpointError, ConfigError, DataError, PyroVAEError
 from pyrovae.inference import score
 from pyrovae.inference.sites import require
@@ -82,8 +82,17 @@ def resolve_device(device: str) -> torch.device:
 
 
 def load_data(config: Config, device: torch.device) -> Dataset:
-    """The run's data set, preloaded on ``device`` when it fits (else batches move per step)."""
+    """The run's data set, preloaded on ``device`` when it fits (else batches move per step).
+
+    With ``num_workers`` (or ``mmap``, which implies 0 workers) the training batches come
+    from a :class:`torch.utils.data.DataLoader`; under torchrun each rank's share is
+    :class:`torch.utils.data.DistributedSampler`'s (:class:`~pyrovae.data.Shard`).
+    """
     d = config.data
+    workers = d["num_workers"]
+    if workers is None and d["mmap"]:
+        workers = 0
+    loader = None if workers is None else Loader(workers, pin_memory=d["pin_memory"])
     data = load_dataset(
         d["dataset"],
         path=d["data"],
@@ -93,7 +102,13 @@ def load_data(config: Config, device: torch.device) -> Dataset:
         seed=config.run["seed"],
         download=d["download"],
         limit=d["limit"],
+        image_size=d["image_size"],
+        image_mode=d["image_mode"],
+        mmap=d["mmap"],
+        loader=loader,
     )
+    if loader is not None:
+        return data  # on the CPU, where the workers read it; batches move per step
     if device.type == "cuda":
         size = (data.train.numel() + data.test.numel()) * data.train.element_size()
         if size > 0.5 * torch.cuda.mem_get_info(device)[0]:
