@@ -86,11 +86,14 @@ def load_data(config: Config, device: torch.device) -> Dataset:
 
     With ``num_workers`` (or ``mmap``, which implies 0 workers) the training batches come
     from a :class:`torch.utils.data.DataLoader`; under torchrun each rank's share is
-    :class:`torch.utils.data.DistributedSampler`'s (:class:`~pyrovae.data.Shard`).
+    :class:`torch.utils.data.DistributedSampler`'s (:class:`~pyrovae.data.Shard`). A
+    ``.npy`` file whose float32 items would take more than half of the machine's memory
+    is memory-mapped without being asked (:func:`_outgrows_memory`).
     """
     d = config.data
+    mmap = d["mmap"] or _outgrows_memory(d["data"], d["binarize"])
     workers = d["num_workers"]
-    if workers is None and d["mmap"]:
+    if workers is None and mmap:
         workers = 0
     loader = None if workers is None else Loader(workers, pin_memory=d["pin_memory"])
     data = load_dataset(
@@ -104,7 +107,7 @@ def load_data(config: Config, device: torch.device) -> Dataset:
         limit=d["limit"],
         image_size=d["image_size"],
         image_mode=d["image_mode"],
-        mmap=d["mmap"],
+        mmap=mmap,
         loader=loader,
     )
     if loader is not None:
@@ -115,6 +118,35 @@ def load_data(config: Config, device: torch.device) -> Dataset:
             logger.warning("data (%.1f GB) kept on the CPU: it does not fit the GPU", size / 1e9)
             return data
     return data.to(device)
+
+
+def memory_bytes() -> int:
+    """The machine's physical memory in bytes."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _outgrows_memory(path: str | None, binarize: str) -> bool:
+    """Whether ``path`` is a ``.npy`` file whose items, as float32, would take more than half
+    of :func:`memory_bytes` (then it is memory-mapped; logged). Only with ``binarize="none"``,
+    which is all a memory-mapped file takes."""
+    import numpy as np
+
+    if path is None or not path.endswith(".npy") or binarize != "none":
+        return False
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError):
+        return False  # the ordinary reader reports what is wrong with the file
+    size = array.size * 4
+    if size <= 0.5 * memory_bytes():
+        return False
+    logger.warning(
+        "%s holds %.1f GB of float32 items, more than half of this machine's memory: "
+        "memory-mapping it (--mmap)",
+        path,
+        size / 1e9,
+    )
+    return True
 
 
 def resolve_classes(config: Config, data: Dataset) -> Config:

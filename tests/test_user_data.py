@@ -142,7 +142,7 @@ def test_mmap_reads_rows_on_demand(tmp_path: Path) -> None:
     assert torch.equal(torch.cat(loaded), eager.train)
     index = torch.tensor([5, 0, 3])
     assert torch.equal(data.train[index], eager.train[index])
-    assert data.to("cpu") is data
+    assert data.to("cpu") is data and torch.equal(data.test.to("cpu"), eager.test)
 
 
 def test_mmap_refuses_what_it_cannot_do(tmp_path: Path) -> None:
@@ -160,3 +160,17 @@ def test_mmap_trains_from_the_cli(tmp_path: Path, capsys) -> None:
     argv = ["train", "--data", tmp_path / "x.npy", "--mmap", "--workdir", tmp_path / "run"]
     code, err = run_cli([*argv, "--batch-size", "8", *TINY], capsys)
     assert code == 0, err
+    code, err = run_cli(["evaluate", tmp_path / "run", "--num-samples", 4], capsys)
+    assert code == 0, err
+
+
+def test_a_npy_larger_than_half_the_memory_is_mapped(tmp_path: Path, monkeypatch, caplog) -> None:
+    from pyrovae import run
+    from pyrovae.config import Config
+
+    np.save(tmp_path / "x.npy", np.zeros((30, 4), dtype=np.float32))
+    config = Config.from_flags(data=str(tmp_path / "x.npy"))
+    assert not run.load_data(config, torch.device("cpu")).mapped
+    monkeypatch.setattr(run, "memory_bytes", lambda: 100)  # 480 bytes of items > 50
+    data = run.load_data(config, torch.device("cpu"))
+    assert data.mapped and data.loader == Loader(0) and "memory-mapping" in caplog.text

@@ -165,6 +165,10 @@ class MappedItems:
             x /= self.scale
         return x[0] if single else x
 
+    def to(self, device: torch.device | str) -> torch.Tensor:
+        """Every item, read into one tensor on ``device`` (for a held-out split that fits)."""
+        return self[:].to(device)
+
     def head(self, count: int | None) -> MappedItems:
         """The first ``count`` items (all when ``None``)."""
         return MappedItems(self.array, self.rows[:count])
