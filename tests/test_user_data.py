@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from pyrovae import cli
-from pyrovae.data import Dataset, Loader, MappedItems, Shard, load_dataset
+from pyrovae.data import Dataset, Loader, MappedItems, Shard, from_torch_dataset, load_dataset
 from pyrovae.errors import ConfigError, DataError
 
 TINY = ["--num-epochs", "1", "--num-eval-samples", "4", "--no-progress", "-q"]
@@ -174,3 +174,17 @@ def test_a_npy_larger_than_half_the_memory_is_mapped(tmp_path: Path, monkeypatch
     monkeypatch.setattr(run, "memory_bytes", lambda: 100)  # 480 bytes of items > 50
     data = run.load_data(config, torch.device("cpu"))
     assert data.mapped and data.loader == Loader(0) and "memory-mapping" in caplog.text
+
+
+def test_any_torch_dataset_is_read_and_split() -> None:
+    from torch.utils.data import TensorDataset
+
+    x = torch.randint(0, 256, (20, 1, 3, 3), dtype=torch.uint8)
+    pairs = TensorDataset(x, torch.arange(20) % 2)
+    data = from_torch_dataset(pairs, name="pairs", test_fraction=0.25, seed=0)
+    assert len(data.train) == 15 and len(data.test) == 5 and data.num_classes == 2
+    assert float(data.train.max()) <= 1.0 and data.train.dtype == torch.float32
+    both = from_torch_dataset(TensorDataset(x[:, 0].float()), TensorDataset(x[:4, 0].float()))
+    assert both.shape == (3, 3) and len(both.test) == 4 and both.train_labels is None
+    with pytest.raises(DataError, match="not tensors"):
+        from_torch_dataset([object()] * 3)

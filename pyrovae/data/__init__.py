@@ -22,6 +22,8 @@ Modules, one concern each:
     :func:`load_items`.
 :mod:`~pyrovae.data.images`
     The user's own folder of images, one subfolder per class (:func:`load_image_folder`).
+:mod:`~pyrovae.data.wrapped`
+    Any :class:`torch.utils.data.Dataset`, preloaded (:func:`from_torch_dataset`).
 """
 
 from pyrovae.data.binarization import BINARIZE
@@ -37,6 +39,7 @@ from pyrovae.data.sources import (
     load_dataset,
 )
 from pyrovae.data.validation import validate_data
+from pyrovae.data.wrapped import from_torch_dataset
 
 __all__ = [
     "BINARIZE",
@@ -49,6 +52,7 @@ __all__ = [
     "Loader",
     "MappedItems",
     "Shard",
+    "from_torch_dataset",
     "load_dataset",
     "load_image_folder",
     "load_items",
