@@ -337,6 +337,7 @@ class Dataset:
         torch.Tensor or tuple of torch.Tensor
             Batches ``x`` of shape ``(B, *event_shape)`` on the data's device, or ``(x, y)``.
             With ``binarize="dynamic"`` each training batch is a fresh Bernoulli sample.
+            With a :attr:`loader` the same batches, fetched by a DataLoader.
 
         Raises
         ------
