@@ -2,7 +2,8 @@
 
 A run is described by five sections, each a table of plain values::
 
-    [data]          dataset, data, data_dir, download, binarize, test_fraction, limit
+    [data]          dataset, data, data_dir, download, binarize, test_fraction, limit,
+                    image_size, image_mode, mmap, num_workers, pin_memory
     [model]         latent_dim, hidden, and the components variant, prior, likelihood,
                     encoder, decoder, guide
     [objective]     num_particles, vectorize_particles, beta, kl_site_weights, and the
@@ -39,7 +40,7 @@ from typing import Any
 
 import tomllib
 
-from pyrovae.data import BINARIZE, DATASETS
+from pyrovae.data import BINARIZE, DATASETS, IMAGE_MODES
 from pyrovae.errors import ConfigError
 from pyrovae.guides import ENCODERS, GUIDES
 from pyrovae.inference.training import ELBOS, SCHEDULES, make_elbo, make_schedule
@@ -87,7 +88,12 @@ def _key(kind: type, default: Any, help: str, **kw: Any) -> Key:
 SECTIONS: dict[str, dict[str, Key]] = {
     "data": {
         "dataset": _key(str, "digits", "built-in data set", choices=tuple(DATASETS)),
-        "data": _key(str, None, "a .npy/.npz array file to train on instead of --dataset"),
+        "data": _key(
+            str,
+            None,
+            "a .npy/.npz array file, or a folder of images (one subfolder per class), to "
+            "train on instead of --dataset",
+        ),
         "data_dir": _key(str, None, "folder holding (or receiving) MNIST/Fashion-MNIST files"),
         "download": _key(bool, False, "let torchvision download MNIST/Fashion-MNIST (internet)"),
         "binarize": _key(
@@ -104,6 +110,22 @@ SECTIONS: dict[str, dict[str, Key]] = {
             strict=True,
         ),
         "limit": _key(int, None, "use only the first N train and test items", minimum=1),
+        "image_size": _key(tuple, None, "resize a folder's images to H W (or one side)"),
+        "image_mode": _key(
+            str,
+            "auto",
+            "read a folder's images as grayscale, rgb, or auto (grayscale when all are)",
+            choices=IMAGE_MODES,
+        ),
+        "mmap": _key(bool, False, "memory-map a .npy file: batches read their rows from disk"),
+        "num_workers": _key(
+            int,
+            None,
+            "draw batches through a torch DataLoader with N worker processes "
+            "(default: slice preloaded tensors; a memory-mapped file uses 0)",
+            minimum=0,
+        ),
+        "pin_memory": _key(bool, True, "pin the DataLoader's batches in memory (CUDA only)"),
     },
     "model": {
         "latent_dim": _key(int, 8, "dimension of z", minimum=1),
@@ -225,6 +247,8 @@ def _check_fixed(section: str, key: str, value: Any) -> Any:
     if bounded and (value < spec.minimum or (spec.strict and value == spec.minimum)):
         op = ">" if spec.strict else ">="
         raise ConfigError(f"{key} must be {op} {spec.minimum:g}, got {value}")
+    if key == "image_size" and value is not None and (len(value) not in (1, 2) or min(value) < 1):
+        raise ConfigError(f"image_size must be one or two positive sizes (H W), got {list(value)}")
     if key == "hidden" and (not value or min(value) < 1):
         raise ConfigError(f"hidden must list positive layer sizes, got {list(value)}")
     if key == "test_fraction" and not value < 1:

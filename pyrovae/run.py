@@ -33,7 +33,7 @@ import torch
 
 from pyrovae import plots
 from pyrovae.config import Config, from_flat, is_flat, save_config
-from pyrovae.data import Dataset, load_dataset
+from pyrovae.data import Dataset, Loader, load_dataset
 from pyrovae.errors import CheckpointError, ConfigError, DataError, PyroVAEError
 from pyrovae.inference import score
 from pyrovae.inference.sites import require
@@ -82,8 +82,20 @@ def resolve_device(device: str) -> torch.device:
 
 
 def load_data(config: Config, device: torch.device) -> Dataset:
-    """The run's data set, preloaded on ``device`` when it fits (else batches move per step)."""
+    """The run's data set, preloaded on ``device`` when it fits (else batches move per step).
+
+    With ``num_workers`` (or ``mmap``, which implies 0 workers) the training batches come
+    from a :class:`torch.utils.data.DataLoader`; under torchrun each rank's share is
+    :class:`torch.utils.data.DistributedSampler`'s (:class:`~pyrovae.data.Shard`). A
+    ``.npy`` file whose float32 items would take more than half of the machine's memory
+    is memory-mapped without being asked (:func:`_outgrows_memory`).
+    """
     d = config.data
+    mmap = d["mmap"] or _outgrows_memory(d["data"], d["binarize"])
+    workers = d["num_workers"]
+    if workers is None and mmap:
+        workers = 0
+    loader = None if workers is None else Loader(workers, pin_memory=d["pin_memory"])
     data = load_dataset(
         d["dataset"],
         path=d["data"],
@@ -93,13 +105,48 @@ def load_data(config: Config, device: torch.device) -> Dataset:
         seed=config.run["seed"],
         download=d["download"],
         limit=d["limit"],
+        image_size=d["image_size"],
+        image_mode=d["image_mode"],
+        mmap=mmap,
+        loader=loader,
     )
+    if loader is not None:
+        return data  # on the CPU, where the workers read it; batches move per step
     if device.type == "cuda":
         size = (data.train.numel() + data.test.numel()) * data.train.element_size()
         if size > 0.5 * torch.cuda.mem_get_info(device)[0]:
             logger.warning("data (%.1f GB) kept on the CPU: it does not fit the GPU", size / 1e9)
             return data
     return data.to(device)
+
+
+def memory_bytes() -> int:
+    """The machine's physical memory in bytes."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _outgrows_memory(path: str | None, binarize: str) -> bool:
+    """Whether ``path`` is a ``.npy`` file whose items, as float32, would take more than half
+    of :func:`memory_bytes` (then it is memory-mapped; logged). Only with ``binarize="none"``,
+    which is all a memory-mapped file takes."""
+    import numpy as np
+
+    if path is None or not path.endswith(".npy") or binarize != "none":
+        return False
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError):
+        return False  # the ordinary reader reports what is wrong with the file
+    size = array.size * 4
+    if size <= 0.5 * memory_bytes():
+        return False
+    logger.warning(
+        "%s holds %.1f GB of float32 items, more than half of this machine's memory: "
+        "memory-mapping it (--mmap)",
+        path,
+        size / 1e9,
+    )
+    return True
 
 
 def resolve_classes(config: Config, data: Dataset) -> Config:

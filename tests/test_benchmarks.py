@@ -22,7 +22,7 @@ APPLICATION_BENCHMARKS = {
     "semisupervised": ["data set", "labels per class", "alpha / N", "M2"],
 }
 #: benchmarks that print a table of their own (not timings against PyTorch)
-OTHER_BENCHMARKS = ["collapse", "sample_quality"]
+OTHER_BENCHMARKS = ["collapse", "data_paths", "sample_quality"]
 
 
 @pytest.fixture
@@ -146,3 +146,10 @@ def test_reference_matches_pyrovae_loss_and_gradients(elbo, import_benchmark):
     for ours, theirs in pairs:
         for (name, p), q in zip(ours.named_parameters(), theirs.parameters(), strict=True):
             torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-2, msg=name)
+
+
+def test_data_paths_quick_run_times_every_path(import_benchmark, tmp_path, capsys):
+    argv = ["--quick", "--markdown", str(tmp_path / "t.md")]
+    assert import_benchmark("data_paths").main(argv) == 0
+    _, rows = parse_table((tmp_path / "t.md").read_text())
+    assert [r[0] for r in rows] == ["preloaded", "loader, 0 workers", "mmap, 0 workers"]

@@ -1,12 +1,13 @@
-"""Data sets as preloaded tensors: where they come from, how they are binarized, how they are
-batched.
+"""Data sets as preloaded tensors (or memory-mapped files): where they come from, how they are
+binarized, how they are batched.
 
 Modules, one concern each:
 
 :mod:`~pyrovae.data.dataset`
     :class:`Dataset`, a train/test pair of tensors with optional labels, and its one batching
     path (:meth:`Dataset.batches`, :meth:`Dataset.cycle`), whose randomness comes from one
-    seeded :class:`torch.Generator` per pass.
+    seeded :class:`torch.Generator` per pass; with a :class:`Loader` the batches of that same
+    order are fetched by a :class:`torch.utils.data.DataLoader`.
 :mod:`~pyrovae.data.validation`
     :func:`validate_data` and :func:`~pyrovae.data.validation.validate_labels`.
 :mod:`~pyrovae.data.binarization`
@@ -17,13 +18,19 @@ Modules, one concern each:
 :mod:`~pyrovae.data.idx`
     :func:`read_idx`, the IDX file format of MNIST and Fashion-MNIST.
 :mod:`~pyrovae.data.files`
-    The user's own ``.npy`` / ``.npz`` files, and :func:`load_items`.
+    The user's own ``.npy`` / ``.npz`` files (``.npy`` memory-mapped with ``mmap=True``), and
+    :func:`load_items`.
+:mod:`~pyrovae.data.images`
+    The user's own folder of images, one subfolder per class (:func:`load_image_folder`).
+:mod:`~pyrovae.data.wrapped`
+    Any :class:`torch.utils.data.Dataset`, preloaded (:func:`from_torch_dataset`).
 """
 
 from pyrovae.data.binarization import BINARIZE
-from pyrovae.data.dataset import Dataset, Shard
+from pyrovae.data.dataset import Dataset, Loader, MappedItems, Shard
 from pyrovae.data.files import load_items
 from pyrovae.data.idx import read_idx
+from pyrovae.data.images import IMAGE_MODES, load_image_folder
 from pyrovae.data.sources import (
     DATASETS,
     DEBIAN_FASHION_MNIST,
@@ -32,16 +39,22 @@ from pyrovae.data.sources import (
     load_dataset,
 )
 from pyrovae.data.validation import validate_data
+from pyrovae.data.wrapped import from_torch_dataset
 
 __all__ = [
     "BINARIZE",
     "DATASETS",
     "DEBIAN_FASHION_MNIST",
     "DEFAULT_DATA_DIR",
+    "IMAGE_MODES",
     "Dataset",
     "DatasetLoader",
+    "Loader",
+    "MappedItems",
     "Shard",
+    "from_torch_dataset",
     "load_dataset",
+    "load_image_folder",
     "load_items",
     "read_idx",
     "validate_data",

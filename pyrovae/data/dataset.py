@@ -1,9 +1,13 @@
-"""The data set: a train/test pair of preloaded tensors, and the one way to batch them.
+"""The data set: a train/test pair of items, and the one way to batch them.
 
-Every data set is loaded once into two float32 tensors (``train`` and ``test``) of shape
-``(N, *event_shape)``; :meth:`Dataset.batches` slices them. There is no ``DataLoader`` and no
-per-item pipeline: slicing a preloaded tensor costs about 0.03 s per Fashion-MNIST epoch, where
-torchvision's per-image pipeline costs about 3 s.
+By default a data set is loaded once into two float32 tensors (``train`` and ``test``) of shape
+``(N, *event_shape)``, and :meth:`Dataset.batches` slices them: slicing a preloaded tensor costs
+about 0.03 s per Fashion-MNIST epoch, where torchvision's per-image pipeline costs about 3 s.
+Data larger than memory are :class:`MappedItems` (rows of a memory-mapped ``.npy`` file, read
+when a batch asks for them), and a data set with a :class:`Loader` draws its batches through a
+:class:`torch.utils.data.DataLoader` (worker processes, pinned memory). Both paths visit the
+same items in the same order: the order (and its data-parallel share) is computed once, and
+only how the rows of a batch are fetched differs.
 
 Randomness. A pass over the data (its order, and its Bernoulli draws under
 ``binarize="dynamic"``) comes from one :class:`torch.Generator`: the one the caller gives, or
@@ -29,7 +33,7 @@ from pyrovae.data.binarization import bernoulli, check_binarize, check_unit_inte
 from pyrovae.data.validation import validate_data, validate_labels
 from pyrovae.errors import ConfigError, DataError
 
-__all__ = ["SPLITS", "Batch", "Dataset", "Shard", "split_indices"]
+__all__ = ["SPLITS", "Batch", "Dataset", "Loader", "MappedItems", "Shard", "split_indices"]
 
 #: The two tensors of a :class:`Dataset`.
 SPLITS = ("train", "test")
@@ -68,14 +72,115 @@ class Shard:
             )
 
     def positions(self, num_items: int, shuffle: bool, device: torch.device) -> torch.Tensor:
-        """This rank's positions among ``num_items`` items, in the order it visits them."""
-        if shuffle:
-            generator = torch.Generator().manual_seed(self.seed)
-            order = torch.randperm(num_items, generator=generator)
-        else:
-            order = torch.arange(num_items)
-        kept = num_items - num_items % self.world_size
-        return order[:kept][self.rank :: self.world_size].to(device)
+        """This rank's positions among ``num_items`` items, in the order it visits them: those
+        of :class:`torch.utils.data.DistributedSampler` with ``seed`` and ``drop_last=True``."""
+        from torch.utils.data import DistributedSampler
+
+        sampler = DistributedSampler(
+            range(num_items),  # type: ignore[arg-type]  # only its length is read
+            num_replicas=self.world_size,
+            rank=self.rank,
+            shuffle=shuffle,
+            seed=self.seed,
+            drop_last=True,
+        )
+        return torch.tensor(list(sampler), dtype=torch.int64, device=device)
+
+
+@dataclass(frozen=True)
+class Loader:
+    """Draw batches through a :class:`torch.utils.data.DataLoader` instead of slicing tensors.
+
+    Parameters
+    ----------
+    num_workers : int
+        Worker processes that fetch the items of a batch (0: the training process itself).
+    pin_memory : bool
+        Return batches in page-locked memory, so the copy to a CUDA device can overlap the
+        step; ignored without CUDA.
+    """
+
+    num_workers: int = 0
+    pin_memory: bool = True
+
+    def __post_init__(self) -> None:
+        if self.num_workers < 0:
+            raise ConfigError(f"num_workers must be >= 0, got {self.num_workers}")
+
+
+class MappedItems:
+    """Items read on demand from a memory-mapped array: the rows ``rows`` of ``array``.
+
+    Indexing it (an int, a slice, or integer positions) reads only those rows, as float32
+    (``uint8`` divided by 255; a 1-D array gains a feature axis), so a training pass never
+    holds more than a batch in memory. It answers the few tensor questions a
+    :class:`Dataset` asks (``len``, ``shape``, ``device``, ``dtype``) and stays on the CPU.
+
+    Parameters
+    ----------
+    array : numpy.ndarray
+        Typically ``np.load(path, mmap_mode="r")``, of shape ``(N, *event_shape)``.
+    rows : numpy.ndarray, optional
+        The positions of this split's items in ``array`` (all rows when ``None``).
+    """
+
+    device = torch.device("cpu")
+    dtype = torch.float32
+
+    def __init__(self, array: np.ndarray, rows: np.ndarray | None = None) -> None:
+        self.array = array
+        self.rows = np.arange(len(array)) if rows is None else np.asarray(rows, dtype=np.int64)
+        self.scale = 255.0 if array.dtype == np.uint8 else 1.0
+        event = tuple(array.shape[1:]) or (1,)
+        self.shape = torch.Size((len(self.rows), *event))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def numel(self) -> int:
+        return self.shape.numel()
+
+    def element_size(self) -> int:
+        return 4
+
+    def is_floating_point(self) -> bool:
+        return True
+
+    def __getitem__(self, index: int | slice | torch.Tensor | np.ndarray) -> torch.Tensor:
+        if isinstance(index, torch.Tensor):
+            index = index.cpu().numpy()
+        rows = self.rows[index]
+        single = np.ndim(rows) == 0
+        rows = np.atleast_1d(rows)
+        # numpy reads a memmap fastest in file order; put the batch back in its own order
+        order = np.argsort(rows, kind="stable")
+        values = np.empty((len(rows), *self.array.shape[1:]), dtype=self.array.dtype)
+        values[order] = self.array[rows[order]]
+        x = torch.from_numpy(values.astype(np.float32, copy=False)).reshape(-1, *self.shape[1:])
+        if self.scale != 1.0:
+            x /= self.scale
+        return x[0] if single else x
+
+    def to(self, device: torch.device | str) -> torch.Tensor:
+        """Every item, read into one tensor on ``device`` (for a held-out split that fits)."""
+        return self[:].to(device)
+
+    def head(self, count: int | None) -> MappedItems:
+        """The first ``count`` items (all when ``None``)."""
+        return MappedItems(self.array, self.rows[:count])
+
+    def validate(self, what: str, chunk: int = 4096) -> None:
+        """:func:`validate_data` chunk by chunk, so the check reads but never holds the file."""
+        if self.array.dtype.kind not in "biuf":
+            raise DataError(f"{what} has dtype {self.array.dtype}, which is not numeric")
+        if len(self) == 0:
+            raise DataError(f"{what} has no items (shape {tuple(self.shape)})")
+        for start in range(0, len(self), chunk):
+            validate_data(self[start : start + chunk], what=f"{what} items {start}+")
 
 
 @dataclass(frozen=True, eq=False)
@@ -93,6 +198,10 @@ class Dataset:
     binarize : str
         One of :data:`~pyrovae.data.BINARIZE`. ``"dynamic"`` means :meth:`batches` draws a fresh
         Bernoulli sample of every training batch; the other modes were applied at load time.
+    loader : Loader, optional
+        Fetch batches through a :class:`torch.utils.data.DataLoader` with these settings; by
+        default (``None``) batches are slices of the preloaded tensors. Either way a pass
+        visits the same items in the same order.
 
     Raises
     ------
@@ -104,11 +213,12 @@ class Dataset:
     """
 
     name: str
-    train: torch.Tensor
-    test: torch.Tensor
+    train: torch.Tensor | MappedItems
+    test: torch.Tensor | MappedItems
     train_labels: torch.Tensor | None
     test_labels: torch.Tensor | None
     binarize: str = "none"
+    loader: Loader | None = None
 
     def __post_init__(self) -> None:
         check_binarize(self.binarize)
@@ -117,6 +227,11 @@ class Dataset:
             ("test", self.test, self.test_labels),
         ):
             what = f"{self.name} {split} data"
+            if isinstance(x, MappedItems):
+                x.validate(what)
+                if y is not None:
+                    validate_labels(y, len(x), what=f"{self.name} {split} labels")
+                continue
             event_shape = None if split == "train" else self.shape
             validate_data(x, event_shape=event_shape, what=what)
             if not x.is_floating_point():
@@ -126,7 +241,7 @@ class Dataset:
                 )
             if y is not None:
                 validate_labels(y, len(x), what=f"{self.name} {split} labels")
-        if self.binarize == "dynamic":
+        if self.binarize == "dynamic" and isinstance(self.train, torch.Tensor):
             check_unit_interval(self.train, "dynamic", what=f"{self.name} train data")
 
     @property
@@ -142,8 +257,16 @@ class Dataset:
             return None
         return max(int(y.max()) for y in labels) + 1
 
+    @property
+    def mapped(self) -> bool:
+        """Whether the items are read from a memory-mapped file rather than preloaded."""
+        return isinstance(self.train, MappedItems)
+
     def to(self, device: torch.device | str) -> Dataset:
-        """A copy with every tensor on ``device``."""
+        """A copy with every tensor on ``device`` (memory-mapped items and their labels stay
+        on the CPU: their batches move, as a :class:`Loader`'s do)."""
+        if self.mapped:
+            return self
 
         def move(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t.to(device)
@@ -214,6 +337,7 @@ class Dataset:
         torch.Tensor or tuple of torch.Tensor
             Batches ``x`` of shape ``(B, *event_shape)`` on the data's device, or ``(x, y)``.
             With ``binarize="dynamic"`` each training batch is a fresh Bernoulli sample.
+            With a :attr:`loader` the same batches, fetched by a DataLoader.
 
         Raises
         ------
@@ -236,6 +360,8 @@ class Dataset:
             order = _permutation(num_items, generator, x.device)
         if subset is not None and order is not subset:
             order = subset[order]
+        if self.loader is not None:
+            return _loaded(x, y, batch_size, order, drop_last, resample, generator, self.loader)
         return _slices(x, y, batch_size, order, drop_last, resample, generator)
 
     def cycle(
@@ -368,6 +494,47 @@ def _slices(
         if order is not None:
             index = order[index]
         yield _batch(x, y, index, resample, generator)
+
+
+class _Items(torch.utils.data.Dataset):
+    """Item ``i`` of ``x`` (with its label): what a :class:`~torch.utils.data.DataLoader` reads."""
+
+    def __init__(self, x: torch.Tensor | MappedItems, y: torch.Tensor | None) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, index: int) -> Batch:
+        return self.x[index] if self.y is None else (self.x[index], self.y[index])
+
+
+def _loaded(
+    x: torch.Tensor | MappedItems,
+    y: torch.Tensor | None,
+    batch_size: int,
+    order: torch.Tensor | None,
+    drop_last: bool,
+    resample: bool,
+    generator: torch.Generator | None,
+    loader: Loader,
+) -> Iterator[Batch]:
+    """:func:`_slices`'s batches, fetched item by item by a DataLoader's workers."""
+    from torch.utils.data import DataLoader
+
+    sampler = range(len(x)) if order is None else order.tolist()
+    batches = DataLoader(
+        _Items(x, y),
+        batch_size=batch_size,
+        sampler=sampler,
+        drop_last=drop_last,
+        num_workers=loader.num_workers,
+        pin_memory=loader.pin_memory and torch.cuda.is_available(),
+    )
+    for batch in batches:
+        xb, yb = (batch, None) if y is None else batch
+        xb = bernoulli(xb, generator) if resample else xb
+        yield xb if yb is None else (xb, yb)
 
 
 def _cycle(

@@ -18,11 +18,11 @@ import numpy as np
 import torch
 
 from pyrovae.data.binarization import binarize_items, check_binarize
-from pyrovae.data.dataset import Dataset, split_indices
+from pyrovae.data.dataset import Dataset, MappedItems, split_indices
 from pyrovae.data.validation import validate_data
 from pyrovae.errors import DataError
 
-__all__ = ["load_file", "load_items"]
+__all__ = ["load_file", "load_items", "load_mapped"]
 
 # An explicit split wins over a single array to be split.
 _NPZ_LAYOUTS = (("x_train", "x_test", "y_train", "y_test"), ("x", "y"))
@@ -111,6 +111,37 @@ def _labels_tensor(array: np.ndarray, num_items: int, what: str) -> torch.Tensor
     if len(array) and array.min() < 0:
         raise DataError(f"{what} has negative values; labels must be class indices 0, 1, 2, ...")
     return torch.from_numpy(array.astype(np.int64))
+
+
+def load_mapped(path: Path, *, test_fraction: float, seed: int, limit: int | None) -> Dataset:
+    """A ``.npy`` file memory-mapped (``np.load(mmap_mode="r")``): a :class:`Dataset` of
+    :class:`~pyrovae.data.dataset.MappedItems` whose batches read only their own rows, split
+    and limited as :func:`load_file` splits a single array."""
+    if path.suffix != ".npy" or not path.is_file():
+        raise DataError(
+            f"cannot memory-map {path}: only a .npy file can be (a .npz archive is compressed "
+            "or zipped); save the array with numpy.save, or drop --mmap"
+        )
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise DataError(
+            f"cannot read {path}: the file is corrupt or not a NumPy file ({exc}); "
+            "save it again with numpy.save"
+        ) from None
+    if array.ndim == 0 or array.dtype.kind not in "biuf":
+        raise DataError(
+            f"{path.name} holds {array.dtype} of shape {array.shape}; a memory-mapped file "
+            "needs a numeric array with one row per item"
+        )
+    train_index, test_index = split_indices(len(array), test_fraction, seed, None, path.name)
+    return Dataset(
+        name=path.stem,
+        train=MappedItems(array, train_index[:limit]),
+        test=MappedItems(array, test_index[:limit]),
+        train_labels=None,
+        test_labels=None,
+    )
 
 
 def load_file(path: Path, *, test_fraction: float, seed: int, limit: int | None) -> Dataset:

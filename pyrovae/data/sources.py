@@ -9,7 +9,9 @@
     Fashion-MNIST, from Debian's ``dataset-fashion-mnist`` package
     (:data:`DEBIAN_FASHION_MNIST`), and finally downloaded with torchvision when asked to.
 ``path=...``
-    A ``.npy`` array or a ``.npz`` archive (see :mod:`pyrovae.data.files`).
+    A ``.npy`` array or a ``.npz`` archive (see :mod:`pyrovae.data.files`), memory-mapped with
+    ``mmap=True``; or a folder of images, one subfolder per class (see
+    :mod:`pyrovae.data.images`).
 
 References
 ----------
@@ -31,9 +33,10 @@ import numpy as np
 import torch
 
 from pyrovae.data.binarization import binarize_splits, check_binarize
-from pyrovae.data.dataset import SPLITS, Dataset, split_indices
-from pyrovae.data.files import load_file
+from pyrovae.data.dataset import SPLITS, Dataset, Loader, MappedItems, split_indices
+from pyrovae.data.files import load_file, load_mapped
 from pyrovae.data.idx import IDX_STEMS, find_idx_files, read_idx
+from pyrovae.data.images import load_image_folder
 from pyrovae.errors import ConfigError, DataError
 from pyrovae.registry import Registry
 
@@ -85,8 +88,12 @@ def load_dataset(
     seed: int = 0,
     download: bool = False,
     limit: int | None = None,
+    image_size: tuple[int, ...] | None = None,
+    image_mode: str = "auto",
+    mmap: bool = False,
+    loader: Loader | None = None,
 ) -> Dataset:
-    """Load a named data set, or the user's own ``.npy`` / ``.npz`` file, and binarize it.
+    """Load a named data set, or the user's own file or image folder, and binarize it.
 
     Parameters
     ----------
@@ -100,7 +107,8 @@ def load_dataset(
         ``test_fraction`` and ``seed``. ``uint8`` arrays are taken to be 8-bit images and
         divided by 255; other numeric arrays are cast to float32 unchanged. A 1-D array of
         shape ``(N,)`` becomes ``(N, 1)``; every other shape is kept. The data set's name is
-        the file's stem.
+        the file's stem. A folder is a folder of images, one subfolder per class
+        (:func:`~pyrovae.data.images.load_image_folder`), named after the folder.
     data_dir : path-like, optional
         Where to look for (or download) MNIST and Fashion-MNIST IDX files.
     binarize : str
@@ -113,11 +121,22 @@ def load_dataset(
         Download MNIST / Fashion-MNIST with torchvision when no local copy is found.
     limit : int, optional
         Keep only the first ``limit`` train and the first ``limit`` test items (quick runs).
+    image_size : tuple of int, optional
+        ``(H, W)`` (or one side) to resize the images of a folder to.
+    image_mode : {"auto", "grayscale", "rgb"}
+        How a folder's images are read: one channel, three, or one when all are grayscale.
+    mmap : bool
+        Memory-map a ``.npy`` file (``np.load(mmap_mode="r")``) instead of reading it: batches
+        read their rows from the file, for arrays larger than memory; only with
+        ``binarize="none"`` (the other modes rewrite the whole array).
+    loader : Loader, optional
+        Draw batches through a :class:`torch.utils.data.DataLoader` (workers, pinned memory)
+        instead of slicing tensors; same items, same order.
 
     Returns
     -------
     Dataset
-        float32 tensors on the CPU.
+        float32 tensors on the CPU (or memory-mapped items with ``mmap``).
 
     Raises
     ------
@@ -132,11 +151,25 @@ def load_dataset(
     if limit is not None and limit < 1:
         raise ConfigError(f"limit must be a positive number of items, got {limit}")
 
-    if path is not None:
-        dataset = load_file(Path(path), test_fraction=test_fraction, seed=seed, limit=limit)
+    split = {"test_fraction": test_fraction, "seed": seed, "limit": limit}
+    if mmap and binarize != "none":
+        raise ConfigError(
+            f"binarize={binarize!r} rewrites the whole array, which a memory-mapped file is not "
+            "read into; binarize the file beforehand, or drop --mmap"
+        )
+    if mmap and (path is None or Path(path).is_dir()):
+        raise ConfigError("mmap applies to a .npy file given as --data FILE.npy")
+    if path is not None and Path(path).is_dir():
+        dataset = load_image_folder(
+            Path(path), image_size=image_size, image_mode=image_mode, **split
+        )
+    elif path is not None and mmap:
+        dataset = load_mapped(Path(path), **split)
+    elif path is not None:
+        dataset = load_file(Path(path), **split)
     else:
-        loader = DATASETS[name]
-        dataset = loader(
+        source = DATASETS[name]
+        dataset = source(
             data_dir=None if data_dir is None else Path(data_dir),
             download=download,
             test_fraction=test_fraction,
@@ -144,8 +177,10 @@ def load_dataset(
             limit=limit,
         )
     dataset = _limited(dataset, limit)
-    train, test = binarize_splits(dataset.train, dataset.test, binarize, seed, dataset.name)
-    dataset = dataclasses.replace(dataset, train=train, test=test, binarize=binarize)
+    if not dataset.mapped:
+        train, test = binarize_splits(dataset.train, dataset.test, binarize, seed, dataset.name)
+        dataset = dataclasses.replace(dataset, train=train, test=test)
+    dataset = dataclasses.replace(dataset, binarize=binarize, loader=loader)
     logger.info(
         "loaded %s: %d train and %d test items of shape %s (binarize=%s)",
         dataset.name,
@@ -158,8 +193,8 @@ def load_dataset(
 
 
 def _limited(dataset: Dataset, limit: int | None) -> Dataset:
-    if limit is None:
-        return dataset
+    if limit is None or isinstance(dataset.train, MappedItems):
+        return dataset  # a mapped file's split is limited where its rows are chosen
 
     def head(t: torch.Tensor | None) -> torch.Tensor | None:
         return None if t is None else t[:limit]

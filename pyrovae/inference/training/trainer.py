@@ -180,8 +180,11 @@ class Trainer:
         epochs then run without per-step validation, which costs about 20% of a step (the
         data were checked once).
         """
-        self.vae.validate_data(data.train, "training data")
-        self.vae.validate_data(data.test, "held-out data")
+        for split, what in (("train", "training data"), ("test", "held-out data")):
+            # memory-mapped items are checked a chunk at a time, never held whole
+            chunks = data.batches(split, 4096) if data.mapped else [getattr(data, split)]
+            for x in chunks:
+                self.vae.validate_data(x, what)
         world = distributed.world_size()
         if num_data < world:
             raise DataError(
