@@ -219,6 +219,9 @@ class VAE(PyroModule):
     requires_y: bool = False
     #: the latent sample sites of the model, in generative order
     latent_sites: tuple[str, ...] = ("z",)
+    #: the run's seed, for what a variant draws once outside the trainer's streams (the
+    #: VQ-VAE's fit of its prior over codes); :meth:`from_section` sets it
+    seed: int = 0
     #: the variant's own guide, if it has one (then ``guide`` must stay ``"normal"``)
     own_guide: str | None = None
     #: what the variant lacks, capability -> why: the tools that need it refuse a run of
@@ -358,13 +361,15 @@ class VAE(PyroModule):
         options = {k: v for k, v in section.get("variant", {}).items() if k != "name"}
         if "label_seed" in inspect.signature(cls).parameters:
             options["label_seed"] = seed
-        return cls(
+        vae = cls(
             event_shape,
             latent_dim=section.get("latent_dim", 8),
             hidden=tuple(section.get("hidden", (256, 128))),
             **components,
             **options,
         )
+        vae.seed = seed
+        return vae
 
     # -- the training step: a variant overrides these, never the trainer's loop --
 

@@ -480,18 +480,8 @@ class VQVAE(VAE):
         }
         for name, value in options.items():
             setattr(self, name, value)
-        self.seed = 0
         super().__init__(event_shape, *args, **kwargs)
         self.spec["variant"].update(options)
-
-    @classmethod
-    def from_section(
-        cls, section: Mapping[str, Any], event_shape: Sequence[int], *, seed: int = 0
-    ) -> VQVAE:
-        """As :meth:`VAE.from_section`; the run's ``seed`` seeds the code prior's fit."""
-        vae = super().from_section(section, event_shape, seed=seed)
-        vae.seed = seed
-        return vae  # type: ignore[return-value]
 
     def build(self, parts: dict[str, tuple[Any, dict[str, Any]]]) -> None:
         """The codebook, the conv encoder and decoder of the code grid, the likelihood and
