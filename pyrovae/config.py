@@ -150,6 +150,12 @@ SECTIONS: dict[str, dict[str, Key]] = {
         "clip_norm": _key(
             float, None, "clip the gradient norm to this value", minimum=0.0, strict=True
         ),
+        "compile": _key(
+            bool,
+            False,
+            "trace and compile the SVI step (Trace_ELBO, TraceMeanField_ELBO) as one graph: "
+            "faster steps after seconds of compiling",
+        ),
         "time_limit": _key(
             float,
             None,
@@ -366,6 +372,11 @@ def _check_combinations(values: dict[str, dict[str, Any]]) -> None:
             "free bits need the KL of each latent dimension, which a "
             f"{model['prior']['name']} prior does not have; use --prior normal or "
             "learned-normal, or another --elbo"
+        )
+    if values["optimization"]["compile"] and elbo not in ("Trace_ELBO", "TraceMeanField_ELBO"):
+        raise ConfigError(
+            f"--compile traces Trace_ELBO and TraceMeanField_ELBO; use one of them, or "
+            f"--elbo {elbo} without --compile"
         )
     if elbo.startswith("Jit") and schedule != "constant":
         raise ConfigError(

@@ -192,9 +192,18 @@ def make_step(vae: VAE, config: Config) -> TrainingStep:
         objective["vectorize_particles"],
         config.options("objective", "elbo"),
     )
-    return vae.training_step(
+    step = vae.training_step(
         elbo, learning_rate=optimization["learning_rate"], clip_norm=optimization["clip_norm"]
     )
+    if optimization["compile"]:
+        require(vae, "compile", "--compile")
+        if not hasattr(step, "compile"):
+            raise ConfigError(
+                f"--model {vae.name} cannot be used for --compile: its training step "
+                f"({type(step).__name__}) has no compiled route"
+            )
+        step.compile()
+    return step
 
 
 def make_trainer(vae: VAE, data: Dataset, config: Config) -> Trainer:

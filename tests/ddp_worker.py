@@ -5,7 +5,8 @@
 - ``steps OUT``: a few SVI steps of the plain VAE through DistributedDataParallel; before each
   one the rank's gradient is computed without DDP on the same batch, replaying the same noise
   (the random state is put back). Writes ``OUT/rank<r>.pt``: the local and the DDP gradients,
-  the batches, the final parameters; then the final parameters of a short ``train`` of every
+  the batches, the final parameters; the same check of the compiled step (``--compile``)
+  for two batches; then the final parameters of a short ``train`` of every
   variant that trains data-parallel, and a split evaluation next to the one-process one.
 - ``hang OUT ARGS...``: ``pyrovae train ARGS`` whose ranks, once epoch 1's checkpoint is
   written, write their process ids to ``OUT/rank<r>.pid`` and sleep: the test kills them there.
@@ -63,6 +64,22 @@ def steps(out: Path) -> None:
         record["ddp"].append([p.grad.clone() for p in step.parameters])
         record["x"].append(batch["x"])
     record["parameters"] = [p.detach().clone() for p in step.parameters]
+
+    # the compiled step (--compile) through DDP: its loss graph, differentiated by autograd
+    torch.manual_seed(0)
+    compiled = make_step(build_variant(config.model, data.shape), config)
+    compiled.compile(backend="eager")  # the traced graph as it is: no C++ compile per rank
+    compiled.check({"x": data.train[:batch_size]}, num_data=num_data)
+    compiled.distribute()
+    named = list(compiled.compiled.estimator.named_parameters())
+    record["compiled_local"], record["compiled_ddp"] = [], []
+    for x in record["x"][:2]:
+        state = torch.get_rng_state()
+        loss = compiled.compiled(x=x, num_data=num_data)  # the compiled module itself: no DDP
+        record["compiled_local"].append(torch.autograd.grad(loss, [p for _, p in named]))
+        torch.set_rng_state(state)
+        compiled({"x": x}, num_data=num_data)
+        record["compiled_ddp"].append([p.grad.clone() for _, p in named])
 
     record["variants"] = {}
     for name, flags in VARIANTS.items():

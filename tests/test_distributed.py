@@ -147,7 +147,8 @@ def test_a_variant_that_cannot_train_data_parallel_is_refused_on_every_rank(
 def test_ddp_averages_the_ranks_gradients_and_keeps_their_parameters_identical(tmp_path):
     """Before each of four steps every rank computes its gradient without DDP, then replays the
     same noise through DDP: the gradient DDP applies is the mean of the two (which differ:
-    other items, other noise), and the parameters stay identical. A short training of every
+    other items, other noise), and the parameters stay identical; so too for the compiled
+    step (``--compile``, its loss graph differentiated through DDP). A short training of every
     other variant that trains data-parallel (and a JIT ELBO) ends identical on both ranks, and
     an evaluation split over the ranks is the one-process mean."""
     torchrun(str(WORKER), "steps", str(tmp_path))
@@ -160,6 +161,13 @@ def test_ddp_averages_the_ranks_gradients_and_keeps_their_parameters_identical(t
             assert torch.equal(ddp0, ddp1)
             torch.testing.assert_close(ddp0, (g0 + g1) / 2, rtol=1e-6, atol=1e-7)
     assert _states_equal(ranks[0]["parameters"], ranks[1]["parameters"])
+    for step in range(2):  # --compile: DDP over the compiled loss graph
+        local = [r["compiled_local"][step] for r in ranks]
+        for g0, g1, ddp0, ddp1 in zip(
+            *local, ranks[0]["compiled_ddp"][step], ranks[1]["compiled_ddp"][step]
+        ):
+            assert torch.equal(ddp0, ddp1)
+            torch.testing.assert_close(ddp0, (g0 + g1) / 2, rtol=1e-6, atol=1e-7)
     assert set(ranks[0]["variants"]) == {"cvae", "m2", "hvae", "jit"}
     for name, (state, history) in ranks[0]["variants"].items():
         other_state, other_history = ranks[1]["variants"][name]

@@ -19,7 +19,9 @@ capability it needs, so that a run of such a variant is refused with one message
 - ``"inpainting"``: conditioning on some pixels (inpainting, denoising);
 - ``"distributed"``: data-parallel training under ``torchrun``, whose
   DistributedDataParallel averages the gradients of one loss's ``backward()``
-  (:mod:`pyrovae.inference.training.distributed`).
+  (:mod:`pyrovae.inference.training.distributed`);
+- ``"compile"``: ``--compile``, the SVI step traced and compiled as one graph
+  (:mod:`pyrovae.inference.training.compiled`).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from pyrovae.errors import ConfigError
 __all__ = ["CAPABILITIES", "latent_sites", "require", "require_single_latent", "trace_latent_sites"]
 
 #: what a tool may need of a variant (see the module docstring)
-CAPABILITIES = ("likelihood", "posterior", "latent_ops", "inpainting", "distributed")
+CAPABILITIES = ("likelihood", "posterior", "latent_ops", "inpainting", "distributed", "compile")
 
 
 def latent_sites(vae: object) -> tuple[str, ...]:

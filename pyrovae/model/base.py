@@ -41,11 +41,12 @@ class LocalPyroModule(PyroModule):
         return super().__getattr__(name)
 
 
-def site_weight(beta: float | Mapping[str, float], site: str) -> float:
+def site_weight(beta: float | Mapping[str, float], site: str) -> float | torch.Tensor:
     """The KL weight of latent site ``site``: ``beta`` itself, or its entry for the site
     when ``beta`` holds one weight per latent site."""
     if isinstance(beta, Mapping):
-        return float(beta[site])
+        beta = beta[site]
+        return beta if torch.is_tensor(beta) else float(beta)
     return beta
 
 
@@ -54,10 +55,12 @@ def kl_weight(beta: float | Mapping[str, float], site: str = "z") -> poutine.mes
 
     ``poutine.scale(beta)`` for ``beta > 0``; ``poutine.mask(mask=False)`` for ``beta == 0``,
     which zeroes them (``poutine.scale`` refuses 0). Used in the model and the guide, at
-    every latent site; ``beta`` is a number, or a mapping with one weight per site.
+    every latent site; ``beta`` is a number, or a mapping with one weight per site. A
+    weight may be a positive 0-d tensor (the compiled step passes its weights as inputs
+    of its graph: :mod:`pyrovae.inference.training.compiled`).
     """
     beta = site_weight(beta, site)
-    if beta == 0:
+    if not torch.is_tensor(beta) and beta == 0:
         return poutine.mask(mask=False)
     return poutine.scale(scale=beta)
 

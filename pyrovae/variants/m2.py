@@ -44,7 +44,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from math import prod
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import pyro
 import pyro.distributions as dist
@@ -266,6 +266,12 @@ class SemiSupervisedVAE(ConditionalVAE):
     needs_labels = True
     requires_y = False
     own_guide = "q(y|x) q(z|x,y)"
+    cannot: ClassVar[Mapping[str, str]] = {
+        "compile": (
+            "it trains with TraceEnum_ELBO, which sums the class out of the unlabelled ELBO "
+            "by enumeration, and --compile traces Trace_ELBO and TraceMeanField_ELBO"
+        ),
+    }
 
     def __init__(
         self,

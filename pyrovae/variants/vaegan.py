@@ -640,6 +640,10 @@ class VAEGAN(VAE):
             "group, and DistributedDataParallel averages gradients only in a backward() "
             "pass; train it in one process (without torchrun)"
         ),
+        "compile": (
+            "its step has three objectives and three optimizers, and --compile compiles "
+            "the one-loss SVI step"
+        ),
     }
 
     def __init__(

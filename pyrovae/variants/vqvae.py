@@ -433,6 +433,10 @@ class VQVAE(VAE):
             "each batch, which every rank would do on its own shard and let the codebooks "
             "drift apart; train it in one process (without torchrun)"
         ),
+        "compile": (
+            "its step moves the codebook and restarts dead codes in Python between the "
+            "losses, and --compile compiles the one-loss SVI step"
+        ),
     }
     option_choices: ClassVar[dict[str, tuple[str, ...]]] = {
         "codebook": ("ema", "loss"),
