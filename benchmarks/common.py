@@ -23,7 +23,10 @@ at the sampled :math:`z_n`; ``TraceMeanField_ELBO`` the closed form
 A third candidate, :class:`MinimalPyroVAE`, is the same VAE written the shortest way
 in Pyro (Pyro's VAE tutorial with logits, minibatch scaling and module-local
 parameters): it separates what Pyro's ``Trace_ELBO`` itself costs per step from what
-pyrovae adds on top.
+pyrovae adds on top. Two more are compiled: pyrovae's step with ``--compile`` (the SVI
+step traced and compiled as one graph, with a fused Adam:
+:mod:`pyrovae.inference.training.compiled`) and the reference with its loss wrapped in
+``torch.compile`` (what a PyTorch user would do first; the default Adam).
 
 Times are only comparable within one process on a machine that drifts, so the
 methods alternate round by round (the order flips every round) and the reported
@@ -57,6 +60,7 @@ from pyrovae.inference.training import ELBOS, Trainer, make_elbo
 from pyrovae.run import resolve_device
 
 __all__ = [
+    "CANDIDATES",
     "KL_ESTIMATORS",
     "MinimalPyroVAE",
     "PyrovaeTrainer",
@@ -79,6 +83,9 @@ KL_ESTIMATORS = {
     "JitTrace_ELBO": "monte-carlo",
     "TraceMeanField_ELBO": "closed-form",
 }
+
+#: the trainers timed, in table order; the ratios divide by "torch"
+CANDIDATES = ("pyrovae", "pyrovae --compile", "minimal Pyro", "torch", "torch.compile")
 
 #: the network of the issue: MLP 784-400-50 (Pyro's VAE tutorial)
 HIDDEN = (400,)
@@ -189,14 +196,24 @@ class MinimalPyroVAE(nn.Module):
 
 class ReferenceTrainer:
     """Adam on :meth:`ReferenceVAE.loss` (or a :class:`MinimalPyroVAE`'s ELBO), mirroring
-    the pyrovae trainer's step and epoch."""
+    the pyrovae trainer's step and epoch; ``compile=True`` wraps the reference's loss in
+    ``torch.compile``."""
 
     def __init__(
-        self, vae: ReferenceVAE | MinimalPyroVAE, num_data: int, learning_rate: float
+        self,
+        vae: ReferenceVAE | MinimalPyroVAE,
+        num_data: int,
+        learning_rate: float,
+        batch_size: int,
+        compile: bool = False,
     ) -> None:
         self.vae = vae
         self.num_data = num_data
+        self.batch_size = batch_size
         self.optimizer = torch.optim.Adam(vae.parameters(), lr=learning_rate)
+        self.loss = None
+        if isinstance(vae, ReferenceVAE):
+            self.loss = torch.compile(vae.loss, dynamic=False) if compile else vae.loss
 
     def step(self, x: torch.Tensor) -> torch.Tensor:
         """One gradient step on minibatch ``x``; returns the detached loss, not synced."""
@@ -204,15 +221,16 @@ class ReferenceTrainer:
             with pyro.validation_enabled(False):  # as pyrovae's trainer: no per-step checks
                 loss = self.vae.loss(x)
         else:
-            loss = self.vae.loss(x, self.num_data)
+            loss = self.loss(x, self.num_data)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         return loss.detach()
 
-    def epoch(self, train: torch.Tensor, batch_size: int) -> float:
+    def epoch(self, data: Dataset) -> float:
         """One shuffled pass (``randperm`` + index, last short batch dropped); mean ELBO."""
         self.vae.train()
+        train, batch_size = data.train, self.batch_size
         num_items = len(train)
         stop = num_items - num_items % batch_size if num_items > batch_size else num_items
         order = torch.randperm(num_items, device=train.device)
@@ -249,27 +267,39 @@ def build_candidates(
     num_data: int,
     device: torch.device,
     seed: int = 0,
-) -> tuple[PyrovaeTrainer, ReferenceTrainer, ReferenceTrainer | None]:
-    """pyrovae's trainer, the PyTorch reference and the minimal Pyro VAE, all with the
-    same architecture and initial weights.
+    warm_up: torch.Tensor | None = None,
+) -> dict[str, PyrovaeTrainer | ReferenceTrainer]:
+    """The :data:`CANDIDATES` that apply to ``elbo``, by name, all with the same
+    architecture and initial weights.
 
     The pyrovae side is built exactly as :func:`pyrovae.train` builds it; call this
-    inside ``pyrovae.inference.training.elbo_context(elbo)``. The minimal Pyro VAE
-    is ``None`` for JIT objectives (Pyro's JIT finds parameters through the global
-    param store, which the minimal version does not use).
+    inside ``pyrovae.inference.training.elbo_context(elbo)``. The minimal Pyro VAE is
+    left out for JIT objectives (Pyro's JIT finds parameters through the global param
+    store, which the minimal version does not use), and ``pyrovae --compile`` where
+    ``--compile`` does not apply (the JIT objectives). ``warm_up``, a minibatch, is
+    where the compiled step traces and compiles its graph (untimed).
     """
-    config = Config.from_flags(
-        hidden=HIDDEN,
-        latent_dim=LATENT_DIM,
-        elbo=elbo,
-        batch_size=batch_size,
-        learning_rate=LEARNING_RATE,
-        seed=seed,
-    )
-    pyro.set_rng_seed(seed)
-    vae = VAE.from_section(config.model, event_shape).to(device)
-    step = vae.training_step(make_elbo(elbo), learning_rate=LEARNING_RATE)
-    trainer = PyrovaeTrainer(vae, Trainer(vae, step, batch_size=batch_size), num_data)
+
+    def pyrovae(compile: bool) -> PyrovaeTrainer:
+        config = Config.from_flags(
+            hidden=HIDDEN,
+            latent_dim=LATENT_DIM,
+            elbo=elbo,
+            batch_size=batch_size,
+            learning_rate=LEARNING_RATE,
+            seed=seed,
+        )
+        pyro.set_rng_seed(seed)
+        vae = VAE.from_section(config.model, event_shape).to(device)
+        step = vae.training_step(make_elbo(elbo), learning_rate=LEARNING_RATE)
+        if compile:
+            step.compile()
+            x = warm_up if warm_up is not None else torch.zeros(batch_size, *event_shape)
+            step.check({"x": x.to(device)}, num_data=num_data)
+        return PyrovaeTrainer(vae, Trainer(vae, step, batch_size=batch_size), num_data)
+
+    trainer = pyrovae(compile=False)
+    vae = trainer.vae
 
     def copy() -> ReferenceVAE:
         net = ReferenceVAE(math.prod(event_shape), HIDDEN, LATENT_DIM, KL_ESTIMATORS[elbo])
@@ -281,10 +311,18 @@ def build_candidates(
     sizes = [p.shape for p in trainer.parameters], [p.shape for p in reference.parameters()]
     if sorted(map(tuple, sizes[0])) != sorted(map(tuple, sizes[1])):
         raise RuntimeError(f"pyrovae and the reference train different parameters: {sizes}")
-    minimal = None
+    options = (num_data, LEARNING_RATE, batch_size)
+    candidates = {
+        "pyrovae": trainer,
+        "torch": ReferenceTrainer(reference, *options),
+        "torch.compile": ReferenceTrainer(copy(), *options, compile=True),
+    }
     if not elbo.startswith("Jit"):
-        minimal = ReferenceTrainer(MinimalPyroVAE(copy(), num_data, elbo), num_data, LEARNING_RATE)
-    return trainer, ReferenceTrainer(reference, num_data, LEARNING_RATE), minimal
+        candidates["pyrovae --compile"] = pyrovae(compile=True)
+        candidates["minimal Pyro"] = ReferenceTrainer(
+            MinimalPyroVAE(copy(), num_data, elbo), *options
+        )
+    return {name: candidates[name] for name in CANDIDATES if name in candidates}
 
 
 def synchronize(device: torch.device) -> None:
@@ -314,58 +352,43 @@ def time_paired(
 
 @dataclass
 class Timing:
-    """Paired per-round times of pyrovae, the reference and (optionally) minimal Pyro."""
+    """Paired per-round times of the candidates (by name) at one setting."""
 
     batch_size: int
     objective: str
-    pyrovae: list[float]
-    torch: list[float]
-    minimal_pyro: list[float] | None = None
+    seconds: dict[str, list[float]]
 
     #: the columns :meth:`summary` fills
     COLUMNS = (
         "batch size",
         "objective",
-        "pyrovae",
-        "minimal Pyro",
         "torch",
-        "ratio",
-        "ratio range",
-        "minimal Pyro / torch",
-        "pyrovae / minimal Pyro",
+        *(f"{name} / torch" for name in CANDIDATES if name != "torch"),
     )
 
-    @property
-    def ratios(self) -> list[float]:
-        return [p / t for p, t in zip(self.pyrovae, self.torch, strict=True)]
+    def ratios(self, name: str) -> list[float]:
+        """``name``'s time over the reference's, round by round."""
+        return [a / t for a, t in zip(self.seconds[name], self.seconds["torch"], strict=True)]
 
-    @property
-    def ratio(self) -> float:
-        """Median over rounds of pyrovae's time divided by the reference's in that round."""
-        return statistics.median(self.ratios)
+    def ratio(self, name: str = "pyrovae") -> float:
+        """Median over rounds of ``name``'s time divided by the reference's in that round."""
+        return statistics.median(self.ratios(name))
 
     def summary(self, scale: float, digits: int) -> list[str]:
-        """The :attr:`COLUMNS`: median times (multiplied by ``scale``), the median ratio
-        pyrovae / torch and its range over rounds, and the medians of the per-round
-        ratios that involve minimal Pyro (``-`` without it)."""
-        minimal = ["-", "-", "-"]
-        m = self.minimal_pyro
-        if m is not None:
-            minimal = [
-                f"{statistics.median(m) * scale:.{digits}f}",
-                f"{statistics.median(a / t for a, t in zip(m, self.torch, strict=True)):.3f}",
-                f"{statistics.median(p / a for p, a in zip(self.pyrovae, m, strict=True)):.3f}",
-            ]
-        return [
-            str(self.batch_size),
-            self.objective,
-            f"{statistics.median(self.pyrovae) * scale:.{digits}f}",
-            minimal[0],
-            f"{statistics.median(self.torch) * scale:.{digits}f}",
-            f"{self.ratio:.3f}",
-            f"{min(self.ratios):.2f}-{max(self.ratios):.2f}",
-            *minimal[1:],
-        ]
+        """The :attr:`COLUMNS`: the reference's median time (multiplied by ``scale``), then
+        each candidate's median ratio to it and the ratio's range over rounds (``-`` for a
+        candidate not timed at this setting)."""
+        cells = [str(self.batch_size), self.objective]
+        cells.append(f"{statistics.median(self.seconds['torch']) * scale:.{digits}f}")
+        for name in CANDIDATES:
+            if name == "torch":
+                continue
+            if name not in self.seconds:
+                cells.append("-")
+                continue
+            ratios = self.ratios(name)
+            cells.append(f"{statistics.median(ratios):.3f} ({min(ratios):.2f}-{max(ratios):.2f})")
+        return cells
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
