@@ -21,6 +21,7 @@ share.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -82,10 +83,11 @@ def resolve_device(device: str) -> torch.device:
 
 
 def load_data(config: Config, device: torch.device) -> Dataset:
-    """The run's data set, preloaded on ``device`` when it fits (else batches move per step).
+    """The run's data set, preloaded on ``device`` when it fits.
 
-    With ``num_workers`` (or ``mmap``, which implies 0 workers) the training batches come
-    from a :class:`torch.utils.data.DataLoader`; under torchrun each rank's share is
+    With ``num_workers`` (or ``mmap``, which implies 0 workers), and on a GPU that the data
+    do not fit (more than half of its free memory), the training batches come from a
+    :class:`torch.utils.data.DataLoader` in pinned memory; under torchrun each rank's share is
     :class:`torch.utils.data.DistributedSampler`'s (:class:`~pyrovae.data.Shard`). A
     ``.npy`` file whose float32 items would take more than half of the machine's memory
     is memory-mapped without being asked (:func:`_outgrows_memory`).
@@ -115,8 +117,12 @@ def load_data(config: Config, device: torch.device) -> Dataset:
     if device.type == "cuda":
         size = (data.train.numel() + data.test.numel()) * data.train.element_size()
         if size > 0.5 * torch.cuda.mem_get_info(device)[0]:
-            logger.warning("data (%.1f GB) kept on the CPU: it does not fit the GPU", size / 1e9)
-            return data
+            logger.warning(
+                "data (%.1f GB) kept on the CPU: they do not fit the GPU; batches come from a "
+                "DataLoader in pinned memory (--num-workers N adds workers)",
+                size / 1e9,
+            )
+            return dataclasses.replace(data, loader=Loader(0, pin_memory=d["pin_memory"]))
     return data.to(device)
 
 

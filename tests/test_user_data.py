@@ -188,3 +188,22 @@ def test_any_torch_dataset_is_read_and_split() -> None:
     assert both.shape == (3, 3) and len(both.test) == 4 and both.train_labels is None
     with pytest.raises(DataError, match="not tensors"):
         from_torch_dataset([object()] * 3)
+
+
+def test_data_too_large_for_the_gpu_stay_on_the_cpu_and_come_from_a_loader(monkeypatch, caplog):
+    """On a GPU with less free memory than twice the data, the batches come from a
+    DataLoader in pinned memory (checked on the CPU: the GPU's free memory is faked)."""
+    from pyrovae import Config
+    from pyrovae.run import load_data
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1000, 10**9))
+    with caplog.at_level("WARNING", logger="pyrovae"):
+        data = load_data(Config.from_flags(), torch.device("cuda"))
+    assert data.loader == Loader(0, pin_memory=True) and data.train.device.type == "cpu"
+    assert "do not fit the GPU; batches come from a DataLoader" in caplog.text
+    preloaded = load_dataset("digits", seed=0)
+    torch.manual_seed(0)
+    a = list(data.batches("train", 64, generator=data.new_generator()))
+    torch.manual_seed(0)
+    b = list(preloaded.batches("train", 64, generator=preloaded.new_generator()))
+    assert len(a) == len(b) and all(torch.equal(u, v) for u, v in zip(a, b, strict=True))
