@@ -193,3 +193,18 @@ def test_a_guide_without_rsample_is_refused():
     compiled = CompiledELBO(_tiny_loss(discrete), backend="eager")
     with pytest.raises(ConfigError, match="needs a reparameterized guide; site 'z'"):
         compiled.warm_up(x=torch.ones(3), num_data=3)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_a_gpu_the_compiled_step_is_pyros_and_a_compiled_run_trains(tmp_path):
+    """On CUDA the graph runs as a CUDA graph (mode "reduce-overhead")."""
+    loss, x = _loss_module("Trace_ELBO")
+    loss, x = loss.cuda(), x.cuda()
+    eager, eager_grads, value, grads, *_ = _eager_and_compiled(loss, x, "inductor", 1.0)
+    torch.testing.assert_close(value, eager.detach(), rtol=1e-5, atol=0)
+    for a, c in zip(grads, eager_grads, strict=True):
+        torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-5 * c.abs().max())
+    config = Config.from_flags(num_epochs=3, compile=True, device="cuda", **FAST)
+    history = fit(config, tmp_path / "run", progress=False).history
+    assert history[-1]["test_elbo"] > history[0]["test_elbo"]

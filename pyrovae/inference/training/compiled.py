@@ -130,12 +130,14 @@ class _Estimator(nn.Module):
         return total / self.elbo.num_particles
 
 
-def _as_tensor_weights(beta: float | Mapping[str, float]) -> tuple[Any, tuple]:
-    """The KL weights as graph inputs (0-d tensors) and their part of the structure: a
-    weight of 0 masks its site (a different graph), any other value is an input."""
+def _as_tensor_weights(
+    beta: float | Mapping[str, float], device: torch.device
+) -> tuple[Any, tuple]:
+    """The KL weights as graph inputs (0-d tensors on ``device``) and their part of the
+    structure: a weight of 0 masks its site (a different graph), any other is an input."""
 
     def one(b: float) -> Any:
-        return 0.0 if b == 0 else torch.tensor(float(b))
+        return 0.0 if b == 0 else torch.tensor(float(b), device=device)
 
     if isinstance(beta, Mapping):
         return {s: one(b) for s, b in beta.items()}, tuple((s, b == 0) for s, b in beta.items())
@@ -177,7 +179,8 @@ class CompiledELBO(nn.Module):
     ) -> tuple[tuple, dict[str, Any], Callable[[dict[str, Any]], dict[str, Any]]]:
         """The call's structure (the cache key), its tensor inputs, and how to rebuild the
         estimator's keyword arguments from them."""
-        weights, zero = _as_tensor_weights(beta)
+        device = next(self.estimator.parameters()).device
+        weights, zero = _as_tensor_weights(beta, device)
         tensors: dict[str, Any] = {n: v for n, v in batch.items() if torch.is_tensor(v)}
         constants = {n: v for n, v in batch.items() if not torch.is_tensor(v)}
         tensors["beta"] = weights
