@@ -455,3 +455,18 @@ def test_amortization_gap_needs_the_diagonal_guide(guide):
     vae = VAE((1, 8, 8), latent_dim=3, guide=guide)
     with pytest.raises(ConfigError, match="per-point diagonal Gaussian"):
         optimize_local_guide(vae, torch.rand(4, 1, 8, 8), num_steps=1)
+
+
+def test_jit_elbo_compiles_once_for_a_whole_run(one_thread):
+    """Pyro's JIT compiles once per value of the keyword arguments, hashing a tensor by its
+    id: the training step passes the minibatch positionally, so three epochs (new minibatch
+    tensors every step) run on the one graph traced at the first step."""
+    from pyrovae.inference.training import Trainer, elbo_context
+
+    data = load_dataset("digits", limit=300)
+    config = Config.from_flags(elbo="JitTrace_ELBO", hidden=(16,), latent_dim=2, batch_size=64)
+    with elbo_context("JitTrace_ELBO"):
+        vae = VAE.from_section(config.model, data.shape)
+        step = make_step(vae, config)
+        Trainer(vae, step, num_epochs=3, batch_size=64).fit(data, progress=False)
+        assert len(step.loss.elbo._loss_and_surrogate_loss.compiled) == 1

@@ -97,6 +97,9 @@ class SVIStep:
         self.clip_norm = clip_norm
         # Pyro's ELBOs at beta = 1 compute -ELBO itself; our objectives report it
         self.is_elbo = isinstance(loss, ELBOModule)
+        # Pyro's JIT compiles once per value of the keyword arguments, which it hashes
+        # (a tensor by its id): the minibatch goes in positionally, or every step recompiles
+        self.positional = self.is_elbo and type(loss.elbo).__name__.startswith("Jit")
 
     def compile(self, backend: str = "inductor") -> None:
         """Take the loss and its gradients from one compiled graph from now on
@@ -113,7 +116,8 @@ class SVIStep:
         self, batch: Mapping[str, Any], *, num_data: int, beta: float | Mapping[str, float] = 1.0
     ) -> None:
         # with autograd on: some Pyro ELBOs refuse a loss that cannot be differentiated
-        self.loss(**batch, num_data=num_data, beta=beta)
+        args, kwargs = self._arguments(batch)
+        self.loss(*args, **kwargs, num_data=num_data, beta=beta)
         if self.compiled is not None:  # trace and compile now: refuse before training
             self.compiled.warm_up(**batch, num_data=num_data, beta=beta)
 
@@ -138,7 +142,8 @@ class SVIStep:
         else:
             # per-step validation costs ~0.3 ms; the trainer validated model, guide and data
             with pyro.validation_enabled(False):
-                loss = self.module(**batch, num_data=num_data, beta=beta)
+                args, kwargs = self._arguments(batch)
+                loss = self.module(*args, **kwargs, num_data=num_data, beta=beta)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
         if self.clip_norm is not None:
@@ -151,6 +156,12 @@ class SVIStep:
         elif self.is_elbo and _is_one(beta):  # a Pyro ELBO at beta = 1: the loss is -ELBO
             stats["elbo"] = -stats["loss"]
         return stats
+
+    def _arguments(self, batch: Mapping[str, Any]) -> tuple[tuple, dict[str, Any]]:
+        """The minibatch as the loss module's positional and keyword arguments."""
+        if self.positional and set(batch) == {"x"}:
+            return (batch["x"],), {}
+        return (), dict(batch)
 
 
 def _is_one(beta: float | Mapping[str, float]) -> bool:
