@@ -154,3 +154,12 @@ def test_data_paths_quick_run_times_every_path(import_benchmark, tmp_path, capsy
     assert import_benchmark("data_paths").main(argv) == 0
     _, rows = parse_table((tmp_path / "t.md").read_text())
     assert [r[0] for r in rows] == ["preloaded", "loader, 0 workers", "mmap, 0 workers"]
+
+
+def test_svi_step_profiles_each_candidate(import_benchmark, capsys):
+    argv = ["--quick", "--device", "cpu", "--elbo", "Trace_ELBO", "--profile", "3"]
+    assert import_benchmark("svi_step").main(argv) == 0
+    out = capsys.readouterr().out
+    for name in ("pyrovae", "pyrovae --compile", "minimal Pyro", "torch", "torch.compile"):
+        assert f"### {name}, batch 32, Trace_ELBO" in out
+    assert out.count("Self CPU time total") == 5

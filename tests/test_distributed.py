@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -37,12 +38,16 @@ RUN = ["--hidden", "64", "--latent-dim", "4", "--num-epochs", "10", "--num-eval-
 RUN += ["--num-threads", "1", "--device", "cpu", "--no-progress", "-q"]
 
 
-def torchrun(*args: str, nproc: int = 2, wait: bool = True) -> subprocess.Popen:
+def torchrun(
+    *args: str, nproc: int = 2, wait: bool = True, standalone: bool = True
+) -> subprocess.Popen:
     """``python -m torch.distributed.run --standalone --nproc-per-node NPROC ARGS`` on this
-    checkout, one thread per rank, every warning an error (as in the test suite)."""
+    checkout, one thread per rank, every warning an error (as in the test suite);
+    ``standalone=False`` leaves the rendezvous to ``ARGS``."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "error"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command = [sys.executable, "-m", "torch.distributed.run"]
+    command += ["--standalone"] if standalone else []
     command += ["--nproc-per-node", str(nproc), *args]
     process = subprocess.Popen(
         command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -233,3 +238,25 @@ def test_a_killed_run_resumes_bit_for_bit_and_on_another_number_of_ranks(two_ran
     rows = _rows(cut)
     assert len(rows) == 11 and rows[:10] == _rows(two_ranks)
     assert "world_size" not in load_checkpoint(cut / "checkpoint.pt")  # one process wrote it
+
+
+def test_two_machines_are_two_launchers_meeting_at_a_rendezvous(two_ranks, tmp_path):
+    """``--nnodes 2``: two ``torchrun`` launchers of one rank each (here on one machine, as on
+    two) meet at a c10d rendezvous and train the run of one launcher with two ranks, number
+    for number: the same ranks, shards, seeds and averaged gradients."""
+    with socket.socket() as probe:  # a free port for the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    workdir = tmp_path / "nodes"
+    rendezvous = ["--nnodes", "2", "--rdzv-backend", "c10d", "--rdzv-id", "nodes"]
+    rendezvous += ["--rdzv-endpoint", f"127.0.0.1:{port}"]
+    args = ["-m", "pyrovae", "train", "--workdir", str(workdir), "--batch-size", "32", *RUN]
+    launchers = [torchrun(*rendezvous, *args, nproc=1, wait=False, standalone=False)]
+    launchers.append(torchrun(*rendezvous, *args, nproc=1, wait=False, standalone=False))
+    for launcher in launchers:
+        out, err = launcher.communicate(timeout=300)
+        assert launcher.returncode == 0, f"torchrun failed:\n{out}\n{err}"
+    assert _rows(workdir) == _rows(two_ranks)
+    assert _states_equal(
+        *(load_checkpoint(w / "checkpoint.pt")["vae"] for w in (workdir, two_ranks))
+    )
