@@ -60,7 +60,11 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
                 )
         for key, spec in keys.items():
             choices = {"choices": list(spec.choices)} if spec.choices else {}
-            _add_typed(group, key, spec.type, f"{spec.help} (default: {spec.default})", **choices)
+            # a key whose help explains its default (None: chosen) says it once
+            help = (
+                spec.help if "(default:" in spec.help else f"{spec.help} (default: {spec.default})"
+            )
+            _add_typed(group, key, spec.type, help, **choices)
     groups: dict[str, argparse._ArgumentGroup] = {}
     for name, (option, owners) in flag_options().items():
         kind = owners[0].split(" ")[0]
@@ -69,7 +73,8 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
                 f"{kind} options (the chosen {kind} takes its own)"
             )
         choices = {"choices": list(option.choices)} if option.choices else {}
-        help = f"{option.help} [{', '.join(owners)}; default: {option.default}]"
+        default = "" if "(default:" in option.help else f"; default: {option.default}"
+        help = f"{option.help} [{', '.join(owners)}{default}]"
         _add_typed(groups[kind], name, option.type, help, **choices)
 
 
