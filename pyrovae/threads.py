@@ -16,24 +16,28 @@ a fixed cost per step that threads do not shorten, which is why small steps gain
 Measured on the 2-core reference machine (pyrovae SVI steps with ``Trace_ELBO``, median of
 5 rounds of 60 steps; time per step with 1 / 2 threads; noisy, the machine is shared):
 
-=====================================  =========  ===============  ===========
-network, batch                         work (M)   1 / 2 threads    2 / 1
-=====================================  =========  ===============  ===========
-digits 64-256-128-8, batch 64 (default)     6.5   2.9 / 3.1 ms     1.05
-digits 64-256-128-8, batch 128             13     3.2 / 2.8 ms     0.88
-digits 64-256-128-8, batch 256             26     6.2 / 5.5 ms     0.88
-fashion 784-400-50, batch 32               22     8.0 / 5.5 ms     0.68-1.21
-fashion 784-400-50, batch 64               44     7.9 / 6.9 ms     0.85-0.87
-digits 64-256-128-8, batch 512             52     7.2 / 4.5 ms     0.63
-fashion 784-400-50, batch 128              88     13.4 / 8.5 ms    0.63-0.80
-fashion 784-400-50, batch 256             176     17.9 / 11.7 ms   0.65
-=====================================  =========  ===============  ===========
+=======================================  ========  ==============  =========
+network, batch                           work (M)  1 / 2 threads   2 / 1
+=======================================  ========  ==============  =========
+digits 64-256-128-8, batch 64 (default)       6.5  2.9 / 3.1 ms    1.05
+digits 64-256-128-8, batch 128                 13  3.2 / 2.8 ms    0.88
+digits 64-256-128-8, batch 256                 26  6.2 / 5.5 ms    0.88
+fashion 784-400-50, batch 8                   5.5  5.7 / 4.6 ms    0.79
+fashion 784-400-50, batch 16                   11  6.1 / 4.8 ms    0.79
+fashion 784-400-50, batch 32                   22  8.0 / 5.5 ms    0.68-1.21
+fashion 784-400-50, batch 64                   44  7.9 / 6.9 ms    0.85-0.87
+digits 64-256-128-8, batch 512                 52  7.2 / 4.5 ms    0.63
+fashion 784-400-50, batch 128                  88  13.4 / 8.5 ms   0.63-0.80
+fashion 784-400-50, batch 256                 176  17.9 / 11.7 ms  0.65
+=======================================  ========  ==============  =========
 
-With a busy core beside them, two threads made the same steps 10-18 times slower (digits
-batch 64: 2.5 -> 46 ms; Fashion-MNIST batch 256: 20 -> 209 ms), while one thread is
-merely shared. The gain below ~40 M is within the noise and small next to that risk, so
-the rule grants one thread per :data:`WORK_PER_THREAD` (20 M) multiply-adds of a step:
-two from 40 M (Fashion-MNIST 784-400-50 at batch 64 and up), one for the default run.
+With ``yes > /dev/null`` keeping one core busy, two threads made the same steps slower,
+not faster: digits batch 64 2.9 -> 16.9 ms, Fashion-MNIST batch 64 10.1 -> 31.4 ms, batch
+128 13.5 -> 36.6 ms, while one thread kept its idle speed. Below ~40 M the idle gain is
+unsteady (0.68-1.21 at 22 M; none for the default run), so the rule grants one thread per
+:data:`WORK_PER_THREAD` (20 M) multiply-adds of a step: one for the default run, two from
+40 M (Fashion-MNIST 784-400-50 at batch 64 and up, 1.15-1.6 times faster on idle cores).
+Where the cores are shared, pass ``--num-threads 1``.
 """
 
 from __future__ import annotations
@@ -82,9 +86,7 @@ def choose_threads(work: int) -> tuple[int, str]:
     wanted = max(1, work // WORK_PER_THREAD)
     cores, default = available_cores(), TORCH_THREADS
     threads = min(wanted, cores, default)
-    why = (
-        f"{work / 1e6:.1f} M multiply-adds per step (one thread per {WORK_PER_THREAD / 1e6:.0f} M)"
-    )
+    why = f"{work / 1e6:.1f} M multiply-adds per step, one thread per {WORK_PER_THREAD // 10**6} M"
     if threads < wanted:
         limit = "cores" if cores <= default else "torch's default threads"
         why += f", capped by the {min(cores, default)} {limit}"
