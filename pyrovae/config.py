@@ -171,7 +171,11 @@ SECTIONS: dict[str, dict[str, Key]] = {
             str, "auto", "where tensors live: auto picks cuda when available", choices=DEVICES
         ),
         "num_threads": _key(
-            int, None, "torch CPU threads (default: torch's own choice)", minimum=1
+            int,
+            None,
+            "torch CPU threads (default: chosen from the work's size, the network's "
+            "parameters times the batch size; pyrovae.threads)",
+            minimum=1,
         ),
         "num_eval_samples": _key(
             int, 500, "importance samples K for the IWAE log p(x) at the end", minimum=1

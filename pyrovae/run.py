@@ -50,6 +50,7 @@ from pyrovae.inference.training.checkpoint import load_checkpoint, save_checkpoi
 from pyrovae.inference.training.trainer import refuse_overwrite, steps_per_epoch
 from pyrovae.progress import enabled as progress_enabled
 from pyrovae.tensorboard import TensorBoardLogger, require_tensorboard
+from pyrovae.threads import set_threads
 from pyrovae.variants import VAE, VARIANTS, build_variant
 
 __all__ = [
@@ -360,9 +361,11 @@ def fit(
 ) -> FitResult:
     """Train the VAE ``config`` describes and write the run folder ``workdir``.
 
-    Seeds everything with the run's seed, loads the data, builds the variant, trains it
-    (resuming from ``workdir`` when ``resume``), then evaluates on the held-out data
-    with ``num_eval_samples`` importance samples and saves figures.
+    Seeds everything with the run's seed, loads the data, builds the variant, sets torch's
+    CPU threads (``num_threads``, or chosen from the network and batch size:
+    :mod:`pyrovae.threads`), trains it (resuming from ``workdir`` when ``resume``), then
+    evaluates on the held-out data with ``num_eval_samples`` importance samples and saves
+    figures.
 
     ``progress`` shows the training's bar (``None``: on a terminal) and, unless it is
     ``False``, the final evaluation's bar on a terminal (:mod:`pyrovae.progress`).
@@ -403,8 +406,6 @@ def _fit(
     """:func:`fit` once the device (and under ``torchrun`` the process group) is set."""
     run = config.run
     main = distributed.is_main_process()
-    if run["num_threads"] is not None:
-        torch.set_num_threads(run["num_threads"])
     torch.manual_seed(run["seed"])  # every rank builds the same initial VAE
     # a download: rank 0 first, then the others read its files
     first = distributed.main_process_first() if config.data["download"] else None
@@ -412,6 +413,7 @@ def _fit(
         data = load_data(config, device)
     config = resolve_classes(config, data)
     vae = build_variant(config.model, data.shape, seed=run["seed"]).to(device)
+    set_threads(run["num_threads"], vae, config.optimization["batch_size"])
     # a refused run leaves the folder as it was: train writes only after its checks
     history = train(vae, data, config, workdir, resume=resume, progress=progress, write_config=True)
     with progress_enabled(progress is not False and main):
@@ -527,15 +529,19 @@ def score_run(
     seed: int = 0,
     cache_dir: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
+    num_threads: int | None = None,
 ) -> dict[str, Any]:
     """Sample-quality scores of a run on its held-out data: :func:`pyrovae.inference.score`
-    of the run's VAE and data set (the arguments mean what they mean there).
+    of the run's VAE and data set (the other arguments mean what they mean there), with
+    ``num_threads`` torch threads (``None``: chosen as :func:`fit` chooses them, from the
+    run's network and batch size; :mod:`pyrovae.threads`).
 
     When ``workdir`` is a run folder (not a checkpoint file), the scores are also written
     to ``workdir/scores.json``, atomically and only once all of them are computed: a
     refused or interrupted call leaves the folder as it was.
     """
     vae, config, _ = load_run(workdir, device)
+    set_threads(num_threads, vae, config.optimization["batch_size"])
     data = load_data(config, vae.device)
     scores = score(
         vae, data, num_samples=num_samples, batch_size=batch_size, seed=seed, cache_dir=cache_dir

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pyrovae.cli.common import load_items, output_file, run_parser
+from pyrovae.cli.common import load_items, load_run, output_file, run_parser
 from pyrovae.errors import ConfigError
 
 
@@ -155,9 +155,7 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
 def _load_conditional(args: argparse.Namespace, what: str):
     import pyro
 
-    from pyrovae.run import load_run
-
-    vae, config, _ = load_run(args.run, args.device)
+    vae, config, _ = load_run(args)
     if not vae.needs_labels:
         raise ConfigError(
             f"{what} needs a run of a model with labels (--model cvae or m2); {args.run} is a "
@@ -187,7 +185,7 @@ def _cmd_anomaly(args: argparse.Namespace) -> int:
 
     from pyrovae import plots
     from pyrovae.inference.applications import anomaly
-    from pyrovae.run import load_data, load_run, save_figure
+    from pyrovae.run import load_data, save_figure
 
     matplotlib.use("Agg")
     if args.num_samples < 1 or args.batch_size < 1 or args.reference_size < 1:
@@ -198,7 +196,7 @@ def _cmd_anomaly(args: argparse.Namespace) -> int:
         "anomaly_scores.csv"
     )
     output = output_file(output, ".csv")
-    vae, config, _ = load_run(args.run, args.device)
+    vae, config, _ = load_run(args)
     pyro.set_rng_seed(args.seed)
     data = load_data(config, vae.device)
     sources = []
@@ -274,9 +272,9 @@ def _run_items(args: argparse.Namespace):
     output folder."""
     import pyro
 
-    from pyrovae.run import load_data, load_run
+    from pyrovae.run import load_data
 
-    vae, config, _ = load_run(args.run, args.device)
+    vae, config, _ = load_run(args)
     pyro.set_rng_seed(args.seed)
     data = load_data(config, vae.device)
     x = load_items(args.data, config)[0].to(vae.device) if args.data else data.test

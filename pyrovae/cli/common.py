@@ -18,14 +18,33 @@ def run_parser(
     seed: bool = True,
     **kwargs: str,
 ) -> argparse.ArgumentParser:
-    """A subcommand on a trained run: ``RUN``, ``--device`` and (with ``seed``) ``--seed``;
-    ``kwargs`` are ``help`` and ``description``."""
+    """A subcommand on a trained run: ``RUN``, ``--device``, ``--num-threads`` and (with
+    ``seed``) ``--seed``; ``kwargs`` are ``help`` and ``description``."""
     parser = sub.add_parser(name, parents=[common], **kwargs)
     parser.add_argument("run", type=Path, help="run folder (or its checkpoint.pt)")
     if seed:
         parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument(
+        "--num-threads",
+        type=int,
+        help="torch CPU threads (default: chosen from the run's network and batch size)",
+    )
     return parser
+
+
+def load_run(args: argparse.Namespace):
+    """The run of a command on a run (``RUN``, ``--device``): ``(vae, config, checkpoint)``
+    of :func:`pyrovae.run.load_run`, with torch's threads set by the rule training uses
+    (:func:`pyrovae.threads.set_threads`) unless ``--num-threads`` is given."""
+    from pyrovae.run import load_run
+    from pyrovae.threads import set_threads
+
+    if args.num_threads is not None and args.num_threads < 1:  # before reading anything
+        raise ConfigError(f"--num-threads must be >= 1, got {args.num_threads}")
+    vae, config, checkpoint = load_run(args.run, args.device)
+    set_threads(args.num_threads, vae, config.optimization["batch_size"])
+    return vae, config, checkpoint
 
 
 def load_items(path: str | Path, config: Config):

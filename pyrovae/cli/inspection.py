@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pyrovae.cli.common import run_parser
+from pyrovae.cli.common import load_run, run_parser
 from pyrovae.config import Config
 from pyrovae.errors import ConfigError
 from pyrovae.graph import FORMATS as GRAPH_FORMATS
@@ -77,7 +77,6 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
         "--gap-steps", type=int, default=1000, help="Adam steps of the per-item guide (1000)"
     )
     inspect.add_argument("--output", type=Path, help="output folder (default: RUN/inspect)")
-    inspect.add_argument("--num-threads", type=int, help="torch CPU threads (default: torch's)")
 
     graph = run_parser(
         sub,
@@ -126,16 +125,6 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     )
     latent.add_argument("--output", type=Path, help="output folder (default: RUN/latent)")
     latent.add_argument("--batch-size", type=int, default=500, help="data points per batch")
-    latent.add_argument("--num-threads", type=int, help="torch CPU threads (default: torch's)")
-
-
-def _set_threads(num_threads: int | None) -> None:
-    import torch
-
-    if num_threads is not None:
-        if num_threads < 1:
-            raise ConfigError(f"--num-threads must be >= 1, got {num_threads}")
-        torch.set_num_threads(num_threads)
 
 
 def _output_folder(args: argparse.Namespace, default: str | None) -> Path:
@@ -195,10 +184,9 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         save_inference_data,
     )
     from pyrovae.inference.sites import latent_sites, require, require_single_latent
-    from pyrovae.run import load_data, load_run, save_figure
+    from pyrovae.run import load_data, save_figure
 
     matplotlib.use("Agg")
-    _set_threads(args.num_threads)
     checks = {"-s/--num-samples": args.num_samples, "-k": args.k}
     if args.nuts:
         checks.update(
@@ -211,7 +199,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         bad.append("--num-warmup and --gap-steps must be >= 0")
     if bad:
         raise ConfigError("; ".join(bad))
-    vae, config, _ = load_run(args.run, args.device)
+    vae, config, _ = load_run(args)
     _refuse_labelled(vae, config, "inspect", "needs_labels")
     require(vae, "posterior", "posterior inspection")  # before the output folder is made
     # refused before anything is drawn or written
@@ -322,10 +310,10 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 def _cmd_graph(args: argparse.Namespace) -> int:
     from pyrovae.graph import require_graphviz, save_graphs
-    from pyrovae.run import load_data, load_run
+    from pyrovae.run import load_data
 
     require_graphviz()  # before loading anything
-    vae, config, _ = load_run(args.run, args.device)
+    vae, config, _ = load_run(args)
     x = load_data(config, vae.device).test[:2]
     paths = save_graphs(vae, x, _output_folder(args, None), args.format)
     print("wrote " + ", ".join(str(p) for p in paths))
@@ -339,13 +327,12 @@ def _cmd_latent(args: argparse.Namespace) -> int:
     from pyrovae import plots
     from pyrovae.inference.inspection.latent import embed, encode_dataset, latent_report, save_codes
     from pyrovae.inference.sites import require
-    from pyrovae.run import load_data, load_run, save_figure
+    from pyrovae.run import load_data, save_figure
 
     matplotlib.use("Agg")
-    _set_threads(args.num_threads)
     if args.max_points < 2 or args.batch_size < 1 or args.probe_max_train < 2:
         raise ConfigError("--max-points and --probe-max-train must be >= 2, --batch-size >= 1")
-    vae, config, _ = load_run(args.run, args.device)
+    vae, config, _ = load_run(args)
     _refuse_labelled(vae, config, "latent", "requires_y")
     require(vae, "posterior", "encoding a data set")  # before the output folder is made
     data = load_data(config, vae.device)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pyrovae.cli.common import load_items, run_parser
+from pyrovae.cli.common import load_items, load_run, run_parser
 from pyrovae.config import COMPONENTS, SECTIONS, Config, default_help, flag_options, load_config
 from pyrovae.errors import ConfigError, PyroVAEError
 
@@ -60,7 +60,11 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
                 )
         for key, spec in keys.items():
             choices = {"choices": list(spec.choices)} if spec.choices else {}
-            _add_typed(group, key, spec.type, f"{spec.help} (default: {spec.default})", **choices)
+            # a key whose help explains its default (None: chosen) says it once
+            help = (
+                spec.help if "(default:" in spec.help else f"{spec.help} (default: {spec.default})"
+            )
+            _add_typed(group, key, spec.type, help, **choices)
     groups: dict[str, argparse._ArgumentGroup] = {}
     for name, (option, owners) in flag_options().items():
         kind = owners[0].split(" ")[0]
@@ -69,7 +73,8 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
                 f"{kind} options (the chosen {kind} takes its own)"
             )
         choices = {"choices": list(option.choices)} if option.choices else {}
-        help = f"{option.help} [{', '.join(owners)}; default: {option.default}]"
+        default = "" if "(default:" in option.help else f"; default: {option.default}"
+        help = f"{option.help} [{', '.join(owners)}{default}]"
         _add_typed(groups[kind], name, option.type, help, **choices)
 
 
@@ -212,13 +217,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import pyro
 
-    from pyrovae.run import load_data, load_run
+    from pyrovae.run import load_data
 
     if args.num_samples < 1 or args.batch_size < 1:
         raise ConfigError("-k/--num-samples and --batch-size must be >= 1")
     if args.num_items is not None and args.num_items < 1:
         raise ConfigError(f"--num-items must be >= 1, got {args.num_items}")
-    vae, config, _ = load_run(args.run, args.device)
+    vae, config, _ = load_run(args)
     pyro.set_rng_seed(args.seed)
     if args.data:
         x, y = load_items(args.data, config)
@@ -250,12 +255,12 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     import pyro
 
     from pyrovae import plots
-    from pyrovae.run import load_run, save_figure
+    from pyrovae.run import save_figure
 
     matplotlib.use("Agg")
     if args.num_samples < 1:
         raise ConfigError(f"--num-samples must be >= 1, got {args.num_samples}")
-    vae, config, _ = load_run(args.run, args.device)
+    vae, config, _ = load_run(args)
     pyro.set_rng_seed(args.seed)
     if vae.needs_labels:
         samples = vae.sample(args.num_samples, y=args.label).cpu()
@@ -290,6 +295,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
         raise ConfigError(f"--num-samples must be >= 1, got {args.num_samples}")
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.num_threads is not None and args.num_threads < 1:
+        raise ConfigError(f"--num-threads must be >= 1, got {args.num_threads}")
     if args.cache_dir is not None and args.cache_dir.exists() and not args.cache_dir.is_dir():
         raise ConfigError(f"--cache-dir {args.cache_dir} is a file; give a folder")
     scores = score_run(
@@ -299,6 +306,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
         seed=args.seed,
         cache_dir=args.cache_dir,
         device=args.device,
+        num_threads=args.num_threads,
     )
     print(json.dumps(scores, indent=2))
     return 0
