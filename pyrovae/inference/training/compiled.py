@@ -41,8 +41,9 @@ value and gradient equal Pyro's eager ones up to float rounding (tested); the gu
 be reparameterized (no score-function terms), as our guides are. A model whose Python
 branches on tensor values cannot be traced, and ``--compile`` refuses it with the reason.
 
-Compiling takes seconds per structure (the last, shorter minibatch of an epoch is a
-second structure), so it pays on runs of many steps, not on the seconds-long default run.
+Compiling takes seconds per structure (training drops an epoch's last, shorter minibatch,
+so a run has one; a KL weight reaching 0 makes a second), so it pays on runs of many
+steps, not on the seconds-long default run.
 """
 
 from __future__ import annotations
