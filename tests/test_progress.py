@@ -207,6 +207,8 @@ def test_long_evaluations_draw_bars_on_a_terminal_and_none_with_no_progress(
         assert label in shown and "/s" in shown, shown
         if argv[0] == "inspect":
             assert "Warmup" in shown  # Pyro's own NUTS bar
+            # one chain: our one line on mixing, not ArviZ's shape-validation warning
+            assert "one NUTS chain" in shown and "Shape validation" not in shown
         terminal.seek(0)
         terminal.truncate()
         assert cli.main([*command, "--no-progress"]) == 0

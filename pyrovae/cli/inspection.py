@@ -267,7 +267,12 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
             f"{table.round(3).to_string()}\n"
         )
         r_hat = max_r_hat(nuts)
-        if not r_hat < 1.01:  # Vehtari et al. (2021); NaN when a chain never moved
+        if args.num_chains < 2:
+            logger.warning(
+                "one NUTS chain: its mixing cannot be checked (r_hat compares chains); "
+                "use --num-chains 2 or more"
+            )
+        elif not r_hat < 1.01:  # Vehtari et al. (2021); NaN when a chain never moved
             logger.warning(
                 "NUTS chains have not mixed (largest r_hat %.4g, above 1.01 or undefined): "
                 "the reference is not trustworthy; raise --num-warmup and --num-mcmc-samples",

@@ -172,7 +172,10 @@ def nuts_posterior(
 
 def max_r_hat(idata: arviz.InferenceData) -> float:
     """The largest rank-normalized split-:math:`\\hat R` of ``z`` (unrounded; NaN if undefined,
-    e.g. for a chain that never moved). Below 1.01 is the usual criterion of mixing."""
+    e.g. for a chain that never moved, and for a single chain, which has no other chain to
+    compare with). Below 1.01 is the usual criterion of mixing."""
+    if idata.posterior.sizes["chain"] < 2:
+        return float("nan")  # (ArviZ would log a shape-validation warning)
     az = import_arviz()
     with np.errstate(divide="ignore", invalid="ignore"):
         r_hat = az.rhat(idata, var_names=["z"])["z"].values
