@@ -49,9 +49,7 @@ _HOMES = {
         "pyrovae.inference",
     ),
     **dict.fromkeys(["fit", "load_run", "score_run", "train"], "pyrovae.run"),
-    **dict.fromkeys(
-        ["VAE", "VARIANTS", "ConditionalVAE", "SemiSupervisedVAE"], "pyrovae.variants"
-    ),
+    **dict.fromkeys(["VAE", "VARIANTS", "ConditionalVAE", "SemiSupervisedVAE"], "pyrovae.variants"),
 }
 
 __all__ = [

@@ -46,8 +46,7 @@ _FILE_FIXES = {
     errno.EACCES: "choose a folder you may write to, or change its permissions",
     errno.EPERM: "choose a folder you may write to, or change its permissions",
     errno.EROFS: "its file system is read-only; choose a folder on a writable disk",
-    errno.ENOENT: "a folder on its path is missing or cannot hold new files; choose another "
-    "path",
+    errno.ENOENT: "a folder on its path is missing or cannot hold new files; choose another path",
     errno.ENOTDIR: "a part of its path is a file, not a folder; choose another path",
     errno.EISDIR: "it is a folder; give a file name",
     errno.EEXIST: "something of that name is in the way; choose another path",
@@ -83,7 +82,6 @@ def user_message(error: BaseException) -> str | None:
     ):
         return out_of_memory_message(str(error))
     return None
-
 
 
 def out_of_memory_message(detail: str = "") -> str:
