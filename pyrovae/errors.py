@@ -10,7 +10,10 @@ out (:func:`user_message`).
 from __future__ import annotations
 
 import errno
+import os
 import re
+import shutil
+from pathlib import Path
 
 __all__ = [
     "CheckpointError",
@@ -20,6 +23,7 @@ __all__ = [
     "file_error_message",
     "out_of_memory_message",
     "user_message",
+    "write_failure",
 ]
 
 
@@ -76,6 +80,8 @@ def user_message(error: BaseException) -> str | None:
     if isinstance(error, PyroVAEError):
         return str(error)
     if isinstance(error, OSError) and error.errno in _FILE_FIXES:
+        if error.filename is None:  # a write into an open file: the file is not known
+            return f"a file could not be written or read: {file_error_message(error)}"
         return f"cannot write or read {file_error_message(error)}"
     if isinstance(error, MemoryError) or (
         isinstance(error, RuntimeError) and _OUT_OF_MEMORY.search(str(error))
@@ -97,3 +103,27 @@ def out_of_memory_message(detail: str = "") -> str:
         f"out of memory{what}; use a smaller --batch-size or --eval-batch-size, or a smaller "
         "network (--hidden, --latent-dim)"
     )
+
+
+#: torch.save's messages when the file it writes cannot take more bytes
+_TORCH_WRITER = re.compile(r"inline_container|PytorchStreamWriter|file write failed")
+
+
+def write_failure(error: BaseException, path: str | os.PathLike) -> PyroVAEError | None:
+    """The user error for ``error`` raised while writing the file ``path`` (an
+    :class:`OSError`, or the ``RuntimeError`` of torch's stream writer on a full disk),
+    naming the file, its disk's free space and what to do; ``None`` for other errors."""
+    if isinstance(error, OSError) and error.errno in _FILE_FIXES:
+        return PyroVAEError(
+            f"cannot write {file_error_message(OSError(error.errno, error.strerror, str(path)))}"
+        )
+    if isinstance(error, RuntimeError) and _TORCH_WRITER.search(str(error)):
+        try:
+            free = f"; its disk has {shutil.disk_usage(Path(path).parent).free / 1e6:.1f} MB free"
+        except OSError:
+            free = ""
+        return PyroVAEError(
+            f"cannot write {path} (torch: {str(error).strip().splitlines()[0]}){free}: "
+            f"{_FILE_FIXES[errno.ENOSPC]}"
+        )
+    return None

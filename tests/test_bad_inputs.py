@@ -125,6 +125,19 @@ def _np_save_fails(code: int) -> Callable:
     return setup
 
 
+def _checkpoint_write_fails(error: BaseException) -> Callable:
+    """Writing a checkpoint fails with ``error`` (torch.save's own on a full disk, or an
+    ``OSError`` from the file system)."""
+
+    def setup(monkeypatch, paths) -> None:
+        def save(*args, **kwargs):
+            raise error
+
+        monkeypatch.setattr(torch, "save", save)
+
+    return setup
+
+
 def _raises_in(target: str, error: BaseException) -> Callable:
     """The method ``target`` of :class:`pyrovae.VAE` raises ``error``."""
 
@@ -160,6 +173,7 @@ CPU_OOM = RuntimeError(
     "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
     "you tried to allocate 80000000000 bytes. Error code 12 (Cannot allocate memory)"
 )
+TORCH_FULL_DISK = "[enforce fail at inline_container.cc:672] . unexpected pos 64320 vs 64208"
 GPU_OOM = torch.cuda.OutOfMemoryError(
     "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79 GiB"
 )
@@ -204,6 +218,16 @@ ROWS = {
     ),
     "no permission while writing": Row(
         "sample RUN --output NEW", r"samples\.npy: Permission denied", _np_save_fails(13)
+    ),
+    "full disk while saving a checkpoint": Row(
+        "train --workdir NEW --hidden 16",
+        r"cannot write \S*checkpoint\.pt \(torch: .*\).*free space on its disk",
+        _checkpoint_write_fails(RuntimeError(TORCH_FULL_DISK)),
+    ),
+    "read-only disk while saving a checkpoint": Row(
+        "train --workdir NEW --hidden 16",
+        r"cannot write \S*checkpoint\.pt: Read-only file system",
+        _checkpoint_write_fails(OSError(errno.EROFS, os.strerror(errno.EROFS))),
     ),
     # sizes that cannot be allocated, memory that runs out
     "latent dim 10^9": Row("train --workdir NEW --latent-dim 1000000000", r"needs .* GB, more"),
