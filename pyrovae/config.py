@@ -55,6 +55,7 @@ __all__ = [
     "SECTIONS",
     "Config",
     "Key",
+    "check_seed",
     "default_component",
     "default_help",
     "flag_options",
@@ -64,6 +65,20 @@ __all__ = [
 ]
 
 DEVICES = ("auto", "cpu", "cuda")
+
+#: the seeds numpy, torch and Pyro all take (``pyro.set_rng_seed`` seeds numpy's 32-bit RNG)
+SEEDS = range(0, 2**32)
+
+
+def check_seed(value: int, where: str = "seed") -> int:
+    """``value`` if it is a valid seed (:data:`SEEDS`), else a :class:`ConfigError` naming
+    ``where`` (the config key or a command's ``--seed``) and the range."""
+    if value not in SEEDS:
+        raise ConfigError(
+            f"{where} must be an integer from 0 to {SEEDS[-1]} (numpy, torch and Pyro take "
+            f"32-bit seeds), got {value}"
+        )
+    return value
 
 
 @dataclass(frozen=True)
@@ -257,6 +272,8 @@ def _check_fixed(section: str, key: str, value: Any) -> Any:
     if bounded and (value < spec.minimum or (spec.strict and value == spec.minimum)):
         op = ">" if spec.strict else ">="
         raise ConfigError(f"{key} must be {op} {spec.minimum:g}, got {value}")
+    if key == "seed":
+        check_seed(value)
     if key == "image_size" and value is not None and (len(value) not in (1, 2) or min(value) < 1):
         raise ConfigError(f"image_size must be one or two positive sizes (H W), got {list(value)}")
     if key == "hidden" and (not value or min(value) < 1):

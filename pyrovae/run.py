@@ -48,6 +48,7 @@ from pyrovae.inference.training import (
 )
 from pyrovae.inference.training.checkpoint import load_checkpoint, save_checkpoint
 from pyrovae.inference.training.trainer import refuse_overwrite, steps_per_epoch
+from pyrovae.memory import check_networks_fit
 from pyrovae.progress import enabled as progress_enabled
 from pyrovae.tensorboard import TensorBoardLogger, require_tensorboard
 from pyrovae.threads import set_threads
@@ -168,6 +169,13 @@ def resolve_classes(config: Config, data: Dataset) -> Config:
             "and y_test)"
         )
     found = data.num_classes
+    labelled = sum(len(y) for y in (data.train_labels, data.test_labels) if y is not None)
+    if found > labelled:  # e.g. a label of 10**9: classes are 0..K-1, not any integers
+        raise DataError(
+            f"{data.name} has labels up to {found - 1}, which would make {found} classes, more "
+            f"than its {labelled} labelled items; labels must be class indices 0..K-1 "
+            "(renumber them, e.g. with np.unique(y, return_inverse=True))"
+        )
     if variant.get("num_classes") is None:
         return config.replace(num_classes=found)
     if found > variant["num_classes"]:
@@ -412,6 +420,7 @@ def _fit(
     with first or contextlib.nullcontext():
         data = load_data(config, device)
     config = resolve_classes(config, data)
+    check_networks_fit(lambda: build_variant(config.model, data.shape, seed=run["seed"]), device)
     vae = build_variant(config.model, data.shape, seed=run["seed"]).to(device)
     set_threads(run["num_threads"], vae, config.optimization["batch_size"])
     # a refused run leaves the folder as it was: train writes only after its checks

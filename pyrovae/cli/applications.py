@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pyrovae.cli.common import load_items, load_run, output_file, run_parser
+from pyrovae.cli.common import load_items, load_run, output_file, output_folder, run_parser
 from pyrovae.errors import ConfigError
 
 
@@ -279,9 +279,7 @@ def _run_items(args: argparse.Namespace):
     data = load_data(config, vae.device)
     x = load_items(args.data, config)[0].to(vae.device) if args.data else data.test
     out = args.output or (args.run if args.run.is_dir() else args.run.parent)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--output {out} is a file; give a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    output_folder(out)
     return vae, data, x, out
 
 

@@ -4,10 +4,22 @@ naming output files."""
 from __future__ import annotations
 
 import argparse
+import os
+import tempfile
 from pathlib import Path
 
-from pyrovae.config import Config
-from pyrovae.errors import ConfigError
+from pyrovae.config import Config, check_seed
+from pyrovae.errors import ConfigError, file_error_message
+
+
+def seed_value(text: str) -> int:
+    """A command's ``--seed``: an integer in the range every seed must be in
+    (:func:`pyrovae.config.check_seed`); argparse reports the error."""
+    try:
+        return check_seed(int(text), "--seed")
+    except ValueError as e:  # ConfigError is a ValueError
+        message = str(e) if isinstance(e, ConfigError) else f"invalid integer {text!r}"
+        raise argparse.ArgumentTypeError(message) from None
 
 
 def run_parser(
@@ -23,7 +35,7 @@ def run_parser(
     parser = sub.add_parser(name, parents=[common], **kwargs)
     parser.add_argument("run", type=Path, help="run folder (or its checkpoint.pt)")
     if seed:
-        parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+        parser.add_argument("--seed", type=seed_value, default=0, help="random seed (default 0)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument(
         "--num-threads",
@@ -63,11 +75,45 @@ def load_items(path: str | Path, config: Config):
     return x, y
 
 
+def check_folder(path: Path, flag: str) -> None:
+    """Refuse, before any work and without writing anything, a folder ``flag`` that is a
+    file or cannot be created or written: a folder is made and removed in its nearest
+    existing ancestor, which must be a folder (so a path under a regular file, under
+    ``/proc``, on a read-only disk or without permission is refused with the reason)."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{flag} {path} is a file; give a folder")
+    existing = path.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(
+            f"{flag} {path} cannot be created: {existing} is a file, not a folder; choose "
+            "another path"
+        )
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".pyrovae-probe-"))
+    except OSError as e:
+        verb = "written" if existing == path.absolute() else "created"
+        where = OSError(e.errno, e.strerror, str(existing))  # the folder, not the probe
+        raise ConfigError(f"{flag} {path} cannot be {verb}: {file_error_message(where)}") from None
+
+
+def output_folder(path: Path, flag: str = "--output") -> Path:
+    """The folder ``path`` of a command's outputs, created (a clear error when it cannot
+    be: :func:`check_folder`)."""
+    check_folder(path, flag)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"{flag} {path} cannot be created: {file_error_message(e)}") from None
+    return path
+
+
 def output_file(path: Path, suffix: str) -> Path:
     """``--output`` as a file name ending in ``suffix``, its folder created."""
     if path.suffix != suffix:
         raise ConfigError(f"--output {path} must end in {suffix}")
     if path.is_dir():
         raise ConfigError(f"--output {path} is a folder; give a {suffix} file name")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    output_folder(path.parent)
     return path

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pyrovae.cli.common import load_run, run_parser
+from pyrovae.cli.common import load_run, output_folder, run_parser
 from pyrovae.config import Config
 from pyrovae.errors import ConfigError
 from pyrovae.graph import FORMATS as GRAPH_FORMATS
@@ -130,9 +130,7 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
 def _output_folder(args: argparse.Namespace, default: str | None) -> Path:
     run_dir = args.run if args.run.is_dir() else args.run.parent
     out = args.output or (run_dir / default if default else run_dir)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--output {out} is a file; give a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    output_folder(out)
     return out
 
 

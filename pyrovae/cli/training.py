@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pyrovae.cli.common import load_items, load_run, run_parser
+from pyrovae.cli.common import check_folder, load_items, load_run, output_folder, run_parser
 from pyrovae.config import COMPONENTS, SECTIONS, Config, default_help, flag_options, load_config
 from pyrovae.errors import ConfigError, PyroVAEError
 
@@ -164,7 +164,7 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
 
 
 #: the arguments of ``pyrovae train`` that are not config flags
-_TRAIN_ARGUMENTS = ("command", "quiet", "workdir", "config", "resume", "no_progress")
+_TRAIN_ARGUMENTS = ("command", "quiet", "workdir", "config", "resume", "no_progress", "debug")
 
 
 def _config_from_args(args: argparse.Namespace) -> Config:
@@ -191,6 +191,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from pyrovae.run import fit
 
     config = _config_from_args(args)
+    check_folder(args.workdir, "--workdir")  # before the data are read
     try:
         result = fit(
             config, args.workdir, resume=args.resume, progress=False if args.no_progress else None
@@ -272,9 +273,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     else:
         samples = vae.sample(args.num_samples).cpu()
     out = args.output or (args.run if args.run.is_dir() else args.run.parent)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--output {out} is a file; give a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    output_folder(out)
     np.save(out / "samples.npy", samples.numpy())
     title, nrow = "samples from the prior", 8
     if vae.needs_labels:  # the classes in turn (one per column), or the requested one

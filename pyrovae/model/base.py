@@ -20,6 +20,11 @@ from pyro.nn import PyroModule
 
 __all__ = ["LocalPyroModule", "data_plate", "kl_weight", "site_weight"]
 
+# pyrovae's modules keep their parameters (``state_dict()``), not Pyro's global param
+# store; every model, guide and variant imports this module, so this is set before any
+# of them is built
+pyro.settings.set(module_local_params=True)
+
 
 class LocalPyroModule(PyroModule):
     """A ``PyroModule`` that returns its plain ``nn.Module`` children directly when

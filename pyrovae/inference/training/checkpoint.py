@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from pyrovae.errors import CheckpointError
+from pyrovae.errors import CheckpointError, write_failure
 
 __all__ = [
     "CHECKPOINT_KEYS",
@@ -56,8 +56,11 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        failure = write_failure(e, path)  # a full disk, a read-only one: say which file
+        if failure is not None:
+            raise failure from e
         raise
 
 
