@@ -11,7 +11,13 @@ pyro.settings.set(module_local_params=True)
 
 from pyrovae.config import Config, load_config  # noqa: E402
 from pyrovae.data import Dataset, load_dataset  # noqa: E402
-from pyrovae.errors import CheckpointError, ConfigError, DataError, PyroVAEError  # noqa: E402
+from pyrovae.errors import (  # noqa: E402
+    CheckpointError,
+    ConfigError,
+    DataError,
+    NumericsError,
+    PyroVAEError,
+)
 from pyrovae.inference import (  # noqa: E402
     evaluate,
     inference_gaps,
@@ -34,6 +40,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "Dataset",
+    "NumericsError",
     "PyroVAEError",
     "SemiSupervisedVAE",
     "evaluate",

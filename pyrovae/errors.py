@@ -7,7 +7,7 @@ problem and the fix. The CLI prints that message and exits with status 2.
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "ConfigError", "DataError", "PyroVAEError"]
+__all__ = ["CheckpointError", "ConfigError", "DataError", "NumericsError", "PyroVAEError"]
 
 
 class PyroVAEError(Exception):
@@ -24,3 +24,7 @@ class DataError(PyroVAEError, ValueError):
 
 class CheckpointError(PyroVAEError):
     """A checkpoint that is missing, corrupt, or from another architecture."""
+
+
+class NumericsError(PyroVAEError, ArithmeticError):
+    """Training that diverged: a loss, gradient or held-out number became NaN or infinite."""
