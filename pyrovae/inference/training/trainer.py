@@ -468,7 +468,12 @@ class Trainer:
         rates = sorted({g["lr"] for o in self.step.optimizers.values() for g in o.param_groups})
         clip = getattr(self.step, "clip_norm", None)
         fix = f"lower --learning-rate (now {', '.join(f'{r:g}' for r in rates)})"
-        fix += f" or --clip-norm (now {clip:g})" if clip is not None else " or set --clip-norm 10"
+        if clip is not None:
+            fix += f" or --clip-norm (now {clip:g})"
+        else:
+            fix += " or clip the gradients with --clip-norm (e.g. 10)"
+        if checkpoint is not None and history:
+            fix += ", and continue with --resume"
         return f"training diverged {where} (epoch {e.epoch}): {e.what}{applied}; {kept}; {fix}"
 
     def distribute(self) -> None:
