@@ -19,6 +19,7 @@ NaN: loss", once per step and per site) are silenced while the trainer checks
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -58,8 +59,9 @@ class NonFinite(ArithmeticError):
 
 def check_loss(loss: torch.Tensor) -> None:
     """Raise :class:`NonFinite` unless the step's (scalar) loss is finite."""
-    if not torch.isfinite(loss).all():
-        raise NonFinite(f"the loss is {loss.item()}")
+    value = loss.item()  # one number: as cheap a read as a check on the device
+    if not math.isfinite(value):
+        raise NonFinite(f"the loss is {value}")
 
 
 def watch_gradients(
