@@ -253,8 +253,9 @@ class PyrovaeTrainer:
         self.parameters = trainer.step.parameters
 
     def step(self, x: torch.Tensor) -> torch.Tensor:
-        """One SVI step on minibatch ``x``, as the trainer's epoch takes it."""
-        return self.trainer.step({"x": x}, num_data=self.num_data, beta=1.0)["loss"]
+        """One SVI step on minibatch ``x``, as the trainer's epoch takes it (with its checks
+        for a non-finite loss or gradient)."""
+        return self.trainer.take_step({"x": x}, num_data=self.num_data, beta=1.0)["loss"]
 
     def epoch(self, data: Dataset) -> float:
         return self.trainer.epoch(data)

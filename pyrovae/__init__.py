@@ -16,7 +16,13 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from pyrovae.config import Config, load_config
     from pyrovae.data import Dataset, load_dataset
-    from pyrovae.errors import CheckpointError, ConfigError, DataError, PyroVAEError
+    from pyrovae.errors import (
+        CheckpointError,
+        ConfigError,
+        DataError,
+        NumericsError,
+        PyroVAEError,
+    )
     from pyrovae.inference import (
         evaluate,
         inference_gaps,
@@ -35,7 +41,8 @@ _HOMES = {
     **dict.fromkeys(["Config", "load_config"], "pyrovae.config"),
     **dict.fromkeys(["Dataset", "load_dataset"], "pyrovae.data"),
     **dict.fromkeys(
-        ["CheckpointError", "ConfigError", "DataError", "PyroVAEError"], "pyrovae.errors"
+        ["CheckpointError", "ConfigError", "DataError", "NumericsError", "PyroVAEError"],
+        "pyrovae.errors",
     ),
     **dict.fromkeys(
         [
@@ -61,6 +68,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "Dataset",
+    "NumericsError",
     "PyroVAEError",
     "SemiSupervisedVAE",
     "evaluate",

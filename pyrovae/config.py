@@ -33,12 +33,11 @@ import copy
 import dataclasses
 import json
 import os
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from pyrovae.data import BINARIZE, DATASETS, IMAGE_MODES
 from pyrovae.errors import ConfigError

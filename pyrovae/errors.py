@@ -19,6 +19,7 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "DataError",
+    "NumericsError",
     "PyroVAEError",
     "file_error_message",
     "out_of_memory_message",
@@ -127,3 +128,7 @@ def write_failure(error: BaseException, path: str | os.PathLike) -> PyroVAEError
             f"{_FILE_FIXES[errno.ENOSPC]}"
         )
     return None
+
+
+class NumericsError(PyroVAEError, ArithmeticError):
+    """Training that diverged: a loss, gradient or held-out number became NaN or infinite."""

@@ -3,7 +3,7 @@
 Pyro traces the program and draws each sample site as a node (observed sites shaded),
 each plate as a box, the dependencies between sites as edges, and with
 ``render_distributions=True`` the distribution of each site. Drawing needs the
-``graphviz`` Python package (``pip install 'pyrovae[graph]'``) and Graphviz's ``dot``
+``graphviz`` Python package (``pip install -e '.[graph]'``) and Graphviz's ``dot``
 program (e.g. ``apt-get install graphviz``).
 """
 
@@ -27,8 +27,8 @@ __all__ = ["FORMATS", "render_graph", "require_graphviz", "save_graphs"]
 FORMATS = ("svg", "png", "pdf", "dot")
 
 _INSTALL = (
-    "install the optional extra with `pip install 'pyrovae[graph]'` (the graphviz Python "
-    "package) and Graphviz's dot program (e.g. `apt-get install graphviz`)"
+    "install the optional extra from the checkout with `pip install -e '.[graph]'` (or "
+    "`pip install graphviz`) and Graphviz's dot program (e.g. `apt-get install graphviz`)"
 )
 
 

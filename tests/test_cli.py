@@ -630,7 +630,7 @@ def test_bad_inspect_arguments_exit_2(argv, phrase, trained_run, tmp_path, capsy
 
 
 def test_graph(trained_run, tmp_path, capsys):
-    pytest.importorskip("graphviz", reason="the optional extra pyrovae[graph] is not installed")
+    pytest.importorskip("graphviz", reason="the optional extra .[graph] is not installed")
     if shutil.which("dot") is None:
         pytest.skip("Graphviz's dot program is not installed")
     code, _, err = run_cli(["graph", trained_run, "--output", tmp_path], capsys)
@@ -647,7 +647,7 @@ def test_graph(trained_run, tmp_path, capsys):
 def test_graph_without_graphviz_exits_2(trained_run, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "graphviz", None)  # import graphviz raises ImportError
     code, _, err = run_cli(["graph", trained_run, "--output", tmp_path], capsys)
-    assert code == 2 and "pip install 'pyrovae[graph]'" in err and "Traceback" not in err
+    assert code == 2 and "pip install -e '.[graph]'" in err and "Traceback" not in err
     assert not (tmp_path / "model.svg").exists()
 
 

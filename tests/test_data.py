@@ -477,11 +477,12 @@ def test_npy_file_is_split_and_named_after_its_stem(tmp_path: Path) -> None:
     assert torch.equal(ds.test, again.test)
 
 
-def test_uint8_is_scaled_and_1d_gets_a_feature_axis(tmp_path: Path) -> None:
+def test_uint8_is_scaled_and_other_numbers_are_cast(tmp_path: Path) -> None:
     np.save(tmp_path / "img.npy", np.full((10, 4, 4), 255, dtype=np.uint8))
     assert float(load_dataset(path=tmp_path / "img.npy").train.max()) == 1.0
     assert load_dataset(path=tmp_path / "img.npy").shape == (4, 4)
-    np.save(tmp_path / "vec.npy", np.arange(10, dtype=np.int32))
+    # items of one value each: (N, 1), as the message refusing a 1-D array says
+    np.save(tmp_path / "vec.npy", np.arange(10, dtype=np.int32).reshape(-1, 1))
     ds = load_dataset(path=tmp_path / "vec.npy")
     assert ds.shape == (1,) and float(ds.train.max()) > 1.0, "non-uint8 is cast, not scaled"
 
@@ -543,6 +544,13 @@ FILE_ERRORS = [
         r"x_train items have shape \(2,\) but x_test items have shape \(5,\)",
     ),
     ("one.npy", lambda p: np.save(p, np.ones((1, 2))), "cannot split"),
+    (
+        "vector.npy",
+        lambda p: np.save(p, np.linspace(0, 1, 5)),
+        r"is 1-D \(shape \(5,\)\): are its 5 values 5 items .* or one item of 5 features\? "
+        r"Reshape it to \(5, 1\) .* or to \(1, 5\)",
+    ),
+    ("vector.npz", save_npz(x_train=np.ones(4), x_test=np.ones(3)), r"x_train is 1-D"),
 ]
 
 
@@ -675,3 +683,25 @@ def test_real_debian_fashion_mnist() -> None:
     assert float(ds.train.min()) >= 0.0 and float(ds.train.max()) <= 1.0
     assert ds.train_labels is not None and set(ds.train_labels.tolist()) == set(range(10))
     assert ds.num_classes == 10
+
+
+def test_a_memory_mapped_1d_file_is_refused_too(tmp_path: Path) -> None:
+    np.save(tmp_path / "vector.npy", np.linspace(0, 1, 6))
+    with pytest.raises(DataError, match=r"vector.npy is 1-D \(shape \(6,\)\).*\(6, 1\)"):
+        load_dataset(path=tmp_path / "vector.npy", mmap=True)
+
+
+def test_a_named_data_dir_that_does_not_exist_is_an_error(tmp_path: Path, capsys) -> None:
+    from pyrovae import cli
+
+    missing = tmp_path / "nowhere"
+    with pytest.raises(DataError, match=f"--data-dir {missing} does not exist"):
+        load_dataset("digits", data_dir=missing)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(DataError, match="is a file, not a folder"):
+        load_dataset("mnist", data_dir=tmp_path / "file")
+    argv = ["train", "--workdir", str(tmp_path / "run"), "--data-dir", str(missing)]
+    assert cli.main([*argv, "--no-progress", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert f"--data-dir {missing} does not exist" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()

@@ -72,7 +72,7 @@ def _pick_arrays(path: Path, loaded: np.lib.npyio.NpzFile) -> dict[str, np.ndarr
 
 
 def _items_tensor(array: np.ndarray, what: str) -> torch.Tensor:
-    """float32 items from a numeric array: uint8 / 255, others cast; (N,) becomes (N, 1)."""
+    """float32 items from a numeric array: uint8 / 255, others cast; a 1-D one is refused."""
     if array.dtype.kind not in "biuf":
         raise DataError(
             f"{what} has dtype {array.dtype}, which is not numeric; "
@@ -81,7 +81,7 @@ def _items_tensor(array: np.ndarray, what: str) -> torch.Tensor:
     if array.ndim == 0:
         raise DataError(f"{what} is a single number; it needs one row per item")
     if array.ndim == 1:
-        array = array[:, None]
+        raise DataError(one_dimensional(what, array.shape))
     with np.errstate(over="ignore"):
         x = torch.from_numpy(array.astype(np.float32))
     if array.dtype == np.uint8:
@@ -93,6 +93,16 @@ def _items_tensor(array: np.ndarray, what: str) -> torch.Tensor:
         )
     validate_data(x, what=what)
     return x
+
+
+def one_dimensional(what: str, shape: tuple[int, ...]) -> str:
+    """The message refusing a 1-D array of items: are its values items or features?"""
+    (n,) = shape
+    return (
+        f"{what} is 1-D (shape {shape}): are its {n} values {n} items of one value each, or "
+        f"one item of {n} features? Reshape it to ({n}, 1) for the first (x.reshape(-1, 1)) "
+        f"or to (1, {n}) for the second (x.reshape(1, -1)), and save it again"
+    )
 
 
 def _labels_tensor(array: np.ndarray, num_items: int, what: str) -> torch.Tensor:
@@ -134,6 +144,8 @@ def load_mapped(path: Path, *, test_fraction: float, seed: int, limit: int | Non
             f"{path.name} holds {array.dtype} of shape {array.shape}; a memory-mapped file "
             "needs a numeric array with one row per item"
         )
+    if array.ndim == 1:
+        raise DataError(one_dimensional(path.name, array.shape))
     train_index, test_index = split_indices(len(array), test_fraction, seed, None, path.name)
     return Dataset(
         name=path.stem,

@@ -105,12 +105,14 @@ def load_dataset(
         ``.npz`` archive holds either ``x`` (and optionally labels ``y``), or ``x_train`` and
         ``x_test`` (and optionally ``y_train`` and ``y_test``). A single array is split by
         ``test_fraction`` and ``seed``. ``uint8`` arrays are taken to be 8-bit images and
-        divided by 255; other numeric arrays are cast to float32 unchanged. A 1-D array of
-        shape ``(N,)`` becomes ``(N, 1)``; every other shape is kept. The data set's name is
+        divided by 255; other numeric arrays are cast to float32 unchanged. A 1-D array is
+        refused (items or features? the message gives both reshapes); every other shape is
+        kept. The data set's name is
         the file's stem. A folder is a folder of images, one subfolder per class
         (:func:`~pyrovae.data.images.load_image_folder`), named after the folder.
     data_dir : path-like, optional
-        Where to look for (or download) MNIST and Fashion-MNIST IDX files.
+        Where to look for (or download) MNIST and Fashion-MNIST IDX files; it must be an
+        existing folder unless ``download`` (which creates it).
     binarize : str
         One of :data:`~pyrovae.data.BINARIZE` (see :mod:`pyrovae.data.binarization`).
     test_fraction : float
@@ -156,6 +158,12 @@ def load_dataset(
         raise ConfigError(
             f"binarize={binarize!r} rewrites the whole array, which a memory-mapped file is not "
             "read into; binarize the file beforehand, or drop --mmap"
+        )
+    if data_dir is not None and not download and not Path(data_dir).is_dir():
+        what = "is a file, not a folder" if Path(data_dir).exists() else "does not exist"
+        raise DataError(
+            f"--data-dir {data_dir} {what}; give the folder that holds the IDX files, or add "
+            "--download to download them into it"
         )
     if mmap and (path is None or Path(path).is_dir()):
         raise ConfigError("mmap applies to a .npy file given as --data FILE.npy")

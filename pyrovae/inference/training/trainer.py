@@ -32,6 +32,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -40,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import pyro
 import torch
 
-from pyrovae.errors import CheckpointError, ConfigError, DataError, PyroVAEError
+from pyrovae.errors import CheckpointError, ConfigError, DataError, NumericsError, PyroVAEError
 from pyrovae.inference.training import distributed
 from pyrovae.inference.training.checkpoint import (
     CHECKPOINT_KEYS,
@@ -48,6 +49,13 @@ from pyrovae.inference.training.checkpoint import (
     load_checkpoint,
     save_checkpoint,
     set_rng_state,
+)
+from pyrovae.inference.training.numerics import (
+    NonFinite,
+    check_loss,
+    parameter_names,
+    quiet_nan_warnings,
+    watch_gradients,
 )
 from pyrovae.inference.training.schedules import ConstantSchedule, Schedule
 from pyrovae.inference.training.step import TrainingStep
@@ -164,6 +172,10 @@ class Trainer:
         self.epoch_stats: dict[str, Any] = {}
         # what the progress bar shows after its counts: epoch, running objective, held-out
         self._bar_fields: dict[str, str] = {}
+        # the optimizers whose gradients are checked before each update (by id; the
+        # optimizer is kept so that its id is not reused), and the names of the parameters
+        self._watched: dict[int, tuple[torch.optim.Optimizer, Any]] = {}
+        self._names = parameter_names(vae.named_parameters())
 
     def site_weights(self, beta: float) -> float | dict[str, float]:
         """The KL weight ``beta`` of a step as the model takes it: one number, or one per
@@ -231,9 +243,11 @@ class Trainer:
         )
         for batch in batches:
             beta = self.schedule(self.step_count)
-            stats = self.step(
-                _to_device(batch, self.vae.device), num_data=num_data, beta=self.site_weights(beta)
-            )
+            try:
+                stats = self.take_step(batch, num_data=num_data, beta=self.site_weights(beta))
+            except NonFinite as e:
+                e.step, e.epoch = self.step_count + 1, index + 1
+                raise
             has_elbo = has_elbo and "elbo" in stats
             for key, value in stats.items():
                 if key in totals:
@@ -263,6 +277,24 @@ class Trainer:
             },
         }
         return objective
+
+    def take_step(
+        self, batch: Mapping[str, Any], *, num_data: int, beta: float | Mapping[str, float]
+    ) -> dict[str, torch.Tensor]:
+        """One update of :attr:`step` on ``batch`` (moved to the variant's device), checked.
+
+        Before each of the step's optimizers updates, the gradients of its parameters are
+        checked (:mod:`~pyrovae.inference.training.numerics`), and the loss the step returns
+        after it; either raises :class:`~pyrovae.inference.training.numerics.NonFinite`,
+        a non-finite gradient before its update is applied.
+        """
+        for optimizer in self.step.optimizers.values():  # a compiled step has a new one
+            if id(optimizer) not in self._watched:
+                handle = watch_gradients(optimizer, self._names)
+                self._watched[id(optimizer)] = (optimizer, handle)
+        stats = self.step(_to_device(batch, self.vae.device), num_data=num_data, beta=beta)
+        check_loss(stats["loss"])
+        return stats
 
     def fit(
         self,
@@ -361,16 +393,13 @@ class Trainer:
                 break
             begin = time.perf_counter()
             self._bar_fields["epoch"] = f"{epoch + 1}/{self.num_epochs}"
-            train_objective = self.epoch(data, bar)  # its index: from step_count
-            if not math.isfinite(train_objective):
-                raise PyroVAEError(
-                    f"the ELBO became {train_objective} in epoch {epoch + 1}; lower "
-                    "--learning-rate or set --clip-norm"
-                )
-            with progress_enabled(False):  # a quick evaluation: the training bar is enough
-                evaluation = vae.evaluate_epoch(
-                    data, batch_size=self.eval_batch_size, probe_items=self.diagnostic_items
-                )
+            try:  # Pyro's NaN warnings would repeat what a NonFinite reports once
+                with quiet_nan_warnings():
+                    train_objective = self.epoch(data, bar)  # its index: from step_count
+                    evaluation = self._evaluate(data, epoch)
+            except NonFinite as e:
+                bar.close()
+                raise NumericsError(self._diverged(e, history, checkpoint)) from None
             row = {"epoch": epoch + 1, **self.epoch_stats, **evaluation}
             if "kl" in row:
                 last = epoch + 1 == self.num_epochs
@@ -401,6 +430,51 @@ class Trainer:
                 callback(self, row)
         bar.close()
         return history
+
+    def _evaluate(self, data: Dataset, epoch: int) -> dict[str, Any]:
+        """The variant's per-epoch evaluation; :class:`NonFinite` when the parameters the
+        last step left make the held-out numbers non-finite (an update that was too large)."""
+        try:
+            with progress_enabled(False):  # a quick evaluation: the training bar is enough
+                evaluation = self.vae.evaluate_epoch(
+                    data, batch_size=self.eval_batch_size, probe_items=self.diagnostic_items
+                )
+        except ValueError as e:  # a distribution's parameter out of its support: NaN, inf
+            found = re.match(r"Expected parameter (\w+) .* of distribution (\w+)", str(e))
+            if found is None or "found invalid values" not in str(e):
+                raise
+            name, family = found.groups()
+            what = f"the held-out evaluation met a {family} whose {name} is NaN or out of range"
+            raise NonFinite(what, step=self.step_count, epoch=epoch + 1, after=True) from None
+        elbo = evaluation.get("test_elbo")
+        if elbo is not None and not math.isfinite(elbo):
+            what = f"the held-out ELBO is {elbo}"
+            raise NonFinite(what, step=self.step_count, epoch=epoch + 1, after=True)
+        return evaluation
+
+    def _diverged(
+        self, e: NonFinite, history: list[dict[str, Any]], checkpoint: Path | None
+    ) -> str:
+        """The one message of a run stopped by a non-finite number: what, where, what is
+        kept, and the fix."""
+        where = f"after step {e.step}" if e.after else f"at step {e.step}"
+        applied = "; its update was not applied" if e.what.startswith("the gradient") else ""
+        if checkpoint is None:
+            kept = "nothing was saved (no run folder)"
+        elif history:
+            kept = f"{checkpoint} keeps epoch {len(history)}, the last good one"
+        else:
+            kept = "no epoch had finished, so no checkpoint was written"
+        rates = sorted({g["lr"] for o in self.step.optimizers.values() for g in o.param_groups})
+        clip = getattr(self.step, "clip_norm", None)
+        fix = f"lower --learning-rate (now {', '.join(f'{r:g}' for r in rates)})"
+        if clip is not None:
+            fix += f" or --clip-norm (now {clip:g})"
+        else:
+            fix += " or clip the gradients with --clip-norm (e.g. 10)"
+        if checkpoint is not None and history:
+            fix += ", and continue with --resume"
+        return f"training diverged {where} (epoch {e.epoch}): {e.what}{applied}; {kept}; {fix}"
 
     def distribute(self) -> None:
         """Average the step's gradients over the ranks from now on (its ``distribute()``,
