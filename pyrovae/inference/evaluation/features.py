@@ -52,7 +52,7 @@ from pyrovae.data import Dataset
 from pyrovae.errors import ConfigError, DataError
 from pyrovae.inference.evaluation.weights import eval_mode
 from pyrovae.progress import progress_bar
-from pyrovae.runfolder import atomic_write
+from pyrovae.runfolder import RunFolderError, atomic_write
 
 __all__ = [
     "CACHE_FORMAT",
@@ -321,8 +321,12 @@ def _load(path: Path, key: str) -> dict | None:
 
 
 def _save(entry: dict, path: Path) -> None:
-    """Write ``entry`` atomically (:func:`pyrovae.runfolder.atomic_write`)."""
-    atomic_write(path, lambda f: torch.save(entry, f))
+    """Write ``entry`` atomically (:func:`pyrovae.runfolder.atomic_write`); raises the
+    ``OSError`` of a failed write."""
+    try:
+        atomic_write(path, lambda f: torch.save(entry, f))
+    except RunFolderError as e:
+        raise e.__cause__ if isinstance(e.__cause__, OSError) else e from None
 
 
 def feature_classifier(
