@@ -573,8 +573,8 @@ def _toml_value(value: Any) -> str:
 
 
 def save_config(config: Config, path: str | os.PathLike) -> None:
-    """Write ``config`` as TOML: a table per section and per component (``None`` values
-    are left out: they are the defaults)."""
+    """Write ``config`` as TOML, atomically: a table per section and per component
+    (``None`` values are left out: they are the defaults)."""
     lines = ["# pyrovae run configuration"]
     for section, table in config.to_dict().items():
         plain = {k: v for k, v in table.items() if k not in COMPONENTS and v is not None}
@@ -582,4 +582,6 @@ def save_config(config: Config, path: str | os.PathLike) -> None:
         for key in (k for k in table if k in COMPONENTS):
             lines += ["", f"[{section}.{key}]"]
             lines += [f"{k} = {_toml_value(v)}" for k, v in table[key].items() if v is not None]
-    Path(path).write_text("\n".join(lines) + "\n")
+    from pyrovae.runfolder import write_text
+
+    write_text(path, "\n".join(lines) + "\n")

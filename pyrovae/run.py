@@ -11,6 +11,8 @@ A run folder holds::
     elbo.png, reconstructions.png, samples.png
     tensorboard/        event files, with ``tensorboard = true`` (``--tensorboard``)
     scores.json         sample quality (written by ``score_run``, ``pyrovae score``)
+    evaluation-k*.json, samples-n*.png/.npy    written by ``pyrovae evaluate``, ``sample``
+    .lock               while a command writes into the folder (:mod:`pyrovae.runfolder`)
 
 Under ``torchrun`` every process runs :func:`fit` as one rank of a data-parallel run
 (:mod:`pyrovae.inference.training.distributed`): rank 0 alone writes the run folder, which
@@ -22,17 +24,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import os
-import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from pyrovae import plots
+from pyrovae import plots, runfolder
 from pyrovae.config import Config, from_flat, is_flat, save_config
 from pyrovae.data import Dataset, Loader, load_dataset
 from pyrovae.errors import CheckpointError, ConfigError, DataError, PyroVAEError
@@ -50,6 +51,7 @@ from pyrovae.inference.training.checkpoint import load_checkpoint, save_checkpoi
 from pyrovae.inference.training.trainer import refuse_overwrite, steps_per_epoch
 from pyrovae.memory import check_networks_fit
 from pyrovae.progress import enabled as progress_enabled
+from pyrovae.runfolder import atomic_write, write_json
 from pyrovae.tensorboard import TensorBoardLogger, require_tensorboard
 from pyrovae.threads import set_threads
 from pyrovae.variants import VAE, VARIANTS, build_variant
@@ -187,7 +189,10 @@ def resolve_classes(config: Config, data: Dataset) -> Config:
 
 
 def save_figure(fig: Any, path: str | os.PathLike) -> None:
-    fig.savefig(path, dpi=120)
+    """Save ``fig`` (its format from the file name) atomically
+    (:func:`~pyrovae.runfolder.atomic_write`)."""
+    path = Path(path)
+    atomic_write(path, lambda f: fig.savefig(f, format=path.suffix[1:] or None, dpi=120))
 
 
 def model_section(vae: VAE) -> dict[str, Any]:
@@ -284,21 +289,24 @@ def train(
     Returns the per-epoch rows of :meth:`pyrovae.inference.training.Trainer.fit`.
 
     Everything is checked (the resume, the data, one evaluation of the step's losses, the
-    tensorboard package for ``tensorboard = true``) before anything is written; then, with
-    ``write_config``, ``workdir/config.toml``. In a data-parallel run rank 0 alone writes;
+    tensorboard package for ``tensorboard = true``) before anything is written. With
+    ``write_config``, ``workdir/config.toml`` is written once the run has started under
+    ``config``: right after this session's first checkpoint (or, when no epoch is left to
+    train, by :func:`fit` once it succeeds), so a refused or failed session leaves the
+    configuration of the last checkpoint there. In a data-parallel run rank 0 alone writes;
     every rank trains and fits what the variant fits after its epochs, and rank 0's is
     saved.
     """
     saved = {**config.to_dict(), "model": model_section(vae)}
     board = make_tensorboard(vae, data, config, workdir)
+    callbacks: list = [board] if board is not None else []
+    if write_config and workdir is not None and distributed.is_main_process():
+        callbacks.insert(0, _ConfigWriter(config, Path(workdir) / "config.toml"))
     with elbo_context(config.objective["elbo"]["name"]), board or contextlib.nullcontext():
         trainer = make_trainer(vae, data, config)
         if resume and workdir is not None:
-            check_resumable(Path(workdir), saved)
+            check_resumable(Path(workdir), saved, vae.event_shape)
         trainer.check(data, vae.training_size(data))
-        if write_config and workdir is not None and distributed.is_main_process():
-            Path(workdir).mkdir(parents=True, exist_ok=True)
-            save_config(config, Path(workdir) / "config.toml")
         history = trainer.fit(
             data,
             workdir,
@@ -306,7 +314,7 @@ def train(
             progress=progress,
             config=saved,
             check=False,
-            callbacks=[board] if board is not None else [],
+            callbacks=callbacks,
         )
     fitted = vae.finish_training(data)
     if fitted and workdir is not None and distributed.is_main_process():
@@ -320,15 +328,30 @@ def train(
     return history
 
 
+class _ConfigWriter:
+    """An epoch callback that writes ``config.toml`` after the session's first checkpoint."""
+
+    def __init__(self, config: Config, path: Path) -> None:
+        self.config, self.path = config, path
+
+    def __call__(self, trainer: Trainer | None = None, row: dict[str, Any] | None = None) -> None:
+        if self.config is not None:
+            save_config(self.config, self.path)
+            self.config = None  # once
+
+
 def saved_config(state: dict[str, Any]) -> Config:
     """The config a checkpoint was trained with (sections, or pyrovae 0.1's flat keys)."""
     values = state.get("config", {})
     return from_flat(values) if is_flat(values) else Config.from_dict(values)
 
 
-def check_resumable(workdir: Path, current: dict[str, Any]) -> None:
-    """Check that a run with config ``current`` (plain sections) can resume ``workdir``:
-    its model section, which decides every shape in the checkpoint, must be the same."""
+def check_resumable(
+    workdir: Path, current: dict[str, Any], event_shape: Sequence[int] | None = None
+) -> None:
+    """Check that a run with config ``current`` (plain sections) on items of
+    ``event_shape`` can resume ``workdir``: its model section and its items' shape, which
+    decide every shape in the checkpoint, must be the same."""
     path = workdir / "checkpoint.pt"
     if not path.exists():
         raise PyroVAEError(f"there is no run to resume in {workdir}; drop --resume to start one")
@@ -346,6 +369,13 @@ def check_resumable(workdir: Path, current: dict[str, Any]) -> None:
         raise CheckpointError(
             f"checkpoint {path} was trained with another architecture ({detail}); "
             "resume with the run's own config or start a new --workdir"
+        )
+    trained = state.get("event_shape")
+    if event_shape is not None and trained is not None and list(trained) != list(event_shape):
+        raise CheckpointError(
+            f"checkpoint {path} was trained on items of shape {tuple(trained)}, the data now "
+            f"have items of shape {tuple(event_shape)}; resume with the run's own data or "
+            "start a new --workdir"
         )
 
 
@@ -375,6 +405,11 @@ def fit(
     evaluates on the held-out data with ``num_eval_samples`` importance samples and saves
     figures.
 
+    The folder is locked for the call (:func:`pyrovae.runfolder.lock`: a second writer is
+    refused); a fresh run's folder is made only then, and removed again if the run is
+    refused or fails before its first checkpoint. ``config.toml`` changes only once the
+    run has started under the new configuration (see :func:`train`).
+
     ``progress`` shows the training's bar (``None``: on a terminal) and, unless it is
     ``False``, the final evaluation's bar on a terminal (:mod:`pyrovae.progress`).
 
@@ -390,6 +425,8 @@ def fit(
         raise ConfigError(f"--workdir {workdir} is a file; give a folder for the run")
     if not resume:
         refuse_overwrite(workdir)
+    if resume and not (workdir / "checkpoint.pt").exists():
+        raise PyroVAEError(f"there is no run to resume in {workdir}; drop --resume to start one")
     if config.run["tensorboard"]:
         require_tensorboard()  # before loading the data; nothing is written yet
     if distributed.launched():
@@ -399,7 +436,13 @@ def fit(
     # absolute data paths, so evaluate and --resume find the same files from anywhere
     paths = {k: str(Path(v).resolve()) for k in ("data", "data_dir") if (v := config.data[k])}
     config = config.replace(**paths)
-    with distributed.process_group(resolve_device(config.run["device"])) as device:
+    # one writer at a time: rank 0 locks the folder (other ranks never write); a fresh run's
+    # folder is made here and removed again if the run fails before its first checkpoint
+    held = distributed.launched_rank() == 0
+    with (
+        runfolder.lock(workdir, create=True) if held else contextlib.nullcontext(),
+        distributed.process_group(resolve_device(config.run["device"])) as device,
+    ):
         return _fit(config, workdir, device, resume=resume, progress=progress)
 
 
@@ -428,7 +471,7 @@ def _fit(
     with progress_enabled(progress is not False and main):
         evaluation = evaluate_run(vae, data, config)
     if main:
-        (workdir / "evaluation.json").write_text(json.dumps(evaluation, indent=2) + "\n")
+        write_json(evaluation, workdir / "evaluation.json")
         if "log_likelihood" in evaluation:
             logger.info(
                 "held-out: ELBO %.3f, log p(x) >= %.3f (IWAE, K=%d) nats per data point",
@@ -437,6 +480,9 @@ def _fit(
                 run["num_eval_samples"],
             )
         write_figures(vae, data, history, workdir)
+        # written after the session's first checkpoint already (train); again here for a
+        # session that had no epoch left to train, once it has succeeded
+        save_config(config, workdir / "config.toml")
     distributed.barrier()  # every rank returns once the run folder is complete
     return FitResult(vae, data, history, evaluation, workdir)
 
@@ -518,18 +564,6 @@ def load_run(
     return vae.to(device), config, checkpoint
 
 
-def write_json(value: Any, path: Path) -> None:
-    """Write ``value`` as indented JSON atomically: a temporary file, then ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(value, indent=2) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def score_run(
     workdir: str | os.PathLike,
     *,
@@ -547,14 +581,22 @@ def score_run(
 
     When ``workdir`` is a run folder (not a checkpoint file), the scores are also written
     to ``workdir/scores.json``, atomically and only once all of them are computed: a
-    refused or interrupted call leaves the folder as it was.
+    refused or interrupted call leaves the folder as it was. The folder is locked
+    meanwhile (:func:`pyrovae.runfolder.lock`).
     """
-    vae, config, _ = load_run(workdir, device)
-    set_threads(num_threads, vae, config.optimization["batch_size"])
-    data = load_data(config, vae.device)
-    scores = score(
-        vae, data, num_samples=num_samples, batch_size=batch_size, seed=seed, cache_dir=cache_dir
-    )
-    if Path(workdir).is_dir():
-        write_json(scores, Path(workdir) / "scores.json")
+    folder = Path(workdir).is_dir()
+    with runfolder.lock(workdir) if folder else contextlib.nullcontext():
+        vae, config, _ = load_run(workdir, device)
+        set_threads(num_threads, vae, config.optimization["batch_size"])
+        data = load_data(config, vae.device)
+        scores = score(
+            vae,
+            data,
+            num_samples=num_samples,
+            batch_size=batch_size,
+            seed=seed,
+            cache_dir=cache_dir,
+        )
+        if folder:
+            write_json(scores, Path(workdir) / "scores.json")
     return scores

@@ -211,13 +211,13 @@ ROWS = {
     ),
     # the file system refusing a write
     "full disk while writing": Row(
-        "sample RUN --output NEW", r"samples\.npy: No space left on device", _np_save_fails(28)
+        "sample RUN --output NEW", r"samples-n64\.npy: No space left on device", _np_save_fails(28)
     ),
     "read-only disk while writing": Row(
-        "sample RUN --output NEW", r"samples\.npy: Read-only file system", _np_save_fails(30)
+        "sample RUN --output NEW", r"samples-n64\.npy: Read-only file system", _np_save_fails(30)
     ),
     "no permission while writing": Row(
-        "sample RUN --output NEW", r"samples\.npy: Permission denied", _np_save_fails(13)
+        "sample RUN --output NEW", r"samples-n64\.npy: Permission denied", _np_save_fails(13)
     ),
     "full disk while saving a checkpoint": Row(
         "train --workdir NEW --hidden 16",

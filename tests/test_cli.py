@@ -87,8 +87,8 @@ def test_evaluate(trained_run, capsys):
 def test_sample(trained_run, tmp_path, capsys):
     code, _, _ = run_cli(["sample", trained_run, "-n", "16", "--output", tmp_path], capsys)
     assert code == 0
-    samples = np.load(tmp_path / "samples.npy")
-    assert samples.shape == (16, 1, 8, 8) and (tmp_path / "samples.png").stat().st_size > 0
+    samples = np.load(tmp_path / "samples-n16.npy")
+    assert samples.shape == (16, 1, 8, 8) and (tmp_path / "samples-n16.png").stat().st_size > 0
 
 
 def test_sample_a_class(cvae_run, tmp_path, capsys):
@@ -96,7 +96,7 @@ def test_sample_a_class(cvae_run, tmp_path, capsys):
         ["sample", cvae_run, "--label", "3", "-n", "8", "--output", tmp_path], capsys
     )
     assert code == 0, err
-    assert np.load(tmp_path / "samples.npy").shape == (8, 1, 8, 8)
+    assert np.load(tmp_path / "samples-n8-label3.npy").shape == (8, 1, 8, 8)
     code, out, err = run_cli(["evaluate", cvae_run, "-k", "4"], capsys)
     assert code == 0 and '"log_likelihood"' in out, err
 

@@ -49,7 +49,7 @@ def test_evaluate_sample_and_inspect_read_an_old_run(run, tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["elbo"] < 0 and result["log_likelihood"] >= result["elbo"] - 1.0
     assert main(["sample", str(run), "-n", "4", "--output", str(tmp_path / "s"), "-q"]) == 0
-    assert (tmp_path / "s" / "samples.png").exists()
+    assert (tmp_path / "s" / "samples-n4.png").exists()
     out = str(tmp_path / "inspect")
     code = main(["inspect", str(run), "--items", "0", "1", "-s", "5", "--output", out, "-q"])
     assert code == 0

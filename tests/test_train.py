@@ -18,6 +18,7 @@ from pyrovae.inference import ELBOS, SVIStep, evaluate, heldout_elbo
 from pyrovae.inference.training.checkpoint import load_checkpoint, save_checkpoint
 from pyrovae.model import DECODERS, LIKELIHOODS, PRIORS
 from pyrovae.run import make_step
+from pyrovae.runfolder import RunFolderError
 
 FAST = {"num_eval_samples": 8, "eval_batch_size": 500, "batch_size": 64}
 
@@ -145,7 +146,7 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(RunFolderError, match="disk full; the previous one is kept"):
         save_checkpoint({"epoch": 2}, path)
     assert load_checkpoint(path)["epoch"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]

@@ -334,7 +334,7 @@ def test_the_command_line_trains_samples_evaluates_and_resumes(tmp_path, capsys)
     assert all(torch.equal(whole["vae"][k], resumed["vae"][k]) for k in whole["vae"])
 
     code, out, _ = run_cli(["sample", workdir, "-n", "4"], capsys)
-    assert code == 0 and (tmp_path / "run" / "samples.npy").exists()
+    assert code == 0 and (tmp_path / "run" / "samples-n4.npy").exists()
     code, out, _ = run_cli(["evaluate", workdir, "-q"], capsys)
     assert code == 0 and "feature_elbo" in json.loads(out)
 

@@ -543,7 +543,7 @@ def test_train_sample_and_evaluate_from_the_cli(tmp_path, capsys):
     assert main(["sample", str(run), "-n", "12", "--output", str(tmp_path), "-q"]) == 0
     import numpy as np
 
-    assert np.load(tmp_path / "samples.npy").shape == (12, *EVENT_SHAPE)
+    assert np.load(tmp_path / "samples-n12.npy").shape == (12, *EVENT_SHAPE)
     capsys.readouterr()
     assert main(["evaluate", str(run), "-k", "3", "-q"]) == 0
     again = json.loads(capsys.readouterr().out)

@@ -32,6 +32,7 @@ from collections.abc import Sequence
 
 from pyrovae import progress
 from pyrovae.cli import applications, inspection, training
+from pyrovae.cli.common import locks_run
 from pyrovae.errors import ConfigError, user_message
 from pyrovae.inference.training.distributed import launched_rank
 from pyrovae.registry import closest
@@ -43,7 +44,10 @@ logger = logging.getLogger("pyrovae")
 GROUPS = (training, inspection, applications)
 
 #: subcommand name -> function(args) -> exit status
-COMMANDS = {name: command for group in GROUPS for name, command in group.COMMANDS.items()}
+#: (each locks its run folder while it writes there: :func:`pyrovae.cli.common.locks_run`)
+COMMANDS = {
+    name: locks_run(command) for group in GROUPS for name, command in group.COMMANDS.items()
+}
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -4,8 +4,11 @@ naming output files."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import os
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from pyrovae.config import Config, check_seed
@@ -107,6 +110,57 @@ def output_folder(path: Path, flag: str = "--output") -> Path:
     except OSError as e:
         raise ConfigError(f"{flag} {path} cannot be created: {file_error_message(e)}") from None
     return path
+
+
+def locks_run(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """``command`` holding the lock of its run folder (:func:`pyrovae.runfolder.lock`) when
+    it writes there: a command on a run (``RUN``) whose output (``--output``, or its
+    default in the run folder) lies in the run folder. ``train`` and ``score`` lock in the
+    library (:func:`pyrovae.fit`, :func:`pyrovae.run.score_run`)."""
+
+    @functools.wraps(command)
+    def locked(args: argparse.Namespace) -> int:
+        with _run_lock(args):
+            return command(args)
+
+    return locked
+
+
+@contextlib.contextmanager
+def _run_lock(args: argparse.Namespace) -> Iterator[None]:
+    from pyrovae.runfolder import lock
+
+    run = getattr(args, "run", None)
+    if run is None:  # not a command on a run
+        yield
+        return
+    folder = run if run.is_dir() else run.parent
+    output = getattr(args, "output", None)
+    target = (output if output is not None else folder).resolve()
+    inside = target == folder.resolve() or folder.resolve() in target.parents
+    # a path that is no run is refused by load_run, with its own message
+    if inside and (folder / "checkpoint.pt").is_file():
+        with lock(folder):
+            yield
+    else:
+        yield
+
+
+def output_name(stem: str, args: argparse.Namespace, **options: object) -> str:
+    """The name (without suffix) of what a command on a run writes, from what sets it apart:
+    ``stem`` then ``-<key><value>`` for each of ``options`` given, ``-n<N>`` for
+    ``--num-items``, the stem of ``--data``, and ``-seed<S>`` for a seed other than 0, e.g.
+    ``evaluation-k1000-n200-seed3``. Training's own files (``evaluation.json``,
+    ``samples.png``) never match one, and rerunning a command replaces its own file only."""
+    parts = [stem]
+    parts += [f"{key}{value}" for key, value in options.items() if value is not None]
+    if getattr(args, "num_items", None) is not None:
+        parts.append(f"n{args.num_items}")
+    if getattr(args, "data", None):
+        parts.append(Path(args.data).stem)
+    if getattr(args, "seed", 0):
+        parts.append(f"seed{args.seed}")
+    return "-".join(parts)
 
 
 def output_file(path: Path, suffix: str) -> Path:

@@ -5,14 +5,25 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from pyrovae.cli.common import check_folder, load_items, load_run, output_folder, run_parser
+from pyrovae.cli.common import (
+    check_folder,
+    load_items,
+    load_run,
+    output_folder,
+    output_name,
+    run_parser,
+)
 from pyrovae.config import COMPONENTS, SECTIONS, Config, default_help, flag_options, load_config
 from pyrovae.errors import ConfigError, PyroVAEError
+from pyrovae.runfolder import atomic_write, write_json
+
+logger = logging.getLogger(__name__)
 
 
 def _flag(name: str) -> str:
@@ -103,7 +114,11 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
         common,
         "evaluate",
         help="held-out ELBO and IWAE log-likelihood of a run",
-        description="Evaluate a trained run on its held-out data.",
+        description=(
+            "Evaluate a trained run on its held-out data; prints JSON and writes it to "
+            "RUN/evaluation-k<K>[-n<N>][-<data file>][-seed<S>].json (a file of its own: "
+            "training's evaluation.json is kept)."
+        ),
     )
     evaluate.add_argument(
         "-k",
@@ -127,7 +142,10 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
         common,
         "sample",
         help="generate from the prior of a trained run",
-        description="Draw z from the prior and decode: PNG grid and .npy.",
+        description=(
+            "Draw z from the prior and decode: a PNG grid and a .npy, named "
+            "samples-n<N>[-label<C>][-seed<S>].png/.npy (training's samples.png is kept)."
+        ),
     )
     sample.add_argument("-n", "--num-samples", type=int, default=64, help="how many (default 64)")
     sample.add_argument("--output", type=Path, help="output folder (default: the run folder)")
@@ -181,6 +199,12 @@ def _config_from_args(args: argparse.Namespace) -> Config:
         )
     if config_file is None and args.resume:
         config_file = args.workdir / "config.toml"
+        if not config_file.exists():  # killed between the first checkpoint and config.toml
+            from pyrovae.inference.training.checkpoint import load_checkpoint
+            from pyrovae.run import saved_config
+
+            config = saved_config(load_checkpoint(args.workdir / "checkpoint.pt"))
+            return config.replace(**flags) if flags else config
     if config_file is not None:
         return load_config(config_file, **flags)
     return Config.from_flags(**flags)
@@ -245,8 +269,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     )
     if y is not None:
         results.update(vae.metrics(x, y.to(vae.device)))
-    if args.run.is_dir() and not args.data and args.num_items is None:
-        (args.run / "evaluation.json").write_text(json.dumps(results, indent=2) + "\n")
+    if args.run.is_dir():  # a file of its own: training's evaluation.json stays
+        path = args.run / (output_name("evaluation", args, k=args.num_samples) + ".json")
+        write_json(results, path)
+        logger.info("wrote %s", path)
     print(json.dumps(results, indent=2))
     return 0
 
@@ -274,7 +300,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         samples = vae.sample(args.num_samples).cpu()
     out = args.output or (args.run if args.run.is_dir() else args.run.parent)
     output_folder(out)
-    np.save(out / "samples.npy", samples.numpy())
+    name = output_name("samples", args, n=args.num_samples, label=args.label)
+    atomic_write(out / f"{name}.npy", lambda f: np.save(f, samples.numpy()))
     title, nrow = "samples from the prior", 8
     if vae.needs_labels:  # the classes in turn (one per column), or the requested one
         title, nrow = (
@@ -282,8 +309,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
             if args.label is not None
             else ("samples, one class per column", vae.num_classes)
         )
-    save_figure(plots.image_grid(samples, nrow=nrow, title=title), out / "samples.png")
-    print(f"wrote {out / 'samples.png'} and {out / 'samples.npy'} ({tuple(samples.shape)})")
+    save_figure(plots.image_grid(samples, nrow=nrow, title=title), out / f"{name}.png")
+    print(f"wrote {out / (name + '.png')} and {out / (name + '.npy')} ({tuple(samples.shape)})")
     return 0
 
 

@@ -40,7 +40,6 @@ import logging
 import os
 import pickle
 import re
-import tempfile
 import time
 import zipfile
 from dataclasses import dataclass
@@ -53,6 +52,7 @@ from pyrovae.data import Dataset
 from pyrovae.errors import ConfigError, DataError
 from pyrovae.inference.evaluation.weights import eval_mode
 from pyrovae.progress import progress_bar
+from pyrovae.runfolder import RunFolderError, atomic_write
 
 __all__ = [
     "CACHE_FORMAT",
@@ -321,15 +321,12 @@ def _load(path: Path, key: str) -> dict | None:
 
 
 def _save(entry: dict, path: Path) -> None:
-    """Write ``entry`` atomically: a temporary file in the same folder, then ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write ``entry`` atomically (:func:`pyrovae.runfolder.atomic_write`); raises the
+    ``OSError`` of a failed write."""
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(entry, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        atomic_write(path, lambda f: torch.save(entry, f))
+    except RunFolderError as e:
+        raise e.__cause__ if isinstance(e.__cause__, OSError) else e from None
 
 
 def feature_classifier(

@@ -17,14 +17,14 @@ from __future__ import annotations
 import os
 import pickle
 import random
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from pyrovae.errors import CheckpointError, write_failure
+from pyrovae.errors import CheckpointError
+from pyrovae.runfolder import atomic_write
 
 __all__ = [
     "CHECKPOINT_KEYS",
@@ -45,23 +45,12 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
     """Write ``state`` to ``path`` atomically: a temporary file, then ``os.replace``.
 
     An interruption at any moment leaves either the old or the new checkpoint, never
-    a partial one.
+    a partial one; a failed write (a full disk) keeps the old one and raises
+    :class:`~pyrovae.runfolder.RunFolderError` (:func:`pyrovae.runfolder.atomic_write`).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format_version": FORMAT_VERSION, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        failure = write_failure(e, path)  # a full disk, a read-only one: say which file
-        if failure is not None:
-            raise failure from e
-        raise
+    atomic_write(path, lambda f: torch.save({"format_version": FORMAT_VERSION, **state}, f))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:

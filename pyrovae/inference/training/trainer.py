@@ -62,6 +62,7 @@ from pyrovae.inference.training.step import TrainingStep
 from pyrovae.progress import enabled as progress_enabled
 from pyrovae.progress import progress_bar
 from pyrovae.registry import closest
+from pyrovae.runfolder import write_text
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -628,9 +629,7 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 def _write_metrics(history: list[dict[str, Any]], path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in history))
-    os.replace(tmp, path)
+    write_text(path, "".join(json.dumps(row) + "\n" for row in history))
 
 
 def refuse_overwrite(workdir: Path) -> None:
