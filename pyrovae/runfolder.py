@@ -1,11 +1,11 @@
 """What keeps a run folder whole: one writer at a time, atomic writes, no leftovers.
 
-- :func:`lock` takes ``RUN/.lock`` for a command that writes into a run folder: the file is
-  created with ``O_CREAT | O_EXCL`` and holds the holder's process id, host, command and
-  start time, so a second writer is refused with a message naming the first. A lock whose
-  process is gone (same host, the process id no longer alive) is stale: it is reported in one
-  warning and taken over. A lock from another host cannot be checked and is refused, with
-  the fix.
+- :func:`lock` takes ``RUN/.lock`` for a command that writes into a run folder: an
+  ``fcntl.flock`` on the file, which the kernel releases when the process ends, however it
+  ends; the file holds the holder's process id, host, command and start time, so a second
+  writer is refused with a message naming the first. A lock file that no process holds is
+  stale (its process was killed): it is reported in one warning and taken over. A lock
+  from another host cannot be checked and is refused, with the fix.
 - :func:`atomic_write` is the one way the package writes a file that must never be seen
   half-written: a temporary file of a unique name next to it (``.NAME.XXXXXXXX.tmp``), then
   ``os.replace``. A failed write (a full disk) leaves the old file and no temporary file.
@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -30,7 +31,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from pyrovae.errors import PyroVAEError, write_failure
+from pyrovae.errors import PyroVAEError, file_error_message, write_failure
 
 __all__ = [
     "LOCK_NAME",
@@ -141,32 +142,26 @@ def command_line(argv: list[str] | None = None) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
 def _read(path: Path) -> dict[str, Any] | None:
     """The holder a lock file names; ``None`` when it is gone. A file being written is read
-    again for a moment; one that stays unreadable names no one."""
+    again for a moment; one that stays unreadable names no one (``{}``)."""
     for _ in range(20):
         try:
-            text = path.read_text()
+            holder = _parse(path.read_text())
         except FileNotFoundError:
             return None
-        try:
-            holder = json.loads(text)
-            if isinstance(holder, dict):
-                return holder
-        except ValueError:
-            pass
+        if holder:
+            return holder
         time.sleep(0.05)
     return {}
+
+
+def _parse(text: str) -> dict[str, Any]:
+    try:
+        holder = json.loads(text)
+    except ValueError:
+        return {}
+    return holder if isinstance(holder, dict) else {}
 
 
 def _describe(holder: dict[str, Any]) -> str:
@@ -178,40 +173,23 @@ def _describe(holder: dict[str, Any]) -> str:
     )
 
 
-def _create(path: Path, holder: dict[str, Any]) -> bool:
-    """Create the lock file holding ``holder``; ``False`` when it exists."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
-        return False
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(holder) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    return True
-
-
-def _take_over(path: Path, stale: dict[str, Any]) -> None:
-    """Remove the stale lock ``stale`` at ``path`` unless another process replaced it
-    meanwhile: it is moved aside first (atomic), then checked."""
-    aside = path.with_name(f"{LOCK_NAME}.{os.getpid()}.{secrets.token_hex(4)}.stale")
-    try:
-        os.rename(path, aside)
-    except FileNotFoundError:
-        return
-    if _read(aside) != stale:  # someone took it over already: put theirs back
-        with contextlib.suppress(FileExistsError):
-            os.link(aside, path)
-    aside.unlink(missing_ok=True)
+#: the open lock files of the locks this process holds, by their holders' tokens
+_FILES: dict[str, int] = {}
 
 
 def acquire(folder: Path, command: str | None = None) -> dict[str, Any]:
     """Take the lock of ``folder`` (which exists); returns what the lock file holds.
 
+    The lock is ``fcntl.flock`` on ``RUN/.lock``, held while the file stays open: the
+    kernel releases it when its process ends, however it ends, so a lock file that no
+    process holds is stale (reported and taken over), whatever process id it names. The
+    file's text names the holder for the message a second writer gets.
+
     Raises
     ------
     RunFolderError
-        If a live process holds it, or a process on another host.
+        If another process holds it, or a process on another host named itself in it
+        (``flock`` is not trusted across machines sharing a file system).
     """
     path = folder / LOCK_NAME
     me = {
@@ -223,43 +201,69 @@ def acquire(folder: Path, command: str | None = None) -> dict[str, Any]:
     }
     for _ in range(10):
         try:
-            if _create(path, me):
-                return me
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
+            raise _lock_error(folder, e) from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            holder = _read(path) or {}
             raise RunFolderError(
-                f"cannot lock the run folder {folder} ({e.strerror or e}); check that it is "
-                "writable"
-            ) from e
-        holder = _read(path)
-        if holder is None:
-            continue  # released meanwhile
-        host = holder.get("host")
-        pid = holder.get("pid")
-        if holder and host == me["host"] and isinstance(pid, int) and not _alive(pid):
-            logger.warning(
-                "taking over the stale lock of %s: that process no longer runs",
-                _describe(holder),
-            )
-            _take_over(path, holder)
+                f"{folder} is in use by {_describe(holder)}; wait for it to finish, or stop "
+                "it (the lock ends with its process)"
+            ) from None
+        except OSError as e:
+            os.close(fd)
+            raise _lock_error(folder, e) from e
+        try:
+            current = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            current = False
+        if not current:  # its holder released it (removed the file) meanwhile: again
+            os.close(fd)
             continue
-        if holder and host != me["host"]:
-            fix = (
-                f"wait for it to finish; if you are sure no pyrovae command on {host} uses "
-                f"this folder, remove {path}"
+        previous = _parse(os.pread(fd, 1 << 16, 0).decode(errors="replace"))
+        host = previous.get("host")
+        if host is not None and host != me["host"]:
+            os.close(fd)
+            raise RunFolderError(
+                f"{folder} is in use by {_describe(previous)}; wait for it to finish; if you "
+                f"are sure no pyrovae command on {host} uses this folder, remove {path}"
             )
-        elif not holder:
-            fix = f"if no pyrovae command uses this folder, remove {path}"
-        else:
-            fix = "wait for it to finish, or stop it (a killed command's lock is taken over)"
-        raise RunFolderError(f"{folder} is in use by {_describe(holder)}; {fix}")
+        if os.fstat(fd).st_size:
+            logger.warning(
+                "taking over the stale lock of %s: no process holds it (it ended without "
+                "releasing it)",
+                _describe(previous),
+            )
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
+            os.fsync(fd)
+        except OSError as e:
+            path.unlink(missing_ok=True)
+            os.close(fd)
+            raise _lock_error(folder, e) from e
+        _FILES[me["token"]] = fd
+        return me
     raise RunFolderError(f"cannot lock the run folder {folder}: its lock keeps changing hands")
 
 
+def _lock_error(folder: Path, error: OSError) -> RunFolderError:
+    return RunFolderError(f"cannot lock the run folder {folder}: {file_error_message(error)}")
+
+
 def release(folder: Path, holder: dict[str, Any]) -> None:
-    """Remove ``folder``'s lock if it is still ``holder``'s."""
-    path = folder / LOCK_NAME
-    if _read(path) == holder:
-        path.unlink(missing_ok=True)
+    """Release ``folder``'s lock that ``holder`` (from :func:`acquire`) holds: the file is
+    removed while still locked, then closed."""
+    fd = _FILES.pop(holder["token"], None)
+    if fd is None:
+        return
+    try:
+        (folder / LOCK_NAME).unlink(missing_ok=True)
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
