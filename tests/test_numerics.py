@@ -86,6 +86,26 @@ def test_a_nan_gradient_stops_the_run_before_its_update(tmp_path, monkeypatch):
     assert (workdir / "checkpoint.pt").read_bytes() == spy.checkpoint
 
 
+def test_with_clipping_the_message_names_the_gradient_that_is_not_finite(tmp_path, monkeypatch):
+    """Clipping by a NaN total norm would make every gradient NaN (and name the first
+    parameter): a non-finite norm is left unclipped, so the check names the right one."""
+    name = "guide.encoder.net.0.weight"  # not the first parameter
+
+    def inf_gradient(real, step, batch, **kwargs):
+        weight = dict(step.loss.named_parameters())[name]
+        handle = weight.register_hook(lambda g: torch.full_like(g, float("inf")))
+        try:
+            return real(step, batch, **kwargs)
+        finally:
+            handle.remove()
+
+    workdir = tmp_path / "run"
+    Spy(monkeypatch, workdir, inf_gradient)
+    config = Config.from_flags(num_epochs=3, clip_norm=10.0, **TINY)
+    with pytest.raises(NumericsError, match=f"the gradient of {name} is infinite"):
+        fit(config, workdir, progress=False)
+
+
 def test_a_nan_loss_names_its_step_and_exits_2(tmp_path, monkeypatch, capsys):
     workdir = tmp_path / "run"
     spy = Spy(monkeypatch, workdir, nan_loss)

@@ -87,6 +87,7 @@ from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
 from torch import nn
 
 from pyrovae.errors import ConfigError
+from pyrovae.inference.training.numerics import clip_gradients
 from pyrovae.model import Likelihood, Prior
 from pyrovae.model.base import kl_weight
 from pyrovae.networks import conv_feature_shape
@@ -517,7 +518,7 @@ class VAEGANStep:
             for p, g in zip(params, grads[name]):
                 p.grad = g
             if self.clip_norm is not None:
-                torch.nn.utils.clip_grad_norm_(params, self.clip_norm)
+                clip_gradients(params, self.clip_norm)
             if not skips.get(name, False):
                 self.optimizers[name].step()
         objectives = losses.objectives

@@ -76,6 +76,7 @@ from torch import nn
 
 from pyrovae.errors import ConfigError
 from pyrovae.guides.quantizer import VectorQuantizer, perplexity
+from pyrovae.inference.training.numerics import clip_gradients
 from pyrovae.inference.training.step import _is_one
 from pyrovae.model.base import LocalPyroModule, data_plate, kl_weight
 from pyrovae.model.likelihoods import Likelihood
@@ -328,7 +329,7 @@ class VQVAEStep:
         optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
         if self.clip_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.parameters, self.clip_norm)
+            clip_gradients(self.parameters, self.clip_norm)
         optimizer.step()
         k, z_e = terms.pop("k"), terms.pop("z_e")
         if quantizer.ema:

@@ -31,6 +31,7 @@ import torch
 __all__ = [
     "NonFinite",
     "check_loss",
+    "clip_gradients",
     "parameter_names",
     "quiet_nan_warnings",
     "watch_gradients",
@@ -79,7 +80,9 @@ def _check_gradients(
     params: Sequence[torch.Tensor], names: dict[int, str], optimizer: Any, args: Any, kwargs: Any
 ) -> None:
     grads = [p.grad for p in params if p.grad is not None]
-    if not grads or torch.isfinite(torch.stack([g.sum() for g in grads]).sum()):
+    # summed in at least float32: half-precision sums of healthy gradients overflow early
+    sums = [g.sum(dtype=torch.promote_types(g.dtype, torch.float32)) for g in grads]
+    if not grads or torch.isfinite(torch.stack(sums).sum()):
         return
     # the rare failure: find the first parameter whose gradient is not finite (a sum can
     # overflow where every element is finite: then the gradient is too large to step with)
@@ -89,6 +92,17 @@ def _check_gradients(
             kind = "NaN" if torch.isnan(p.grad).any() else "infinite"
             raise NonFinite(f"the gradient of {name} is {kind}")
     raise NonFinite("the gradients' sum overflows (every gradient is finite but huge)")
+
+
+def clip_gradients(params: Sequence[torch.Tensor], max_norm: float) -> None:
+    """Clip the gradients of ``params`` to total norm ``max_norm``, unless the norm is not
+    finite: then they are left as they are, so that the optimizer's check names the
+    parameter whose gradient is NaN or infinite (clipping by a NaN norm would make every
+    gradient NaN)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    total = torch.nn.utils.get_total_norm(grads)
+    if torch.isfinite(total):
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
 
 
 @contextlib.contextmanager

@@ -32,6 +32,7 @@ from pyro.infer.elbo import ELBOModule
 from torch import nn
 
 from pyrovae.inference.training.compiled import CompiledELBO
+from pyrovae.inference.training.numerics import clip_gradients
 
 __all__ = ["SVIStep", "TrainingStep"]
 
@@ -147,7 +148,7 @@ class SVIStep:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
         if self.clip_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.parameters, self.clip_norm)
+            clip_gradients(self.parameters, self.clip_norm)
         optimizer.step()
         stats = {"loss": loss.detach()}
         last_elbo = getattr(getattr(self.loss, "elbo", None), "last_elbo", None)
