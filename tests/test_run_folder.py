@@ -356,3 +356,19 @@ def test_every_atomic_write_goes_through_one_helper():
         text = path.read_text()
         if path.name != "runfolder.py":
             assert "os.replace(" not in text and "mkstemp(" not in text, path
+
+
+def test_a_resume_killed_before_its_config_toml_continues_under_the_checkpoints_config(
+    run, capsys
+):
+    """A resumed session writes config.toml after its first checkpoint; killed in between, it
+    leaves the previous session's config.toml, older than the checkpoint. A plain --resume
+    then takes the checkpoint's config (here another learning rate), not the stale file."""
+    state = checkpoint.load_checkpoint(run / "checkpoint.pt")
+    assert state["config"]["optimization"]["learning_rate"] == 1e-3
+    state["config"]["optimization"]["learning_rate"] = 2e-3  # what the killed session ran
+    time.sleep(0.01)
+    checkpoint.save_checkpoint(state, run / "checkpoint.pt")  # newer than config.toml
+    code, _, err = run_cli(["train", "--workdir", run, "--resume", "--num-epochs", "4"], capsys)
+    assert code == 0, err
+    assert "learning_rate = 0.002" in (run / "config.toml").read_text()

@@ -199,12 +199,18 @@ def _config_from_args(args: argparse.Namespace) -> Config:
         )
     if config_file is None and args.resume:
         config_file = args.workdir / "config.toml"
-        if not config_file.exists():  # killed between the first checkpoint and config.toml
+        checkpoint = args.workdir / "checkpoint.pt"
+        # config.toml follows each session's first checkpoint: a command killed in between
+        # left none, or the previous session's, older than the checkpoint. The checkpoint's
+        # own config is then the run's (a config.toml edited later, newer, is the user's).
+        if not config_file.exists() or config_file.stat().st_mtime < checkpoint.stat().st_mtime:
             from pyrovae.inference.training.checkpoint import load_checkpoint
             from pyrovae.run import saved_config
 
-            config = saved_config(load_checkpoint(args.workdir / "checkpoint.pt"))
-            return config.replace(**flags) if flags else config
+            state = load_checkpoint(checkpoint)
+            if state.get("config"):  # (a checkpoint of pyrovae 0.1 may hold none)
+                config = saved_config(state)
+                return config.replace(**flags) if flags else config
     if config_file is not None:
         return load_config(config_file, **flags)
     return Config.from_flags(**flags)
