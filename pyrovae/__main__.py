@@ -7,14 +7,28 @@ light, see :mod:`pyrovae`, so nothing heavy runs before this guard.)
 """
 
 import os
+import signal
 import sys
 
 
 def run() -> None:
     """The CLI's entry point: exits with :func:`pyrovae.cli.main`'s status (130 on Ctrl-C)."""
-    try:
-        from pyrovae.cli import main
+    interrupted = []
 
+    def on_interrupt(signum: int, frame: object) -> None:
+        interrupted.append(signum)
+        raise KeyboardInterrupt
+
+    # a library imported on the way may catch everything (a bare `except:` around an
+    # optional import) and swallow the KeyboardInterrupt: the flag remembers it
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        try:
+            from pyrovae.cli import main
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        if interrupted:
+            raise KeyboardInterrupt
         status = main()
     except KeyboardInterrupt:
         if os.environ.get("PYROVAE_DEBUG", "") not in ("", "0"):

@@ -97,7 +97,7 @@ class Stopped:
 
     def kill(self, sig: int = signal.SIGKILL) -> tuple[int, str]:
         self.process.send_signal(sig)
-        _, err = self.process.communicate(timeout=60)
+        _, err = self.process.communicate(timeout=300)
         return self.process.returncode, err
 
     def go_on(self) -> tuple[int, str]:
