@@ -43,6 +43,7 @@ from pyrovae.data import BINARIZE, DATASETS, IMAGE_MODES
 from pyrovae.errors import ConfigError
 from pyrovae.guides import ENCODERS, GUIDES
 from pyrovae.inference.training import ELBOS, SCHEDULES, make_elbo, make_schedule
+from pyrovae.inference.training.compiled import OBJECTIVES as COMPILED_OBJECTIVES
 from pyrovae.model import DECODERS, LIKELIHOODS, PRIORS
 from pyrovae.registry import Option, Registry, closest, coerce
 from pyrovae.registry import component as name_and_options
@@ -393,9 +394,9 @@ def _check_combinations(values: dict[str, dict[str, Any]]) -> None:
             f"{model['prior']['name']} prior does not have; use --prior normal or "
             "learned-normal, or another --elbo"
         )
-    if values["optimization"]["compile"] and elbo not in ("Trace_ELBO", "TraceMeanField_ELBO"):
+    if values["optimization"]["compile"] and elbo not in COMPILED_OBJECTIVES:
         raise ConfigError(
-            f"--compile traces Trace_ELBO and TraceMeanField_ELBO; use one of them, or "
+            f"--compile traces {' and '.join(COMPILED_OBJECTIVES)}; use one of them, or "
             f"--elbo {elbo} without --compile"
         )
     if elbo.startswith("Jit") and schedule != "constant":

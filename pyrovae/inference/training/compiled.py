@@ -66,7 +66,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 from pyrovae.errors import ConfigError
 
-__all__ = ["BACKENDS", "CompiledELBO", "negative_elbo"]
+__all__ = ["BACKENDS", "OBJECTIVES", "CompiledELBO", "negative_elbo"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +74,8 @@ logger = logging.getLogger(__name__)
 #: (no code generation: for debugging and for exact comparisons with the eager step)
 BACKENDS = ("inductor", "eager")
 
-_OBJECTIVES = ("Trace_ELBO", "TraceMeanField_ELBO")
+#: the objectives --compile traces
+OBJECTIVES = ("Trace_ELBO", "TraceMeanField_ELBO")
 
 
 def _samples(trace: Any) -> dict[str, dict[str, Any]]:
@@ -162,9 +163,9 @@ class CompiledELBO(nn.Module):
     def __init__(self, loss: nn.Module, *, backend: str = "inductor", mode: str | None = None):
         super().__init__()
         name = type(getattr(loss, "elbo", None)).__name__
-        if not isinstance(loss, ELBOModule) or name not in _OBJECTIVES:
+        if not isinstance(loss, ELBOModule) or name not in OBJECTIVES:
             raise ConfigError(
-                f"--compile compiles {' and '.join(_OBJECTIVES)}; this step's loss is "
+                f"--compile traces {' and '.join(OBJECTIVES)}; this step's loss is "
                 f"{name if isinstance(loss, ELBOModule) else type(loss).__name__}"
             )
         if backend not in BACKENDS:
@@ -180,7 +181,7 @@ class CompiledELBO(nn.Module):
     ) -> tuple[tuple, dict[str, Any], Callable[[dict[str, Any]], dict[str, Any]]]:
         """The call's structure (the cache key), its tensor inputs, and how to rebuild the
         estimator's keyword arguments from them."""
-        device = next(self.estimator.parameters()).device
+        device = next(self.estimator.parameters(), torch.empty(0)).device
         weights, zero = _as_tensor_weights(beta, device)
         tensors: dict[str, Any] = {n: v for n, v in batch.items() if torch.is_tensor(v)}
         constants = {n: v for n, v in batch.items() if not torch.is_tensor(v)}
@@ -190,7 +191,13 @@ class CompiledELBO(nn.Module):
             tuple(sorted((n, repr(v)) for n, v in constants.items())),
             num_data,
             zero,
-            self.estimator.model.training,
+            # what the graph also fixed: each submodule's train/eval mode (dropout), and the
+            # parameters' names, shapes, dtypes, devices and whether each is trained
+            tuple(m.training for m in self.estimator.modules()),
+            tuple(
+                (n, p.shape, p.dtype, p.device, p.requires_grad)
+                for n, p in self.estimator.named_parameters()
+            ),
         )
 
         def kwargs(inputs: dict[str, Any]) -> dict[str, Any]:
