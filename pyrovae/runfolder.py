@@ -7,8 +7,8 @@
   stale (its process was killed): it is reported in one warning and taken over. A lock
   from another host cannot be checked and is refused, with the fix.
 - :func:`atomic_write` is the one way the package writes a file that must never be seen
-  half-written: a temporary file of a unique name next to it (``.NAME.XXXXXXXX.tmp``), then
-  ``os.replace``. A failed write (a full disk) leaves the old file and no temporary file.
+  half-written: a temporary file of a unique name next to it (``.NAME.<random>.tmp``),
+  then ``os.replace``. A failed write (a full disk) leaves the old file and no temporary file.
 - :func:`remove_leftovers` deletes the temporary files that a killed command left in a run
   folder; :func:`lock` calls it once the lock is held.
 """
@@ -116,7 +116,7 @@ def remove_leftovers(folder: str | os.PathLike) -> list[Path]:
     found = [
         p
         for p in folder.glob(".*.tmp")
-        if p.is_file() and p.name.count(".") >= 3  # .NAME.XXXXXXXX.tmp
+        if p.is_file() and p.name.count(".") >= 3  # .NAME.<random>.tmp
     ]
     legacy = folder / "metrics.tmp"  # the fixed name of pyrovae before 0.2
     if legacy.is_file():
