@@ -21,7 +21,9 @@ def run() -> None:
 
     # a library imported on the way may catch everything (a bare `except:` around an
     # optional import) and swallow the KeyboardInterrupt: the flag remembers it
-    previous = signal.signal(signal.SIGINT, on_interrupt)
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is not signal.SIG_IGN:  # (a background job ignores Ctrl-C: it stays so)
+        signal.signal(signal.SIGINT, on_interrupt)
     try:
         try:
             from pyrovae.cli import main

@@ -431,7 +431,13 @@ def test_ctrl_c_during_start_up_exits_130(tmp_path):
     env.pop("PYROVAE_DEBUG", None)
     argv = [sys.executable, "-m", "pyrovae", "train", "--workdir", str(tmp_path / "run")]
     process = subprocess.Popen(
-        [*argv, *TINY], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [*argv, *TINY],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # Ctrl-C as a terminal delivers it (a shell's background jobs, CI's too, ignore it)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 60
     while not _torch_is_loading(process.pid) and process.poll() is None:

@@ -85,7 +85,12 @@ class Stopped:
         self.marker = marker
         command = [sys.executable, str(WORKER), moment, str(marker), *map(str, argv)]
         self.process = subprocess.Popen(
-            command, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            command,
+            env=environment(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=interruptible,
         )
         RUNNING.append(self.process)
         deadline = time.monotonic() + 120
@@ -104,6 +109,12 @@ class Stopped:
         self.marker.with_name(self.marker.name + ".go").touch()
         _, err = self.process.communicate(timeout=300)
         return self.process.returncode, err
+
+
+def interruptible() -> None:
+    """In the child, before it runs: Ctrl-C as a terminal delivers it. (A shell starts its
+    background jobs, CI's too, with SIGINT ignored, which their children inherit.)"""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def without_seconds(rows: list[dict]) -> list[dict]:
@@ -358,9 +369,7 @@ def test_every_atomic_write_goes_through_one_helper():
             assert "os.replace(" not in text and "mkstemp(" not in text, path
 
 
-def test_a_resume_killed_before_its_config_toml_continues_under_the_checkpoints_config(
-    run, capsys
-):
+def test_a_resume_killed_before_its_config_toml_continues_under_the_checkpoints_config(run, capsys):
     """A resumed session writes config.toml after its first checkpoint; killed in between, it
     leaves the previous session's config.toml, older than the checkpoint. A plain --resume
     then takes the checkpoint's config (here another learning rate), not the stale file."""
