@@ -2,13 +2,15 @@
 
 A run is described by five sections, each a table of plain values::
 
-    [data]          dataset, data, data_dir, download, binarize, test_fraction, limit,
-                    image_size, image_mode, mmap, num_workers, pin_memory
+    [data]          dataset, data, data_dir, download, binarize, test_fraction,
+                    validation_fraction, limit, image_size, image_mode, mmap, num_workers,
+                    pin_memory
     [model]         latent_dim, hidden, and the components variant, prior, likelihood,
                     encoder, decoder, guide
     [objective]     num_particles, vectorize_particles, beta, kl_site_weights, and the
                     components elbo, kl_schedule
-    [optimization]  num_epochs, batch_size, learning_rate, clip_norm, time_limit
+    [optimization]  num_epochs, batch_size, learning_rate, clip_norm, normalize_gradients,
+                    compile, patience, time_limit, and the component lr_schedule
     [run]           seed, device, num_threads, num_eval_samples, eval_batch_size,
                     diagnostic_items, tensorboard, tensorboard_every
 
@@ -39,11 +41,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from pyrovae.data import BINARIZE, DATASETS, IMAGE_MODES
 from pyrovae.errors import ConfigError
 from pyrovae.guides import ENCODERS, GUIDES
 from pyrovae.inference.training import ELBOS, SCHEDULES, make_elbo, make_schedule
 from pyrovae.inference.training.compiled import OBJECTIVES as COMPILED_OBJECTIVES
+from pyrovae.inference.training.optimization import LR_SCHEDULES, make_lr_schedulers
 from pyrovae.model import DECODERS, LIKELIHOODS, PRIORS
 from pyrovae.registry import Option, Registry, closest, coerce
 from pyrovae.registry import component as name_and_options
@@ -124,6 +129,15 @@ SECTIONS: dict[str, dict[str, Key]] = {
             minimum=0.0,
             strict=True,
         ),
+        "validation_fraction": _key(
+            float,
+            None,
+            "carve this fraction of the training data out as a validation split (seeded; "
+            "stratified by label): the per-epoch evaluation, early stopping and the best "
+            "parameters use it, and the test set only the final evaluation",
+            minimum=0.0,
+            strict=True,
+        ),
         "limit": _key(int, None, "use only the first N train and test items", minimum=1),
         "image_size": _key(tuple, None, "resize a folder's images to H W (or one side)"),
         "image_mode": _key(
@@ -164,6 +178,20 @@ SECTIONS: dict[str, dict[str, Key]] = {
         "learning_rate": _key(float, 1e-3, "Adam learning rate", minimum=0.0, strict=True),
         "clip_norm": _key(
             float, None, "clip the gradient norm to this value", minimum=0.0, strict=True
+        ),
+        "normalize_gradients": _key(
+            bool,
+            False,
+            "divide each parameter's gradient by its L2 norm before the optimizer's update "
+            "(the VampPrior code's AdamNormGrad)",
+        ),
+        "patience": _key(
+            int,
+            None,
+            "early stopping: stop after this many epochs without a better validation score "
+            "(the variant's monitor; not counted while the KL weight warms up); needs "
+            "validation_fraction",
+            minimum=1,
         ),
         "compile": _key(
             bool,
@@ -236,6 +264,13 @@ COMPONENTS: dict[str, Component] = {
     ),
     "kl_schedule": Component(
         "objective", SCHEDULES, "constant", "kl_schedule", "KL weight over the steps"
+    ),
+    "lr_schedule": Component(
+        "optimization",
+        LR_SCHEDULES,
+        "constant",
+        "lr_schedule",
+        "learning rate over the epochs (torch.optim.lr_scheduler)",
     ),
 }
 
@@ -386,6 +421,20 @@ def _check_combinations(values: dict[str, dict[str, Any]]) -> None:
         name_and_options(objective["elbo"])[1],
     )
     make_schedule(schedule, name_and_options(objective["kl_schedule"])[1], beta=objective["beta"])
+    optimization = values["optimization"]
+    lr_name, lr_options = name_and_options(optimization["lr_schedule"])
+    probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    make_lr_schedulers(lr_name, lr_options, {"probe": probe}, optimization["num_epochs"])
+    fraction = values["data"]["validation_fraction"]
+    if fraction is not None and fraction >= 1.0:
+        raise ConfigError(
+            f"validation_fraction must be between 0 and 1 (exclusive), got {fraction}"
+        )
+    if optimization["patience"] is not None and fraction is None:
+        raise ConfigError(
+            "--patience stops on the validation score, and this run has no validation split; "
+            "add --validation-fraction (e.g. 0.1)"
+        )
     if elbo == "InfoVAE_ELBO" and values["optimization"]["batch_size"] < 2:
         raise ConfigError("InfoVAE_ELBO estimates an MMD within a minibatch: batch_size >= 2")
     if elbo == "FreeBits_ELBO" and model["prior"]["name"] not in ("normal", "learned-normal"):

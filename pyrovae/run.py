@@ -48,9 +48,11 @@ from pyrovae.inference.training import (
     make_schedule,
 )
 from pyrovae.inference.training.checkpoint import load_checkpoint, save_checkpoint
+from pyrovae.inference.training.optimization import make_lr_schedulers
 from pyrovae.inference.training.trainer import refuse_overwrite, steps_per_epoch
 from pyrovae.memory import check_networks_fit
 from pyrovae.progress import enabled as progress_enabled
+from pyrovae.registry import component as name_and_options
 from pyrovae.runfolder import atomic_write, write_json
 from pyrovae.tensorboard import TensorBoardLogger, require_tensorboard
 from pyrovae.threads import set_threads
@@ -69,7 +71,9 @@ __all__ = [
     "resolve_device",
     "save_figure",
     "score_run",
+    "split_validation",
     "train",
+    "use_best",
 ]
 
 logger = logging.getLogger(__name__)
@@ -240,6 +244,7 @@ def make_trainer(vae: VAE, data: Dataset, config: Config) -> Trainer:
         ),
         num_epochs=optimization["num_epochs"],
     )
+    lr_name, lr_options = name_and_options(optimization["lr_schedule"])
     return Trainer(
         vae,
         step,
@@ -251,6 +256,11 @@ def make_trainer(vae: VAE, data: Dataset, config: Config) -> Trainer:
         diagnostic_items=config.run["diagnostic_items"],
         seed=config.run["seed"],
         time_limit=optimization["time_limit"],
+        patience=optimization["patience"],
+        lr_schedulers=make_lr_schedulers(
+            lr_name, lr_options, step.optimizers, optimization["num_epochs"]
+        ),
+        normalize_gradients=optimization["normalize_gradients"],
     )
 
 
@@ -283,6 +293,7 @@ def train(
     resume: bool = False,
     progress: bool | None = None,
     write_config: bool = False,
+    validation: Dataset | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``vae`` on ``data`` as ``config`` describes (objective, schedule, optimizer,
     epochs); with ``workdir``, checkpoint after every epoch (and ``resume`` from there).
@@ -295,7 +306,8 @@ def train(
     train, by :func:`fit` once it succeeds), so a refused or failed session leaves the
     configuration of the last checkpoint there. In a data-parallel run rank 0 alone writes;
     every rank trains and fits what the variant fits after its epochs, and rank 0's is
-    saved.
+    saved. ``validation`` is the run's validation split (:func:`split_validation`), which
+    the per-epoch evaluation, ``best.pt`` and early stopping read.
     """
     saved = {**config.to_dict(), "model": model_section(vae)}
     board = make_tensorboard(vae, data, config, workdir)
@@ -315,6 +327,7 @@ def train(
             config=saved,
             check=False,
             callbacks=callbacks,
+            validation=validation,
         )
     fitted = vae.finish_training(data)
     if fitted and workdir is not None and distributed.is_main_process():
@@ -463,13 +476,26 @@ def _fit(
     with first or contextlib.nullcontext():
         data = load_data(config, device)
     config = resolve_classes(config, data)
+    data, validation = split_validation(data, config)
     check_networks_fit(lambda: build_variant(config.model, data.shape, seed=run["seed"]), device)
     vae = build_variant(config.model, data.shape, seed=run["seed"]).to(device)
     set_threads(run["num_threads"], vae, config.optimization["batch_size"])
     # a refused run leaves the folder as it was: train writes only after its checks
-    history = train(vae, data, config, workdir, resume=resume, progress=progress, write_config=True)
+    history = train(
+        vae,
+        data,
+        config,
+        workdir,
+        resume=resume,
+        progress=progress,
+        write_config=True,
+        validation=validation,
+    )
+    best = use_best(vae, workdir)
     with progress_enabled(progress is not False and main):
         evaluation = evaluate_run(vae, data, config)
+    if best is not None:
+        evaluation["parameters"] = best
     if main:
         write_json(evaluation, workdir / "evaluation.json")
         if "log_likelihood" in evaluation:
@@ -485,6 +511,35 @@ def _fit(
         save_config(config, workdir / "config.toml")
     distributed.barrier()  # every rank returns once the run folder is complete
     return FitResult(vae, data, history, evaluation, workdir)
+
+
+def split_validation(data: Dataset, config: Config) -> tuple[Dataset, Dataset | None]:
+    """``(data, validation)``: the run's validation split carved out of the training items
+    (:meth:`Dataset.split_validation <pyrovae.data.Dataset.split_validation>`, seeded by the
+    run's seed) when ``validation_fraction`` is set, else ``(data, None)``."""
+    fraction = config.data["validation_fraction"]
+    if fraction is None:
+        return data, None
+    data, validation = data.split_validation(fraction, config.run["seed"])
+    logger.info(
+        "validation split: %d of the training items (validation_fraction %g); %d train on",
+        len(validation.test),
+        fraction,
+        len(data.train),
+    )
+    return data, validation
+
+
+def use_best(vae: VAE, workdir: Path) -> dict[str, Any] | None:
+    """Load ``workdir/best.pt``'s parameters into ``vae`` when the run has one (it has a
+    validation split); returns what :func:`fit` notes in ``evaluation.json`` (the epoch and
+    its validation score), or ``None``."""
+    path = Path(workdir) / "best.pt"
+    if not path.exists():
+        return None
+    best = load_checkpoint(path, vae.device)
+    vae.load_state_dict(best["vae"])
+    return {"checkpoint": "best.pt", "epoch": best["epoch"], best["monitor"]: best["score"]}
 
 
 def evaluate_run(vae: VAE, data: Dataset, config: Config) -> dict[str, Any]:
@@ -532,15 +587,27 @@ def write_figures(vae: VAE, data: Dataset, history: list[dict[str, Any]], workdi
     )
 
 
+#: which parameters of a run folder :func:`load_run` reads
+CHECKPOINTS = ("best", "last")
+
+
 def load_run(
-    workdir: str | os.PathLike, device: str | torch.device = "cpu"
+    workdir: str | os.PathLike, device: str | torch.device = "cpu", checkpoint: str = "best"
 ) -> tuple[VAE, Config, dict[str, Any]]:
     """Rebuild the trained VAE of a run folder; returns ``(vae, config, checkpoint)``.
 
-    Reads the checkpoints of this pyrovae and of pyrovae 0.1 (a flat config, one
-    optimizer)."""
+    ``checkpoint="best"`` reads ``best.pt``, the parameters of the best epoch on the
+    validation split, when the run has one (it was trained with ``validation_fraction``),
+    and ``checkpoint.pt`` otherwise; ``"last"`` reads ``checkpoint.pt``, the last epoch's.
+    ``workdir`` may also be a checkpoint file. Reads the checkpoints of this pyrovae and of
+    pyrovae 0.1 (a flat config, one optimizer)."""
+    if checkpoint not in CHECKPOINTS:
+        raise ConfigError(f"checkpoint must be one of {', '.join(CHECKPOINTS)}, got {checkpoint!r}")
     path = Path(workdir)
-    checkpoint = load_checkpoint(path / "checkpoint.pt" if path.is_dir() else path, "cpu")
+    if path.is_dir():
+        best = path / "best.pt"
+        path = best if checkpoint == "best" and best.exists() else path / "checkpoint.pt"
+    checkpoint = load_checkpoint(path, "cpu")
     values = checkpoint.get("config", {})
     model = values.get("model", {}) if not is_flat(values) else values
     custom = {k: v for k, v in model.items() if isinstance(v, str) and v.startswith("custom ")}
@@ -573,11 +640,13 @@ def score_run(
     cache_dir: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
     num_threads: int | None = None,
+    checkpoint: str = "best",
 ) -> dict[str, Any]:
     """Sample-quality scores of a run on its held-out data: :func:`pyrovae.inference.score`
     of the run's VAE and data set (the other arguments mean what they mean there), with
     ``num_threads`` torch threads (``None``: chosen as :func:`fit` chooses them, from the
-    run's network and batch size; :mod:`pyrovae.threads`).
+    run's network and batch size; :mod:`pyrovae.threads`), with the parameters
+    ``checkpoint`` names (:func:`load_run`).
 
     When ``workdir`` is a run folder (not a checkpoint file), the scores are also written
     to ``workdir/scores.json``, atomically and only once all of them are computed: a
@@ -586,7 +655,7 @@ def score_run(
     """
     folder = Path(workdir).is_dir()
     with runfolder.lock(workdir) if folder else contextlib.nullcontext():
-        vae, config, _ = load_run(workdir, device)
+        vae, config, _ = load_run(workdir, device, checkpoint)
         set_threads(num_threads, vae, config.optimization["batch_size"])
         data = load_data(config, vae.device)
         scores = score(

@@ -33,10 +33,18 @@ def run_parser(
     seed: bool = True,
     **kwargs: str,
 ) -> argparse.ArgumentParser:
-    """A subcommand on a trained run: ``RUN``, ``--device``, ``--num-threads`` and (with
-    ``seed``) ``--seed``; ``kwargs`` are ``help`` and ``description``."""
+    """A subcommand on a trained run: ``RUN``, ``--checkpoint``, ``--device``,
+    ``--num-threads`` and (with ``seed``) ``--seed``; ``kwargs`` are ``help`` and
+    ``description``."""
     parser = sub.add_parser(name, parents=[common], **kwargs)
-    parser.add_argument("run", type=Path, help="run folder (or its checkpoint.pt)")
+    parser.add_argument("run", type=Path, help="run folder (or a checkpoint file in it)")
+    parser.add_argument(
+        "--checkpoint",
+        choices=["best", "last"],
+        default="best",
+        help="a run folder's parameters: best (best.pt, the best epoch on the validation "
+        "split, when the run has one; else the last) or last (checkpoint.pt) (default: best)",
+    )
     if seed:
         parser.add_argument("--seed", type=seed_value, default=0, help="random seed (default 0)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -57,7 +65,7 @@ def load_run(args: argparse.Namespace):
 
     if args.num_threads is not None and args.num_threads < 1:  # before reading anything
         raise ConfigError(f"--num-threads must be >= 1, got {args.num_threads}")
-    vae, config, checkpoint = load_run(args.run, args.device)
+    vae, config, checkpoint = load_run(args.run, args.device, args.checkpoint)
     set_threads(args.num_threads, vae, config.optimization["batch_size"])
     return vae, config, checkpoint
 
@@ -149,9 +157,10 @@ def _run_lock(args: argparse.Namespace) -> Iterator[None]:
 def output_name(stem: str, args: argparse.Namespace, **options: object) -> str:
     """The name (without suffix) of what a command on a run writes, from what sets it apart:
     ``stem`` then ``-<key><value>`` for each of ``options`` given, ``-n<N>`` for
-    ``--num-items``, the stem of ``--data``, and ``-seed<S>`` for a seed other than 0, e.g.
-    ``evaluation-k1000-n200-seed3``. Training's own files (``evaluation.json``,
-    ``samples.png``) never match one, and rerunning a command replaces its own file only."""
+    ``--num-items``, the stem of ``--data``, ``-seed<S>`` for a seed other than 0, and
+    ``-last`` for ``--checkpoint last``, e.g. ``evaluation-k1000-n200-seed3``. Training's
+    own files (``evaluation.json``, ``samples.png``) never match one, and rerunning a
+    command replaces its own file only."""
     parts = [stem]
     parts += [f"{key}{value}" for key, value in options.items() if value is not None]
     if getattr(args, "num_items", None) is not None:
@@ -160,6 +169,8 @@ def output_name(stem: str, args: argparse.Namespace, **options: object) -> str:
         parts.append(Path(args.data).stem)
     if getattr(args, "seed", 0):
         parts.append(f"seed{args.seed}")
+    if getattr(args, "checkpoint", "best") == "last":
+        parts.append("last")
     return "-".join(parts)
 
 

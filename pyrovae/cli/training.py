@@ -339,6 +339,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
         device=args.device,
         num_threads=args.num_threads,
+        checkpoint=args.checkpoint,
     )
     print(json.dumps(scores, indent=2))
     return 0

@@ -279,6 +279,57 @@ class Dataset:
             test_labels=move(self.test_labels),
         )
 
+    def split_validation(self, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+        """Carve a validation split out of the training items: ``(data, validation)``.
+
+        ``data`` keeps the other training items and the test set; ``validation`` holds the
+        carved items as its ``test`` split (what a per-epoch evaluation reads) and the same
+        training items as ``data``. The split is a seeded random one, stratified by the
+        labels when there are labels. Under ``binarize="dynamic"`` the validation items are
+        binarized once, as the test set is (one Bernoulli draw seeded by ``seed + 1``).
+
+        Raises
+        ------
+        ConfigError
+            If ``fraction`` is not between 0 and 1 (exclusive).
+        DataError
+            If the training items cannot be split so (too few for the classes).
+        """
+        if not 0.0 < fraction < 1.0:
+            raise ConfigError(
+                f"validation_fraction must be between 0 and 1 (exclusive), got {fraction}"
+            )
+        labels = self.train_labels
+        stratify = None if labels is None else labels.cpu().numpy()
+        keep, carve = split_indices(
+            len(self.train),
+            fraction,
+            seed,
+            stratify,
+            what=f"the {self.name} training data",
+            option="validation_fraction",
+        )
+        # the positions in their original order: a split must not reorder the training set
+        keep, carve = np.sort(keep), np.sort(carve)
+
+        def take(x: torch.Tensor | MappedItems, index: np.ndarray) -> torch.Tensor | MappedItems:
+            if isinstance(x, MappedItems):
+                return MappedItems(x.array, x.rows[index])
+            return x[torch.as_tensor(index, device=x.device)]
+
+        def take_labels(index: np.ndarray) -> torch.Tensor | None:
+            return None if labels is None else labels[torch.as_tensor(index, device=labels.device)]
+
+        held = take(self.train, carve)
+        if self.binarize == "dynamic" and isinstance(held, torch.Tensor):
+            generator = torch.Generator(device=held.device).manual_seed(seed + 1)
+            held = bernoulli(held, generator)
+        data = dataclasses.replace(
+            self, train=take(self.train, keep), train_labels=take_labels(keep)
+        )
+        validation = dataclasses.replace(data, test=held, test_labels=take_labels(carve))
+        return data, validation
+
     def num_batches(self, split: str, batch_size: int, drop_last: bool = False) -> int:
         """How many batches :meth:`batches` yields for these arguments."""
         num_items = len(self._items(split))
@@ -428,9 +479,11 @@ def split_indices(
     seed: int,
     stratify: np.ndarray | None,
     what: str,
+    option: str = "test_fraction",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Train and test positions of ``num_items`` items: a seeded random split, stratified by
-    the labels ``stratify`` when given; :class:`~pyrovae.errors.DataError` when impossible."""
+    the labels ``stratify`` when given; :class:`~pyrovae.errors.DataError` when impossible
+    (naming ``option``, the setting that asked for the split)."""
     from sklearn.model_selection import train_test_split
 
     try:
@@ -439,8 +492,9 @@ def split_indices(
         )
     except ValueError as exc:
         raise DataError(
-            f"cannot split {what} ({num_items} items) with test_fraction={test_fraction}: {exc}; "
-            "use more items or another test_fraction, or give a separate test set"
+            f"cannot split {what} ({num_items} items) with {option}={test_fraction}: {exc}; "
+            f"use more items or another {option}"
+            + (", or give a separate test set" if option == "test_fraction" else "")
         ) from None
     return np.asarray(train_index), np.asarray(test_index)
 

@@ -266,6 +266,8 @@ class SemiSupervisedVAE(ConditionalVAE):
     needs_labels = True
     requires_y = False
     own_guide = "q(y|x) q(z|x,y)"
+    #: the classifier's accuracy: what a semi-supervised model is trained for
+    monitor = ("accuracy", "max")
     cannot: ClassVar[Mapping[str, str]] = {
         "compile": (
             "it trains with TraceEnum_ELBO, which sums the class out of the unlabelled ELBO "

@@ -227,6 +227,10 @@ class VAE(PyroModule):
     #: what the variant lacks, capability -> why: the tools that need it refuse a run of
     #: this variant with that reason (:data:`pyrovae.inference.sites.CAPABILITIES`)
     cannot: ClassVar[Mapping[str, str]] = {}
+    #: the per-epoch evaluation's score that chooses the best epoch (``best.pt``) and drives
+    #: early stopping and a plateau learning-rate schedule: ``(row key, "max" or "min")``;
+    #: on a validation split the key's ``test_`` reads ``validation_``
+    monitor: ClassVar[tuple[str, str]] = ("test_elbo", "max")
     #: the registered components the variant is built from when a run names none, role ->
     #: name (the VAE-GAN's ``conv`` networks); the others are the run configuration's own
     component_defaults: ClassVar[Mapping[str, str]] = {}

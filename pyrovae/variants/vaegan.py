@@ -624,6 +624,8 @@ class VAEGAN(VAE):
 
     name = "vaegan"
     component_defaults: ClassVar[Mapping[str, str]] = {"encoder": "conv", "decoder": "conv"}
+    #: the pixel error of reconstructions: the feature-space ELBO moves with the discriminator
+    monitor = ("test_pixel_mse", "min")
     option_choices: ClassVar[dict[str, tuple[str, ...]]] = {"fakes": FAKES}
     cannot: ClassVar[Mapping[str, str]] = {
         "likelihood": (

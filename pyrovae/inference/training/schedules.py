@@ -40,6 +40,7 @@ References
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -68,6 +69,11 @@ class Schedule:
 
     def __call__(self, step: int) -> float:
         raise NotImplementedError  # abstract
+
+    def settled_step(self) -> int:
+        """The first step from which :math:`\\beta_t = \\beta` at every later step: when
+        the warm-up is over (early stopping's counter runs only from there)."""
+        return 0
 
     def __repr__(self) -> str:
         options = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
@@ -116,6 +122,9 @@ class LinearSchedule(Schedule):
             return self.beta
         return self.beta * step / self.warmup_steps
 
+    def settled_step(self) -> int:
+        return self.warmup_steps
+
 
 @SCHEDULES.register("cyclical")
 class CyclicalSchedule(Schedule):
@@ -154,6 +163,11 @@ class CyclicalSchedule(Schedule):
         period = self.total_steps / self.num_cycles
         tau = (step % period) / period
         return self.beta * min(1.0, tau / self.cycle_ratio)
+
+    def settled_step(self) -> int:
+        # the last cycle's rise ends there; beta stays for the rest of the run
+        period = self.total_steps / self.num_cycles
+        return math.ceil(self.total_steps - period + self.cycle_ratio * period)
 
 
 def make_schedule(

@@ -57,6 +57,7 @@ from pyrovae.inference.training.numerics import (
     quiet_nan_warnings,
     watch_gradients,
 )
+from pyrovae.inference.training.optimization import is_plateau, normalize_gradients
 from pyrovae.inference.training.schedules import ConstantSchedule, Schedule
 from pyrovae.inference.training.step import TrainingStep
 from pyrovae.progress import enabled as progress_enabled
@@ -128,6 +129,18 @@ class Trainer:
         Stop after the first epoch that ends once the run's epochs (their ``seconds``,
         training and per-epoch evaluation, over every session of a resumed run) add up to
         this many seconds: equal wall-clock budgets for models whose epochs differ in cost.
+    patience : int, optional
+        Early stopping: stop once this many epochs in a row have not improved on the best
+        validation score (``fit(validation=...)``), counting only the epochs after the KL
+        schedule's warm-up (:meth:`~pyrovae.inference.training.schedules.Schedule.
+        settled_step`). The state lives in the history, so a resumed run keeps it.
+    lr_schedulers : dict of str to scheduler, optional
+        A :mod:`torch.optim.lr_scheduler` scheduler per optimizer of the step (by its name),
+        stepped after every epoch (``ReduceLROnPlateau`` on the monitored score) and saved
+        in the checkpoint (:mod:`~pyrovae.inference.training.optimization`).
+    normalize_gradients : bool
+        Divide each parameter's gradient by its norm before every update
+        (:func:`~pyrovae.inference.training.optimization.normalize_gradients`).
 
     Attributes
     ----------
@@ -152,6 +165,9 @@ class Trainer:
         diagnostic_items: int = 1000,
         seed: int = 0,
         time_limit: float | None = None,
+        patience: int | None = None,
+        lr_schedulers: Mapping[str, Any] | None = None,
+        normalize_gradients: bool = False,
     ) -> None:
         self.vae = vae
         self.step = step
@@ -169,6 +185,15 @@ class Trainer:
         self.diagnostic_items = diagnostic_items
         self.seed = seed
         self.time_limit = time_limit
+        self.patience = patience
+        self.lr_schedulers = dict(lr_schedulers or {})
+        unknown = [k for k in self.lr_schedulers if k not in step.optimizers]
+        if unknown:
+            raise ConfigError(
+                f"lr_schedulers names the optimizer {unknown[0]!r}, which the step lacks "
+                f"(it has {', '.join(step.optimizers)})"
+            )
+        self.normalize_gradients = normalize_gradients
         self.step_count = 0
         self.epoch_stats: dict[str, Any] = {}
         # what the progress bar shows after its counts: epoch, running objective, held-out
@@ -292,6 +317,8 @@ class Trainer:
         for optimizer in self.step.optimizers.values():  # a compiled step has a new one
             if id(optimizer) not in self._watched:
                 handle = watch_gradients(optimizer, self._names)
+                if self.normalize_gradients:  # after the check: a NaN is reported as one
+                    normalize_gradients(optimizer)
                 self._watched[id(optimizer)] = (optimizer, handle)
         stats = self.step(_to_device(batch, self.vae.device), num_data=num_data, beta=beta)
         check_loss(stats["loss"])
@@ -307,8 +334,10 @@ class Trainer:
         config: Mapping[str, Any] | None = None,
         check: bool = True,
         callbacks: Sequence[EpochCallback] = (),
+        validation: Dataset | None = None,
     ) -> list[dict[str, Any]]:
-        """Train for ``num_epochs`` epochs (from where a resumed run stopped).
+        """Train for ``num_epochs`` epochs (from where a resumed run stopped), or until
+        early stopping (``patience``) ends the run.
 
         Parameters
         ----------
@@ -316,7 +345,9 @@ class Trainer:
             Training and held-out data (preloaded tensors).
         workdir : path, optional
             Run folder. After every epoch, ``checkpoint.pt`` (atomic) and
-            ``metrics.jsonl`` are written there.
+            ``metrics.jsonl`` are written there; with ``validation``, ``best.pt`` too
+            whenever the epoch's validation score is the best so far (before the
+            checkpoint, so an interruption between them redoes the epoch and the same best).
         resume : bool
             Continue from ``workdir/checkpoint.pt``: parameters, every optimizer's state,
             random number generator states and metrics are restored, so the run continues
@@ -335,6 +366,13 @@ class Trainer:
         callbacks : sequence of callables
             Each is called as ``callback(trainer, row)`` after every epoch, once the row
             is in the history (and checkpointed, with ``workdir``).
+        validation : Dataset, optional
+            A validation split (:meth:`Dataset.split_validation
+            <pyrovae.data.Dataset.split_validation>`): the per-epoch evaluation reads its
+            ``test`` items instead of ``data.test``, and its numbers are logged as
+            ``validation_<name>`` (``validation_elbo``) where they would be ``test_<name>``;
+            the variant's :attr:`~pyrovae.variants.VAE.monitor` on it chooses the best
+            epoch (``best.pt``) and drives early stopping.
 
         Returns
         -------
@@ -345,7 +383,9 @@ class Trainer:
             :math:`\beta \ne 1`); ``beta`` (the KL weight of the epoch's last step) and
             ``beta_mean``; what the variant's ``evaluate_epoch`` adds (``test_elbo``, the
             diagnostics ``kl``, ``kl_per_dim``, ``active_units``, ``mutual_information``
-            of each latent site, a classifier's accuracy); ``seconds``.
+            of each latent site, a classifier's accuracy; ``validation_elbo`` and the
+            others on the validation items with ``validation``); ``lr_<optimizer>`` with a
+            learning-rate schedule; ``seconds``.
         """
         vae = self.vae
         workdir = Path(workdir) if workdir is not None else None
@@ -369,6 +409,14 @@ class Trainer:
             self.distribute()
         start = len(history)
         self.step_count = start * steps  # the schedule continues where the run stopped
+        # epochs whose steps all have the final KL weight come after this one
+        settled = math.ceil(self.schedule.settled_step() / steps)
+        monitor = self.monitor_key(validation is not None)
+        if self.patience is not None and validation is None:
+            raise ConfigError(
+                "early stopping (patience) needs a validation split to watch; give fit() "
+                "validation= (--validation-fraction)"
+            )
         collapsed_for = 0  # epochs in a row that looked collapsed
         patience = max(COLLAPSE_PATIENCE, self.num_epochs // 10)
         bar = progress_bar(
@@ -381,6 +429,10 @@ class Trainer:
         )
         self._bar_fields = {}
         for epoch in range(start, self.num_epochs):
+            stop = self._early_stop(history, monitor, settled)
+            if stop is not None:
+                logger.info(stop)
+                break
             spent = sum(r["seconds"] for r in history)
             if self.time_limit is not None and spent > self.time_limit:
                 logger.info(
@@ -397,11 +449,20 @@ class Trainer:
             try:  # Pyro's NaN warnings would repeat what a NonFinite reports once
                 with quiet_nan_warnings():
                     train_objective = self.epoch(data, bar)  # its index: from step_count
-                    evaluation = self._evaluate(data, epoch)
+                    evaluation = self._evaluate(validation or data, epoch)
             except NonFinite as e:
                 bar.close()
                 raise NumericsError(self._diverged(e, history, checkpoint)) from None
+            if validation is not None:
+                evaluation = {_validation_key(k): v for k, v in evaluation.items()}
             row = {"epoch": epoch + 1, **self.epoch_stats, **evaluation}
+            if self.patience is not None and monitor not in row:  # before anything is saved
+                bar.close()
+                raise ConfigError(
+                    f"--patience stops on {monitor}, which --model {vae.name}'s evaluation "
+                    "does not report; train it without --patience"
+                )
+            self._step_lr_schedulers(row, monitor if validation is not None else None)
             if "kl" in row:
                 last = epoch + 1 == self.num_epochs
                 collapsed_for = _warn_if_collapsed(row, epoch + 1, collapsed_for, last, patience)
@@ -409,20 +470,26 @@ class Trainer:
             row["seconds"] = distributed.maximum(time.perf_counter() - begin)
             history.append(row)
             # a variant may evaluate nothing per epoch: the held-out ELBO is shown when there
-            heldout = f"{row['test_elbo']:.2f}" if "test_elbo" in row else "-"
-            self._bar_fields.update(objective=f"{train_objective:.2f}", test=heldout)
+            split = "validation" if validation is not None else "test"
+            shown = row.get(f"{split}_elbo")
+            heldout = "-" if shown is None else f"{shown:.2f}"
+            self._bar_fields.update({"objective": f"{train_objective:.2f}", split: heldout})
             bar.set_postfix(self._bar_fields)
             # every epoch is in metrics.jsonl and on the progress bar; log about ten of them
             every = max(1, self.num_epochs // 10)
             level = logging.INFO if (epoch + 1) % every == 0 or epoch == start else logging.DEBUG
             logger.log(
                 level,
-                "epoch %d: train objective %.3f, held-out ELBO %s nats/point (%.1f s)",
+                "epoch %d: train objective %.3f, %s ELBO %s nats/point (%.1f s)",
                 row["epoch"],
                 train_objective,
+                "validation" if validation is not None else "held-out",
                 heldout,
                 row["seconds"],
             )
+            best = _best_epoch(history, monitor, self.monitor_mode)
+            if workdir is not None and validation is not None and main and best == len(history):
+                self.save_best(workdir / "best.pt", history, config, monitor)
             if workdir is not None:
                 self.save(checkpoint, history, config)
             if workdir is not None and main:
@@ -431,6 +498,48 @@ class Trainer:
                 callback(self, row)
         bar.close()
         return history
+
+    def monitor_key(self, validating: bool = True) -> str:
+        """The row key of the variant's monitored score (:attr:`VAE.monitor
+        <pyrovae.variants.VAE.monitor>`), as logged with a validation split or without."""
+        key = self.vae.monitor[0]
+        return _validation_key(key) if validating else key
+
+    @property
+    def monitor_mode(self) -> str:
+        """``"max"`` when a larger monitored score is better, ``"min"`` when a smaller is."""
+        return self.vae.monitor[1]
+
+    def _early_stop(self, history: list[dict[str, Any]], monitor: str, settled: int) -> str | None:
+        """Why the run stops before its next epoch (``patience`` epochs after the best one,
+        or after the warm-up's end ``settled``, whichever is later), or ``None``."""
+        if self.patience is None or not history:
+            return None
+        best = _best_epoch(history, monitor, self.monitor_mode)
+        since = len(history) - max(best or 0, settled)
+        if since < self.patience:
+            return None
+        value = "none" if best is None else f"{history[best - 1][monitor]:.6g}"
+        return (
+            f"early stopping after epoch {len(history)}: {monitor} has not improved for "
+            f"{since} epochs (patience {self.patience}); the best was {value} at epoch {best}, "
+            "kept in best.pt"
+        )
+
+    def _step_lr_schedulers(self, row: dict[str, Any], monitor: str | None) -> None:
+        """Log each optimizer's learning rate of the epoch as ``lr_<name>``, then step its
+        scheduler; ``ReduceLROnPlateau`` on ``row[monitor]`` (the validation score), or on
+        the training objective when the run has no validation split (``monitor`` is
+        ``None``): a test-set score must not steer training."""
+        for name, scheduler in self.lr_schedulers.items():
+            row[f"lr_{name}"] = self.step.optimizers[name].param_groups[0]["lr"]
+            if not is_plateau(scheduler):
+                scheduler.step()
+            elif monitor is None:
+                scheduler.step(row["train_objective"])
+            else:
+                sign = 1.0 if self.monitor_mode == "max" else -1.0
+                scheduler.step(sign * row[monitor])
 
     def _evaluate(self, data: Dataset, epoch: int) -> dict[str, Any]:
         """The variant's per-epoch evaluation; :class:`NonFinite` when the parameters the
@@ -515,9 +624,34 @@ class Trainer:
             "rng": ranks[0],
             "history": history,
         }
+        if self.lr_schedulers:
+            state["lr_schedulers"] = {k: s.state_dict() for k, s in self.lr_schedulers.items()}
         if spread:
             state.update(world_size=len(ranks), rank_rng=ranks)
         save_checkpoint(state, path)
+
+    def save_best(
+        self,
+        path: Path,
+        history: list[dict[str, Any]],
+        config: Mapping[str, Any] | None,
+        monitor: str,
+    ) -> None:
+        """Write ``best.pt``: the parameters after epoch ``len(history)``, the best on
+        validation so far, with the config and data shape that rebuild the VAE
+        (:func:`pyrovae.run.load_run` reads it as it reads ``checkpoint.pt``); no optimizer
+        or random state: a run resumes from ``checkpoint.pt``."""
+        save_checkpoint(
+            {
+                "config": dict(config or {}),
+                "event_shape": list(self.vae.event_shape),
+                "epoch": len(history),
+                "vae": self.vae.state_dict(),
+                "monitor": monitor,
+                "score": history[-1][monitor],
+            },
+            path,
+        )
 
     def restore(self, state: dict[str, Any], path: Path) -> list[dict[str, Any]]:
         """Load a checkpoint's parameters, optimizer and RNG states; returns its history.
@@ -552,6 +686,12 @@ class Trainer:
                 optimizer.load_state_dict(state["optimizers"][name])
                 for group, fresh in zip(optimizer.param_groups, settings):
                     group.update(fresh)
+            saved = state.get("lr_schedulers", {})
+            for name, scheduler in self.lr_schedulers.items():
+                if name in saved:  # the schedule continues: its learning rate, not the flag's
+                    scheduler.load_state_dict(saved[name])
+                    for group, lr in zip(optimizers[name].param_groups, scheduler.get_last_lr()):
+                        group["lr"] = lr
             self._restore_rng(state)
         except (RuntimeError, ValueError, KeyError, TypeError) as e:
             raise CheckpointError(f"checkpoint {path} does not fit this model: {e}") from None
@@ -626,6 +766,24 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
         k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
         for k, v in batch.items()
     }
+
+
+def _validation_key(key: str) -> str:
+    """A per-epoch evaluation's ``test_<name>`` as measured on a validation split."""
+    return "validation_" + key[len("test_") :] if key.startswith("test_") else key
+
+
+def _best_epoch(history: Sequence[dict[str, Any]], key: str, mode: str) -> int | None:
+    """The epoch (from 1) whose ``key`` is best (``mode`` ``"max"`` or ``"min"``; the
+    earliest of equals; NaN never), or ``None`` when no epoch has a number there."""
+    best, epoch = None, None
+    for row in history:
+        value = row.get(key)
+        if value is None or math.isnan(value):
+            continue
+        if best is None or (value > best if mode == "max" else value < best):
+            best, epoch = value, row["epoch"]
+    return epoch
 
 
 def _write_metrics(history: list[dict[str, Any]], path: Path) -> None:
