@@ -125,7 +125,8 @@ def reconstructions(inputs: torch.Tensor, recons: torch.Tensor, *, nrow: int = 8
 
 
 def elbo_curves(history: Sequence[dict[str, Any]]) -> Figure:
-    """Train and held-out ELBO (nats per data point) against the epoch.
+    """Train and held-out ELBO (nats per data point) against the epoch: the validation
+    ELBO, with its best epoch starred, for a run with a validation split.
 
     A variant without an ELBO of the data shows the bound it has instead: the training
     objective and its held-out ``test_<name>_elbo`` (the VAE-GAN's ``test_feature_elbo``),
@@ -134,9 +135,11 @@ def elbo_curves(history: Sequence[dict[str, Any]]) -> Figure:
     ax = fig.add_subplot()
     epochs = [row["epoch"] for row in history]
     first = history[0] if history else {}
-    bounds = [k for k in first if k.startswith("test_") and k.endswith("elbo")]
-    heldout = "test_elbo" if "test_elbo" in first else next(iter(bounds), None)
-    if heldout in (None, "test_elbo"):
+    split = "validation" if "validation_elbo" in first else "test"
+    bounds = [k for k in first if k.startswith(f"{split}_") and k.endswith("elbo")]
+    heldout = f"{split}_elbo" if f"{split}_elbo" in first else next(iter(bounds), None)
+    plain = heldout in (None, f"{split}_elbo")
+    if plain:
         train = [
             math.nan if row.get("train_elbo") is None else row["train_elbo"] for row in history
         ]
@@ -144,10 +147,15 @@ def elbo_curves(history: Sequence[dict[str, Any]]) -> Figure:
     else:
         ax.plot(epochs, [row["train_objective"] for row in history], label="train objective")
     if heldout is not None:
-        label = "held-out" if heldout == "test_elbo" else f"held-out ({heldout[5:]})"
-        ax.plot(epochs, [row.get(heldout, math.nan) for row in history], label=label)
+        name = "validation" if split == "validation" else "held-out"
+        label = name if plain else f"{name} ({heldout[len(split) + 1 :]})"
+        values = [row.get(heldout, math.nan) for row in history]
+        ax.plot(epochs, values, label=label)
+        if split == "validation" and any(not math.isnan(v) for v in values):
+            best = max(range(len(values)), key=lambda i: (values[i], -i))
+            ax.plot(epochs[best], values[best], "k*", label=f"best (epoch {epochs[best]})")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("ELBO (nats per data point)" if heldout == "test_elbo" else "nats per data point")
+    ax.set_ylabel("ELBO (nats per data point)" if plain else "nats per data point")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

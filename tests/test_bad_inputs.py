@@ -277,6 +277,28 @@ ROWS = {
     ),
     "impossible objective": Row("train --workdir NEW --elbo IWAE", r"--num-particles K >= 2"),
     "nan learning rate": Row("train --workdir NEW --learning-rate nan", r"finite number"),
+    # long runs: validation, early stopping, learning-rate schedules, which parameters
+    "patience without validation": Row(
+        "train --workdir NEW --patience 5", r"no validation split; add --validation-fraction"
+    ),
+    "validation fraction 1": Row(
+        "train --workdir NEW --validation-fraction 1", r"validation_fraction must be between 0"
+    ),
+    "validation fraction 0": Row(
+        "train --workdir NEW --validation-fraction 0", r"validation_fraction must be > 0"
+    ),
+    "too small a validation split": Row(
+        "train --workdir NEW --validation-fraction 0.001",
+        r"cannot split .* with validation_fraction=0\.001",
+    ),
+    "unknown lr schedule": Row("train --workdir NEW --lr-schedule cosin", r"invalid choice"),
+    "lr gamma 1": Row(
+        "train --workdir NEW --lr-schedule step --lr-gamma 1", r"lr_gamma must be between 0"
+    ),
+    "lr option without schedule": Row(
+        "train --workdir NEW --lr-patience 3", r"none of which this run uses"
+    ),
+    "unknown checkpoint": Row("evaluate RUN --checkpoint first", r"invalid choice: 'first'"),
     # config files
     "missing config": Row("train --workdir NEW --config missing.toml", r"does not exist"),
     "invalid TOML": Row("train --workdir NEW --config BADTOML", r"not valid TOML"),

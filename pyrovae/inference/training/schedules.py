@@ -40,7 +40,6 @@ References
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -165,9 +164,12 @@ class CyclicalSchedule(Schedule):
         return self.beta * min(1.0, tau / self.cycle_ratio)
 
     def settled_step(self) -> int:
-        # the last cycle's rise ends there; beta stays for the rest of the run
-        period = self.total_steps / self.num_cycles
-        return math.ceil(self.total_steps - period + self.cycle_ratio * period)
+        # where the last cycle's rise ends (found by walking back: a closed form's rounding
+        # can miss a step by one); beta stays from there to the end of the run
+        step = self.total_steps
+        while step > 0 and self(step - 1) == self.beta:
+            step -= 1
+        return step
 
 
 def make_schedule(
