@@ -49,7 +49,8 @@ def require_tensorboard() -> type:
 
 def tag(key: str) -> str:
     """The TensorBoard tag of a metrics key: ``train_objective`` -> ``train/objective``,
-    ``test_elbo`` -> ``test/elbo``, ``validation_elbo`` -> ``validation/elbo``; the others as they are (``kl``, ``kl/z1``, ``beta``)."""
+    ``test_elbo`` -> ``test/elbo``, ``validation_elbo`` -> ``validation/elbo``; the others
+    as they are (``kl``, ``kl/z1``, ``beta``)."""
     for prefix in ("train", "test", "validation"):
         if key.startswith(prefix + "_"):
             return f"{prefix}/{key[len(prefix) + 1 :]}"
