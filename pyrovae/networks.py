@@ -1,9 +1,18 @@
 """Building blocks shared by decoders (``model/``) and encoders (``guides/``): layers,
-convolution shapes, one-hot labels joined to inputs."""
+convolution shapes, one-hot labels joined to inputs.
+
+References
+----------
+- Dauphin, Fan, Auli & Grangier (2017), Language Modeling with Gated Convolutional
+  Networks (the gated layer).
+- Tomczak & Welling (2018), VAE with a VampPrior. AISTATS (gated dense networks with
+  He-normal weights, as in their code ``utils/nn.py``).
+"""
 
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 
 import torch
@@ -12,7 +21,15 @@ from torch import nn
 
 from pyrovae.errors import ConfigError
 
-__all__ = ["conv_feature_shape", "join", "mlp", "one_hot"]
+__all__ = [
+    "GatedDense",
+    "conv_feature_shape",
+    "gated_mlp",
+    "he_normal_",
+    "join",
+    "mlp",
+    "one_hot",
+]
 
 
 def mlp(sizes: Sequence[int], activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
@@ -23,6 +40,52 @@ def mlp(sizes: Sequence[int], activation: type[nn.Module] = nn.ReLU) -> nn.Seque
         if i < len(sizes) - 2:
             layers.append(activation())
     return nn.Sequential(*layers)
+
+
+class GatedDense(nn.Module):
+    r"""A gated dense layer: a linear map gated elementwise by a sigmoid of another.
+
+    .. math::
+
+        h = (W_1 x + b_1) \odot \sigma(W_2 x + b_2)
+
+    The gate is the layer's only nonlinearity. ``h`` is the linear map and ``g`` the
+    gate's, each an ``nn.Linear(in_features, out_features)``.
+    """
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.h = nn.Linear(in_features, out_features)
+        self.g = nn.Linear(in_features, out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.h(x) * torch.sigmoid(self.g(x))
+
+
+def he_normal_(module: nn.Module) -> nn.Module:
+    r"""Draw the weight of every ``nn.Linear`` in ``module`` from
+    :math:`\mathcal{N}(0, 2 / \text{fan\_in})` (He et al. 2015), in place; returns ``module``.
+
+    The biases keep torch's default :math:`U(-1/\sqrt{\text{fan\_in}}, 1/\sqrt{\text{fan\_in}})`,
+    as in the VampPrior reference code, whose ``he_init`` sets the weights only.
+    """
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear):
+            nn.init.normal_(layer.weight, 0.0, math.sqrt(2.0 / layer.in_features))
+    return module
+
+
+def gated_mlp(sizes: Sequence[int]) -> nn.Sequential:
+    """:class:`GatedDense` layers of the given sizes and a plain ``nn.Linear`` last, with
+    He-normal weights (:func:`he_normal_`).
+
+    ``gated_mlp([784, 300, 300, 2 * D])`` is the VampPrior paper's encoder: two gated
+    layers of 300 units, no other activation, and a linear head.
+    """
+    pairs = list(itertools.pairwise(sizes))
+    layers: list[nn.Module] = [GatedDense(n_in, n_out) for n_in, n_out in pairs[:-1]]
+    layers.append(nn.Linear(*pairs[-1]))
+    return he_normal_(nn.Sequential(*layers))
 
 
 def conv_feature_shape(event_shape: Sequence[int], channels: Sequence[int]) -> tuple[int, int, int]:

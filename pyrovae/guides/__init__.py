@@ -8,7 +8,15 @@ assignment (:class:`VectorQuantizer`).
 """
 
 from pyrovae.guides.amortized import GUIDES, AmortizedGuide, AmortizedNormalGuide, make_guide
-from pyrovae.guides.encoders import ENCODERS, ConvEncoder, MLPEncoder, diagonal_normal
+from pyrovae.guides.encoders import (
+    ENCODERS,
+    ClippedLogVar,
+    ConvEncoder,
+    GatedMLPEncoder,
+    MLPEncoder,
+    clip_log_var,
+    diagonal_normal,
+)
 from pyrovae.guides.flows import IAFGuide
 from pyrovae.guides.local import LocalNormalGuide
 from pyrovae.guides.lowrank import LowRankNormalGuide
@@ -19,12 +27,15 @@ __all__ = [
     "GUIDES",
     "AmortizedGuide",
     "AmortizedNormalGuide",
+    "ClippedLogVar",
     "ConvEncoder",
+    "GatedMLPEncoder",
     "IAFGuide",
     "LocalNormalGuide",
     "LowRankNormalGuide",
     "MLPEncoder",
     "VectorQuantizer",
+    "clip_log_var",
     "diagonal_normal",
     "make_guide",
     "perplexity",

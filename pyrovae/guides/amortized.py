@@ -27,7 +27,13 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from pyrovae.guides.encoders import ENCODERS, diagonal_normal
+from pyrovae.guides.encoders import (
+    ENCODERS,
+    ClippedLogVar,
+    check_log_var_bounds,
+    clip_log_var,
+    diagonal_normal,
+)
 from pyrovae.model.base import LocalPyroModule, data_plate, kl_weight
 from pyrovae.registry import Registry
 
@@ -43,11 +49,48 @@ class AmortizedGuide(LocalPyroModule):
     beta=1.0)``; with ``x=None`` (generation) there is nothing to infer and the guide
     samples nothing, so the model draws ``z`` from its prior. ``forward`` returns what
     :meth:`encode` returns.
+
+    With ``log_var_min``/``log_var_max`` the encoder's log-variance output is clamped
+    (a Hardtanh, :func:`~pyrovae.guides.encoders.clip_log_var`) before anything reads it:
+    the sampled posterior, :meth:`encode` and a VampPrior built on :attr:`gaussian_encoder`.
+
+    Parameters
+    ----------
+    encoder : nn.Module
+        ``x -> (loc, log_var, ...)``, each ``(..., latent_dim)``.
+    log_var_min : float, optional
+        guides: clamp the encoder's log-variance output from below (the VampPrior paper
+        uses -6; with --model hvae it bounds every Gaussian log-variance, p(z1|z2)'s too).
+    log_var_max : float, optional
+        guides: clamp the encoder's log-variance output from above (the VampPrior paper
+        uses 2; with --model hvae it bounds every Gaussian log-variance, p(z1|z2)'s too).
     """
 
-    def __init__(self, encoder: nn.Module) -> None:
+    def __init__(
+        self,
+        encoder: nn.Module,
+        *,
+        log_var_min: float | None = None,
+        log_var_max: float | None = None,
+    ) -> None:
         super().__init__()
         self.encoder = encoder
+        self.log_var_min, self.log_var_max = check_log_var_bounds(log_var_min, log_var_max)
+
+    def clip(self, params: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """The encoder's outputs with the log-variance (the second) clamped to
+        ``[log_var_min, log_var_max]``."""
+        loc, log_var, *rest = params
+        return loc, clip_log_var(log_var, self.log_var_min, self.log_var_max), *rest
+
+    @property
+    def gaussian_encoder(self) -> nn.Module:
+        """The encoder as a prior should read it: ``x -> (loc, log_var, ...)`` of
+        :math:`q(z \\mid x)`'s Gaussian, clamped like the guide's (the encoder itself
+        when there are no bounds)."""
+        if self.log_var_min is None and self.log_var_max is None:
+            return self.encoder
+        return ClippedLogVar(self.encoder, self.log_var_min, self.log_var_max)
 
     @staticmethod
     def num_encoder_outputs(**options: Any) -> int:
@@ -73,7 +116,7 @@ class AmortizedGuide(LocalPyroModule):
         if x is None:
             return None
         with data_plate(len(x), num_data, x.device):
-            params = self.encoder(x)
+            params = self.clip(self.encoder(x))
             with kl_weight(beta):
                 pyro.sample("z", self.posterior(*params))
         return self._summary(*params)
@@ -93,7 +136,7 @@ class AmortizedNormalGuide(AmortizedGuide):
         return diagonal_normal(loc, log_var)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        loc, log_var = self.encoder(x)
+        loc, log_var = self.clip(self.encoder(x))
         return loc, log_var
 
 
@@ -110,8 +153,9 @@ def make_guide(
     """Build the guide registered as ``name`` with a fresh ``encoder`` network.
 
     ``options`` are the guide's own settings (``guide_rank`` of ``lowrank``,
-    ``num_flows`` of ``iaf``), ``encoder_options`` the network's (``channels`` of
-    ``conv``); each is checked against what the entry declares.
+    ``num_flows`` of ``iaf``, ``log_var_min``/``log_var_max`` of all), ``encoder_options``
+    the network's (``channels`` of ``conv``); each is checked against what the entry
+    declares.
     """
     options = GUIDES.check_options(name, options or {})
     net = ENCODERS.build(

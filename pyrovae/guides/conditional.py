@@ -57,6 +57,8 @@ class ConditionalEncoder(nn.Module):
         super().__init__()
         self.event_shape = tuple(event_shape)
         self.num_classes = num_classes
+        #: the registered encoder's name (M2's classifier is gated with ``gated-mlp``)
+        self.name = name
         self.as_channels = name == "conv"
         if self.as_channels:
             channels, *size = self.event_shape

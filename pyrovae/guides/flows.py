@@ -59,6 +59,8 @@ class IAFGuide(AmortizedGuide):
     flow_hidden : tuple of int, optional
         hidden layers of each flow step's MADE (default: 2 * latent_dim; at least
         latent_dim wide, as MADE needs).
+
+    ``log_var_min``/``log_var_max`` clamp the base Gaussian's log-variance.
     """
 
     def __init__(
@@ -68,8 +70,10 @@ class IAFGuide(AmortizedGuide):
         *,
         num_flows: int = 2,
         flow_hidden: tuple[int, ...] | None = None,
+        log_var_min: float | None = None,
+        log_var_max: float | None = None,
     ) -> None:
-        super().__init__(encoder)
+        super().__init__(encoder, log_var_min=log_var_min, log_var_max=log_var_max)
         if num_flows < 1:
             raise ConfigError(f"the IAF guide needs num_flows >= 1, got {num_flows}")
         hidden = list(flow_hidden or [2 * latent_dim])
@@ -93,5 +97,5 @@ class IAFGuide(AmortizedGuide):
         return dist.TransformedDistribution(base, [f.condition(context) for f in self.flows])
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        loc, log_var, _ = self.encoder(x)
+        loc, log_var, _ = self.clip(self.encoder(x))
         return loc, log_var

@@ -43,14 +43,23 @@ class LowRankNormalGuide(AmortizedGuide):
         Returns ``2 + guide_rank`` tensors of shape ``(..., latent_dim)``.
     guide_rank : int
         rank r >= 1 of the low-rank guide's covariance factor.
+
+    ``log_var_min``/``log_var_max`` clamp the log of the diagonal part :math:`\\sigma^2`.
     """
 
-    def __init__(self, encoder: nn.Module, *, guide_rank: int = 2) -> None:
-        super().__init__(encoder)
+    def __init__(
+        self,
+        encoder: nn.Module,
+        *,
+        guide_rank: int = 2,
+        log_var_min: float | None = None,
+        log_var_max: float | None = None,
+    ) -> None:
+        super().__init__(encoder, log_var_min=log_var_min, log_var_max=log_var_max)
         self.rank = self.num_encoder_outputs(guide_rank=guide_rank) - 2
 
     @staticmethod
-    def num_encoder_outputs(*, guide_rank: int = 2) -> int:
+    def num_encoder_outputs(*, guide_rank: int = 2, **options: object) -> int:
         if guide_rank < 1:
             raise ConfigError(f"the low-rank guide needs guide_rank >= 1, got {guide_rank}")
         return 2 + guide_rank
@@ -66,4 +75,4 @@ class LowRankNormalGuide(AmortizedGuide):
         return loc, variance.log()
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._summary(*self.encoder(x))
+        return self._summary(*self.clip(self.encoder(x)))

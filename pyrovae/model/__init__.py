@@ -2,7 +2,7 @@
 the KL weight. The variants' models are in :mod:`pyrovae.variants`."""
 
 from pyrovae.model.base import LocalPyroModule, data_plate, kl_weight
-from pyrovae.model.decoders import DECODERS, ConvDecoder, MLPDecoder
+from pyrovae.model.decoders import DECODERS, ConvDecoder, GatedMLPDecoder, MLPDecoder
 from pyrovae.model.likelihoods import (
     LIKELIHOODS,
     BernoulliLikelihood,
@@ -35,6 +35,7 @@ __all__ = [
     "DistributionLikelihood",
     "DistributionPrior",
     "FlowPrior",
+    "GatedMLPDecoder",
     "GaussianLikelihood",
     "LaplaceLikelihood",
     "LearnedNormalPrior",

@@ -13,10 +13,10 @@ from math import prod
 import torch
 from torch import nn
 
-from pyrovae.networks import conv_feature_shape, mlp
+from pyrovae.networks import conv_feature_shape, gated_mlp, mlp
 from pyrovae.registry import Registry
 
-__all__ = ["DECODERS", "ConvDecoder", "MLPDecoder"]
+__all__ = ["DECODERS", "ConvDecoder", "GatedMLPDecoder", "MLPDecoder"]
 
 DECODERS: Registry[type[nn.Module]] = Registry("decoder")
 
@@ -29,15 +29,35 @@ class MLPDecoder(nn.Module):
     ``hidden`` setting describes a symmetric autoencoder.
     """
 
+    #: the network builder: ``sizes -> nn.Module``
+    layers = staticmethod(mlp)
+
     def __init__(
         self, latent_dim: int, event_shape: Sequence[int], hidden: Sequence[int] = (256, 128)
     ) -> None:
         super().__init__()
         self.event_shape = tuple(event_shape)
-        self.net = mlp([latent_dim, *reversed(tuple(hidden)), prod(self.event_shape)])
+        self.net = self.layers([latent_dim, *reversed(tuple(hidden)), prod(self.event_shape)])
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z).reshape(*z.shape[:-1], *self.event_shape)
+
+
+@DECODERS.register("gated-mlp")
+class GatedMLPDecoder(MLPDecoder):
+    r"""``latent_dim -> hidden[-1] -> ... -> hidden[0] -> prod(event_shape)`` with gated
+    layers :math:`(W_1 h + b_1) \odot \sigma(W_2 h + b_2)` and a linear head
+    (:func:`~pyrovae.networks.gated_mlp`), He-normal weights.
+
+    With ``hidden=(300, 300)`` it is the VampPrior paper's decoder (whose sigmoid on the
+    Bernoulli means is the likelihood's here: the head outputs logits).
+
+    References
+    ----------
+    - Tomczak & Welling (2018), VAE with a VampPrior. AISTATS.
+    """
+
+    layers = staticmethod(gated_mlp)
 
 
 @DECODERS.register("conv")

@@ -24,7 +24,10 @@ in the model and the guide alike, so a Pyro ELBO computes the line above (scaled
 Unlike the paper's HVAE, whose decoder reads :math:`z_1` and :math:`z_2`, the decoder
 here reads :math:`z_1` only, so any registered decoder (built for
 ``latent_dim = z1``'s dimension) serves. The paper clamps every log-variance to
-[-6, 2]; these networks, like pyrovae's encoders, do not.
+[-6, 2] and uses gated layers: the guide's ``log_var_min``/``log_var_max`` clamp all three
+Gaussians' log-variances here (:math:`q(z_2 \mid x)`, :math:`q(z_1 \mid x, z_2)` and
+:math:`p(z_1 \mid z_2)`), and ``encoder="gated-mlp"`` (``decoder="gated-mlp"``) makes the
+guide's (the model's) inner networks gated like the paper's.
 
 References
 ----------
@@ -44,12 +47,18 @@ import torch
 from torch import nn
 
 from pyrovae.errors import ConfigError
-from pyrovae.guides.encoders import ENCODERS, diagonal_normal
+from pyrovae.guides.encoders import (
+    ENCODERS,
+    ClippedLogVar,
+    check_log_var_bounds,
+    clip_log_var,
+    diagonal_normal,
+)
 from pyrovae.model.base import LocalPyroModule, data_plate, kl_weight
 from pyrovae.model.decoders import DECODERS
 from pyrovae.model.likelihoods import Likelihood
 from pyrovae.model.priors import Prior
-from pyrovae.networks import mlp
+from pyrovae.networks import GatedDense, gated_mlp, he_normal_, mlp
 from pyrovae.variants.vae import VAE, VAEModel
 
 __all__ = [
@@ -76,11 +85,13 @@ def _check_sizes(latent_dim: int, top_dim: int, hidden: Sequence[int]) -> None:
 
 class TopDownNet(nn.Module):
     r"""``z2 -> (loc, log_var)`` of :math:`p(z_1 \mid z_2)`, an MLP
-    ``top_dim -> hidden -> 2 latent_dim``."""
+    ``top_dim -> hidden -> 2 latent_dim`` (ReLUs, or gated layers with ``gated``)."""
 
-    def __init__(self, latent_dim: int, top_dim: int, hidden: Sequence[int]) -> None:
+    def __init__(
+        self, latent_dim: int, top_dim: int, hidden: Sequence[int], *, gated: bool = False
+    ) -> None:
         super().__init__()
-        self.net = mlp([top_dim, *hidden, 2 * latent_dim])
+        self.net = (gated_mlp if gated else mlp)([top_dim, *hidden, 2 * latent_dim])
 
     def forward(self, z2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         loc, log_var = self.net(z2).chunk(2, dim=-1)
@@ -93,17 +104,30 @@ class Z1PosteriorNet(nn.Module):
     Features of ``x`` (flattened; one ReLU layer of ``hidden[0]`` units) and of ``z2``
     (likewise) are joined and read by an MLP ``2 hidden[0] -> hidden[1:] -> 2 latent_dim``,
     as in the paper's HVAE. ``z2`` may carry leading particle dimensions that ``x`` lacks.
+    With ``gated`` every layer but the linear head is a
+    :class:`~pyrovae.networks.GatedDense`, with He-normal weights (the paper's network).
     """
 
     def __init__(
-        self, event_shape: Sequence[int], latent_dim: int, top_dim: int, hidden: Sequence[int]
+        self,
+        event_shape: Sequence[int],
+        latent_dim: int,
+        top_dim: int,
+        hidden: Sequence[int],
+        *,
+        gated: bool = False,
     ) -> None:
         super().__init__()
         self.event_dim = len(event_shape)
         width = hidden[0]
-        self.x_features = nn.Sequential(mlp([prod(event_shape), width]), nn.ReLU())
-        self.z2_features = nn.Sequential(mlp([top_dim, width]), nn.ReLU())
-        self.joint = mlp([2 * width, *hidden[1:], 2 * latent_dim])
+        if gated:
+            self.x_features: nn.Module = he_normal_(GatedDense(prod(event_shape), width))
+            self.z2_features: nn.Module = he_normal_(GatedDense(top_dim, width))
+            self.joint = gated_mlp([2 * width, *hidden[1:], 2 * latent_dim])
+        else:
+            self.x_features = nn.Sequential(mlp([prod(event_shape), width]), nn.ReLU())
+            self.z2_features = nn.Sequential(mlp([top_dim, width]), nn.ReLU())
+            self.joint = mlp([2 * width, *hidden[1:], 2 * latent_dim])
 
     def forward(self, x: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         hx = self.x_features(x.flatten(-self.event_dim) if self.event_dim else x.unsqueeze(-1))
@@ -134,6 +158,10 @@ class HierarchicalModel(VAEModel):
         Dimension of :math:`z_1`.
     hidden : tuple of int
         Hidden layer widths of the top-down network p(z1 | z2).
+    gated : bool
+        Whether the top-down network has gated layers (:class:`TopDownNet`).
+    log_var_min, log_var_max : float, optional
+        Clamp the top-down network's log-variance output (none by default).
     """
 
     def __init__(
@@ -145,16 +173,21 @@ class HierarchicalModel(VAEModel):
         latent_dim: int,
         *,
         hidden: tuple[int, ...] = (300, 300),
+        gated: bool = False,
+        log_var_min: float | None = None,
+        log_var_max: float | None = None,
     ) -> None:
         _check_sizes(latent_dim, prior.latent_dim, hidden)
         super().__init__(prior, decoder, likelihood, tuple(event_shape))
-        self.top_down = TopDownNet(latent_dim, prior.latent_dim, hidden)
+        self.top_down = TopDownNet(latent_dim, prior.latent_dim, hidden, gated=gated)
         self.latent_dim = latent_dim
         self.top_dim = prior.latent_dim
+        self.log_var_bounds = check_log_var_bounds(log_var_min, log_var_max)
 
     def z1_dist(self, z2: torch.Tensor) -> dist.TorchDistribution:
         r""":math:`p(z_1 \mid z_2)`, a diagonal Gaussian with ``event_shape == (latent_dim,)``."""
-        return diagonal_normal(*self.top_down(z2))
+        loc, log_var = self.top_down(z2)
+        return diagonal_normal(loc, clip_log_var(log_var, *self.log_var_bounds))
 
     def forward(
         self,
@@ -195,6 +228,10 @@ class HierarchicalGuide(LocalPyroModule):
         Dimension of :math:`z_2`.
     hidden : tuple of int
         Widths of the q(z1 | x, z2) network: hidden[0] for the x and z2 features, the rest joint.
+    gated : bool
+        Whether the q(z1 | x, z2) network has gated layers (:class:`Z1PosteriorNet`).
+    log_var_min, log_var_max : float, optional
+        Clamp the log-variances of both q(z2 | x) and q(z1 | x, z2) (none by default).
     """
 
     def __init__(
@@ -205,18 +242,30 @@ class HierarchicalGuide(LocalPyroModule):
         top_dim: int,
         *,
         hidden: tuple[int, ...] = (300, 300),
+        gated: bool = False,
+        log_var_min: float | None = None,
+        log_var_max: float | None = None,
     ) -> None:
         super().__init__()
         _check_sizes(latent_dim, top_dim, hidden)
         self.encoder = encoder
-        self.z1_net = Z1PosteriorNet(event_shape, latent_dim, top_dim, hidden)
+        self.z1_net = Z1PosteriorNet(event_shape, latent_dim, top_dim, hidden, gated=gated)
         self.latent_dim = latent_dim
         self.top_dim = top_dim
+        self.log_var_bounds = check_log_var_bounds(log_var_min, log_var_max)
+
+    @property
+    def gaussian_encoder(self) -> nn.Module:
+        r"""The :math:`q(z_2 \mid x)` network as a VampPrior over ``z2`` should read it,
+        clamped like the guide's (the encoder itself when there are no bounds)."""
+        if self.log_var_bounds == (None, None):
+            return self.encoder
+        return ClippedLogVar(self.encoder, *self.log_var_bounds)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         r"""``(loc, log_var)`` of :math:`q(z_2 \mid x)`, shape ``(..., top_dim)``."""
         outputs = self.encoder(x)
-        return outputs[0], outputs[1]
+        return outputs[0], clip_log_var(outputs[1], *self.log_var_bounds)
 
     def encode_z1(
         self, x: torch.Tensor, z2: torch.Tensor | None = None
@@ -225,7 +274,8 @@ class HierarchicalGuide(LocalPyroModule):
         :math:`q(z_2 \mid x)` (what a reconstruction decodes)."""
         if z2 is None:
             z2 = self.encode(x)[0]
-        return self.z1_net(x, z2)
+        loc, log_var = self.z1_net(x, z2)
+        return loc, clip_log_var(log_var, *self.log_var_bounds)
 
     def forward(
         self,
@@ -242,7 +292,7 @@ class HierarchicalGuide(LocalPyroModule):
             with kl_weight(beta, "z2"):
                 z2 = pyro.sample("z2", diagonal_normal(loc, log_var))
             with kl_weight(beta, "z1"):
-                pyro.sample("z1", diagonal_normal(*self.z1_net(x, z2)))
+                pyro.sample("z1", diagonal_normal(*self.encode_z1(x, z2)))
         return loc, log_var
 
 
@@ -254,7 +304,12 @@ class HierarchicalVAE(VAE):
     :math:`q(z_2 \mid x)` network's posteriors at its pseudo-inputs), the ``encoder`` is
     that network, the ``decoder`` reads :math:`z_1` (``latent_dim`` wide) and ``hidden``
     sizes every network, the top-down :math:`p(z_1 \mid z_2)` and :math:`q(z_1 \mid x, z_2)`
-    ones included. The guide is the model's own (``guide`` must stay ``"normal"``).
+    ones included. The guide is the model's own (``guide`` must stay ``"normal"``); it
+    takes the ``normal`` guide's ``log_var_min``/``log_var_max``, which clamp the
+    log-variances of :math:`q(z_2 \mid x)`, :math:`q(z_1 \mid x, z_2)` and
+    :math:`p(z_1 \mid z_2)` (the paper clamps all three to [-6, 2]). With
+    ``encoder="gated-mlp"`` the :math:`q(z_1 \mid x, z_2)` network is gated too, with
+    ``decoder="gated-mlp"`` the top-down one, as in the paper's HVAE.
 
     Parameters
     ----------
@@ -274,6 +329,7 @@ class HierarchicalVAE(VAE):
     latent_sites = ("z2", "z1")
 
     own_guide = "q(z2|x) q(z1|x,z2), diagonal Gaussians"
+    own_guide_options = ("log_var_min", "log_var_max")
 
     def __init__(
         self, event_shape: Sequence[int], *args: Any, top_dim: int | None = None, **kwargs: Any
@@ -288,15 +344,31 @@ class HierarchicalVAE(VAE):
         if self.top_dim is None:  # the default: as wide as z1
             self.top_dim = self.latent_dim
         shape = {"event_shape": self.event_shape, "hidden": self.hidden}
+        bounds = parts["guide"][1]  # log_var_min, log_var_max (own_guide_options)
         encoder = ENCODERS.build(*parts["encoder"], latent_dim=self.top_dim, **shape)
         self.guide = HierarchicalGuide(
-            encoder, self.event_shape, self.latent_dim, self.top_dim, hidden=self.hidden
+            encoder,
+            self.event_shape,
+            self.latent_dim,
+            self.top_dim,
+            hidden=self.hidden,
+            gated=parts["encoder"][0] == "gated-mlp",
+            **bounds,
         )
         likelihood = self.build_likelihood(parts["likelihood"])
-        prior = self.make_prior(parts["prior"], self.top_dim, encoder, likelihood)
+        prior = self.make_prior(
+            parts["prior"], self.top_dim, self.guide.gaussian_encoder, likelihood
+        )
         decoder = DECODERS.build(*parts["decoder"], latent_dim=self.latent_dim, **shape)
         self.model = HierarchicalModel(
-            prior, decoder, likelihood, self.event_shape, self.latent_dim, hidden=self.hidden
+            prior,
+            decoder,
+            likelihood,
+            self.event_shape,
+            self.latent_dim,
+            hidden=self.hidden,
+            gated=parts["decoder"][0] == "gated-mlp",
+            **bounds,
         )
 
     @torch.no_grad()

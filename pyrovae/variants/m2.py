@@ -59,7 +59,7 @@ from pyrovae.guides.encoders import diagonal_normal
 from pyrovae.inference.training.step import SVIStep, TrainingStep
 from pyrovae.model import Likelihood, Prior
 from pyrovae.model.base import LocalPyroModule, data_plate, kl_weight
-from pyrovae.networks import mlp
+from pyrovae.networks import gated_mlp, mlp
 from pyrovae.variants.cvae import ConditionalVAE, ConditionalVAEModel
 
 if TYPE_CHECKING:
@@ -101,14 +101,20 @@ class SemiSupervisedModel(ConditionalVAEModel):
 
 
 class Classifier(nn.Module):
-    """The MLP ``prod(event_shape) -> hidden... -> num_classes`` logits of :math:`q(y \\mid x)`."""
+    """The MLP ``prod(event_shape) -> hidden... -> num_classes`` logits of :math:`q(y \\mid x)`
+    (ReLUs, or gated layers with ``gated``: :func:`~pyrovae.networks.gated_mlp`)."""
 
     def __init__(
-        self, event_shape: Sequence[int], num_classes: int, hidden: Sequence[int] = (256, 128)
+        self,
+        event_shape: Sequence[int],
+        num_classes: int,
+        hidden: Sequence[int] = (256, 128),
+        *,
+        gated: bool = False,
     ) -> None:
         super().__init__()
         self.event_dim = len(event_shape)
-        self.net = mlp([prod(event_shape), *hidden, num_classes])
+        self.net = (gated_mlp if gated else mlp)([prod(event_shape), *hidden, num_classes])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x.flatten(-self.event_dim) if self.event_dim else x[..., None])
@@ -317,7 +323,10 @@ class SemiSupervisedVAE(ConditionalVAE):
         return SemiSupervisedModel(prior, decoder, likelihood, self.event_shape, self.num_classes)
 
     def make_guide(self, encoder: ConditionalEncoder) -> nn.Module:
-        classifier = Classifier(self.event_shape, self.num_classes, self.hidden)
+        # the classifier is a network of the guide: gated when the encoder is
+        classifier = Classifier(
+            self.event_shape, self.num_classes, self.hidden, gated=encoder.name == "gated-mlp"
+        )
         return SemiSupervisedGuide(encoder, classifier)
 
     # -- the training step --

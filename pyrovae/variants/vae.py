@@ -224,6 +224,9 @@ class VAE(PyroModule):
     seed: int = 0
     #: the variant's own guide, if it has one (then ``guide`` must stay ``"normal"``)
     own_guide: str | None = None
+    #: the options of the ``normal`` guide that the variant's own guide takes (hvae's
+    #: ``log_var_min``/``log_var_max``); any other is refused
+    own_guide_options: ClassVar[tuple[str, ...]] = ()
     #: what the variant lacks, capability -> why: the tools that need it refuse a run of
     #: this variant with that reason (:data:`pyrovae.inference.sites.CAPABILITIES`)
     cannot: ClassVar[Mapping[str, str]] = {}
@@ -276,6 +279,8 @@ class VAE(PyroModule):
             guide=guide,
             **options,
         )
+        if self.own_guide is not None:
+            self._refuse_guide_options(parts["guide"][1])
         #: what this VAE is, as the plain data of a config's model section; checkpoints
         #: store it so that load_run rebuilds the same VAE
         self.spec: dict[str, Any] = {
@@ -285,6 +290,23 @@ class VAE(PyroModule):
             **{role: _spec(value, opts) for role, (value, opts) in parts.items()},
         }
         self.build(parts)
+
+    def _refuse_guide_options(self, options: Mapping[str, Any]) -> None:
+        """Refuse an option of the ``normal`` guide that the variant's own guide does not
+        take (a config lists every option of the chosen guide: only one set off its default
+        counts)."""
+        declared = GUIDES.options("normal")
+        refused = sorted(
+            key
+            for key, value in options.items()
+            if key not in self.own_guide_options and value != declared[key].default
+        )
+        if refused:
+            flags = ", ".join("--" + name.replace("_", "-") for name in refused)
+            raise ConfigError(
+                f"--model {self.name} has its own guide {self.own_guide}, which takes no "
+                f"{flags}; drop it"
+            )
 
     def resolve(self, **chosen: Any) -> dict[str, tuple[Any, dict[str, Any]]]:
         """Each component as ``(name or object, checked options)``: tables are split, and
@@ -325,7 +347,7 @@ class VAE(PyroModule):
             )
         self.guide = guide
         # a prior may read the encoder whose outputs are the guide's Gaussian q(z|x)
-        encoder = guide.encoder if isinstance(guide, AmortizedNormalGuide) else None
+        encoder = guide.gaussian_encoder if isinstance(guide, AmortizedNormalGuide) else None
         prior = self.make_prior(parts["prior"], self.latent_dim, encoder, likelihood)
         self.model = VAEModel(prior, decoder, likelihood, self.event_shape)
 
