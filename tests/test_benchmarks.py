@@ -22,7 +22,7 @@ APPLICATION_BENCHMARKS = {
     "semisupervised": ["data set", "labels per class", "alpha / N", "M2"],
 }
 #: benchmarks that print a table of their own (not timings against PyTorch)
-OTHER_BENCHMARKS = ["collapse", "data_paths", "sample_quality"]
+OTHER_BENCHMARKS = ["collapse", "data_paths", "reproduce", "sample_quality"]
 
 
 @pytest.fixture
@@ -163,3 +163,48 @@ def test_svi_step_profiles_each_candidate(import_benchmark, capsys):
     for name in ("pyrovae", "pyrovae --compile", "minimal Pyro", "torch", "torch.compile"):
         assert f"### {name}, batch 32, Trace_ELBO" in out
     assert out.count("Self CPU time total") == 5
+
+
+def _rows_without_seconds(folder: Path) -> list[dict]:
+    import json
+
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+
+def test_reproduce_quick_runs_every_recipe_and_resumes_an_interrupted_one(
+    import_benchmark, tmp_path, capsys
+):
+    reproduce = import_benchmark("reproduce")
+    common = ["--quick", "--dataset", "digits", "--num-threads", "1"]
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    figure = tmp_path / "curves.png"
+    argv = [*common, "--workdir", str(whole), "--figure", str(figure)]
+    assert reproduce.main(argv) == 0
+    header, rows = parse_table(capsys.readouterr().out)
+    assert header[:3] == ["recipe", "log p(x), K", "published"]
+    assert [row[0] for row in rows] == list(reproduce.RECIPES)
+    assert all(row[1].endswith(", 10") and row[-3] == "3" for row in rows)  # K, epochs
+    assert figure.exists()
+    # a recipe stopped by its time limit after one epoch, then run again: it resumes and
+    # ends where the uninterrupted run ended
+    argv = [*common, "fmnist-mlp", "--workdir", str(parts)]
+    assert reproduce.main([*argv, "--time-limit", "1e-6"]) == 0
+    assert len(_rows_without_seconds(parts / "fmnist-mlp")) == 1
+    assert "time limit" in capsys.readouterr().out
+    assert reproduce.main(argv) == 0
+    assert _rows_without_seconds(parts / "fmnist-mlp") == _rows_without_seconds(
+        whole / "fmnist-mlp"
+    )
+    assert len(reproduce._sessions(parts, "fmnist-mlp")) == 2
+    # a finished recipe is reported, not trained again
+    capsys.readouterr()
+    assert reproduce.main(argv) == 0
+    assert "finished earlier" in capsys.readouterr().out
+    assert len(reproduce._sessions(parts, "fmnist-mlp")) == 2
+
+
+def test_reproduce_refuses_an_unknown_recipe(import_benchmark, capsys):
+    with pytest.raises(SystemExit) as e:
+        import_benchmark("reproduce").main(["fmnist-vae"])
+    assert e.value.code == 2 and "unknown recipe 'fmnist-vae'" in capsys.readouterr().err
