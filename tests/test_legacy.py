@@ -34,8 +34,9 @@ def test_old_config_and_checkpoint_load_as_sections():
     config = load_config(LEGACY / "config.toml")
     assert config.model["prior"] == {"name": "mixture", "num_components": 3}
     assert config.model["latent_dim"] == 2 and config.model["hidden"] == (16,)
-    # the options of components the run did not choose (guide_rank, free_bits, ...) are gone
-    assert config.model["guide"] == {"name": "normal"}
+    # the options of components the run did not choose (guide_rank, free_bits, ...) are gone;
+    # the normal guide's own (its log-variance clamp, added since) take their defaults
+    assert config.model["guide"] == {"name": "normal", "log_var_min": None, "log_var_max": None}
     state = load_checkpoint(LEGACY / "checkpoint.pt")
     assert list(state["optimizers"]) == ["svi"]
     vae, loaded, _ = load_run(LEGACY)
