@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib
 import math
+import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -23,6 +25,8 @@ APPLICATION_BENCHMARKS = {
 }
 #: benchmarks that print a table of their own (not timings against PyTorch)
 OTHER_BENCHMARKS = ["collapse", "data_paths", "reproduce", "sample_quality"]
+#: benchmarks that run code the user supplies (tested here by their refusal without it)
+EXTERNAL_BENCHMARKS = ["pyro_m2"]
 
 
 @pytest.fixture
@@ -46,7 +50,25 @@ def parse_table(text: str) -> tuple[list[str], list[list[str]]]:
 
 def test_every_benchmark_is_tested():
     scripts = {p.stem for p in (ROOT / "benchmarks").glob("*.py")} - {"__init__", "common"}
-    assert scripts == set(BENCHMARKS) | set(OTHER_BENCHMARKS) | set(APPLICATION_BENCHMARKS)
+    expected = set(BENCHMARKS) | set(OTHER_BENCHMARKS) | set(APPLICATION_BENCHMARKS)
+    assert scripts == expected | set(EXTERNAL_BENCHMARKS)
+
+
+@pytest.mark.parametrize("where", ["missing", "empty"])
+def test_pyro_m2_refuses_a_folder_without_the_example(where, tmp_path):
+    """A missing folder, or one without ss_vae_M2.py, is one line on stderr naming the
+    flag and where to get the example, and exit status 2 (no traceback)."""
+    folder = tmp_path / "no-such-folder" if where == "missing" else tmp_path
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "pyro_m2.py"), "--pyro-examples", str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: --pyro-examples {folder}:"), lines
+    assert "git clone" in lines[0] and result.stdout == ""
 
 
 @pytest.mark.parametrize("name", APPLICATION_BENCHMARKS)

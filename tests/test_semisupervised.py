@@ -17,7 +17,7 @@ from pyrovae import Config, ConfigError, DataError, Dataset, fit, load_dataset, 
 from pyrovae.networks import one_hot
 from pyrovae.run import make_step
 from pyrovae.variants import SemiSupervisedVAE
-from pyrovae.variants.m2 import labeled_subset
+from pyrovae.variants.m2 import labeled_subset, split_labeled
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -86,6 +86,16 @@ def _m2_data(binarize: str) -> Dataset:
     train = ((torch.arange(90.0) + 0.5) / 90).reshape(90, 1, 1, 1).expand(90, 1, 4, 4).clone()
     labels = torch.arange(90) % 3
     return Dataset("m2-toy", train, train[:6].clone(), labels, labels[:6], binarize=binarize)
+
+
+def test_split_labeled_is_the_split_m2_trains_on(m2):
+    """benchmarks/pyro_m2.py hands Pyro's example split_labeled(...): it must be the
+    split M2 itself trains on, the labelled items and all the others."""
+    data = _m2_data("none")
+    labeled, unlabeled = split_labeled(data.train_labels, 10, seed=0)
+    ours = m2._split(data)
+    assert torch.equal(labeled, ours[0]) and torch.equal(unlabeled, ours[1])
+    assert torch.equal(torch.sort(torch.cat([labeled, unlabeled])).values, torch.arange(90))
 
 
 def _m2_epoch(

@@ -72,6 +72,7 @@ __all__ = [
     "SemiSupervisedModel",
     "SemiSupervisedVAE",
     "labeled_subset",
+    "split_labeled",
     "train_classifier",
 ]
 
@@ -166,6 +167,19 @@ def labeled_subset(labels: torch.Tensor, per_class: int, seed: int = 0) -> torch
             )
         chosen.append(members[torch.randperm(len(members), generator=generator)[:per_class]])
     return torch.sort(torch.cat(chosen)).values
+
+
+def split_labeled(
+    labels: torch.Tensor, per_class: int, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(labeled, unlabeled)``: the indices of :func:`labeled_subset` and of every other
+    training item, both sorted and on the CPU. This is the split ``--model m2
+    --labels-per-class N --seed S`` trains on; ``benchmarks/pyro_m2.py`` hands the same
+    split to Pyro's example."""
+    labeled = labeled_subset(labels, per_class, seed)
+    unlabeled = torch.ones(len(labels), dtype=torch.bool)
+    unlabeled[labeled] = False
+    return labeled, unlabeled.nonzero().flatten()
 
 
 class SemiSupervisedLoss(nn.Module):
@@ -334,10 +348,10 @@ class SemiSupervisedVAE(ConditionalVAE):
     def _split(self, data: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
         if data.train_labels is None:
             raise DataError(f"--model m2 needs training labels; {data.name} has none")
-        labeled = labeled_subset(data.train_labels, self.labels_per_class, self.label_seed)
-        unlabeled = torch.ones(len(data.train), dtype=torch.bool)
-        unlabeled[labeled] = False
-        return labeled.to(data.train.device), unlabeled.nonzero().flatten().to(data.train.device)
+        labeled, unlabeled = split_labeled(
+            data.train_labels, self.labels_per_class, self.label_seed
+        )
+        return labeled.to(data.train.device), unlabeled.to(data.train.device)
 
     def training_size(self, data: Dataset) -> int:
         """The unlabelled items: the ``N`` of the unlabelled ELBO's plate."""
