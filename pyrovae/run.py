@@ -416,7 +416,10 @@ def fit(
     CPU threads (``num_threads``, or chosen from the network and batch size:
     :mod:`pyrovae.threads`), trains it (resuming from ``workdir`` when ``resume``), then
     evaluates on the held-out data with ``num_eval_samples`` importance samples and saves
-    figures.
+    figures. With ``validation_fraction`` the validation split is carved out of the
+    training items first (:func:`split_validation`), and after training the best epoch's
+    parameters (``best.pt``) are loaded (:func:`use_best`): the returned VAE, the
+    evaluation and the figures are the best epoch's.
 
     The folder is locked for the call (:func:`pyrovae.runfolder.lock`: a second writer is
     refused); a fresh run's folder is made only then, and removed again if the run is
