@@ -33,9 +33,11 @@ from __future__ import annotations
 import argparse
 import itertools
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -45,6 +47,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
 from benchmarks.common import markdown_table, report
 from pyrovae import Config, Dataset, load_dataset, train
 from pyrovae.errors import DataError
+from pyrovae.run import use_best
 from pyrovae.variants import SemiSupervisedVAE
 from pyrovae.variants.m2 import Classifier, labeled_subset, train_classifier
 
@@ -56,7 +59,7 @@ HEADER = [
     "M2",
     "same network, labels only",
     "logistic regression",
-    "M2 epochs",
+    "M2 epochs (best of)",
     "M2 seconds",
 ]
 
@@ -66,24 +69,51 @@ def _accuracy(predicted: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def compare(
-    data: Dataset, per_class: int, epochs: int, seed: int, alpha_factor: float = 0.1
+    data: Dataset,
+    per_class: int,
+    epochs: int,
+    seed: int,
+    alpha_factor: float = 0.1,
+    *,
+    validation_fraction: float | None = None,
+    patience: int | None = None,
+    alpha_per_label: float | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> dict[str, float]:
-    """Held-out accuracies of M2 (alpha = ``alpha_factor`` * N) and of the two
-    supervised-only baselines."""
+    """Held-out accuracies of M2 (alpha = ``alpha_factor`` * N, or ``alpha_per_label``
+    times the number of labelled items) and of the two supervised-only baselines.
+
+    With ``validation_fraction`` a validation split is carved out of ``data``'s training
+    items first (as ``pyrovae train --validation-fraction`` does; the labelled items are
+    chosen among the rest, and the baselines see the same ones): the per-epoch accuracy is
+    the validation split's, ``patience`` stops M2 early, and the best epoch's parameters
+    are scored. ``settings`` are further config flags of the M2 run (``hidden``,
+    ``latent_dim``, ``batch_size``, ``learning_rate``, ...).
+    """
     from sklearn.linear_model import LogisticRegression
 
+    validation = None
+    if validation_fraction is not None:
+        data, validation = data.split_validation(validation_fraction, seed)
+    num_labeled = per_class * data.num_classes
+    alpha = alpha_factor * len(data.train) if alpha_per_label is None else None
     config = Config.from_flags(
         model="m2",
         labels_per_class=per_class,
         num_classes=data.num_classes,
         num_epochs=epochs,
         seed=seed,
-        alpha=alpha_factor * len(data.train),
+        alpha=alpha if alpha is not None else alpha_per_label * num_labeled,
+        patience=patience,
+        validation_fraction=validation_fraction,
+        **(settings or {}),
     )
     torch.manual_seed(seed)
     m2 = SemiSupervisedVAE.from_section(config.model, data.shape)
     begin = time.perf_counter()
-    train(m2, data, config, progress=False)
+    with tempfile.TemporaryDirectory() as folder:  # where best.pt is kept meanwhile
+        history = train(m2, data, config, folder, progress=False, validation=validation)
+        best = use_best(m2, Path(folder))
     seconds = time.perf_counter() - begin
     index = labeled_subset(data.train_labels, per_class, seed)
     x, y = data.train[index], data.train_labels[index]
@@ -100,6 +130,9 @@ def compare(
             torch.as_tensor(logistic.predict(data.test.flatten(1).numpy())), data.test_labels
         ),
         "seconds": seconds,
+        "epochs": len(history),
+        "best_epoch": len(history) if best is None else best["epoch"],
+        "alpha_factor": config.model["variant"]["alpha"] / len(data.train),
     }
 
 
@@ -120,6 +153,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--datasets", nargs="+", choices=DATASETS, default=list(DATASETS), help="(both)"
     )
+    parser.add_argument(
+        "--alpha-per-label",
+        type=float,
+        help="M2's alpha as a multiple of the number of labelled items instead (Pyro's "
+        "example: 46)",
+    )
+    parser.add_argument(
+        "--validation-fraction",
+        type=float,
+        help="carve a validation split out of the training items: M2's per-epoch accuracy "
+        "is on it, and its best epoch is scored",
+    )
+    parser.add_argument(
+        "--patience", type=int, help="stop M2 after this many epochs without a better one"
+    )
+    parser.add_argument(
+        "--m2",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config flags of the M2 run, e.g. hidden=500 latent_dim=50 batch_size=200",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-threads", type=int, default=1)
     parser.add_argument("--markdown", type=Path, help="also write the table to this file")
@@ -128,12 +183,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("epochs and --labels-per-class must be positive")
     if min(args.alpha_factors) < 0:
         parser.error("--alpha-factors must be >= 0")
+    if args.patience is not None and args.validation_fraction is None:
+        parser.error("--patience needs --validation-fraction")
+    try:
+        args.settings = _settings(args.m2)
+    except ValueError as e:
+        parser.error(str(e))
     threads = torch.get_num_threads()
     torch.set_num_threads(args.num_threads)
     try:
         return _run(args)
     finally:
         torch.set_num_threads(threads)
+
+
+def _settings(pairs: Sequence[str]) -> dict[str, Any]:
+    """``["hidden=500", "latent_dim=50"]`` as config flags (numbers parsed, a list of
+    numbers for ``hidden``)."""
+    settings: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--m2 takes KEY=VALUE pairs, got {pair!r}")
+        numbers = [float(v) if "." in v or "e" in v else int(v) for v in value.split(",")]
+        settings[key] = tuple(numbers) if key == "hidden" else numbers[0]
+    return settings
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -151,18 +225,30 @@ def _run(args: argparse.Namespace) -> int:
         except DataError as e:
             print(f"skipping Fashion-MNIST: {e}", file=sys.stderr)
     rows = []
+    if args.alpha_per_label is not None:
+        factors = [None]
     for name, data, epochs in runs:
         for n, factor in itertools.product(per_class, factors):
-            r = compare(data, n, epochs, args.seed, factor)
+            r = compare(
+                data,
+                n,
+                epochs,
+                args.seed,
+                factor or 0.0,
+                validation_fraction=args.validation_fraction,
+                patience=args.patience,
+                alpha_per_label=args.alpha_per_label,
+                settings=args.settings,
+            )
             rows.append(
                 [
                     name,
                     str(n),
-                    f"{factor:g}",
+                    f"{r['alpha_factor']:.3g}",
                     f"{r['m2']:.3f}",
                     f"{r['network']:.3f}",
                     f"{r['logistic']:.3f}",
-                    str(epochs),
+                    f"{r['best_epoch']} of {r['epochs']}",
                     f"{r['seconds']:.0f}",
                 ]
             )
