@@ -84,7 +84,7 @@ def toy_dataset(num_train: int = 10, binarize: str = "none") -> Dataset:
 
 
 def test_registry_names() -> None:
-    assert DATASETS.names() == ["digits", "mnist", "fashion-mnist"]
+    assert DATASETS.names() == ["digits", "mnist", "fashion-mnist", "dsprites", "dsprites-small"]
     assert BINARIZE == ("none", "threshold", "static", "dynamic")
 
 

@@ -13,8 +13,13 @@ Modules, one concern each:
 :mod:`~pyrovae.data.binarization`
     The modes of :data:`BINARIZE` (``none``, ``threshold``, ``static``, ``dynamic``).
 :mod:`~pyrovae.data.sources`
-    The named data sets of :data:`DATASETS` (digits, MNIST, Fashion-MNIST) and
+    The named data sets of :data:`DATASETS` (digits, MNIST, Fashion-MNIST, dSprites) and
     :func:`load_dataset`.
+:mod:`~pyrovae.data.factors`
+    Ground-truth factors of variation: :class:`Factors` (what ``Dataset.factors`` holds) and
+    the :class:`FactorSampler` the disentanglement metrics draw from.
+:mod:`~pyrovae.data.dsprites`
+    Procedural dSprites: :class:`DSprites` renders shapes from their factors.
 :mod:`~pyrovae.data.idx`
     :func:`read_idx`, the IDX file format of MNIST and Fashion-MNIST.
 :mod:`~pyrovae.data.files`
@@ -28,6 +33,8 @@ Modules, one concern each:
 
 from pyrovae.data.binarization import BINARIZE
 from pyrovae.data.dataset import Dataset, Loader, MappedItems, Shard
+from pyrovae.data.dsprites import DSprites
+from pyrovae.data.factors import Factors, FactorSampler, GridSampler
 from pyrovae.data.files import load_items
 from pyrovae.data.idx import read_idx
 from pyrovae.data.images import IMAGE_MODES, load_image_folder
@@ -47,8 +54,12 @@ __all__ = [
     "DEBIAN_FASHION_MNIST",
     "DEFAULT_DATA_DIR",
     "IMAGE_MODES",
+    "DSprites",
     "Dataset",
     "DatasetLoader",
+    "FactorSampler",
+    "Factors",
+    "GridSampler",
     "Loader",
     "MappedItems",
     "Shard",

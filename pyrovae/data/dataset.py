@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from pyrovae.data.binarization import bernoulli, check_binarize, check_unit_interval
+from pyrovae.data.factors import Factors
 from pyrovae.data.validation import validate_data, validate_labels
 from pyrovae.errors import ConfigError, DataError
 
@@ -202,12 +203,15 @@ class Dataset:
         Fetch batches through a :class:`torch.utils.data.DataLoader` with these settings; by
         default (``None``) batches are slices of the preloaded tensors. Either way a pass
         visits the same items in the same order.
+    factors : Factors, optional
+        The ground-truth factors of every train and test item (procedural dSprites, or an
+        ``.npz`` file with ``factors``), for the disentanglement metrics; ``None`` by default.
 
     Raises
     ------
     DataError
         If the tensors are not floating point, hold NaN or inf, disagree in event shape, or
-        have labels of the wrong length or dtype.
+        have labels or factors of the wrong length or dtype.
     ConfigError
         If ``binarize`` is not one of :data:`~pyrovae.data.BINARIZE`.
     """
@@ -219,9 +223,20 @@ class Dataset:
     test_labels: torch.Tensor | None
     binarize: str = "none"
     loader: Loader | None = None
+    factors: Factors | None = None
 
     def __post_init__(self) -> None:
         check_binarize(self.binarize)
+        if self.factors is not None:
+            for split, x, rows in (
+                ("train", self.train, self.factors.train),
+                ("test", self.test, self.factors.test),
+            ):
+                if len(rows) != len(x):
+                    raise DataError(
+                        f"{self.name} has {len(x)} {split} items but {len(rows)} rows of "
+                        f"{split} factors"
+                    )
         for split, x, y in (
             ("train", self.train, self.train_labels),
             ("test", self.test, self.test_labels),
@@ -324,10 +339,23 @@ class Dataset:
         if self.binarize == "dynamic" and isinstance(held, torch.Tensor):
             generator = torch.Generator(device=held.device).manual_seed(seed + 1)
             held = bernoulli(held, generator)
+        factors = self.factors
         data = dataclasses.replace(
-            self, train=take(self.train, keep), train_labels=take_labels(keep)
+            self,
+            train=take(self.train, keep),
+            train_labels=take_labels(keep),
+            factors=None
+            if factors is None
+            else dataclasses.replace(factors, train=factors.train[keep]),
         )
-        validation = dataclasses.replace(data, test=held, test_labels=take_labels(carve))
+        validation = dataclasses.replace(
+            data,
+            test=held,
+            test_labels=take_labels(carve),
+            factors=None
+            if factors is None
+            else dataclasses.replace(factors, train=factors.train[keep], test=factors.train[carve]),
+        )
         return data, validation
 
     def num_batches(self, split: str, batch_size: int, drop_last: bool = False) -> int:

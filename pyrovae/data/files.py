@@ -2,7 +2,13 @@
 
 A ``.npy`` file holds one array of shape ``(N, *event_shape)``; a ``.npz`` archive holds either
 ``x`` (and optionally labels ``y``), or ``x_train`` and ``x_test`` (and optionally ``y_train`` and
-``y_test``). :func:`load_file` reads one as a :class:`~pyrovae.data.Dataset` (what
+``y_test``). Either layout may add ground-truth factors of variation: ``factors`` (with ``x``) or
+``factors_train`` and ``factors_test``, of shape ``(N, num_factors)``, and optionally
+``factor_names`` (one string per factor); each factor's values (indices, or raw numbers such as
+scales) become indices ``0 .. size - 1`` in sorted order, and the data set carries them as
+:class:`~pyrovae.data.factors.Factors` for the disentanglement metrics.
+
+:func:`load_file` reads one as a :class:`~pyrovae.data.Dataset` (what
 :func:`~pyrovae.data.load_dataset` does with ``path=...``); :func:`load_items` reads every item in
 file order, for scoring a file item by item.
 """
@@ -19,13 +25,18 @@ import torch
 
 from pyrovae.data.binarization import binarize_items, check_binarize
 from pyrovae.data.dataset import Dataset, MappedItems, split_indices
+from pyrovae.data.factors import Factors, factor_indices
 from pyrovae.data.validation import validate_data
 from pyrovae.errors import DataError
 
 __all__ = ["load_file", "load_items", "load_mapped"]
 
 # An explicit split wins over a single array to be split.
-_NPZ_LAYOUTS = (("x_train", "x_test", "y_train", "y_test"), ("x", "y"))
+_NPZ_LAYOUTS = (
+    ("x_train", "x_test", "y_train", "y_test", "factors_train", "factors_test"),
+    ("x", "y", "factors"),
+)
+_FACTOR_NAMES = "factor_names"
 
 
 def _read_arrays(path: Path) -> dict[str, np.ndarray]:
@@ -64,7 +75,7 @@ def _pick_arrays(path: Path, loaded: np.lib.npyio.NpzFile) -> dict[str, np.ndarr
     for layout in _NPZ_LAYOUTS:
         required = [k for k in layout if k.startswith("x")]
         if keys.issuperset(required):
-            return {k: loaded[k] for k in layout if k in keys}
+            return {k: loaded[k] for k in (*layout, _FACTOR_NAMES) if k in keys}
     raise DataError(
         f"{path} has keys {sorted(keys)}, but 'x' (optional 'y') or 'x_train' and 'x_test' "
         "(optional 'y_train' and 'y_test') are expected; save it with those names"
@@ -123,6 +134,46 @@ def _labels_tensor(array: np.ndarray, num_items: int, what: str) -> torch.Tensor
     return torch.from_numpy(array.astype(np.int64))
 
 
+def _factors(
+    arrays: dict[str, np.ndarray], name: str, parts: dict[str, tuple[str, np.ndarray]]
+) -> Factors | None:
+    """The file's factors, split as its items are: ``parts`` maps each split to the key of
+    its factor array and the positions of its rows in that array."""
+    keys = {key for key, _ in parts.values()}
+    present = keys & arrays.keys()
+    if not present:
+        if _FACTOR_NAMES in arrays:
+            raise DataError(f"{name} has factor_names but no {' and '.join(sorted(keys))}")
+        return None
+    if present != keys:
+        raise DataError(f"{name} has {sorted(present)} but not {sorted(keys - present)}")
+    # index the values of both splits together, so a value means the same index in each
+    values = {key: arrays[key] for key in sorted(keys)}
+    for key, array in values.items():
+        if array.ndim == 1:
+            values[key] = array.reshape(-1, 1)  # one factor
+    widths = {v.shape[1:] for v in values.values()}
+    if len(widths) > 1:
+        raise DataError(f"{name}: factors_train and factors_test have different widths")
+    stacked, sizes = factor_indices(np.concatenate(list(values.values())), f"{name} factors")
+    indexed, start = {}, 0
+    for key, array in values.items():
+        indexed[key] = stacked[start : start + len(array)]
+        start += len(array)
+    num_factors = stacked.shape[1]
+    names = tuple(f"factor{j}" for j in range(num_factors))
+    if _FACTOR_NAMES in arrays:
+        given = arrays[_FACTOR_NAMES]
+        if given.ndim != 1 or len(given) != num_factors:
+            raise DataError(
+                f"{name} factor_names has shape {given.shape}; give one name per factor "
+                f"({num_factors})"
+            )
+        names = tuple(str(n) for n in given)
+    split_factors = {split: indexed[key][rows] for split, (key, rows) in parts.items()}
+    return Factors(names, sizes, split_factors["train"], split_factors["test"])
+
+
 def load_mapped(path: Path, *, test_fraction: float, seed: int, limit: int | None) -> Dataset:
     """A ``.npy`` file memory-mapped (``np.load(mmap_mode="r")``): a :class:`Dataset` of
     :class:`~pyrovae.data.dataset.MappedItems` whose batches read only their own rows, split
@@ -167,12 +218,19 @@ def load_file(path: Path, *, test_fraction: float, seed: int, limit: int | None)
         y = None if "y" not in arrays else _labels_tensor(arrays["y"], len(x), f"{path.name} y")
         train_index, test_index = split_indices(len(x), test_fraction, seed, None, what=path.name)
         train_index, test_index = train_index[:limit], test_index[:limit]
+        if "factors" in arrays and len(arrays["factors"]) != len(x):
+            raise DataError(
+                f"{path.name} has {len(arrays['factors'])} rows of factors for {len(x)} items; "
+                "give one row per item"
+            )
+        parts = {"train": ("factors", train_index), "test": ("factors", test_index)}
         return Dataset(
             name=name,
             train=x[train_index],
             test=x[test_index],
             train_labels=None if y is None else y[train_index],
             test_labels=None if y is None else y[test_index],
+            factors=_factors(arrays, path.name, parts),
         )
     train = _items_tensor(arrays["x_train"], what=f"{path.name} x_train")
     test = _items_tensor(arrays["x_test"], what=f"{path.name} x_test")
@@ -189,12 +247,24 @@ def load_file(path: Path, *, test_fraction: float, seed: int, limit: int | None)
             if key in arrays
             else None
         )
+    for split, items in (("train", train), ("test", test)):
+        key = f"factors_{split}"
+        if key in arrays and len(arrays[key]) != len(items):
+            raise DataError(
+                f"{path.name} has {len(arrays[key])} rows of {key} for {len(items)} items; "
+                "give one row per item"
+            )
+    parts = {
+        "train": ("factors_train", np.arange(len(train))),
+        "test": ("factors_test", np.arange(len(test))),
+    }
     return Dataset(
         name=name,
         train=train,
         test=test,
         train_labels=labels["train"],
         test_labels=labels["test"],
+        factors=_factors(arrays, path.name, parts),
     )
 
 

@@ -8,6 +8,11 @@
     (gzip'd or not) in ``data_dir`` or ``data_dir/<MNIST|FashionMNIST>/raw``, then, for
     Fashion-MNIST, from Debian's ``dataset-fashion-mnist`` package
     (:data:`DEBIAN_FASHION_MNIST`), and finally downloaded with torchvision when asked to.
+``"dsprites"``, ``"dsprites-small"``
+    Procedural dSprites (:mod:`pyrovae.data.dsprites`), rendered in code with every item's
+    factors (``dataset.factors``) and the shape as its label: ``"dsprites"`` draws
+    :data:`~pyrovae.data.dsprites.DSPRITES_SUBSET` of the 737 280 64x64 combinations (seeded by
+    ``seed``), ``"dsprites-small"`` holds all 46 080 32x32 ones; both split by ``test_fraction``.
 ``path=...``
     A ``.npy`` array or a ``.npz`` archive (see :mod:`pyrovae.data.files`), memory-mapped with
     ``mmap=True``; or a folder of images, one subfolder per class (see
@@ -34,6 +39,7 @@ import torch
 
 from pyrovae.data.binarization import binarize_splits, check_binarize
 from pyrovae.data.dataset import SPLITS, Dataset, Loader, MappedItems, split_indices
+from pyrovae.data.dsprites import DSPRITES_SUBSET, DSprites, load_dsprites
 from pyrovae.data.files import load_file, load_mapped
 from pyrovae.data.idx import IDX_STEMS, find_idx_files, read_idx
 from pyrovae.data.images import load_image_folder
@@ -213,6 +219,11 @@ def _limited(dataset: Dataset, limit: int | None) -> Dataset:
         test=dataset.test[:limit],
         train_labels=head(dataset.train_labels),
         test_labels=head(dataset.test_labels),
+        factors=None
+        if dataset.factors is None
+        else dataclasses.replace(
+            dataset.factors, train=dataset.factors.train[:limit], test=dataset.factors.test[:limit]
+        ),
     )
 
 
@@ -358,5 +369,48 @@ def _load_fashion_mnist(
         "apt-get install dataset-fashion-mnist",
         data_dir=data_dir,
         download=download,
+        limit=limit,
+    )
+
+
+# -- procedural dSprites ---------------------------------------------------------------------
+
+
+@DATASETS.register("dsprites")
+def _load_dsprites(
+    *,
+    data_dir: Path | None,
+    download: bool,
+    test_fraction: float,
+    seed: int,
+    limit: int | None,
+) -> Dataset:
+    """Procedural dSprites, 1x64x64 in [0, 1]: a seeded subset of the original factor grid."""
+    return load_dsprites(
+        DSprites.full(),
+        "dsprites",
+        num_items=DSPRITES_SUBSET,
+        test_fraction=test_fraction,
+        seed=seed,
+        limit=limit,
+    )
+
+
+@DATASETS.register("dsprites-small")
+def _load_dsprites_small(
+    *,
+    data_dir: Path | None,
+    download: bool,
+    test_fraction: float,
+    seed: int,
+    limit: int | None,
+) -> Dataset:
+    """Procedural dSprites, 1x32x32 in [0, 1]: all 46 080 items of the small grid."""
+    return load_dsprites(
+        DSprites.small(),
+        "dsprites-small",
+        num_items=None,
+        test_fraction=test_fraction,
+        seed=seed,
         limit=limit,
     )

@@ -1,8 +1,21 @@
 """Evaluation: the importance weights of the guide (one function, read by every bound and
 score), and the held-out ELBO, IWAE log-likelihood and reconstruction error from them; and
 sample quality (Fréchet distance, precision and recall, sharpness) in the feature space of a
-classifier trained on the data's labels."""
+classifier trained on the data's labels; and disentanglement (MIG, the FactorVAE and beta-VAE
+scores, DCI, SAP) against ground-truth factors."""
 
+from pyrovae.inference.evaluation.disentanglement import (
+    DCIScores,
+    InterventionScore,
+    beta_vae_score,
+    dci,
+    factor_vae_score,
+    mig,
+    mutual_information,
+    sample_codes,
+    sap,
+    sap_matrix,
+)
 from pyrovae.inference.evaluation.features import (
     ClassifierSettings,
     FeatureClassifier,
@@ -38,14 +51,19 @@ from pyrovae.inference.evaluation.weights import (
 __all__ = [
     "CHUNK_ELEMENTS",
     "ClassifierSettings",
+    "DCIScores",
     "FeatureClassifier",
     "ImportanceWeights",
+    "InterventionScore",
     "TrainedClassifier",
     "batches",
+    "beta_vae_score",
     "chunk_size",
+    "dci",
     "default_cache_dir",
     "eval_mode",
     "evaluate",
+    "factor_vae_score",
     "feature_classifier",
     "frechet_distance",
     "heldout_elbo",
@@ -54,8 +72,13 @@ __all__ = [
     "log_mean_exp",
     "log_weights",
     "manifold_scores",
+    "mig",
+    "mutual_information",
     "precision_recall",
     "reconstruction_error",
+    "sample_codes",
+    "sap",
+    "sap_matrix",
     "score",
     "sharpness",
     "train_classifier",
