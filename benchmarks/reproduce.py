@@ -183,7 +183,8 @@ def _config(folder: Path) -> dict[str, Any]:
 
 def stopped_by(folder: Path) -> str:
     """Why the run in ``folder`` ended: ``early stopping``, ``max epochs``, ``time limit``
-    (it can go on: rerun with a larger ``--time-limit``), or ``running``/``not started``."""
+    (it can go on: rerun with a larger ``--time-limit``), ``unfinished`` (training or
+    interrupted; rerun to resume it) or ``not started``."""
     history, config = _history(folder), _config(folder)
     if not history or not config:
         return "not started"
@@ -202,7 +203,7 @@ def stopped_by(folder: Path) -> str:
             return "early stopping"
     if (folder / "evaluation.json").exists():
         return "time limit"
-    return "running"
+    return "unfinished"
 
 
 def _finished(folder: Path) -> bool:
