@@ -172,4 +172,5 @@ class GridSampler:
         return np.stack(np.unravel_index(index, self.factor_sizes), axis=1).astype(np.int64)
 
     def render(self, factors: np.ndarray) -> torch.Tensor:
-        raise NotImplementedError
+        """The items of the factor combinations ``factors`` (``(n, F)`` indices)."""
+        raise NotImplementedError  # abstract: a subclass draws its items
