@@ -29,8 +29,10 @@ Recipes:
 A recipe's run folder is ``WORKDIR/<recipe>``. Running the script again resumes a recipe
 that was interrupted (or stopped by ``--time-limit``, the run's total seconds of epochs
 over all its sessions) and reports a finished one without training; each session's wall
-clock is added to ``WORKDIR/<recipe>.sessions.json``. ``--quick`` runs a tiny version of
-every recipe (a few hundred items, 3 epochs, K = 10) for CI.
+clock is added to ``WORKDIR/<recipe>.sessions.json``, also when it ends by Ctrl-C or by
+SIGTERM (``kill PID``; exit status 143), which leave the last finished epoch's checkpoint.
+``--quick`` runs a tiny version of every recipe (a few hundred items, 3 epochs, K = 10) for
+CI.
 
 Examples
 --------
@@ -47,6 +49,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import signal
 import sys
 import time
 from pathlib import Path
@@ -300,6 +303,10 @@ def curves_figure(names: list[str], workdir: Path, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -340,6 +347,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown recipe {unknown[0]!r}; the recipes: {', '.join(RECIPES)}")
     names = args.recipes or list(RECIPES)
     args.workdir.mkdir(parents=True, exist_ok=True)
+    # `kill PID` (a scheduler's or a user's) ends a long run as Ctrl-C does: the run folder's
+    # lock is released and the session recorded (a background job ignores SIGINT)
+    signal.signal(signal.SIGTERM, _terminate)
     if not args.report:
         from pyrovae.errors import PyroVAEError, user_message
 

@@ -230,3 +230,33 @@ def test_reproduce_refuses_an_unknown_recipe(import_benchmark, capsys):
     with pytest.raises(SystemExit) as e:
         import_benchmark("reproduce").main(["fmnist-vae"])
     assert e.value.code == 2 and "unknown recipe 'fmnist-vae'" in capsys.readouterr().err
+
+
+def test_reproduce_records_a_session_ended_by_sigterm(tmp_path):
+    """``kill PID`` during training: exit status 143, and the session is recorded (the
+    stand-in for ``fit`` sends the signal to its own process, as a scheduler would)."""
+    import json
+    import subprocess
+    import sys
+
+    script = (
+        "import os, signal, sys, time\n"
+        "import pyrovae\n"
+        "sys.path.insert(0, sys.argv[1])\n"
+        "from benchmarks import reproduce\n"
+        "def fit(*args, **kwargs):\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    time.sleep(30)\n"
+        "pyrovae.fit = fit\n"
+        "sys.exit(reproduce.main(['fmnist-mlp', '--quick', '--dataset', 'digits',\n"
+        "                         '--workdir', sys.argv[2]]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(ROOT), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 143, done.stderr
+    sessions = json.loads((tmp_path / "fmnist-mlp.sessions.json").read_text())
+    assert len(sessions) == 1 and sessions[0]["seconds"] < 30
