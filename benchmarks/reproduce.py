@@ -59,6 +59,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import markdown_table, report
+from pyrovae.inference.training.trainer import best_epoch, epochs_without_improvement
 
 #: the reference protocol, shared by every recipe (config keys, as in config.toml)
 PROTOCOL: dict[str, Any] = {
@@ -197,12 +198,9 @@ def stopped_by(folder: Path) -> str:
     if epochs >= optimization["num_epochs"]:
         return "max epochs"
     if patience is not None:
-        best = max(
-            (r for r in history if r.get("validation_elbo") is not None),
-            key=lambda r: r["validation_elbo"],
-        )["epoch"]
         warmup = config["objective"]["kl_schedule"].get("warmup_epochs", 0)
-        if epochs - max(best, warmup) >= patience:
+        _, since = epochs_without_improvement(history, "validation_elbo", settled=warmup)
+        if since >= patience:
             return "early stopping"
     if (folder / "evaluation.json").exists():
         return "time limit"
@@ -285,9 +283,9 @@ def curves_figure(names: list[str], workdir: Path, path: Path) -> None:
         )
         warmup = _config(workdir / name)["objective"]["kl_schedule"].get("warmup_epochs", 0)
         ax.axvspan(0, min(warmup, epochs[-1]), color="0.9", label="KL warm-up")
-        valid = [r for r in history if r.get("validation_elbo") is not None]
-        if valid:
-            best = max(valid, key=lambda r: r["validation_elbo"])
+        epoch = best_epoch(history, "validation_elbo")
+        if epoch is not None:
+            best = history[epoch - 1]
             ax.axvline(best["epoch"], color="k", ls=":", lw=1)
             ax.plot(
                 best["epoch"], best["validation_elbo"], "k*", label=f"best (epoch {best['epoch']})"

@@ -131,6 +131,8 @@ def elbo_curves(history: Sequence[dict[str, Any]]) -> Figure:
     A variant without an ELBO of the data shows the bound it has instead: the training
     objective and its held-out ``test_<name>_elbo`` (the VAE-GAN's ``test_feature_elbo``),
     or no held-out curve when it evaluates none."""
+    from pyrovae.inference.training.trainer import best_epoch
+
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot()
     epochs = [row["epoch"] for row in history]
@@ -151,9 +153,9 @@ def elbo_curves(history: Sequence[dict[str, Any]]) -> Figure:
         label = name if plain else f"{name} ({heldout[len(split) + 1 :]})"
         values = [row.get(heldout, math.nan) for row in history]
         ax.plot(epochs, values, label=label)
-        if split == "validation" and any(not math.isnan(v) for v in values):
-            best = max(range(len(values)), key=lambda i: (values[i], -i))
-            ax.plot(epochs[best], values[best], "k*", label=f"best (epoch {epochs[best]})")
+        best = best_epoch(history, heldout) if split == "validation" else None
+        if best is not None:
+            ax.plot(best, values[best - 1], "k*", label=f"best (epoch {best})")
     ax.set_xlabel("epoch")
     ax.set_ylabel("ELBO (nats per data point)" if plain else "nats per data point")
     ax.grid(alpha=0.3)

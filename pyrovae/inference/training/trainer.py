@@ -77,6 +77,8 @@ __all__ = [
     "POSTFIX_EVERY",
     "EpochCallback",
     "Trainer",
+    "best_epoch",
+    "epochs_without_improvement",
     "refuse_overwrite",
     "steps_per_epoch",
 ]
@@ -487,7 +489,7 @@ class Trainer:
                 heldout,
                 row["seconds"],
             )
-            best = _best_epoch(history, monitor, self.monitor_mode)
+            best = best_epoch(history, monitor, self.monitor_mode)
             if workdir is not None and validation is not None and main and best == len(history):
                 self.save_best(workdir / "best.pt", history, config, monitor)
             if workdir is not None:
@@ -515,8 +517,7 @@ class Trainer:
         or after the warm-up's end ``settled``, whichever is later), or ``None``."""
         if self.patience is None or not history:
             return None
-        best = _best_epoch(history, monitor, self.monitor_mode)
-        since = len(history) - max(best or 0, settled)
+        best, since = epochs_without_improvement(history, monitor, self.monitor_mode, settled)
         if since < self.patience:
             return None
         value = "none" if best is None else f"{history[best - 1][monitor]:.6g}"
@@ -773,7 +774,7 @@ def _validation_key(key: str) -> str:
     return "validation_" + key[len("test_") :] if key.startswith("test_") else key
 
 
-def _best_epoch(history: Sequence[dict[str, Any]], key: str, mode: str) -> int | None:
+def best_epoch(history: Sequence[dict[str, Any]], key: str, mode: str = "max") -> int | None:
     """The epoch (from 1) whose ``key`` is best (``mode`` ``"max"`` or ``"min"``; the
     earliest of equals; NaN never), or ``None`` when no epoch has a number there."""
     best, epoch = None, None
@@ -784,6 +785,16 @@ def _best_epoch(history: Sequence[dict[str, Any]], key: str, mode: str) -> int |
         if best is None or (value > best if mode == "max" else value < best):
             best, epoch = value, row["epoch"]
     return epoch
+
+
+def epochs_without_improvement(
+    history: Sequence[dict[str, Any]], key: str, mode: str = "max", settled: int = 0
+) -> tuple[int | None, int]:
+    """``(best, since)``: the :func:`best_epoch` of ``key`` and the epochs run after it or
+    after epoch ``settled`` (the KL warm-up's end), whichever is later: what early stopping
+    compares with its patience."""
+    best = best_epoch(history, key, mode)
+    return best, len(history) - max(best or 0, settled)
 
 
 def _write_metrics(history: list[dict[str, Any]], path: Path) -> None:
