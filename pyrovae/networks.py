@@ -1,5 +1,6 @@
 """Building blocks shared by decoders (``model/``) and encoders (``guides/``): layers,
-convolution shapes, one-hot labels joined to inputs.
+convolution shapes, one-hot labels joined to inputs; and the discriminator of the
+adversarial variants (the VAE-GAN's on images, FactorVAE's on codes).
 
 References
 ----------
@@ -14,6 +15,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
+from math import prod
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +24,8 @@ from torch import nn
 from pyrovae.errors import ConfigError
 
 __all__ = [
+    "LEAKY_SLOPE",
+    "Discriminator",
     "GatedDense",
     "conv_feature_shape",
     "gated_mlp",
@@ -123,3 +127,114 @@ def join(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """
     batch = torch.broadcast_shapes(a.shape[:-1], b.shape[:-1])
     return torch.cat([a.expand(*batch, a.shape[-1]), b.expand(*batch, b.shape[-1])], dim=-1)
+
+
+#: the LeakyReLU slope of the discriminator (DCGAN's)
+LEAKY_SLOPE = 0.2
+
+
+class Discriminator(nn.Module):
+    r"""``x -> logit`` of :math:`D(x)`, a stack of layers whose outputs can be read one by one.
+
+    For images ``(C, H, W)``: stride-2 convolutions (kernel 4, padding 1, as the ``conv``
+    encoder) of ``channels``, then a linear layer of ``hidden`` units, then the logit; for
+    other data, linear layers of ``hidden`` units. Every hidden layer ends in a LeakyReLU
+    (slope 0.2). There is no batch normalization: it would make one item's features depend
+    on the other items of its minibatch, so the feature likelihood would not factorise over
+    the data plate.
+
+    Parameters
+    ----------
+    event_shape : sequence of int
+        Shape of one data point.
+    channels : tuple of int
+        Channels of the convolutions (images only; H and W divisible by 2 ** their number).
+    hidden : sequence of int
+        Widths of the linear hidden layers (images: the first only).
+
+    Attributes
+    ----------
+    layers : nn.ModuleList
+        The layers in order; ``forward(x, layer=l)`` returns the output of the first ``l``
+        (:math:`\mathrm{Dis}_l(x)`), the last layer gives the logit.
+    """
+
+    def __init__(
+        self,
+        event_shape: Sequence[int],
+        channels: Sequence[int] = (32, 64),
+        hidden: Sequence[int] = (256,),
+    ) -> None:
+        super().__init__()
+        self.event_shape = tuple(event_shape)
+        if not hidden or min(hidden) < 1:
+            raise ConfigError(f"the discriminator needs hidden layers of width >= 1, got {hidden}")
+        layers: list[nn.Module] = []
+        shapes: list[tuple[int, ...]] = []
+        if len(self.event_shape) == 3:
+            if not channels:
+                raise ConfigError("the discriminator of images needs one or more convolutions")
+            try:
+                conv_feature_shape(self.event_shape, channels)
+            except ConfigError:
+                raise ConfigError(
+                    f"the discriminator's {len(channels)} stride-2 convolutions need image "
+                    f"height and width divisible by {2 ** len(channels)}, got "
+                    f"{self.event_shape[1]}x{self.event_shape[2]}; give fewer "
+                    "--discriminator-channels"
+                ) from None
+            c_in, height, width = self.event_shape
+            for c_out in channels:
+                layers.append(
+                    nn.Sequential(
+                        nn.Conv2d(c_in, c_out, kernel_size=4, stride=2, padding=1),
+                        nn.LeakyReLU(LEAKY_SLOPE),
+                    )
+                )
+                c_in, height, width = c_out, height // 2, width // 2
+                shapes.append((c_out, height, width))
+            widths = [c_in * height * width, hidden[0]]
+            layers.append(
+                nn.Sequential(nn.Flatten(), nn.Linear(*widths), nn.LeakyReLU(LEAKY_SLOPE))
+            )
+            shapes.append((hidden[0],))
+        else:
+            widths = [prod(self.event_shape), *hidden]
+            for i, (n_in, n_out) in enumerate(itertools.pairwise(widths)):
+                first = [nn.Flatten()] if i == 0 else []
+                layers.append(
+                    nn.Sequential(*first, nn.Linear(n_in, n_out), nn.LeakyReLU(LEAKY_SLOPE))
+                )
+                shapes.append((n_out,))
+        layers.append(nn.Linear(shapes[-1][0], 1))
+        shapes.append(())
+        self.layers = nn.ModuleList(layers)
+        self.shapes = shapes
+
+    @property
+    def num_layers(self) -> int:
+        """The number of layers, the logit's included."""
+        return len(self.layers)
+
+    def feature_shape(self, layer: int) -> tuple[int, ...]:
+        """Shape of one item's output of layer ``layer`` (1-based)."""
+        return self.shapes[layer - 1]
+
+    def forward(self, x: torch.Tensor, layer: int | None = None) -> torch.Tensor:
+        """The output of the first ``layer`` layers (all of them, the logit, by default) for
+        ``x`` of shape ``(..., *event_shape)``: shape ``(..., *feature_shape(layer))``."""
+        layer = self.num_layers if layer is None else layer
+        batch_shape = x.shape[: x.dim() - len(self.event_shape)]
+        h = x.reshape(-1, *self.event_shape) if self.event_shape else x.reshape(-1, 1)
+        for module in self.layers[:layer]:
+            h = module(h)
+        return h.reshape(*batch_shape, *self.shapes[layer - 1])
+
+    def logit(self, x: torch.Tensor) -> torch.Tensor:
+        r"""The logit of :math:`D(x)`, shape ``(...)`` for ``x`` of ``(..., *event_shape)``."""
+        return self(x)
+
+    def frozen(self, x: torch.Tensor, layer: int | None = None) -> torch.Tensor:
+        """:meth:`forward` with the parameters detached: gradients reach ``x``, never them."""
+        params = {name: p.detach() for name, p in self.named_parameters()}
+        return torch.func.functional_call(self, params, (x,), {"layer": layer})

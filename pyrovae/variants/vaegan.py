@@ -71,26 +71,30 @@ References
 
 from __future__ import annotations
 
-import itertools
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from math import prod
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import pyro
 import pyro.distributions as dist
 import torch
-import torch.nn.functional as F
 from pyro import poutine
 from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
 from torch import nn
 
 from pyrovae.errors import ConfigError
-from pyrovae.inference.training.numerics import clip_gradients
+from pyrovae.inference.training.groups import (
+    CANNOT,
+    GroupStep,
+    TraceRecorder,
+    bce,
+    check_partition,
+    unique_parameters,
+)
 from pyrovae.model import Likelihood, Prior
 from pyrovae.model.base import kl_weight
-from pyrovae.networks import conv_feature_shape
+from pyrovae.networks import Discriminator
 from pyrovae.variants.vae import VAE, VAEModel
 
 if TYPE_CHECKING:
@@ -100,116 +104,6 @@ __all__ = ["FAKES", "VAEGAN", "Discriminator", "VAEGANLosses", "VAEGANModel", "V
 
 #: which fakes the discriminator sees (``fakes``)
 FAKES = ("both", "reconstructions", "samples")
-
-#: the LeakyReLU slope of the discriminator (DCGAN's)
-LEAKY_SLOPE = 0.2
-
-
-class Discriminator(nn.Module):
-    r"""``x -> logit`` of :math:`D(x)`, a stack of layers whose outputs can be read one by one.
-
-    For images ``(C, H, W)``: stride-2 convolutions (kernel 4, padding 1, as the ``conv``
-    encoder) of ``channels``, then a linear layer of ``hidden`` units, then the logit; for
-    other data, linear layers of ``hidden`` units. Every hidden layer ends in a LeakyReLU
-    (slope 0.2). There is no batch normalization: it would make one item's features depend
-    on the other items of its minibatch, so the feature likelihood would not factorise over
-    the data plate.
-
-    Parameters
-    ----------
-    event_shape : sequence of int
-        Shape of one data point.
-    channels : tuple of int
-        Channels of the convolutions (images only; H and W divisible by 2 ** their number).
-    hidden : sequence of int
-        Widths of the linear hidden layers (images: the first only).
-
-    Attributes
-    ----------
-    layers : nn.ModuleList
-        The layers in order; ``forward(x, layer=l)`` returns the output of the first ``l``
-        (:math:`\mathrm{Dis}_l(x)`), the last layer gives the logit.
-    """
-
-    def __init__(
-        self,
-        event_shape: Sequence[int],
-        channels: Sequence[int] = (32, 64),
-        hidden: Sequence[int] = (256,),
-    ) -> None:
-        super().__init__()
-        self.event_shape = tuple(event_shape)
-        if not hidden or min(hidden) < 1:
-            raise ConfigError(f"the discriminator needs hidden layers of width >= 1, got {hidden}")
-        layers: list[nn.Module] = []
-        shapes: list[tuple[int, ...]] = []
-        if len(self.event_shape) == 3:
-            if not channels:
-                raise ConfigError("the discriminator of images needs one or more convolutions")
-            try:
-                conv_feature_shape(self.event_shape, channels)
-            except ConfigError:
-                raise ConfigError(
-                    f"the discriminator's {len(channels)} stride-2 convolutions need image "
-                    f"height and width divisible by {2 ** len(channels)}, got "
-                    f"{self.event_shape[1]}x{self.event_shape[2]}; give fewer "
-                    "--discriminator-channels"
-                ) from None
-            c_in, height, width = self.event_shape
-            for c_out in channels:
-                layers.append(
-                    nn.Sequential(
-                        nn.Conv2d(c_in, c_out, kernel_size=4, stride=2, padding=1),
-                        nn.LeakyReLU(LEAKY_SLOPE),
-                    )
-                )
-                c_in, height, width = c_out, height // 2, width // 2
-                shapes.append((c_out, height, width))
-            widths = [c_in * height * width, hidden[0]]
-            layers.append(
-                nn.Sequential(nn.Flatten(), nn.Linear(*widths), nn.LeakyReLU(LEAKY_SLOPE))
-            )
-            shapes.append((hidden[0],))
-        else:
-            widths = [prod(self.event_shape), *hidden]
-            for i, (n_in, n_out) in enumerate(itertools.pairwise(widths)):
-                first = [nn.Flatten()] if i == 0 else []
-                layers.append(
-                    nn.Sequential(*first, nn.Linear(n_in, n_out), nn.LeakyReLU(LEAKY_SLOPE))
-                )
-                shapes.append((n_out,))
-        layers.append(nn.Linear(shapes[-1][0], 1))
-        shapes.append(())
-        self.layers = nn.ModuleList(layers)
-        self.shapes = shapes
-
-    @property
-    def num_layers(self) -> int:
-        """The number of layers, the logit's included."""
-        return len(self.layers)
-
-    def feature_shape(self, layer: int) -> tuple[int, ...]:
-        """Shape of one item's output of layer ``layer`` (1-based)."""
-        return self.shapes[layer - 1]
-
-    def forward(self, x: torch.Tensor, layer: int | None = None) -> torch.Tensor:
-        """The output of the first ``layer`` layers (all of them, the logit, by default) for
-        ``x`` of shape ``(..., *event_shape)``: shape ``(..., *feature_shape(layer))``."""
-        layer = self.num_layers if layer is None else layer
-        batch_shape = x.shape[: x.dim() - len(self.event_shape)]
-        h = x.reshape(-1, *self.event_shape) if self.event_shape else x.reshape(-1, 1)
-        for module in self.layers[:layer]:
-            h = module(h)
-        return h.reshape(*batch_shape, *self.shapes[layer - 1])
-
-    def logit(self, x: torch.Tensor) -> torch.Tensor:
-        r"""The logit of :math:`D(x)`, shape ``(...)`` for ``x`` of ``(..., *event_shape)``."""
-        return self(x)
-
-    def frozen(self, x: torch.Tensor, layer: int | None = None) -> torch.Tensor:
-        """:meth:`forward` with the parameters detached: gradients reach ``x``, never them."""
-        params = {name: p.detach() for name, p in self.named_parameters()}
-        return torch.func.functional_call(self, params, (x,), {"layer": layer})
 
 
 class VAEGANModel(VAEModel):
@@ -342,30 +236,7 @@ class VAEGANLosses:
         }
 
 
-class _Recorder(nn.Module):
-    """The model, with the traces of its runs kept: the step reads the reconstructions and
-    the likelihood terms of the draws the ELBO made, instead of drawing again."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.traces: list[poutine.Trace] = []
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        tracer = poutine.trace(self.model)
-        result = tracer(*args, **kwargs)
-        self.traces.append(tracer.trace)
-        return result
-
-
-def _unique(params: Iterable[nn.Parameter]) -> list[nn.Parameter]:
-    seen: dict[int, nn.Parameter] = {}
-    for p in params:
-        seen.setdefault(id(p), p)
-    return list(seen.values())
-
-
-class VAEGANStep:
+class VAEGANStep(GroupStep):
     r"""One VAE-GAN update: three parameter groups, each stepped on its own objective.
 
     Per minibatch: the Pyro ELBO (``objective``) on the model and the guide gives
@@ -410,23 +281,25 @@ class VAEGANStep:
         clip_norm: float | None = None,
     ) -> None:
         self.vae = vae
-        self.recorder = _Recorder(vae.model)
+        self.recorder = TraceRecorder(vae.model)
         self.elbo = objective(self.recorder, vae.guide)
         # the ELBO runs the model once per particle, or once for all of them (vectorized)
         self.num_particles = objective.num_particles
         self.runs = 1 if objective.vectorize_particles else objective.num_particles
         model = vae.model
-        self.groups = {
-            "encoder": _unique([*vae.guide.parameters(), *model.prior.parameters()]),
-            "decoder": _unique([*model.decoder.parameters(), *model.likelihood.parameters()]),
+        groups = {
+            "encoder": unique_parameters([*vae.guide.parameters(), *model.prior.parameters()]),
+            "decoder": unique_parameters(
+                [*model.decoder.parameters(), *model.likelihood.parameters()]
+            ),
             "discriminator": list(model.discriminator.parameters()),
         }
-        _check_partition(vae, self.groups)
-        self.optimizers = {
+        check_partition(vae, groups, "the VAE-GAN")
+        optimizers = {
             name: torch.optim.Adam(params, lr=learning_rate, betas=(0.5, 0.999))
-            for name, params in self.groups.items()
+            for name, params in groups.items()
         }
-        self.clip_norm = clip_norm
+        super().__init__(groups, optimizers, clip_norm)
 
     def losses(
         self, batch: Mapping[str, Any], *, num_data: int, beta: float | Mapping[str, float] = 1.0
@@ -449,17 +322,17 @@ class VAEGANStep:
         real, reconstructed, sampled = logits.split([len(x), *(len(f) for f in fakes.values())])
         seen = {"reconstructed": reconstructed, "sampled": sampled}
         seen = {k: v for k, v in seen.items() if vae.fakes in ("both", _FAKE_NAMES[k])}
-        bce_real = _bce(real, 1.0)
-        bce_fakes = [_bce(v, 0.0) for v in seen.values()]
+        bce_real = bce(real, 1.0)
+        bce_fakes = [bce(v, 0.0) for v in seen.values()]
         gan = bce_real + sum(bce_fakes)
-        fool = sum(_bce(v, 1.0) for v in seen.values())
+        fool = sum(bce(v, 1.0) for v in seen.values())
         with torch.no_grad():
             accuracy = {
                 "real": (real > 0).float().mean(),
                 "reconstructed": (reconstructed < 0).float().mean(),
                 "sampled": (sampled < 0).float().mean(),
             }
-            bce = (bce_real + sum(bce_fakes)) / (1 + len(bce_fakes))
+            mean_bce = (bce_real + sum(bce_fakes)) / (1 + len(bce_fakes))
         return VAEGANLosses(
             elbo_loss=elbo_loss,
             prior=elbo_loss / num_data - reconstruction / num_data,
@@ -467,24 +340,9 @@ class VAEGANStep:
             gan=gan,
             fool=fool,
             gamma=vae.gamma,
-            bce=bce,
+            bce=mean_bce,
             accuracy=accuracy,
         )
-
-    def gradients(self, losses: VAEGANLosses) -> dict[str, list[torch.Tensor]]:
-        """Each group's gradient of its own objective alone (``torch.autograd.grad``), all
-        at the parameters the losses were computed at; zeros where it does not depend on a
-        parameter."""
-        objectives = losses.objectives
-        names = list(self.groups)
-        grads = {}
-        for i, name in enumerate(names):
-            params = self.groups[name]
-            found = torch.autograd.grad(
-                objectives[name], params, retain_graph=i < len(names) - 1, allow_unused=True
-            )
-            grads[name] = [torch.zeros_like(p) if g is None else g for p, g in zip(params, found)]
-        return grads
 
     def skips(self, bce: torch.Tensor | float) -> dict[str, bool]:
         """Which updates the equilibrium rule skips, given ``D``'s mean cross-entropy:
@@ -512,15 +370,8 @@ class VAEGANStep:
     ) -> dict[str, torch.Tensor]:
         with pyro.validation_enabled(False):
             losses = self.losses(batch, num_data=num_data, beta=beta)
-        grads = self.gradients(losses)
         skips = self.skips(losses.bce)
-        for name, params in self.groups.items():
-            for p, g in zip(params, grads[name]):
-                p.grad = g
-            if self.clip_norm is not None:
-                clip_gradients(params, self.clip_norm)
-            if not skips.get(name, False):
-                self.optimizers[name].step()
+        self.apply(self.gradients(losses), skips)
         objectives = losses.objectives
         device = losses.bce.device
         stats = {
@@ -539,11 +390,6 @@ class VAEGANStep:
 _FAKE_NAMES = {"reconstructed": "reconstructions", "sampled": "samples"}
 
 
-def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
-    """Mean binary cross-entropy of ``D``'s logits against one label."""
-    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
-
-
 def _observed_log_prob(trace: poutine.Trace) -> torch.Tensor:
     """The scaled log-likelihood of a model trace's observed sites (the features and the
     weighted pixels), summed: what the ELBO adds for them."""
@@ -553,16 +399,6 @@ def _observed_log_prob(trace: poutine.Trace) -> torch.Tensor:
         for site in trace.nodes.values()
         if site["type"] == "sample" and site["is_observed"]
     )
-
-
-def _check_partition(vae: VAE, groups: Mapping[str, list[nn.Parameter]]) -> None:
-    ids = [id(p) for params in groups.values() for p in params]
-    every = {id(p) for p in vae.parameters()}
-    if len(ids) != len(set(ids)) or set(ids) != every:
-        raise ConfigError(
-            "the VAE-GAN's parameter groups (encoder, decoder, discriminator) must hold "
-            "every parameter exactly once; a component has parameters outside them"
-        )
 
 
 class VAEGAN(VAE):
@@ -638,15 +474,7 @@ class VAEGAN(VAE):
             "conditioning on some pixels needs a likelihood of the pixels; the VAE-GAN's "
             "is on the discriminator's features of the whole image"
         ),
-        "distributed": (
-            "its step takes torch.autograd.grad of three objectives, one per parameter "
-            "group, and DistributedDataParallel averages gradients only in a backward() "
-            "pass; train it in one process (without torchrun)"
-        ),
-        "compile": (
-            "its step has three objectives and three optimizers, and --compile compiles "
-            "the one-loss SVI step"
-        ),
+        **CANNOT,
     }
 
     def __init__(

@@ -28,13 +28,14 @@ from typing import Any, Protocol, runtime_checkable
 
 import pyro
 import torch
+from pyro.infer import ELBO
 from pyro.infer.elbo import ELBOModule
 from torch import nn
 
 from pyrovae.inference.training.compiled import CompiledELBO
 from pyrovae.inference.training.numerics import clip_gradients
 
-__all__ = ["SVIStep", "TrainingStep"]
+__all__ = ["SVIStep", "TrainingStep", "true_elbo"]
 
 
 @runtime_checkable
@@ -151,11 +152,9 @@ class SVIStep:
             clip_gradients(self.parameters, self.clip_norm)
         optimizer.step()
         stats = {"loss": loss.detach()}
-        last_elbo = getattr(getattr(self.loss, "elbo", None), "last_elbo", None)
-        if last_elbo is not None:  # our objectives report the true ELBO of their draws
-            stats["elbo"] = last_elbo
-        elif self.is_elbo and _is_one(beta):  # a Pyro ELBO at beta = 1: the loss is -ELBO
-            stats["elbo"] = -stats["loss"]
+        elbo = true_elbo(getattr(self.loss, "elbo", None) if self.is_elbo else None, loss, beta)
+        if elbo is not None:
+            stats["elbo"] = elbo
         return stats
 
     def _arguments(self, batch: Mapping[str, Any]) -> tuple[tuple, dict[str, Any]]:
@@ -163,6 +162,21 @@ class SVIStep:
         if self.positional and set(batch) == {"x"}:
             return (batch["x"],), {}
         return (), dict(batch)
+
+
+def true_elbo(
+    objective: ELBO | None, loss: torch.Tensor, beta: float | Mapping[str, float]
+) -> torch.Tensor | None:
+    """The true ELBO of the draws of a step whose loss came from ``objective`` (``None``
+    for a variant's own loss module), detached, or ``None`` where it is not known: our
+    objectives store it as ``last_elbo``; a Pyro ELBO at :math:`\\beta = 1` has
+    ``loss`` :math:`= -\\mathrm{ELBO}`."""
+    last_elbo = getattr(objective, "last_elbo", None)
+    if last_elbo is not None:  # our objectives report the true ELBO of their draws
+        return last_elbo
+    if objective is not None and _is_one(beta):  # a Pyro ELBO at beta = 1: the loss is -ELBO
+        return -loss.detach()
+    return None
 
 
 def _is_one(beta: float | Mapping[str, float]) -> bool:
