@@ -63,6 +63,7 @@ __all__ = [
     "check_seed",
     "default_component",
     "default_help",
+    "flag_declarations",
     "flag_options",
     "from_flat",
     "load_config",
@@ -284,19 +285,28 @@ def _fixed_flags() -> dict[str, tuple[str, Key]]:
     }
 
 
+def flag_declarations() -> dict[str, list[tuple[str, Option]]]:
+    """Every component option as a flag: option name -> each owner's declaration,
+    ``[("prior 'flow'", Option), ("guide 'iaf'", Option)]`` (owners may differ in help
+    text and default: ``gamma`` of the VAE-GAN and of FactorVAE)."""
+    found: dict[str, list[tuple[str, Option]]] = {}
+    for component in COMPONENTS.values():
+        registry = component.registry
+        for entry in registry:
+            for name, option in registry.options(entry).items():
+                found.setdefault(name, []).append((f"{registry.kind} {entry!r}", option))
+    return found
+
+
 def flag_options() -> dict[str, tuple[Option, list[str]]]:
     """Every component option as a flag: option name -> (declaration, its owners
     ``["prior 'mixture'", ...]``). An option name declared by several components (e.g.
-    ``num_flows``) is one flag that sets all of them."""
-    found: dict[str, tuple[Option, list[str]]] = {}
-    for component in COMPONENTS.values():
-        for name, (option, entries) in component.registry.all_options().items():
-            owners = [f"{component.registry.kind} {e!r}" for e in entries]
-            if name in found:
-                found[name][1].extend(owners)
-            else:
-                found[name] = (option, owners)
-    return found
+    ``num_flows``) is one flag that sets all of them; the declaration is the first
+    owner's (:func:`flag_declarations` has each owner's)."""
+    return {
+        name: (found[0][1], [owner for owner, _ in found])
+        for name, found in flag_declarations().items()
+    }
 
 
 def _check_fixed(section: str, key: str, value: Any) -> Any:

@@ -19,8 +19,16 @@ from pyrovae.cli.common import (
     output_name,
     run_parser,
 )
-from pyrovae.config import COMPONENTS, SECTIONS, Config, default_help, flag_options, load_config
+from pyrovae.config import (
+    COMPONENTS,
+    SECTIONS,
+    Config,
+    default_help,
+    flag_declarations,
+    load_config,
+)
 from pyrovae.errors import ConfigError, PyroVAEError
+from pyrovae.registry import Option
 from pyrovae.runfolder import atomic_write, write_json
 
 logger = logging.getLogger(__name__)
@@ -77,16 +85,30 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             )
             _add_typed(group, key, spec.type, help, **choices)
     groups: dict[str, argparse._ArgumentGroup] = {}
-    for name, (option, owners) in flag_options().items():
+    for name, declarations in flag_declarations().items():
+        owners = [owner for owner, _ in declarations]
+        option = declarations[0][1]
         kind = owners[0].split(" ")[0]
         if kind not in groups:
             groups[kind] = parser.add_argument_group(
                 f"{kind} options (the chosen {kind} takes its own)"
             )
         choices = {"choices": list(option.choices)} if option.choices else {}
-        default = "" if "(default:" in option.help else f"; default: {option.default}"
-        help = f"{option.help} [{', '.join(owners)}{default}]"
-        _add_typed(groups[kind], name, option.type, help, **choices)
+        _add_typed(groups[kind], name, option.type, _option_help(declarations), **choices)
+
+
+def _option_help(declarations: list[tuple[str, Option]]) -> str:
+    """The help of a flag: its text and ``[owners; default: ...]``; each owner's own text
+    and default where the owners declare it differently (``--gamma``)."""
+
+    def default(option: Option) -> str:
+        return "" if "(default:" in option.help else f"; default: {option.default}"
+
+    first = declarations[0][1]
+    if all((o.help, o.default) == (first.help, first.default) for _, o in declarations):
+        owners = ", ".join(owner for owner, _ in declarations)
+        return f"{first.help} [{owners}{default(first)}]"
+    return " ".join(f"{o.help} [{owner}{default(o)}]" for owner, o in declarations)
 
 
 def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
