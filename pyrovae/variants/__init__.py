@@ -13,6 +13,9 @@
 - ``vqvae``: :class:`VQVAE`, :math:`p(k)\\,p(x \\mid e_k)` over a grid of discrete codes
   :math:`k` with the point-mass guide :math:`q(k \\mid x)` at the nearest codebook vectors
   (van den Oord et al. 2017).
+- ``factorvae``: :class:`FactorVAE`, the plain VAE's model and guide trained with a penalty
+  on the total correlation of the codes, which a discriminator on codes estimates (Kim &
+  Mnih 2018).
 
 A variant module holds the variant's model, its guide and what its training step needs;
 its class subclasses :class:`VAE` and overrides what differs (``build`` for the networks,
@@ -26,6 +29,7 @@ from typing import Any
 
 from pyrovae.registry import Registry
 from pyrovae.variants.cvae import ConditionalVAE
+from pyrovae.variants.factorvae import FactorVAE
 from pyrovae.variants.hvae import HierarchicalVAE
 from pyrovae.variants.m2 import SemiSupervisedVAE
 from pyrovae.variants.vae import VAE
@@ -38,6 +42,7 @@ __all__ = [
     "VARIANTS",
     "VQVAE",
     "ConditionalVAE",
+    "FactorVAE",
     "SemiSupervisedVAE",
     "build_variant",
 ]
@@ -50,6 +55,7 @@ VARIANTS.register("m2")(SemiSupervisedVAE)
 VARIANTS.register("hvae")(HierarchicalVAE)
 VARIANTS.register("vaegan")(VAEGAN)
 VARIANTS.register("vqvae")(VQVAE)
+VARIANTS.register("factorvae")(FactorVAE)
 
 
 def build_variant(section: Mapping[str, Any], event_shape: Sequence[int], seed: int = 0) -> VAE:
