@@ -151,9 +151,11 @@ class SVIStep:
             clip_gradients(self.parameters, self.clip_norm)
         optimizer.step()
         stats = {"loss": loss.detach()}
-        last_elbo = getattr(getattr(self.loss, "elbo", None), "last_elbo", None)
+        objective = getattr(self.loss, "elbo", None)
+        last_elbo = getattr(objective, "last_elbo", None)
         if last_elbo is not None:  # our objectives report the true ELBO of their draws
             stats["elbo"] = last_elbo
+            stats.update(objective.last_stats)
         elif self.is_elbo and _is_one(beta):  # a Pyro ELBO at beta = 1: the loss is -ELBO
             stats["elbo"] = -stats["loss"]
         return stats
