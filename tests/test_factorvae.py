@@ -318,6 +318,7 @@ def test_help_lists_the_options_with_their_own_defaults(capsys):
         (["--prior", "mixture"], "needs a prior that factorises over the latent dimensions"),
         (["--prior", "flow"], "--prior flow does not"),
         (["--elbo", "JitTrace_ELBO"], "drop --elbo JitTrace_ELBO"),
+        (["--elbo", "TCVAE_ELBO"], "penalises it again with a minibatch estimate"),
         (["--gamma", "-1"], "gamma of --model factorvae is out of range: -1.0"),
         (["--discriminator-learning-rate", "0"], "discriminator_learning_rate of --model"),
         (["--compile"], "--model factorvae cannot be used for --compile"),

@@ -22,9 +22,12 @@ from pyrovae.inference.inspection.diagnostics import diagnose
 from pyrovae.inference.training.objectives import (
     ELBOS,
     IWAE,
+    TC_ESTIMATORS,
+    TCVAEELBO,
     FreeBitsELBO,
     InfoVAEELBO,
     RenyiObjective,
+    log_aggregate_posterior,
     make_elbo,
     mmd,
 )
@@ -275,6 +278,107 @@ def test_infovae_penalty_is_the_mmd_to_prior_draws(vae_and_batch):
     torch.testing.assert_close(loss, expected)
 
 
+def _aggregate_by_hand(z, loc, scale, num_data, estimator):
+    """log q(z_i) and sum_d log q(z_id) by loops over torch.distributions densities."""
+    batch, dim = z.shape
+    joint, marginals = torch.zeros(batch), torch.zeros(batch)
+    for i in range(batch):
+        if estimator == "mws":
+            w = [1.0 / (num_data * batch)] * batch
+        else:
+            w = [
+                1.0 / num_data if j == i else (num_data - 1) / (num_data * (batch - 1))
+                for j in range(batch)
+            ]
+        q = [td.Normal(loc[j], scale[j]) for j in range(batch)]
+        joint[i] = math.log(sum(w[j] * q[j].log_prob(z[i]).sum().exp() for j in range(batch)))
+        marginals[i] = sum(
+            math.log(sum(w[j] * q[j].log_prob(z[i])[d].exp() for j in range(batch)))
+            for d in range(dim)
+        )
+    return joint, marginals
+
+
+@pytest.mark.parametrize("estimator", ["mws", "mss"])
+def test_aggregate_posterior_estimates_match_loops(estimator):
+    torch.manual_seed(0)
+    loc, scale = torch.randn(5, 3, dtype=torch.float64), torch.rand(5, 3).double() + 0.5
+    z = loc + scale * torch.randn(5, 3, dtype=torch.float64)
+    joint, marginals = log_aggregate_posterior(z, loc, scale, 40, estimator)
+    expected = _aggregate_by_hand(z, loc, scale, 40, estimator)
+    torch.testing.assert_close(joint, expected[0].double())
+    torch.testing.assert_close(marginals, expected[1].double())
+    assert set(TC_ESTIMATORS) == {"mws", "mss"}
+
+
+def test_stratified_estimate_of_q_z_is_unbiased_over_minibatches():
+    # N = 6 points, minibatches of B = 3 that contain point i: averaged over every choice of
+    # the other 2 (uniform without replacement), mss's q(z_i) is the exact aggregate density
+    import itertools
+
+    torch.manual_seed(1)
+    n, b = 6, 3
+    loc, scale = torch.randn(n, 2, dtype=torch.float64), torch.rand(n, 2).double() + 0.3
+    z0 = torch.randn(2, dtype=torch.float64)
+    exact = sum(td.Normal(loc[m], scale[m]).log_prob(z0).sum().exp() for m in range(n)) / n
+    estimates = []
+    for others in itertools.combinations(range(1, n), b - 1):
+        rows = [0, *others]  # point 0 and its minibatch
+        z = z0.expand(b, 2)  # only row 0's estimate is read
+        joint, _ = log_aggregate_posterior(z, loc[rows], scale[rows], n, "mss")
+        estimates.append(joint[0].exp())
+    assert float(sum(estimates) / len(estimates)) == pytest.approx(float(exact), rel=1e-12)
+
+
+@pytest.mark.parametrize("beta", [0.5, 1.0])
+def test_tcvae_with_unit_weights_is_the_elbo(beta, vae_and_batch):
+    vae, x = vae_and_batch
+    trace, _ = _draw(vae, x)
+    for estimator in TC_ESTIMATORS:
+        tcvae = TCVAEELBO(tc_weight=1.0, tc_estimator=estimator, max_plate_nesting=1)
+        torch.testing.assert_close(
+            _loss(tcvae, vae, x, trace, beta),
+            _loss(make_elbo("Trace_ELBO"), vae, x, trace, beta),
+        )
+
+
+@pytest.mark.parametrize("estimator", ["mws", "mss"])
+def test_tcvae_charges_the_tc_weight_on_the_total_correlation(estimator, vae_and_batch):
+    vae, x = vae_and_batch
+    trace, t = _draw(vae, x)
+    tc_weight, beta = 6.0, 0.5
+    tcvae = TCVAEELBO(tc_weight=tc_weight, tc_estimator=estimator, max_plate_nesting=1)
+    loss = _loss(tcvae, vae, x, trace, beta)
+    z = trace.nodes["z"]["value"].detach()
+    loc, log_var = vae.guide.encoder(x)
+    joint, marginals = _aggregate_by_hand(
+        z.double(),
+        loc.detach().double(),
+        log_var.detach().mul(0.5).exp().double(),
+        NUM_DATA,
+        estimator,
+    )
+    tc = (joint - marginals).float()
+    kl = t["log_qz"] - t["log_pz"]  # MI + TC + dimension-wise KL, per point
+    expected = -(NUM_DATA / len(x)) * (t["log_px"] - beta * (kl + (tc_weight - 1) * tc)).sum()
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-2)
+    for key, value in {"tc": tc.mean(), "mi": None, "dim_kl": None}.items():
+        assert key in tcvae.last_stats
+        if value is not None:
+            torch.testing.assert_close(tcvae.last_stats[key], value, rtol=1e-4, atol=1e-4)
+    total = sum(tcvae.last_stats.values())
+    torch.testing.assert_close(total, kl.mean(), rtol=1e-4, atol=1e-4)
+
+
+def test_tcvae_trains_and_logs_its_three_terms(one_thread, digits):
+    config = Config.from_flags(elbo="TCVAE_ELBO", tc_weight=4.0, latent_dim=4, num_epochs=1, **FAST)
+    data = load_dataset("digits", limit=256)
+    history = train(VAE.from_section(config.model, data.shape), data, config, progress=False)
+    row = history[-1]
+    assert all(math.isfinite(row[f"train_{k}"]) for k in ("mi", "tc", "dim_kl"))
+    assert row["train_objective"] < row["train_elbo"]  # the TC is charged 4 times, not once
+
+
 # --- every objective and guide trains; collapse --------------------------------------
 
 
@@ -370,6 +474,8 @@ def test_config_round_trip_keeps_the_objective(tmp_path):
         ({"kl_schedule": "cyclical", "cycle_ratio": 0.0}, "cycle_ratio"),
         ({"elbo": "JitTrace_ELBO", "kl_schedule": "linear"}, "recompile"),
         ({"elbo": "FreeBits_ELBO", "free_bits": -1.0}, "free_bits"),
+        ({"elbo": "TCVAE_ELBO", "tc_weight": -1.0}, "tc_weight must be >= 0"),
+        ({"elbo": "TCVAE_ELBO", "tc_estimator": "mcmc"}, "tc_estimator. must be one of mws, mss"),
         ({"guide": "flow"}, "unknown guide"),
         ({"kl_schedule": "cosine"}, "unknown KL schedule"),
     ],

@@ -71,7 +71,8 @@ from pyrovae.inference.training.groups import (
     check_partition,
     unique_parameters,
 )
-from pyrovae.inference.training.step import true_elbo
+from pyrovae.inference.training.objectives import TCVAEELBO
+from pyrovae.inference.training.step import elbo_stats
 from pyrovae.networks import Discriminator
 from pyrovae.variants.vae import VAE
 
@@ -270,9 +271,7 @@ class FactorVAEStep(GroupStep):
             "discriminator_loss": losses.discriminator.detach(),
             "discriminator_accuracy": losses.accuracy,
         }
-        elbo = true_elbo(self.objective, losses.elbo_loss, beta)
-        if elbo is not None:
-            stats["elbo"] = elbo
+        stats.update(elbo_stats(self.objective, losses.elbo_loss, beta))
         return stats
 
 
@@ -373,6 +372,12 @@ class FactorVAE(VAE):
         self, objective: ELBO, *, learning_rate: float, clip_norm: float | None = None
     ) -> FactorVAEStep:
         """The two-group step (:class:`FactorVAEStep`) on the run's ``objective``."""
+        if type(objective) is TCVAEELBO:
+            raise ConfigError(
+                "--model factorvae penalises the total correlation with its discriminator; "
+                "--elbo TCVAE_ELBO penalises it again with a minibatch estimate; choose one "
+                "(drop --elbo TCVAE_ELBO, or train --model vae with it)"
+            )
         if type(objective).__name__.startswith("Jit"):
             raise ConfigError(
                 "--model factorvae reads the guide's draws of each ELBO evaluation, which a "

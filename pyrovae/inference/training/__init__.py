@@ -5,6 +5,7 @@ from pyrovae.inference.training.checkpoint import load_checkpoint, save_checkpoi
 from pyrovae.inference.training.objectives import (
     ELBOS,
     IWAE,
+    TCVAEELBO,
     FreeBitsELBO,
     InfoVAEELBO,
     RenyiObjective,
@@ -19,6 +20,7 @@ __all__ = [
     "ELBOS",
     "IWAE",
     "SCHEDULES",
+    "TCVAEELBO",
     "FreeBitsELBO",
     "InfoVAEELBO",
     "RenyiObjective",

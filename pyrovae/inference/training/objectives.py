@@ -23,6 +23,9 @@ is an ``ELBOModule``) registered next to them:
 ``InfoVAE_ELBO``
     the ELBO plus an MMD penalty between the aggregate posterior and the prior
     (Zhao et al. 2017).
+``TCVAE_ELBO``
+    the beta-TCVAE objective (Chen et al. 2018): the KL term split into index-code
+    mutual information, total correlation and dimension-wise KL, each weighted.
 
 Training on them reports the true ELBO (``last_elbo``); evaluation always scores the
 true ELBO and the IWAE log-likelihood.
@@ -33,6 +36,8 @@ References
 - Burda, Grosse & Salakhutdinov (2016), Importance Weighted Autoencoders.
 - Kingma et al. (2016), Improved Variational Inference with Inverse Autoregressive Flow.
 - Zhao, Song & Ermon (2017), InfoVAE: Information Maximizing Variational Autoencoders.
+- Chen, Li, Grosse & Duvenaud (2018), Isolating Sources of Disentanglement in Variational
+  Autoencoders.
 """
 
 from __future__ import annotations
@@ -57,11 +62,14 @@ __all__ = [
     "ELBOS",
     "IWAE",
     "KERNELS",
+    "TCVAEELBO",
+    "TC_ESTIMATORS",
     "FreeBitsELBO",
     "InfoVAEELBO",
     "RenyiObjective",
     "TraceObjective",
     "elbo_context",
+    "log_aggregate_posterior",
     "make_elbo",
     "mmd",
 ]
@@ -175,7 +183,8 @@ class TraceObjective(Trace_ELBO):
     ``objective(model, guide)`` is an :class:`~pyro.infer.elbo.ELBOModule` like any
     Pyro ELBO. Every call also stores ``last_elbo``, the true ELBO of the same draws
     (without the KL weight or any penalty, scaled to the data set, detached), which
-    the trainer reports as ``train_elbo``.
+    the trainer reports as ``train_elbo``, and ``last_stats``, what a subclass reports
+    besides (name -> detached mean per point; the trainer logs ``train_<name>``).
     """
 
     name = "objective"
@@ -189,6 +198,7 @@ class TraceObjective(Trace_ELBO):
     ) -> torch.Tensor:
         loss = 0.0
         elbo = 0.0
+        self.last_stats: dict[str, torch.Tensor] = {}
         for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
             _check_reparameterized(guide_trace, self.name)
             loss = loss + self.particle_loss(model_trace, guide_trace) / self.num_particles
@@ -425,6 +435,200 @@ class InfoVAEELBO(TraceObjective):
         particles = self.num_particles if self.vectorize_particles else 1
         penalty = (self.alpha + self.lambda_ - 1.0) * _data_size(site) * particles
         return -(elbo - penalty * mmd(zq, zp, self.kernel))
+
+
+#: ``tc_estimator``: name -> log importance weights ``(B, B)`` of q(z_i | x_j) in the
+#: minibatch estimate q(z_i) ~ sum_j w_ij q(z_i | x_j), for a minibatch of B of N points
+TC_ESTIMATORS: Registry = Registry("TC estimator")
+
+
+@TC_ESTIMATORS.register("mws")
+def _minibatch_weighted(batch: int, num_data: int) -> torch.Tensor:
+    """Minibatch-weighted sampling (Chen et al. 2018, eq. S5): every w_ij = 1 / (N B)."""
+    return torch.full((batch, batch), -math.log(num_data * batch), dtype=torch.float64)
+
+
+@TC_ESTIMATORS.register("mss")
+def _minibatch_stratified(batch: int, num_data: int) -> torch.Tensor:
+    """Minibatch stratified sampling: w_ii = 1 / N for the point's own x_i, and
+    w_ij = (N - 1) / (N (B - 1)) for the B - 1 others, which stand for the other N - 1."""
+    others = math.log((num_data - 1) / (num_data * (batch - 1)))
+    weights = torch.full((batch, batch), others, dtype=torch.float64)
+    return weights.fill_diagonal_(-math.log(num_data))
+
+
+def log_aggregate_posterior(
+    z: torch.Tensor,
+    loc: torch.Tensor,
+    scale: torch.Tensor,
+    num_data: int,
+    estimator: str = "mws",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Minibatch estimates of :math:`\log q(z_i)` and :math:`\sum_d \log q(z_{id})` for each draw.
+
+    :math:`q(z) = \frac{1}{N} \sum_n q(z \mid x_n)` is the aggregate posterior of a diagonal
+    Gaussian guide over the :math:`N` training points; a minibatch of :math:`B` of them
+    estimates it at each of its draws :math:`z_i \sim q(z \mid x_i)` as
+
+    .. math::
+
+        \log q(z_i) \approx \log \sum_{j=1}^B w_{ij}\, q(z_i \mid x_j), \qquad
+        \log q(z_{id}) \approx \log \sum_{j=1}^B w_{ij}\, q(z_{id} \mid x_j)
+
+    with the weights of :data:`TC_ESTIMATORS` (``mws``: all :math:`1 / NB`, biased
+    downwards by up to :math:`\log B` per factor, as in Chen et al.'s paper and code;
+    ``mss``: :math:`1/N` for the own point and :math:`(N-1)/(N(B-1))` for the others, an
+    unbiased estimate of :math:`q(z_i)` when the others are a uniform draw from the rest of
+    the data).
+
+    Parameters
+    ----------
+    z, loc, scale : torch.Tensor
+        The draws and the guide's means and standard deviations, shape ``(..., B, D)``.
+    num_data : int
+        N, the number of training points.
+    estimator : str
+        ``mws`` or ``mss``.
+
+    Returns
+    -------
+    (torch.Tensor, torch.Tensor)
+        The joint and the sum of the marginal log-densities, each of shape ``(..., B)``.
+    """
+    # log q(z_id | x_j) for every draw i, point j and dimension d: shape (..., B_i, B_j, D)
+    log_q = dist.Normal(loc.unsqueeze(-3), scale.unsqueeze(-3)).log_prob(z.unsqueeze(-2))
+    log_w = TC_ESTIMATORS[estimator](z.shape[-2], num_data).to(log_q)
+    joint = torch.logsumexp(log_q.sum(-1) + log_w, dim=-1)
+    marginals = torch.logsumexp(log_q + log_w.unsqueeze(-1), dim=-2).sum(-1)
+    return joint, marginals
+
+
+@ELBOS.register("TCVAE_ELBO")
+class TCVAEELBO(TraceObjective):
+    r"""The beta-TCVAE objective (Chen et al. 2018): the KL term split in three, each weighted.
+
+    With the aggregate posterior :math:`q(z)` and its marginals :math:`q(z_d)`, the KL term
+    averaged over the data is
+
+    .. math::
+
+        E_{p(x)}[\mathrm{KL}(q(z \mid x) \,\|\, p(z))] =
+        \underbrace{E[\log q(z \mid x) - \log q(z)]}_{\text{index-code MI}}
+        + \underbrace{E[\log q(z) - \textstyle\sum_d \log q(z_d)]}_{\text{total correlation}}
+        + \underbrace{E[\textstyle\sum_d \log q(z_d) - \log p(z)]}_{\text{dimension-wise KL}}
+
+    and the objective is
+
+    .. math::
+
+        \mathcal{L} = N \, E_{B}\Big[\log p(x_i \mid z_i) - \beta_t \big(\alpha\,\mathrm{MI}_i
+            + \beta\,\mathrm{TC}_i + \gamma\,\mathrm{KL}^{\mathrm{dim}}_i\big)\Big]
+
+    per draw :math:`z_i \sim q(z \mid x_i)`, with :math:`\log q(z_i)` and
+    :math:`\sum_d \log q(z_{id})` estimated from the minibatch by
+    :func:`log_aggregate_posterior` (``tc_estimator``), :math:`\beta_t` the KL schedule's
+    weight. The three terms sum to :math:`\log q(z_i \mid x_i) - \log p(z_i)` whatever the
+    estimator, so :math:`\alpha = \beta = \gamma = 1` is ``Trace_ELBO``; Chen et al.
+    raise only the TC weight :math:`\beta`. Each step also reports the minibatch's mean
+    ``mi``, ``tc`` and ``dim_kl`` per point (``train_mi``, ``train_tc``,
+    ``train_dim_kl`` in ``metrics.jsonl``); with ``mws`` their split is biased (the
+    estimate of :math:`\log q(z)` is low by up to :math:`\log B`, of the marginals by up to
+    :math:`D \log B`), with ``mss`` much less so.
+
+    It needs one latent site with a diagonal Gaussian guide (``--guide normal``; any prior)
+    and minibatches of at least 2 points.
+
+    Parameters
+    ----------
+    tc_weight : float
+        TCVAE_ELBO: beta, the weight of the total correlation (>= 0; 1 is the ELBO).
+    mi_weight : float
+        TCVAE_ELBO: alpha, the weight of the index-code mutual information (>= 0).
+    dim_kl_weight : float
+        TCVAE_ELBO: gamma, the weight of the dimension-wise KL (>= 0).
+    tc_estimator : str
+        TCVAE_ELBO: minibatch estimate of q(z): mws (minibatch-weighted sampling, the
+        paper's) or mss (minibatch stratified sampling).
+
+    References
+    ----------
+    - Chen, Li, Grosse & Duvenaud (2018), Isolating Sources of Disentanglement in
+      Variational Autoencoders.
+    """
+
+    name = "TCVAE_ELBO"
+
+    option_choices: ClassVar[dict[str, tuple[str, ...]]] = {"tc_estimator": tuple(TC_ESTIMATORS)}
+
+    def __init__(
+        self,
+        num_particles: int = 1,
+        max_plate_nesting: float = float("inf"),
+        vectorize_particles: bool = False,
+        *,
+        tc_weight: float = 6.0,
+        mi_weight: float = 1.0,
+        dim_kl_weight: float = 1.0,
+        tc_estimator: str = "mws",
+    ) -> None:
+        weights = {"tc_weight": tc_weight, "mi_weight": mi_weight, "dim_kl_weight": dim_kl_weight}
+        for key, value in weights.items():
+            if value < 0:
+                raise ConfigError(f"{key} must be >= 0, got {value}")
+        TC_ESTIMATORS[tc_estimator]  # unknown names fail here, with the choices
+        super().__init__(
+            num_particles=num_particles,
+            max_plate_nesting=max_plate_nesting,
+            vectorize_particles=vectorize_particles,
+        )
+        self.weights = {"mi": mi_weight, "tc": tc_weight, "dim_kl": dim_kl_weight}
+        self.estimator = tc_estimator
+
+    def decompose(self, model_trace: Any, guide_trace: Any) -> dict[str, torch.Tensor]:
+        """The index-code MI, total correlation and dimension-wise KL of every draw,
+        shape ``([particles,] B)`` (in nats, unscaled)."""
+        latent = [name for name, _ in _sample_sites(guide_trace)]
+        if len(latent) != 1:
+            raise ConfigError(
+                f"TCVAE_ELBO splits the KL of one code; this model has the latent sites "
+                f"{', '.join(latent)}: use another --elbo"
+            )
+        guide_site, prior_site = guide_trace.nodes[latent[0]], model_trace.nodes[latent[0]]
+        q = _factorized_normal(guide_site["fn"])
+        if q is None:
+            raise ConfigError(
+                "TCVAE_ELBO needs the marginals of q(z|x), a diagonal Gaussian guide "
+                f"(--guide normal); got {type(guide_site['fn']).__name__}"
+            )
+        z = guide_site["value"]
+        if z.shape[-2] < 2:
+            raise ConfigError("TCVAE_ELBO estimates q(z) from the minibatch: use --batch-size >= 2")
+        loc, scale, _ = torch.broadcast_tensors(q.loc, q.scale, z)
+        joint, marginals = log_aggregate_posterior(
+            z, loc, scale, _data_size(prior_site), self.estimator
+        )
+        return {
+            "mi": guide_site["unscaled_log_prob"] - joint,
+            "tc": joint - marginals,
+            "dim_kl": marginals - prior_site["unscaled_log_prob"],
+        }
+
+    def particle_loss(self, model_trace: Any, guide_trace: Any) -> torch.Tensor:
+        terms = self.decompose(model_trace, guide_trace)
+        latent = {name for name, _ in _sample_sites(guide_trace)}
+        elbo = 0.0
+        for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
+            for name, site in _sample_sites(trace):
+                if name not in latent:
+                    elbo = elbo + sign * site["log_prob_sum"]
+        guide_site = guide_trace.nodes[next(iter(latent))]
+        # a KL weight of 0 masks the site (see pyrovae.model.base.kl_weight)
+        scale = 0.0 if guide_site["mask"] is False else guide_site["scale"]
+        penalty = sum(self.weights[key] * term.sum() for key, term in terms.items())
+        share = 1.0 if self.vectorize_particles else 1.0 / self.num_particles
+        for key, term in terms.items():
+            self.last_stats[key] = self.last_stats.get(key, 0.0) + share * term.detach().mean()
+        return -(elbo - scale * penalty)
 
 
 @ELBOS.register("RenyiELBO")

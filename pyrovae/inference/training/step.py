@@ -35,7 +35,7 @@ from torch import nn
 from pyrovae.inference.training.compiled import CompiledELBO
 from pyrovae.inference.training.numerics import clip_gradients
 
-__all__ = ["SVIStep", "TrainingStep", "true_elbo"]
+__all__ = ["SVIStep", "TrainingStep", "elbo_stats"]
 
 
 @runtime_checkable
@@ -152,9 +152,8 @@ class SVIStep:
             clip_gradients(self.parameters, self.clip_norm)
         optimizer.step()
         stats = {"loss": loss.detach()}
-        elbo = true_elbo(getattr(self.loss, "elbo", None) if self.is_elbo else None, loss, beta)
-        if elbo is not None:
-            stats["elbo"] = elbo
+        objective = getattr(self.loss, "elbo", None) if self.is_elbo else None
+        stats.update(elbo_stats(objective, loss, beta))
         return stats
 
     def _arguments(self, batch: Mapping[str, Any]) -> tuple[tuple, dict[str, Any]]:
@@ -164,19 +163,20 @@ class SVIStep:
         return (), dict(batch)
 
 
-def true_elbo(
+def elbo_stats(
     objective: ELBO | None, loss: torch.Tensor, beta: float | Mapping[str, float]
-) -> torch.Tensor | None:
-    """The true ELBO of the draws of a step whose loss came from ``objective`` (``None``
-    for a variant's own loss module), detached, or ``None`` where it is not known: our
-    objectives store it as ``last_elbo``; a Pyro ELBO at :math:`\\beta = 1` has
-    ``loss`` :math:`= -\\mathrm{ELBO}`."""
+) -> dict[str, torch.Tensor]:
+    """What a step logs of the evaluation of ``objective`` (``None`` for a variant's own
+    loss module) that gave ``loss``: ``"elbo"``, the true ELBO of its draws, where it is
+    known (our objectives store it as ``last_elbo``; a Pyro ELBO at :math:`\\beta = 1` has
+    ``loss`` :math:`= -\\mathrm{ELBO}`), and the terms our objectives report
+    (``last_stats``: beta-TCVAE's ``mi``, ``tc``, ``dim_kl``); detached."""
     last_elbo = getattr(objective, "last_elbo", None)
     if last_elbo is not None:  # our objectives report the true ELBO of their draws
-        return last_elbo
+        return {"elbo": last_elbo, **getattr(objective, "last_stats", {})}
     if objective is not None and _is_one(beta):  # a Pyro ELBO at beta = 1: the loss is -ELBO
-        return -loss.detach()
-    return None
+        return {"elbo": -loss.detach()}
+    return {}
 
 
 def _is_one(beta: float | Mapping[str, float]) -> bool:
