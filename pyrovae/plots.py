@@ -27,6 +27,7 @@ __all__ = [
     "reconstructions",
     "score_histograms",
     "side_by_side",
+    "traversal_rows",
 ]
 
 
@@ -113,6 +114,27 @@ def image_rows(rows: torch.Tensor | Sequence[torch.Tensor], title: str) -> Figur
     ``(S, *event)`` (decoded paths, traversals, masked / inpainted / true items)."""
     rows = torch.stack(list(rows)) if not isinstance(rows, torch.Tensor) else rows
     return image_grid(rows.flatten(0, 1), nrow=rows.shape[1], title=title)
+
+
+def traversal_rows(
+    rows: torch.Tensor, row_labels: Sequence[str], values: Sequence[float], title: str
+) -> Figure:
+    """Traversals ``(R, S, *event)`` as :func:`image_rows`, each row labelled on the left
+    (e.g. the code dimension and the factor it holds) and each column with its value."""
+    fig = image_rows(rows, title)
+    ax = fig.axes[0]
+    ax.axis("on")
+    height, width = as_images(rows[0, :1]).shape[-2:]
+    # make_grid puts a 1-pixel border before every cell
+    ax.set_yticks([1 + r * (height + 1) + height / 2 for r in range(len(row_labels))])
+    ax.set_yticklabels(row_labels, fontsize=9)
+    ax.set_xticks([1 + c * (width + 1) + width / 2 for c in range(len(values))])
+    ax.set_xticklabels([f"{v:g}" for v in values], fontsize=8)
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    fig.tight_layout()
+    return fig
 
 
 def reconstructions(inputs: torch.Tensor, recons: torch.Tensor, *, nrow: int = 8) -> Figure:

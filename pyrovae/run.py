@@ -35,7 +35,7 @@ import torch
 
 from pyrovae import plots, runfolder
 from pyrovae.config import Config, from_flat, is_flat, save_config
-from pyrovae.data import Dataset, Loader, load_dataset
+from pyrovae.data import DataFactorSampler, Dataset, FactorSampler, Loader, load_dataset
 from pyrovae.errors import CheckpointError, ConfigError, DataError, PyroVAEError
 from pyrovae.inference import score
 from pyrovae.inference.sites import require
@@ -61,6 +61,7 @@ from pyrovae.variants import VAE, VARIANTS, build_variant
 __all__ = [
     "FitResult",
     "evaluate_run",
+    "factor_sampler",
     "fit",
     "load_data",
     "load_run",
@@ -132,6 +133,24 @@ def load_data(config: Config, device: torch.device) -> Dataset:
             )
             return dataclasses.replace(data, loader=Loader(0, pin_memory=d["pin_memory"]))
     return data.to(device)
+
+
+def factor_sampler(config: Config, device: torch.device) -> FactorSampler:
+    """What the disentanglement metrics of a run draw from: the exact renderer of a
+    procedural dSprites run (:data:`pyrovae.data.dsprites.SAMPLERS`: ``DSprites.full()`` or
+    ``.small()``, whatever ``limit`` the run trained with), else the run's train and test
+    items with their factors, by lookup (:meth:`DataFactorSampler.from_dataset`).
+
+    Raises
+    ------
+    DataError
+        If the run's data have no factor labels.
+    """
+    from pyrovae.data.dsprites import SAMPLERS
+
+    if config.data["data"] is None and config.data["dataset"] in SAMPLERS:
+        return SAMPLERS[config.data["dataset"]]()
+    return DataFactorSampler.from_dataset(load_data(config, device), seed=config.run["seed"])
 
 
 def memory_bytes() -> int:

@@ -32,6 +32,7 @@ CLI_TESTED = {
     "inspect": "test_inspect",
     "graph": "test_graph",
     "latent": "test_latent",
+    "disentanglement": "test_disentanglement_cli.py::test_disentanglement_command",
 }
 TINY = ["--num-epochs", "2", "--num-eval-samples", "8", "--no-progress", "-q"]
 

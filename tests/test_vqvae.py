@@ -566,6 +566,7 @@ def cli_run(tmp_path_factory) -> Path:
     [
         (["inspect"], "--model vqvae cannot be used for posterior inspection"),
         (["latent"], "--model vqvae cannot be used for"),
+        (["disentanglement"], "--model vqvae cannot be used for the disentanglement metrics"),
         (["interpolate", "--items", "0", "1"], "cannot be used for latent-space operations"),
         (["traverse"], "cannot be used for latent-space operations"),
         (["inpaint"], "--model vqvae cannot be used for inpainting and denoising"),

@@ -11,7 +11,7 @@ stderr is a terminal anyway, see :mod:`pyrovae.progress`) and ``--debug`` (print
 traceback of any error, for a bug report; so does ``PYROVAE_DEBUG=1``).
 
 Subcommands live in :mod:`~pyrovae.cli.training` (train, evaluate, sample, score),
-:mod:`~pyrovae.cli.inspection` (inspect, graph, latent) and
+:mod:`~pyrovae.cli.inspection` (inspect, graph, latent, disentanglement) and
 :mod:`~pyrovae.cli.applications` (augment, anomaly, interpolate, traverse, arithmetic,
 inpaint, denoise); each module has ``add_parsers(sub, common)`` and ``COMMANDS``.
 

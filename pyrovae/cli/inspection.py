@@ -1,4 +1,5 @@
-"""``pyrovae inspect | graph | latent``: posteriors, the graphical model, the latent space."""
+"""``pyrovae inspect | graph | latent | disentanglement``: posteriors, the graphical model,
+the latent space and how it lines up with ground-truth factors."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pyrovae.cli.common import load_run, output_folder, run_parser
+from pyrovae.cli.common import load_run, output_folder, output_name, run_parser
 from pyrovae.config import Config
 from pyrovae.errors import ConfigError
 from pyrovae.graph import FORMATS as GRAPH_FORMATS
@@ -19,7 +20,7 @@ logger = logging.getLogger(__name__)
 
 
 def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    """The subcommands inspect, graph and latent."""
+    """The subcommands inspect, graph, latent and disentanglement."""
     inspect = run_parser(
         sub,
         common,
@@ -125,6 +126,73 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     )
     latent.add_argument("--output", type=Path, help="output folder (default: RUN/latent)")
     latent.add_argument("--batch-size", type=int, default=500, help="data points per batch")
+
+    from pyrovae.inference.evaluation.disentanglement import DCI_CLASSIFIERS, METRICS
+
+    disentanglement = run_parser(
+        sub,
+        common,
+        "disentanglement",
+        help="MIG, FactorVAE and beta-VAE scores, DCI, SAP; a traversal per latent dim",
+        description=(
+            "Score the posterior means of a run on data with factor labels (--dataset "
+            "dsprites or dsprites-small, whose factor space is rendered exactly, or an .npz "
+            "with factors, drawn by lookup): MIG, the FactorVAE and beta-VAE scores, DCI and "
+            "SAP with disentanglement_lib's settings. Writes RUN/disentanglement.json (every "
+            "score, the settings, the mutual information of each latent dim with each factor, "
+            "the factor each dim is most informative about and whether it is active) and "
+            "RUN/traversals.png (one row per latent dim, labelled with that factor); "
+            "-seed<S> and -last (--checkpoint last) are added to the names."
+        ),
+    )
+    disentanglement.add_argument(
+        "--metrics",
+        type=_metric_list,
+        default=list(METRICS),
+        metavar="M,...",
+        help=f"the metrics to compute, comma-separated (default: {','.join(METRICS)})",
+    )
+    disentanglement.add_argument(
+        "--num-points",
+        type=int,
+        default=10_000,
+        help="training points of every metric (default 10000, as disentanglement_lib)",
+    )
+    disentanglement.add_argument(
+        "--num-test-points",
+        type=int,
+        default=5_000,
+        help="test (evaluation) points of every metric (default 5000, as disentanglement_lib)",
+    )
+    disentanglement.add_argument(
+        "--dci-classifier",
+        choices=list(DCI_CLASSIFIERS),
+        default="gbt",
+        help="gbt: GradientBoostingClassifier, disentanglement_lib's (minutes); forest: a "
+        "random forest, many times faster (default: gbt)",
+    )
+    disentanglement.add_argument(
+        "--span", type=float, default=2.5, help="traversals sweep -span..span (default 2.5)"
+    )
+    disentanglement.add_argument(
+        "--steps", type=int, default=9, help="values per traversal (default 9)"
+    )
+
+
+def _metric_list(text: str) -> list[str]:
+    """``--metrics mig,dci``: known metric names (argparse reports an unknown one)."""
+    from pyrovae.inference.evaluation.disentanglement import METRICS
+    from pyrovae.registry import closest
+
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    for name in names:
+        if name not in METRICS:
+            raise argparse.ArgumentTypeError(
+                f"unknown metric {name!r}{closest(name, METRICS)}; choose from {','.join(METRICS)}"
+            )
+    if not names:
+        raise argparse.ArgumentTypeError("give at least one metric")
+    return names
 
 
 def _output_folder(args: argparse.Namespace, default: str | None) -> Path:
@@ -367,4 +435,79 @@ def _cmd_latent(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"inspect": _cmd_inspect, "graph": _cmd_graph, "latent": _cmd_latent}
+def _cmd_disentanglement(args: argparse.Namespace) -> int:
+    import matplotlib
+
+    from pyrovae import plots
+    from pyrovae.inference.evaluation.disentanglement import (
+        evaluate_disentanglement,
+        factor_traversals,
+    )
+    from pyrovae.inference.sites import require
+    from pyrovae.run import factor_sampler, save_figure
+    from pyrovae.runfolder import write_json
+
+    matplotlib.use("Agg")
+    if args.num_points < 2 or args.num_test_points < 2:
+        raise ConfigError("--num-points and --num-test-points must be >= 2")
+    if args.steps < 2 or args.span <= 0:
+        raise ConfigError("--steps must be >= 2 and --span > 0")
+    vae, config, _ = load_run(args)
+    require(vae, "posterior", "the disentanglement metrics")  # before the data are read
+    sampler = factor_sampler(config, vae.device)  # data without factors: refused here
+    binarize = config.data["binarize"]
+    report = evaluate_disentanglement(
+        vae,
+        sampler,
+        metrics=args.metrics,
+        num_points=args.num_points,
+        num_test_points=args.num_test_points,
+        dci_classifier=args.dci_classifier,
+        seed=args.seed,
+        binarize=binarize,
+    )
+    grid, base = factor_traversals(
+        vae, sampler, report, span=args.span, steps=args.steps, seed=args.seed, binarize=binarize
+    )
+    values = np.linspace(-args.span, args.span, args.steps)
+    named = ", ".join(f"{n}={int(v)}" for n, v in zip(report.factor_names, base))
+    figure = plots.traversal_rows(
+        grid,
+        [report.dim_label(row) for row in report.dims()],
+        values.tolist(),
+        f"latent traversals of an item ({named}); rows: dim, its factor (normalised MI)",
+    )
+    folder = args.run if args.run.is_dir() else args.run.parent
+    result = {
+        "checkpoint": args.checkpoint,
+        **report.to_dict(),
+        "traversal": {"base_factors": base.tolist(), "values": values.tolist()},
+    }
+    json_path = folder / (output_name("disentanglement", args) + ".json")
+    figure_path = folder / (output_name("traversals", args) + ".png")
+    write_json(result, json_path)
+    save_figure(figure, figure_path)
+    print(_report_table(report))
+    print(f"wrote {json_path} and {figure_path}")
+    return 0
+
+
+def _report_table(report) -> str:
+    """The scores with their seconds, then each latent dim's factor."""
+    lines = [f"{'metric':<22}{'score':>8}"]
+    lines += [f"{name:<22}{value:>8.3f}" for name, value in report.scores.items()]
+    lines.append("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in report.seconds.items()))
+    lines.append(f"{'dim':<6}{'std':>8}  {'factor':<14}{'normalised MI':>14}")
+    for row in report.dims():
+        factor = row["factor"] if row["active"] else "(inactive)"
+        mi = row["normalized_mi"]
+        lines.append(f"z{row['dim']:<5}{row['std']:>8.3f}  {factor:<14}{mi:>14.3f}")
+    return "\n".join(lines)
+
+
+COMMANDS = {
+    "inspect": _cmd_inspect,
+    "graph": _cmd_graph,
+    "latent": _cmd_latent,
+    "disentanglement": _cmd_disentanglement,
+}

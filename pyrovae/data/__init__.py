@@ -17,7 +17,8 @@ Modules, one concern each:
     :func:`load_dataset`.
 :mod:`~pyrovae.data.factors`
     Ground-truth factors of variation: :class:`Factors` (what ``Dataset.factors`` holds) and
-    the :class:`FactorSampler` the disentanglement metrics draw from.
+    the :class:`FactorSampler` the disentanglement metrics draw from: a :class:`GridSampler`
+    over a product space, or a :class:`DataFactorSampler` over labelled items.
 :mod:`~pyrovae.data.dsprites`
     Procedural dSprites: :class:`DSprites` renders shapes from their factors.
 :mod:`~pyrovae.data.idx`
@@ -34,7 +35,7 @@ Modules, one concern each:
 from pyrovae.data.binarization import BINARIZE
 from pyrovae.data.dataset import Dataset, Loader, MappedItems, Shard
 from pyrovae.data.dsprites import DSprites
-from pyrovae.data.factors import Factors, FactorSampler, GridSampler
+from pyrovae.data.factors import DataFactorSampler, Factors, FactorSampler, GridSampler
 from pyrovae.data.files import load_items
 from pyrovae.data.idx import read_idx
 from pyrovae.data.images import IMAGE_MODES, load_image_folder
@@ -55,6 +56,7 @@ __all__ = [
     "DEFAULT_DATA_DIR",
     "IMAGE_MODES",
     "DSprites",
+    "DataFactorSampler",
     "Dataset",
     "DatasetLoader",
     "FactorSampler",

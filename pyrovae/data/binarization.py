@@ -35,6 +35,7 @@ from pyrovae.errors import ConfigError, DataError
 __all__ = [
     "BINARIZE",
     "bernoulli",
+    "binarize_draw",
     "binarize_items",
     "binarize_splits",
     "check_binarize",
@@ -118,5 +119,12 @@ def binarize_items(x: torch.Tensor, mode: str, seed: int, what: str) -> torch.Te
     check_binarize(mode)
     if mode != "none":
         check_unit_interval(x, mode, what=what)
-    _, test_transform = _BINARIZERS[mode]
-    return test_transform(x, torch.Generator().manual_seed(seed))
+    return binarize_draw(x, mode, torch.Generator().manual_seed(seed))
+
+
+def binarize_draw(x: torch.Tensor, mode: str, generator: torch.Generator) -> torch.Tensor:
+    """``x`` binarized as a test set is, drawing with ``generator``: kept (``"none"``),
+    thresholded at 0.5, or one Bernoulli draw (``"static"``, ``"dynamic"``); binary items are
+    left as they are by every mode. Unchecked: see :func:`binarize_items`."""
+    check_binarize(mode)
+    return _BINARIZERS[mode][1](x, generator)

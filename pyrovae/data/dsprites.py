@@ -51,7 +51,7 @@ import torch
 from pyrovae.data.dataset import Dataset, split_indices
 from pyrovae.data.factors import Factors, GridSampler
 
-__all__ = ["DSPRITES_SUBSET", "FACTOR_NAMES", "SHAPES", "DSprites", "load_dsprites"]
+__all__ = ["DSPRITES_SUBSET", "FACTOR_NAMES", "SAMPLERS", "SHAPES", "DSprites", "load_dsprites"]
 
 #: The shapes, in the order of the ``shape`` factor.
 SHAPES = ("square", "ellipse", "heart")
@@ -172,6 +172,11 @@ class DSprites(GridSampler):
                 inside[rows] = test(a[rows], b[rows])
         counts = inside.reshape(len(factors), size, s, size, s).sum(dim=(2, 4))
         return counts.float() / s**2
+
+
+#: the factor space of each procedural data set, by its ``--dataset`` name: what the
+#: disentanglement metrics of a run on it draw from (exactly: every combination renders)
+SAMPLERS = {"dsprites": DSprites.full, "dsprites-small": DSprites.small}
 
 
 def _square(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -5,10 +5,16 @@ classifier trained on the data's labels; and disentanglement (MIG, the FactorVAE
 scores, DCI, SAP) against ground-truth factors."""
 
 from pyrovae.inference.evaluation.disentanglement import (
+    DCI_CLASSIFIERS,
+    METRICS,
     DCIScores,
+    DisentanglementReport,
     InterventionScore,
     beta_vae_score,
     dci,
+    encode_factor_space,
+    evaluate_disentanglement,
+    factor_traversals,
     factor_vae_score,
     mig,
     mutual_information,
@@ -50,8 +56,11 @@ from pyrovae.inference.evaluation.weights import (
 
 __all__ = [
     "CHUNK_ELEMENTS",
+    "DCI_CLASSIFIERS",
+    "METRICS",
     "ClassifierSettings",
     "DCIScores",
+    "DisentanglementReport",
     "FeatureClassifier",
     "ImportanceWeights",
     "InterventionScore",
@@ -61,8 +70,11 @@ __all__ = [
     "chunk_size",
     "dci",
     "default_cache_dir",
+    "encode_factor_space",
     "eval_mode",
     "evaluate",
+    "evaluate_disentanglement",
+    "factor_traversals",
     "factor_vae_score",
     "feature_classifier",
     "frechet_distance",

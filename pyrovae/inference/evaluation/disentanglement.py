@@ -62,6 +62,16 @@ the largest and second-largest :math:`S_{jk}` over :math:`j`. A one-dimensional 
 classifier separates only a few of many classes, so discrete SAP stays well below 1 even for a
 perfect code.
 
+:func:`evaluate_disentanglement` computes them all for a VAE (its posterior means as codes),
+with one set of ``num_points`` training and ``num_test_points`` test codes shared by MIG,
+DCI and SAP, and reports which factor each code dimension is most informative about
+(:math:`I(z_j; v_k) / H(v_k)`, the normalised mutual information MIG reads) and whether it is
+active (the standard deviation of its posterior means at least FactorVAE's prune threshold).
+When the factor space has fewer items than the metrics would draw (``dsprites-small``: 46 080
+against about 2.9 million at the defaults), it encodes every item once and the metrics then
+draw codes instead of items, by lookup: the same distribution, as the encoder is
+deterministic, for a fraction of the renders.
+
 The encoder is called on batches of ``batch_size`` items (16 for MIG, DCI and SAP points, 64
 for FactorVAE's variance estimate, as disentanglement_lib); for a deterministic encoder these
 do not change the scores. The intervention scores call it once per 64-item batch: 15 000 and
@@ -85,20 +95,33 @@ References
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from pyrovae.data.factors import FactorSampler
+from pyrovae.data.factors import DataFactorSampler, FactorSampler, GridSampler
+from pyrovae.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from pyrovae.data.dataset import Dataset
+    from pyrovae.variants import VAE
 
 __all__ = [
+    "DCI_CLASSIFIERS",
+    "METRICS",
     "DCIScores",
+    "DisentanglementReport",
     "InterventionScore",
     "beta_vae_score",
     "dci",
+    "encode_factor_space",
+    "evaluate_disentanglement",
+    "factor_traversals",
     "factor_vae_score",
     "mig",
     "mutual_information",
@@ -344,10 +367,11 @@ def _fixed_groups(
     ``(P, B, F)``."""
     index = rng.integers(0, len(sampler.factor_sizes), size=num_points)
     factors = sampler.sample_factors(num_points * batch_size, rng)
-    factors = factors.reshape(num_points, batch_size, -1)
-    rows = np.arange(num_points)
-    factors[rows, :, index] = factors[rows, 0, index][:, None]
-    return index, factors
+    values = factors.reshape(num_points, batch_size, -1)[np.arange(num_points), 0, index]
+    factors = sampler.fix_factor(
+        factors, np.repeat(index, batch_size), np.repeat(values, batch_size), rng
+    )
+    return index, factors.reshape(num_points, batch_size, -1)
 
 
 def _group_codes(
@@ -431,9 +455,12 @@ def _beta_vae_points(
         count = min(chunk, num_points - start)
         index = rng.integers(0, len(sampler.factor_sizes), size=count)
         first = sampler.sample_factors(count * batch_size, rng).reshape(count, batch_size, -1)
-        second = sampler.sample_factors(count * batch_size, rng).reshape(count, batch_size, -1)
-        rows = np.arange(count)
-        second[rows, :, index] = first[rows, :, index]
+        second = sampler.fix_factor(
+            sampler.sample_factors(count * batch_size, rng),
+            np.repeat(index, batch_size),
+            first[np.arange(count), :, index].reshape(-1),
+            rng,
+        ).reshape(count, batch_size, -1)
         z1 = _group_codes(encode, sampler, first, batch_size)
         z2 = _group_codes(encode, sampler, second, batch_size)
         features.append(np.mean(np.abs(z1 - z2), axis=1))
@@ -464,3 +491,379 @@ def beta_vae_score(
         eval_accuracy=float(np.mean(model.predict(x_eval) == y_eval)),
         num_active_dims=x_train.shape[1],
     )
+
+
+# --- all metrics for a VAE ------------------------------------------------------------------
+
+#: the metrics :func:`evaluate_disentanglement` computes, in the order it reports them
+METRICS = ("mig", "factor_vae", "beta_vae", "dci", "sap")
+
+
+def _gradient_boosting(seed: int) -> Any:
+    from sklearn.ensemble import GradientBoostingClassifier
+
+    # disentanglement_lib's: scikit-learn's defaults; the seed breaks ties between features
+    # alike, so that a seed gives one score
+    return GradientBoostingClassifier(random_state=seed)
+
+
+def _random_forest(seed: int) -> Any:
+    from sklearn.ensemble import RandomForestClassifier
+
+    # shallow trees: importances of fully grown trees credit noise dimensions too
+    return RandomForestClassifier(n_estimators=50, max_depth=8, random_state=seed, n_jobs=1)
+
+
+#: DCI's classifier per factor, by name: seed -> a scikit-learn classifier with
+#: ``feature_importances_``. ``gbt`` is disentanglement_lib's (100 boosted trees of depth 3);
+#: ``forest`` (a random forest of 50 trees of depth 8) is several times faster.
+DCI_CLASSIFIERS: dict[str, Callable[[int], Any]] = {
+    "gbt": _gradient_boosting,
+    "forest": _random_forest,
+}
+
+
+@dataclass(frozen=True)
+class DisentanglementReport:
+    """What :func:`evaluate_disentanglement` measured.
+
+    ``scores`` maps ``mig``, ``factor_vae``, ``beta_vae``, ``dci_disentanglement``,
+    ``dci_completeness``, ``dci_informativeness`` and ``sap`` (those computed) to values in
+    [0, 1]; ``details`` holds the training accuracies and DCI's importance matrix;
+    ``seconds`` the time of each step; ``settings`` the settings used.
+    ``mutual_information`` is the ``(D, F)`` matrix (nats) of the training codes,
+    ``factor_entropy`` each factor's entropy :math:`H(v_k)` and ``code_std`` each code
+    dimension's standard deviation over them.
+    """
+
+    scores: dict[str, float]
+    details: dict[str, Any]
+    seconds: dict[str, float]
+    settings: dict[str, Any]
+    factor_names: tuple[str, ...]
+    mutual_information: np.ndarray
+    factor_entropy: np.ndarray
+    code_std: np.ndarray
+    prune_threshold: float = 0.05
+    dim_order: list[int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        # the most varied dimensions first: the active ones, by their spread
+        order = sorted(range(len(self.code_std)), key=lambda j: -self.code_std[j])
+        object.__setattr__(self, "dim_order", order)
+
+    @property
+    def active(self) -> np.ndarray:
+        """Whether each code dimension's standard deviation reaches the prune threshold."""
+        return self.code_std >= self.prune_threshold
+
+    @property
+    def normalized_mutual_information(self) -> np.ndarray:
+        """:math:`I(z_j; v_k) / H(v_k)`, ``(D, F)``."""
+        entropy = np.where(self.factor_entropy > 0, self.factor_entropy, np.inf)
+        return self.mutual_information / entropy
+
+    def dims(self) -> list[dict[str, Any]]:
+        """Per code dimension (in :attr:`dim_order`): its standard deviation, whether it is
+        active, the factor it is most informative about and that normalised MI."""
+        nmi = self.normalized_mutual_information
+        rows = []
+        for j in self.dim_order:
+            k = int(np.argmax(nmi[j]))
+            rows.append(
+                {
+                    "dim": j,
+                    "std": float(self.code_std[j]),
+                    "active": bool(self.active[j]),
+                    "factor": self.factor_names[k],
+                    "normalized_mi": float(nmi[j, k]),
+                }
+            )
+        return rows
+
+    def dim_label(self, row: dict[str, Any]) -> str:
+        """``z3: posX (0.61)``, or ``z3: inactive``, for a row of :meth:`dims`."""
+        if not row["active"]:
+            return f"z{row['dim']}: inactive"
+        return f"z{row['dim']}: {row['factor']} ({row['normalized_mi']:.2f})"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything, as JSON-ready values."""
+        return {
+            "scores": self.scores,
+            "settings": self.settings,
+            "seconds": self.seconds,
+            "factors": list(self.factor_names),
+            "dims": self.dims(),
+            "mutual_information": self.mutual_information.tolist(),
+            "factor_entropy": self.factor_entropy.tolist(),
+            "details": self.details,
+        }
+
+
+def _on_demand_draws(metrics: Sequence[str], num_points: int, num_test: int) -> int:
+    """How many items the metrics render and encode when they draw items, not codes."""
+    draws = num_points + (num_test if {"dci", "sap"} & set(metrics) else 0)
+    if "factor_vae" in metrics:
+        draws += num_points + 64 * (num_points + num_test)
+    if "beta_vae" in metrics:
+        draws += 2 * 64 * (num_points + num_test)
+    return draws
+
+
+def encode_factor_space(
+    encode: Encode,
+    sampler: GridSampler | DataFactorSampler,
+    *,
+    batch_size: int = 256,
+    seed: int = 0,
+) -> DataFactorSampler:
+    """Every item of a finite factor space encoded once: a :class:`DataFactorSampler` whose
+    items are the codes (``(N, D)`` float64), for the metrics to draw with the identity as
+    encoder. A grid's items are every combination of :meth:`GridSampler.product`, rendered
+    a few thousand at a time; a data sampler's are its items."""
+    if isinstance(sampler, DataFactorSampler):
+        factors = sampler.factors
+        items = lambda rows: sampler.items[rows.start : rows.stop]  # noqa: E731
+    elif isinstance(sampler, GridSampler):
+        factors = sampler.product()
+        items = lambda rows: sampler.render(factors[rows])  # noqa: E731
+    else:
+        raise TypeError(f"cannot list the items of a {type(sampler).__name__}")
+    codes = [
+        _encode(encode, items(slice(start, start + _RENDER_ITEMS)), batch_size)
+        for start in range(0, len(factors), _RENDER_ITEMS)
+    ]
+    return DataFactorSampler(
+        torch.from_numpy(np.concatenate(codes)),
+        factors,
+        sampler.factor_names,
+        sampler.factor_sizes,
+        seed=seed,
+    )
+
+
+def _identity(codes: torch.Tensor) -> torch.Tensor:
+    return codes
+
+
+def _stream(seed: int, index: int) -> np.random.Generator:
+    """The random stream of one step of :func:`evaluate_disentanglement`."""
+    return np.random.default_rng([seed, index])
+
+
+def evaluate_disentanglement(
+    vae: VAE,
+    data: FactorSampler | Dataset,
+    *,
+    metrics: Sequence[str] = METRICS,
+    num_points: int = 10_000,
+    num_test_points: int = 5_000,
+    num_bins: int = 20,
+    dci_classifier: str = "gbt",
+    prune_threshold: float = 0.05,
+    seed: int = 0,
+    binarize: str = "none",
+    code_table: bool | None = None,
+) -> DisentanglementReport:
+    """Every disentanglement metric of ``vae``, its posterior means
+    (``vae.encode(x)[0]``) being the codes.
+
+    Parameters
+    ----------
+    vae : VAE
+        A variant with one diagonal Gaussian latent site whose guide reads ``x`` alone.
+    data : FactorSampler or Dataset
+        Where the items come from: a sampler (e.g. ``DSprites.small()``, exact), or a data set
+        with factors (:meth:`DataFactorSampler.from_dataset`, by lookup).
+    metrics : sequence of str
+        A subset of :data:`METRICS`.
+    num_points, num_test_points : int
+        Training and test (evaluation) points of every metric; FactorVAE's variance estimate
+        uses ``num_points`` items too (10 000 and 5 000: disentanglement_lib's).
+    num_bins : int
+        MIG's histogram bins (20).
+    dci_classifier : str
+        A name of :data:`DCI_CLASSIFIERS`.
+    prune_threshold : float
+        FactorVAE's: code dimensions whose standard deviation is below it are inactive.
+    seed : int
+        Seeds every draw (each metric its own stream) and the classifiers.
+    binarize : str
+        The run's binarization, applied to every item before it is encoded as to a test set
+        (:func:`~pyrovae.data.binarization.binarize_draw`: a threshold, or one Bernoulli
+        draw for ``static`` and ``dynamic``).
+    code_table : bool, optional
+        Encode every item of the factor space once and let the metrics draw codes
+        (:func:`encode_factor_space`); by default when that is fewer items than the metrics
+        would draw.
+
+    Raises
+    ------
+    ConfigError
+        For a variant without a Gaussian posterior (its reason), bad settings, or MIG or
+        SAP asked of a one-dimensional latent.
+    DataError
+        For data without factors, or with a factor that takes a single value.
+    """
+    from sklearn.metrics import mutual_info_score
+
+    from pyrovae.data.binarization import binarize_draw
+    from pyrovae.data.dataset import Dataset
+    from pyrovae.inference.evaluation.weights import eval_mode
+    from pyrovae.inference.sites import require, require_single_latent
+
+    require(vae, "posterior", "the disentanglement metrics")
+    require_single_latent(vae, "the disentanglement metrics")
+    vae.require_unconditional("the disentanglement metrics")
+    metrics = list(dict.fromkeys(metrics))
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown or not metrics:
+        raise ConfigError(
+            f"unknown metrics {unknown}; choose from {', '.join(METRICS)}"
+            if unknown
+            else "no metric asked for"
+        )
+    if dci_classifier not in DCI_CLASSIFIERS:
+        raise ConfigError(
+            f"unknown DCI classifier {dci_classifier!r}; choose one of: "
+            f"{', '.join(DCI_CLASSIFIERS)}"
+        )
+    if num_points < 2 or num_test_points < 2 or num_bins < 2:
+        raise ConfigError(
+            "the numbers of points and of bins must be >= 2, got "
+            f"{num_points}, {num_test_points} and {num_bins}"
+        )
+    if vae.latent_dim < 2 and {"mig", "sap"} & set(metrics):
+        raise ConfigError(
+            "MIG and SAP compare the two most informative code dimensions; this latent has "
+            "one: leave them out (--metrics)"
+        )
+    sampler = DataFactorSampler.from_dataset(data, seed=seed) if isinstance(data, Dataset) else data
+    constant = [n for n, size in zip(sampler.factor_names, sampler.factor_sizes) if size < 2]
+    if constant:
+        raise DataError(
+            f"factors {constant} take a single value; every factor must vary for the metrics"
+        )
+    generator = torch.Generator().manual_seed(seed)
+
+    def encode(x: torch.Tensor) -> torch.Tensor:
+        return vae.encode(binarize_draw(x, binarize, generator).to(vae.device))[0]
+
+    seconds: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[name] = round(now - clock, 3)
+        clock = now
+
+    draws = _on_demand_draws(metrics, num_points, num_test_points)
+    size = getattr(sampler, "num_items", None)
+    if code_table is None:
+        code_table = isinstance(sampler, GridSampler | DataFactorSampler) and size <= draws
+    scores: dict[str, float] = {}
+    details: dict[str, Any] = {}
+    with eval_mode(vae), torch.no_grad():
+        if code_table:
+            sampler = encode_factor_space(encode, sampler, seed=seed)
+            encode = _identity
+            lap("code_table")
+        codes, factors = sample_codes(encode, sampler, num_points, _stream(seed, 0))
+        if {"dci", "sap"} & set(metrics):
+            test_codes, test_factors = sample_codes(
+                encode, sampler, num_test_points, _stream(seed, 1)
+            )
+        lap("points")
+        info = mutual_information(codes, factors, num_bins)
+        entropy = np.array([mutual_info_score(v, v) for v in factors.T])
+        if "mig" in metrics:
+            scores["mig"] = mig(codes, factors, num_bins)
+        lap("mig")
+        if "factor_vae" in metrics:
+            result = factor_vae_score(
+                encode,
+                sampler,
+                _stream(seed, 2),
+                num_train=num_points,
+                num_eval=num_test_points,
+                num_variance_estimate=num_points,
+                prune_threshold=prune_threshold,
+            )
+            scores["factor_vae"] = result.eval_accuracy
+            details["factor_vae"] = dataclasses.asdict(result)
+            lap("factor_vae")
+        if "beta_vae" in metrics:
+            result = beta_vae_score(
+                encode, sampler, _stream(seed, 3), num_train=num_points, num_eval=num_test_points
+            )
+            scores["beta_vae"] = result.eval_accuracy
+            details["beta_vae"] = dataclasses.asdict(result)
+            lap("beta_vae")
+        if "dci" in metrics:
+            make = DCI_CLASSIFIERS[dci_classifier]
+            result = dci(codes, factors, test_codes, test_factors, classifier=lambda: make(seed))
+            scores |= {
+                "dci_disentanglement": result.disentanglement,
+                "dci_completeness": result.completeness,
+                "dci_informativeness": result.informativeness,
+            }
+            details["dci"] = {
+                "informativeness_train": result.informativeness_train,
+                "informativeness_per_factor": result.informativeness_per_factor.tolist(),
+                "importance": result.importance.tolist(),
+            }
+            lap("dci")
+        if "sap" in metrics:
+            scores["sap"] = sap(codes, factors, test_codes, test_factors)
+            lap("sap")
+    settings = {
+        "metrics": metrics,
+        "num_points": num_points,
+        "num_test_points": num_test_points,
+        "num_bins": num_bins,
+        "dci_classifier": dci_classifier,
+        "prune_threshold": prune_threshold,
+        "batch_size": 64,
+        "seed": seed,
+        "binarize": binarize,
+        "code_table": bool(code_table),
+        "factor_space_items": size,
+    }
+    return DisentanglementReport(
+        scores=scores,
+        details=details,
+        seconds=seconds,
+        settings=settings,
+        factor_names=tuple(sampler.factor_names),
+        mutual_information=info,
+        factor_entropy=entropy,
+        code_std=np.std(codes, axis=0, ddof=1),
+        prune_threshold=prune_threshold,
+    )
+
+
+@torch.no_grad()
+def factor_traversals(
+    vae: VAE,
+    sampler: FactorSampler,
+    report: DisentanglementReport,
+    *,
+    span: float = 2.5,
+    steps: int = 9,
+    seed: int = 0,
+    binarize: str = "none",
+) -> tuple[torch.Tensor, np.ndarray]:
+    """Traversals of a base item drawn from ``sampler`` (seeded by ``seed``), one row per code
+    dimension in ``report.dim_order`` (active dimensions first): the decoded means of its
+    posterior mean with that dimension set to ``linspace(-span, span, steps)``
+    (:func:`~pyrovae.inference.applications.latent_ops.traverse`). Returns ``(grid,
+    factors)``: ``(D, steps, *event_shape)`` and the base item's factors ``(F,)``."""
+    from pyrovae.data.binarization import binarize_draw
+    from pyrovae.inference.applications.latent_ops import traverse
+
+    factors = sampler.sample_factors(1, _stream(seed, 4))
+    x = binarize_draw(sampler.render(factors), binarize, torch.Generator().manual_seed(seed))
+    grid = traverse(vae, x[0].to(vae.device), report.dim_order, span, steps)
+    return grid, factors[0]
