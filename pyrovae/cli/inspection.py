@@ -14,6 +14,7 @@ from pyrovae.cli.common import load_run, output_folder, output_name, run_parser
 from pyrovae.config import Config
 from pyrovae.errors import ConfigError
 from pyrovae.graph import FORMATS as GRAPH_FORMATS
+from pyrovae.inference.evaluation.metrics import ACTIVE_THRESHOLD
 from pyrovae.inference.inspection.latent import EMBEDDINGS
 
 logger = logging.getLogger(__name__)
@@ -116,7 +117,10 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
         help="held-out points in the scatter (a seeded random sample; default 2000)",
     )
     latent.add_argument(
-        "--threshold", type=float, default=0.01, help="active-unit threshold (0.01, Burda et al.)"
+        "--threshold",
+        type=float,
+        default=ACTIVE_THRESHOLD,
+        help=f"active-unit threshold ({ACTIVE_THRESHOLD}, Burda et al.)",
     )
     latent.add_argument(
         "--probe-max-train",

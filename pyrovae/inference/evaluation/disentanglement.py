@@ -106,6 +106,7 @@ import torch
 
 from pyrovae.data.factors import DataFactorSampler, FactorSampler, GridSampler
 from pyrovae.errors import ConfigError, DataError
+from pyrovae.inference.evaluation.metrics import ACTIVE_THRESHOLD
 
 if TYPE_CHECKING:
     from pyrovae.data.dataset import Dataset
@@ -544,7 +545,6 @@ class DisentanglementReport:
     mutual_information: np.ndarray
     factor_entropy: np.ndarray
     code_std: np.ndarray
-    prune_threshold: float = 0.05
     dim_order: list[int] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -554,8 +554,9 @@ class DisentanglementReport:
 
     @property
     def active(self) -> np.ndarray:
-        """Whether each code dimension's standard deviation reaches the prune threshold."""
-        return self.code_std >= self.prune_threshold
+        """Whether each code dimension is an active unit: the variance of its posterior means
+        above :data:`~pyrovae.inference.evaluation.metrics.ACTIVE_THRESHOLD` (Burda et al.)."""
+        return self.code_std**2 > ACTIVE_THRESHOLD
 
     @property
     def normalized_mutual_information(self) -> np.ndarray:
@@ -686,7 +687,8 @@ def evaluate_disentanglement(
     dci_classifier : str
         A name of :data:`DCI_CLASSIFIERS`.
     prune_threshold : float
-        FactorVAE's: code dimensions whose standard deviation is below it are inactive.
+        FactorVAE's: its score ignores code dimensions whose standard deviation is below
+        it. (The report's ``active`` flags are the library's active units instead.)
     seed : int
         Seeds every draw (each metric its own stream) and the classifiers.
     binarize : str
@@ -840,7 +842,6 @@ def evaluate_disentanglement(
         mutual_information=info,
         factor_entropy=entropy,
         code_std=np.std(codes, axis=0, ddof=1),
-        prune_threshold=prune_threshold,
     )
 
 

@@ -28,6 +28,10 @@ from pyrovae.inference.evaluation.weights import batches, eval_mode, log_mean_ex
 if TYPE_CHECKING:
     from pyrovae.variants import VAE
 
+#: a latent dimension is active when the variance over the items of its posterior mean
+#: exceeds this (Burda et al. 2016); every tool that counts active units reads it
+ACTIVE_THRESHOLD = 0.01
+
 __all__ = ["evaluate", "heldout_elbo", "iwae_log_likelihood", "reconstruction_error"]
 
 

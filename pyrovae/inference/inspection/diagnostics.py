@@ -49,6 +49,7 @@ from torch.distributions import kl_divergence
 from pyrovae.errors import ConfigError, DataError
 from pyrovae.guides.encoders import diagonal_normal
 from pyrovae.inference.evaluation import batches, chunk_size, eval_mode
+from pyrovae.inference.evaluation.metrics import ACTIVE_THRESHOLD
 from pyrovae.inference.sites import latent_sites, require, require_single_latent
 
 if TYPE_CHECKING:
@@ -262,7 +263,7 @@ def _total_kl(
 def active_units(
     vae: VAE,
     x: torch.Tensor,
-    threshold: float = 0.01,
+    threshold: float = ACTIVE_THRESHOLD,
     batch_size: int = 500,
     *,
     site: str | None = None,
@@ -342,7 +343,7 @@ def _mutual_information(loc: torch.Tensor, log_var: torch.Tensor, batch_size: in
 
 @torch.no_grad()
 def diagnose(
-    vae: VAE, x: torch.Tensor, threshold: float = 0.01, batch_size: int = 500
+    vae: VAE, x: torch.Tensor, threshold: float = ACTIVE_THRESHOLD, batch_size: int = 500
 ) -> dict[str, object]:
     """All diagnostics on ``x`` as a JSON-ready dict.
 

@@ -33,6 +33,7 @@ import torch
 
 from pyrovae.data import Dataset
 from pyrovae.errors import ConfigError, DataError
+from pyrovae.inference.evaluation.metrics import ACTIVE_THRESHOLD
 from pyrovae.inference.inspection.diagnostics import diagnose, encode_all
 from pyrovae.inference.sites import require, require_single_latent
 from pyrovae.registry import Registry
@@ -151,7 +152,7 @@ def latent_report(
     data: Dataset,
     codes: dict[str, np.ndarray] | None = None,
     *,
-    threshold: float = 0.01,
+    threshold: float = ACTIVE_THRESHOLD,
     batch_size: int = 500,
     max_probe_train: int | None = 10000,
     seed: int = 0,
