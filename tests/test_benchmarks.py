@@ -3,6 +3,7 @@ reference computes exactly the loss and gradients of pyrovae's SVI step."""
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import math
 import subprocess
@@ -24,7 +25,7 @@ APPLICATION_BENCHMARKS = {
     "semisupervised": ["data set", "labels per class", "alpha / N", "M2"],
 }
 #: benchmarks that print a table of their own (not timings against PyTorch)
-OTHER_BENCHMARKS = ["collapse", "data_paths", "reproduce", "sample_quality"]
+OTHER_BENCHMARKS = ["collapse", "data_paths", "disentanglement", "reproduce", "sample_quality"]
 #: benchmarks that run code the user supplies (tested here by their refusal without it)
 EXTERNAL_BENCHMARKS = ["pyro_m2"]
 
@@ -260,3 +261,32 @@ def test_reproduce_records_a_session_ended_by_sigterm(tmp_path):
     assert done.returncode == 143, done.stderr
     sessions = json.loads((tmp_path / "fmnist-mlp.sessions.json").read_text())
     assert len(sessions) == 1 and sessions[0]["seconds"] < 30
+
+
+def test_disentanglement_settings_put_the_plain_vae_first_once(import_benchmark):
+    bench = import_benchmark("disentanglement")
+    rows = bench.settings(list(bench.MODELS))
+    assert rows[0] == bench.Setting("beta-VAE", 1.0)
+    assert len(rows) == len(set(rows)) == 7  # beta 1, 4, 16; TC weight 4, 16; gamma 10, 40
+    assert bench.Setting("beta-TCVAE", 4.0).flags() == ["--elbo", "TCVAE_ELBO", "--tc-weight", "4"]
+    assert bench.Setting("FactorVAE", 40.0).flags() == ["--model", "factorvae", "--gamma", "40"]
+    assert bench._summary([0.2, 0.4, 0.3], 2) == "0.30 [0.20, 0.40]"
+
+
+def test_disentanglement_quick_run_scores_through_the_cli_and_reports(
+    import_benchmark, tmp_path, capsys
+):
+    bench = import_benchmark("disentanglement")
+    # one setting end to end (train, then score, each a `python -m pyrovae` call), then
+    # --report builds the table from the folders alone, skipping what is not there
+    args = argparse.Namespace(workdir=tmp_path, quick=True, num_epochs=1, train_only=False)
+    row = bench.run_one(bench.Setting("beta-TCVAE", 4.0), 0, args)
+    assert (tmp_path / "beta-tcvae-4-s0" / "traversals.png").exists()
+    assert set(bench.METRICS) <= set(row) and all(0 <= row[m] <= 1 for m in bench.METRICS)
+    figures = tmp_path / "figures"
+    argv = ["--workdir", str(tmp_path), "--report", "--quick", "--figures", str(figures)]
+    assert bench.main(argv) == 0
+    header, rows = parse_table(capsys.readouterr().out)
+    assert header[:3] == ["model", "weight", "held-out ELBO"]
+    assert rows == [bench.table_rows({bench.Setting("beta-TCVAE", 4.0): [row]})[0]]
+    assert (figures / "disentanglement-best.png").exists()
