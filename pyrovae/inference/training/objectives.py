@@ -169,6 +169,16 @@ def _true_elbo(model_trace: Any, guide_trace: Any) -> torch.Tensor:
     return total
 
 
+def _log_prob_without(latent: set[str], model_trace: Any, guide_trace: Any) -> Any:
+    """The model's minus the guide's scaled log-densities, the sites ``latent`` left out."""
+    total: Any = 0.0
+    for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
+        for name, site in _sample_sites(trace):
+            if name not in latent:
+                total = total + sign * site["log_prob_sum"]
+    return total
+
+
 def _factorized_normal(fn: dist.Distribution) -> dist.Normal | None:
     while isinstance(fn, dist.Independent):
         fn = fn.base_dist
@@ -297,11 +307,7 @@ class FreeBitsELBO(TraceObjective):
 
     def particle_loss(self, model_trace: Any, guide_trace: Any) -> torch.Tensor:
         latent = {name for name, _ in _sample_sites(guide_trace)}
-        elbo = 0.0
-        for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
-            for name, site in _sample_sites(trace):
-                if name not in latent:
-                    elbo = elbo + sign * site["log_prob_sum"]
+        elbo = _log_prob_without(latent, model_trace, guide_trace)
         for name in latent:
             kl, scale = self.kl_per_dimension(model_trace, guide_trace, name)
             kl = kl.reshape(-1, kl.shape[-1])  # (points [x particles], D)
@@ -616,11 +622,7 @@ class TCVAEELBO(TraceObjective):
     def particle_loss(self, model_trace: Any, guide_trace: Any) -> torch.Tensor:
         terms = self.decompose(model_trace, guide_trace)
         latent = {name for name, _ in _sample_sites(guide_trace)}
-        elbo = 0.0
-        for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
-            for name, site in _sample_sites(trace):
-                if name not in latent:
-                    elbo = elbo + sign * site["log_prob_sum"]
+        elbo = _log_prob_without(latent, model_trace, guide_trace)
         guide_site = guide_trace.nodes[next(iter(latent))]
         # a KL weight of 0 masks the site (see pyrovae.model.base.kl_weight)
         scale = 0.0 if guide_site["mask"] is False else guide_site["scale"]
