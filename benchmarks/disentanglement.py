@@ -69,6 +69,14 @@ METRIC_FLAGS: tuple[str, ...] = ("--dci-classifier", "forest")
 QUICK_TRAIN: tuple[str, ...] = ("--limit", "600", "--num-eval-samples", "5")
 QUICK_METRICS: tuple[str, ...] = ("--num-points", "300", "--num-test-points", "200")
 
+
+def outputs(quick: bool) -> tuple[str, str]:
+    """The names of the scores and the figure that ``pyrovae disentanglement`` writes with
+    :data:`METRIC_FLAGS` (and, for ``quick``, :data:`QUICK_METRICS`)."""
+    settings = "-p300-t200-dciforest" if quick else "-dciforest"
+    return f"disentanglement{settings}.json", f"traversals{settings}.png"
+
+
 METRICS = ("mig", "factor_vae", "beta_vae", "dci_disentanglement", "sap")
 HEADER = [
     "model",
@@ -126,7 +134,7 @@ def run_one(setting: Setting, seed: int, args: argparse.Namespace) -> dict[str, 
             *TRAIN_FLAGS, *setting.flags(), *(QUICK_TRAIN if args.quick else ()), *resume,
         )  # fmt: skip
         _call(command, log)
-    if not args.train_only and not (folder / "disentanglement.json").exists():
+    if not args.train_only and not (folder / outputs(args.quick)[0]).exists():
         command = _pyrovae(
             "disentanglement", str(folder), "--num-threads", "1", "-q",
             *METRIC_FLAGS, *(QUICK_METRICS if args.quick else ()),
@@ -134,7 +142,7 @@ def run_one(setting: Setting, seed: int, args: argparse.Namespace) -> dict[str, 
         _call(command, log)
     seconds = time.perf_counter() - begin
     print(f"{folder.name}: done ({seconds:.0f} s this session)", file=sys.stderr, flush=True)
-    return {} if args.train_only else read_run(folder)
+    return {} if args.train_only else read_run(folder, args.quick)
 
 
 def _call(command: list[str], log: Path) -> None:
@@ -146,10 +154,10 @@ def _call(command: list[str], log: Path) -> None:
         raise RuntimeError(f"{' '.join(command[2:4])} failed (exit {status}); see {log}")
 
 
-def read_run(folder: Path) -> dict[str, Any]:
+def read_run(folder: Path, quick: bool = False) -> dict[str, Any]:
     """The held-out ELBO, the metrics, the active dimensions and the seconds of a run."""
     evaluation = json.loads((folder / "evaluation.json").read_text())
-    scores = json.loads((folder / "disentanglement.json").read_text())
+    scores = json.loads((folder / outputs(quick)[0]).read_text())
     history = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     return {
         "folder": folder,
@@ -211,8 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     begin = time.perf_counter()
     pairs = [(s, seed) for s in settings(args.models) for seed in args.seeds]
     if args.report:
-        done = [(s, seed) for s, seed in pairs if _done(args.workdir / f"{s.name}-s{seed}")]
-        found = [read_run(args.workdir / f"{s.name}-s{seed}") for s, seed in done]
+        done = [(s, p) for s, p in pairs if _done(args.workdir / f"{s.name}-s{p}", args.quick)]
+        found = [read_run(args.workdir / f"{s.name}-s{seed}", args.quick) for s, seed in done]
     else:
         with ThreadPoolExecutor(args.jobs) as pool:
             try:
@@ -243,13 +251,13 @@ def main(argv: list[str] | None = None) -> int:
         args.figures.mkdir(parents=True, exist_ok=True)
         for label, run in (("best", runs[-1]), ("worst", runs[0])):
             target = args.figures / f"disentanglement-{label}.png"
-            shutil.copyfile(run["folder"] / "traversals.png", target)
+            shutil.copyfile(run["folder"] / outputs(args.quick)[1], target)
             print(f"{label} MIG {run['mig']:.2f}: {run['folder'].name} -> {target}")
     return 0
 
 
-def _done(folder: Path) -> bool:
-    return (folder / "evaluation.json").exists() and (folder / "disentanglement.json").exists()
+def _done(folder: Path, quick: bool) -> bool:
+    return (folder / "evaluation.json").exists() and (folder / outputs(quick)[0]).exists()
 
 
 if __name__ == "__main__":

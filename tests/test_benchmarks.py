@@ -281,7 +281,9 @@ def test_disentanglement_quick_run_scores_through_the_cli_and_reports(
     # --report builds the table from the folders alone, skipping what is not there
     args = argparse.Namespace(workdir=tmp_path, quick=True, num_epochs=1, train_only=False)
     row = bench.run_one(bench.Setting("beta-TCVAE", 4.0), 0, args)
-    assert (tmp_path / "beta-tcvae-4-s0" / "traversals.png").exists()
+    scores, figure = bench.outputs(quick=True)
+    assert (tmp_path / "beta-tcvae-4-s0" / scores).exists()
+    assert (tmp_path / "beta-tcvae-4-s0" / figure).exists()
     assert set(bench.METRICS) <= set(row) and all(0 <= row[m] <= 1 for m in bench.METRICS)
     figures = tmp_path / "figures"
     argv = ["--workdir", str(tmp_path), "--report", "--quick", "--figures", str(figures)]

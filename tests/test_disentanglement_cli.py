@@ -55,6 +55,8 @@ SCORES = (
 )
 #: the tiny point counts of the command's tests
 POINTS = ["--num-points", "60", "--num-test-points", "40", "--dci-classifier", "forest"]
+#: how POINTS name the outputs
+NAMED = "-p60-t40-dciforest"
 
 
 class FactorItems(GridSampler):
@@ -228,7 +230,8 @@ def sprites_run(tmp_path_factory) -> Path:
 def test_disentanglement_command(sprites_run, capsys):
     code, out, err = run_cli(["disentanglement", sprites_run, *POINTS, "-q"], capsys)
     assert code == 0, err
-    result = json.loads((sprites_run / "disentanglement.json").read_text())
+    # the settings that are not the defaults name the outputs
+    result = json.loads((sprites_run / f"disentanglement{NAMED}.json").read_text())
     assert set(result["scores"]) == set(SCORES)
     assert all(0.0 <= v <= 1.0 for v in result["scores"].values())
     settings = result["settings"]
@@ -239,8 +242,8 @@ def test_disentanglement_command(sprites_run, capsys):
     assert np.asarray(result["mutual_information"]).shape == (3, 5)
     assert sorted(row["dim"] for row in result["dims"]) == [0, 1, 2]
     assert all(row["factor"] in NAMES and isinstance(row["active"], bool) for row in result["dims"])
-    assert (sprites_run / "traversals.png").stat().st_size > 0
-    assert "dci_disentanglement" in out and "traversals.png" in out
+    assert (sprites_run / f"traversals{NAMED}.png").stat().st_size > 0
+    assert "dci_disentanglement" in out and f"traversals{NAMED}.png" in out
     assert not (sprites_run / ".lock").exists()
 
 
@@ -248,9 +251,10 @@ def test_a_subset_of_metrics_and_the_last_checkpoint(sprites_run, capsys):
     argv = ["disentanglement", sprites_run, *POINTS, "--metrics", "mig,sap", "--checkpoint", "last"]
     code, _, err = run_cli([*argv, "--seed", "2", "-q"], capsys)
     assert code == 0, err
-    result = json.loads((sprites_run / "disentanglement-seed2-last.json").read_text())
+    name = f"-metricsmig+sap{NAMED}-seed2-last"
+    result = json.loads((sprites_run / f"disentanglement{name}.json").read_text())
     assert set(result["scores"]) == {"mig", "sap"} and result["checkpoint"] == "last"
-    assert (sprites_run / "traversals-seed2-last.png").exists()
+    assert (sprites_run / f"traversals{name}.png").exists()
 
 
 def test_a_run_on_a_users_npz_with_factors(tmp_path, capsys):
@@ -263,7 +267,7 @@ def test_a_run_on_a_users_npz_with_factors(tmp_path, capsys):
     capsys.readouterr()
     code, _, err = run_cli(["disentanglement", run, *POINTS, "-q"], capsys)
     assert code == 0, err
-    result = json.loads((run / "disentanglement.json").read_text())
+    result = json.loads((run / f"disentanglement{NAMED}.json").read_text())
     assert result["settings"]["code_table"] and result["settings"]["factor_space_items"] == 400
     assert result["factors"] == [f"factor{j}" for j in range(5)]
     assert all(0.0 <= v <= 1.0 for v in result["scores"].values()) and len(result["dims"]) == 2
@@ -275,6 +279,11 @@ def test_a_run_on_a_users_npz_with_factors(tmp_path, capsys):
         (["--metrics", "mig,dcii"], "unknown metric 'dcii' (did you mean 'dci'?)"),
         (["--num-points", "1"], "--num-points and --num-test-points must be >= 2"),
         (["--dci-classifier", "svm"], "invalid choice: 'svm'"),
+        (["--span", "nan"], "--span be a finite number > 0"),
+        (["--span", "inf"], "--span be a finite number > 0"),
+        (["--steps", "1000"], "--steps must lie in 2..101"),
+        # two points that happen to share a shape: MIG would divide by a zero entropy
+        (["--num-points", "2", "--seed", "1"], "use more points (--num-points)"),
     ],
 )
 def test_bad_options_exit_2(argv, phrase, sprites_run, capsys):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,11 @@ from pyrovae.errors import ConfigError
 from pyrovae.graph import FORMATS as GRAPH_FORMATS
 from pyrovae.inference.evaluation.metrics import ACTIVE_THRESHOLD
 from pyrovae.inference.inspection.latent import EMBEDDINGS
+
+#: disentanglement_lib's training and test points of every metric
+DEFAULT_POINTS = (10_000, 5_000)
+#: the most values a traversal row may sweep
+MAX_TRAVERSAL_STEPS = 101
 
 logger = logging.getLogger(__name__)
 
@@ -159,13 +165,13 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     disentanglement.add_argument(
         "--num-points",
         type=int,
-        default=10_000,
+        default=DEFAULT_POINTS[0],
         help="training points of every metric (default 10000, as disentanglement_lib)",
     )
     disentanglement.add_argument(
         "--num-test-points",
         type=int,
-        default=5_000,
+        default=DEFAULT_POINTS[1],
         help="test (evaluation) points of every metric (default 5000, as disentanglement_lib)",
     )
     disentanglement.add_argument(
@@ -179,7 +185,7 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
         "--span", type=float, default=2.5, help="traversals sweep -span..span (default 2.5)"
     )
     disentanglement.add_argument(
-        "--steps", type=int, default=9, help="values per traversal (default 9)"
+        "--steps", type=int, default=9, help="values per traversal (default 9, at most 101)"
     )
 
 
@@ -444,6 +450,7 @@ def _cmd_disentanglement(args: argparse.Namespace) -> int:
 
     from pyrovae import plots
     from pyrovae.inference.evaluation.disentanglement import (
+        METRICS,
         evaluate_disentanglement,
         factor_traversals,
     )
@@ -454,8 +461,10 @@ def _cmd_disentanglement(args: argparse.Namespace) -> int:
     matplotlib.use("Agg")
     if args.num_points < 2 or args.num_test_points < 2:
         raise ConfigError("--num-points and --num-test-points must be >= 2")
-    if args.steps < 2 or args.span <= 0:
-        raise ConfigError("--steps must be >= 2 and --span > 0")
+    if not 2 <= args.steps <= MAX_TRAVERSAL_STEPS or not 0 < args.span < math.inf:
+        raise ConfigError(
+            f"--steps must lie in 2..{MAX_TRAVERSAL_STEPS} and --span be a finite number > 0"
+        )
     vae, config, _ = load_run(args)
     require(vae, "posterior", "the disentanglement metrics")  # before the data are read
     sampler = factor_sampler(config, vae.device)  # data without factors: refused here
@@ -487,8 +496,16 @@ def _cmd_disentanglement(args: argparse.Namespace) -> int:
         **report.to_dict(),
         "traversal": {"base_factors": base.tolist(), "values": values.tolist()},
     }
-    json_path = folder / (output_name("disentanglement", args) + ".json")
-    figure_path = folder / (output_name("traversals", args) + ".png")
+    # settings other than the defaults name the outputs, so a partial score never replaces
+    # a full one
+    named = {
+        "metrics": "+".join(args.metrics) if tuple(args.metrics) != METRICS else None,
+        "p": args.num_points if args.num_points != DEFAULT_POINTS[0] else None,
+        "t": args.num_test_points if args.num_test_points != DEFAULT_POINTS[1] else None,
+        "dci": args.dci_classifier if args.dci_classifier != "gbt" else None,
+    }
+    json_path = folder / (output_name("disentanglement", args, **named) + ".json")
+    figure_path = folder / (output_name("traversals", args, **named) + ".png")
     write_json(result, json_path)
     save_figure(figure, figure_path)
     print(_report_table(report))

@@ -106,7 +106,7 @@ import torch
 
 from pyrovae.data.factors import DataFactorSampler, FactorSampler, GridSampler
 from pyrovae.errors import ConfigError, DataError
-from pyrovae.inference.evaluation.metrics import ACTIVE_THRESHOLD
+from pyrovae.inference.evaluation.metrics import is_active
 
 if TYPE_CHECKING:
     from pyrovae.data.dataset import Dataset
@@ -122,9 +122,11 @@ __all__ = [
     "dci",
     "encode_factor_space",
     "evaluate_disentanglement",
+    "factor_entropy",
     "factor_traversals",
     "factor_vae_score",
     "mig",
+    "mig_from",
     "mutual_information",
     "sample_codes",
     "sap",
@@ -235,13 +237,28 @@ def mig(codes: np.ndarray, factors: np.ndarray, num_bins: int = 20) -> float:
     ValueError
         With fewer than two code dimensions, or a factor that takes a single value.
     """
-    from sklearn.metrics import mutual_info_score
-
     codes, factors = _check(codes, factors)
     if codes.shape[1] < 2:
         raise ValueError(f"MIG needs at least two code dimensions, got {codes.shape[1]}")
     info = mutual_information(codes, factors, num_bins)
-    entropy = np.array([mutual_info_score(v, v) for v in factors.T])
+    return mig_from(info, factor_entropy(factors))
+
+
+def factor_entropy(factors: np.ndarray) -> np.ndarray:
+    """Each factor's entropy :math:`H(v_k)` in nats over the points, shape ``(F,)``."""
+    from sklearn.metrics import mutual_info_score
+
+    return np.array([mutual_info_score(v, v) for v in factors.T])
+
+
+def mig_from(info: np.ndarray, entropy: np.ndarray) -> float:
+    """MIG from the ``(D, F)`` mutual information matrix and the factors' entropies.
+
+    Raises
+    ------
+    ValueError
+        If a factor takes a single value (zero entropy).
+    """
     if (entropy <= 0).any():
         raise ValueError(
             f"factors {np.flatnonzero(entropy <= 0).tolist()} take a single value; MIG "
@@ -556,7 +573,7 @@ class DisentanglementReport:
     def active(self) -> np.ndarray:
         """Whether each code dimension is an active unit: the variance of its posterior means
         above :data:`~pyrovae.inference.evaluation.metrics.ACTIVE_THRESHOLD` (Burda et al.)."""
-        return self.code_std**2 > ACTIVE_THRESHOLD
+        return is_active(self.code_std**2)
 
     @property
     def normalized_mutual_information(self) -> np.ndarray:
@@ -703,13 +720,11 @@ def evaluate_disentanglement(
     Raises
     ------
     ConfigError
-        For a variant without a Gaussian posterior (its reason), bad settings, or MIG or
-        SAP asked of a one-dimensional latent.
+        For a variant without a Gaussian posterior (its reason), bad settings, MIG or
+        SAP asked of a one-dimensional latent, or too few points for every factor to vary.
     DataError
         For data without factors, or with a factor that takes a single value.
     """
-    from sklearn.metrics import mutual_info_score
-
     from pyrovae.data.binarization import binarize_draw
     from pyrovae.data.dataset import Dataset
     from pyrovae.inference.evaluation.weights import eval_mode
@@ -779,9 +794,15 @@ def evaluate_disentanglement(
             )
         lap("points")
         info = mutual_information(codes, factors, num_bins)
-        entropy = np.array([mutual_info_score(v, v) for v in factors.T])
+        entropy = factor_entropy(factors)
+        if (entropy <= 0).any():
+            names = [sampler.factor_names[k] for k in np.flatnonzero(entropy <= 0)]
+            raise ConfigError(
+                f"the {num_points} points drew a single value of {', '.join(names)}: the "
+                "metrics need every factor to vary; use more points (--num-points)"
+            )
         if "mig" in metrics:
-            scores["mig"] = mig(codes, factors, num_bins)
+            scores["mig"] = mig_from(info, entropy)
         lap("mig")
         if "factor_vae" in metrics:
             result = factor_vae_score(

@@ -19,7 +19,7 @@ References
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -32,7 +32,21 @@ if TYPE_CHECKING:
 #: exceeds this (Burda et al. 2016); every tool that counts active units reads it
 ACTIVE_THRESHOLD = 0.01
 
-__all__ = ["evaluate", "heldout_elbo", "iwae_log_likelihood", "reconstruction_error"]
+
+def is_active(variance: Any, threshold: float = ACTIVE_THRESHOLD) -> Any:
+    """Which latent dimensions are active units, from the variance over the items of each
+    one's posterior mean (a tensor or an array; the same type of booleans back)."""
+    return variance > threshold
+
+
+__all__ = [
+    "ACTIVE_THRESHOLD",
+    "evaluate",
+    "heldout_elbo",
+    "is_active",
+    "iwae_log_likelihood",
+    "reconstruction_error",
+]
 
 
 @torch.no_grad()

@@ -49,7 +49,7 @@ from torch.distributions import kl_divergence
 from pyrovae.errors import ConfigError, DataError
 from pyrovae.guides.encoders import diagonal_normal
 from pyrovae.inference.evaluation import batches, chunk_size, eval_mode
-from pyrovae.inference.evaluation.metrics import ACTIVE_THRESHOLD
+from pyrovae.inference.evaluation.metrics import ACTIVE_THRESHOLD, is_active
 from pyrovae.inference.sites import latent_sites, require, require_single_latent
 
 if TYPE_CHECKING:
@@ -287,7 +287,7 @@ def active_units(
 
 def _active_units(loc: torch.Tensor, threshold: float) -> tuple[int, torch.Tensor]:
     activity = loc.var(0)
-    return int((activity > threshold).sum()), activity
+    return int(is_active(activity, threshold).sum()), activity
 
 
 @torch.no_grad()

@@ -481,11 +481,13 @@ def log_aggregate_posterior(
         \log q(z_i) \approx \log \sum_{j=1}^B w_{ij}\, q(z_i \mid x_j), \qquad
         \log q(z_{id}) \approx \log \sum_{j=1}^B w_{ij}\, q(z_{id} \mid x_j)
 
-    with the weights of :data:`TC_ESTIMATORS` (``mws``: all :math:`1 / NB`, biased
-    downwards by up to :math:`\log B` per factor, as in Chen et al.'s paper and code;
-    ``mss``: :math:`1/N` for the own point and :math:`(N-1)/(N(B-1))` for the others, an
-    unbiased estimate of :math:`q(z_i)` when the others are a uniform draw from the rest of
-    the data).
+    with the weights of :data:`TC_ESTIMATORS`. ``mws`` (all :math:`1 / NB`, as in Chen et
+    al.'s paper and code) is low by between :math:`\log B` (posteriors that do not overlap)
+    and :math:`\log N` (posteriors that overlap, e.g. of an inactive dimension) per density:
+    once in the joint, :math:`D` times in the marginals. ``mss`` (:math:`1/N` for the own
+    point and :math:`(N-1)/(N(B-1))` for the others) is an unbiased estimate of
+    :math:`q(z_i)` when the others are a uniform draw from the rest of the data; its log is
+    still biased low, most where sharp posteriors have no neighbours in the minibatch.
 
     Parameters
     ----------
@@ -537,9 +539,11 @@ class TCVAEELBO(TraceObjective):
     estimator, so :math:`\alpha = \beta = \gamma = 1` is ``Trace_ELBO``; Chen et al.
     raise only the TC weight :math:`\beta`. Each step also reports the minibatch's mean
     ``mi``, ``tc`` and ``dim_kl`` per point (``train_mi``, ``train_tc``,
-    ``train_dim_kl`` in ``metrics.jsonl``); with ``mws`` their split is biased (the
-    estimate of :math:`\log q(z)` is low by up to :math:`\log B`, of the marginals by up to
-    :math:`D \log B`), with ``mss`` much less so.
+    ``train_dim_kl`` in ``metrics.jsonl``). Their sum is exact, their split is not: with
+    ``mws`` the TC carries an offset between :math:`(D-1)\log B` and :math:`(D-1)\log N`
+    and the dimension-wise KL can come out negative (see :func:`log_aggregate_posterior`);
+    the offsets are constants per step, so the gradients are those of the paper's
+    estimator. Read the logged split as a training signal, not as nats of each term.
 
     It needs one latent site with a diagonal Gaussian guide (``--guide normal``; any prior)
     and minibatches of at least 2 points.
