@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_checks import run_cli
 
 from pyrovae import cli, load_config
 
@@ -35,15 +36,6 @@ CLI_TESTED = {
     "disentanglement": "test_disentanglement_cli.py::test_disentanglement_command",
 }
 TINY = ["--num-epochs", "2", "--num-eval-samples", "8", "--no-progress", "-q"]
-
-
-def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        code = cli.main([str(a) for a in argv])
-    except SystemExit as e:  # argparse's own usage errors
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")

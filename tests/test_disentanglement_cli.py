@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_checks import run_cli
 
 from pyrovae import cli
 from pyrovae.data import DataFactorSampler, Dataset, DSprites, Factors, GridSampler
@@ -204,15 +205,6 @@ def test_evaluate_disentanglement_and_the_traversal_rows(half):
 
 
 # -- the command ------------------------------------------------------------------------------
-
-
-def run_cli(argv: list, capsys) -> tuple[int, str, str]:
-    try:
-        code = cli.main([str(a) for a in argv])
-    except SystemExit as e:  # argparse's own usage errors
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def train(workdir: Path, *argv: str) -> Path:

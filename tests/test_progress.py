@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_checks import run_cli
 
 from pyrovae import VAE, Config, ConfigError, cli, load_dataset, progress, score
 from pyrovae.data import Dataset
@@ -42,15 +43,6 @@ def drawn(text: str) -> bool:
     """Whether ``text`` holds a tqdm bar (a bar redraws its line with a carriage return;
     a log line may be there too, as on any stderr)."""
     return "\r" in text or "/s]" in text
-
-
-def run_cli(argv: list, capsys) -> tuple[int, str, str]:
-    try:
-        code = cli.main([str(a) for a in argv])
-    except SystemExit as e:  # argparse's own usage errors
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")

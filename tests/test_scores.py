@@ -14,8 +14,9 @@ import pytest
 import scipy.linalg
 import scipy.ndimage
 import torch
+from cli_checks import run_cli
 
-from pyrovae import VAE, ConditionalVAE, DataError, Dataset, cli, load_dataset, score
+from pyrovae import VAE, ConditionalVAE, DataError, Dataset, load_dataset, score
 from pyrovae.inference.evaluation import (
     ClassifierSettings,
     default_cache_dir,
@@ -280,15 +281,6 @@ def test_score_of_items_that_are_not_images(tmp_path):
 
 
 # -- pyrovae score -----------------------------------------------------------------------------
-
-
-def run_cli(argv: list, capsys) -> tuple[int, str, str]:
-    try:
-        code = cli.main([str(a) for a in argv])
-    except SystemExit as e:  # argparse's own usage errors
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def folder_bytes(folder: Path) -> dict[str, bytes]:
