@@ -133,6 +133,10 @@ __all__ = [
     "sap_matrix",
 ]
 
+#: items per group of the intervention scores (and per encoder call for FactorVAE's
+#: variance estimate), disentanglement_lib's
+INTERVENTION_BATCH = 64
+
 #: An encoder for the metrics: items ``(n, *event_shape)`` -> codes ``(n, D)``.
 Encode = Callable[[torch.Tensor], torch.Tensor | np.ndarray]
 
@@ -431,7 +435,7 @@ def factor_vae_score(
     sampler: FactorSampler,
     rng: np.random.Generator | int | None = 0,
     *,
-    batch_size: int = 64,
+    batch_size: int = INTERVENTION_BATCH,
     num_train: int = 10_000,
     num_eval: int = 5_000,
     num_variance_estimate: int = 10_000,
@@ -444,7 +448,9 @@ def factor_vae_score(
     ``prune_threshold``).
     """
     rng = _rng(rng)
-    codes, _ = sample_codes(encode, sampler, num_variance_estimate, rng, batch_size=64)
+    codes, _ = sample_codes(
+        encode, sampler, num_variance_estimate, rng, batch_size=INTERVENTION_BATCH
+    )
     variances = np.var(codes, axis=0, ddof=1)
     active = np.sqrt(variances) >= prune_threshold
     if not active.any():
@@ -491,7 +497,7 @@ def beta_vae_score(
     sampler: FactorSampler,
     rng: np.random.Generator | int | None = 0,
     *,
-    batch_size: int = 64,
+    batch_size: int = INTERVENTION_BATCH,
     num_train: int = 10_000,
     num_eval: int = 5_000,
 ) -> InterventionScore:
@@ -623,9 +629,9 @@ def _on_demand_draws(metrics: Sequence[str], num_points: int, num_test: int) -> 
     """How many items the metrics render and encode when they draw items, not codes."""
     draws = num_points + (num_test if {"dci", "sap"} & set(metrics) else 0)
     if "factor_vae" in metrics:
-        draws += num_points + 64 * (num_points + num_test)
+        draws += num_points + INTERVENTION_BATCH * (num_points + num_test)
     if "beta_vae" in metrics:
-        draws += 2 * 64 * (num_points + num_test)
+        draws += 2 * INTERVENTION_BATCH * (num_points + num_test)
     return draws
 
 
@@ -848,7 +854,7 @@ def evaluate_disentanglement(
         "num_bins": num_bins,
         "dci_classifier": dci_classifier,
         "prune_threshold": prune_threshold,
-        "batch_size": 64,
+        "batch_size": INTERVENTION_BATCH,
         "seed": seed,
         "binarize": binarize,
         "code_table": bool(code_table),
