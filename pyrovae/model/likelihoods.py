@@ -1,9 +1,10 @@
 r"""Likelihoods :math:`p(x \mid z)`: from a decoder's output to a distribution over pixels.
 
 A likelihood is a :class:`torch.nn.Module` called on the decoder's raw output
-(shape ``(..., *event_shape)``, unconstrained) and returning an *elementwise*
-distribution of the same batch shape; the model declares the pixel dimensions
-independent with ``.to_event(len(event_shape))``. Bernoulli-type likelihoods work
+(unconstrained, of shape ``(..., *param_shape(event_shape))``: the data's shape for the
+one-parameter families here) and returning an *elementwise* distribution of batch shape
+``(..., *event_shape)``; the model declares the pixel dimensions independent with
+``.to_event(len(event_shape))``. Bernoulli-type likelihoods work
 in logits, which is both numerically safer and faster than ``probs=sigmoid(...)``.
 
 Each likelihood checks data once, before training, with :meth:`Likelihood.validate`
@@ -55,6 +56,13 @@ class Likelihood(nn.Module):
 
     def forward(self, params: torch.Tensor) -> dist.TorchDistribution:
         raise NotImplementedError  # abstract
+
+    def param_shape(self, event_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The shape of the decoder's output for one item of ``event_shape``: the data's
+        own shape here (one parameter per value); a likelihood with several parameters per
+        value (a mixture, a categorical column) widens it, and the decoders are built to
+        this shape."""
+        return tuple(event_shape)
 
     def mean(self, params: torch.Tensor) -> torch.Tensor:
         """:math:`E[x \\mid z]`, used for reconstructions and sample images."""

@@ -257,7 +257,7 @@ class ConditionalVAE(VAE):
             parts["decoder"][0],
             parts["decoder"][1],
             latent_dim=self.latent_dim + self.num_classes,
-            event_shape=self.event_shape,
+            event_shape=likelihood.param_shape(self.event_shape),
             hidden=self.hidden,
         )
         self.model = self.make_model(prior, decoder, likelihood)

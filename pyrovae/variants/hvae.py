@@ -359,7 +359,12 @@ class HierarchicalVAE(VAE):
         prior = self.make_prior(
             parts["prior"], self.top_dim, self.guide.gaussian_encoder, likelihood
         )
-        decoder = DECODERS.build(*parts["decoder"], latent_dim=self.latent_dim, **shape)
+        decoder = DECODERS.build(
+            *parts["decoder"],
+            latent_dim=self.latent_dim,
+            hidden=self.hidden,
+            event_shape=likelihood.param_shape(self.event_shape),
+        )
         self.model = HierarchicalModel(
             prior,
             decoder,

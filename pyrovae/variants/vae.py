@@ -336,9 +336,14 @@ class VAE(PyroModule):
             "hidden": self.hidden,
         }
         # the decoder, then the guide: the order (and so the random initial weights for a
-        # seed) of pyrovae 0.1; the prior comes last, as the VampPrior reads the encoder
-        decoder = DECODERS.build(parts["decoder"][0], parts["decoder"][1], **net)
+        # seed) of pyrovae 0.1; the prior comes last, as the VampPrior reads the encoder.
+        # The likelihood (which draws nothing) says the shape of the decoder's output.
         likelihood = self.build_likelihood(parts["likelihood"])
+        decoder = DECODERS.build(
+            parts["decoder"][0],
+            parts["decoder"][1],
+            **{**net, "event_shape": likelihood.param_shape(self.event_shape)},
+        )
         guide, guide_options = parts["guide"]
         encoder, encoder_options = parts["encoder"]
         if isinstance(guide, str):

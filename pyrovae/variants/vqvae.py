@@ -512,7 +512,10 @@ class VQVAE(VAE):
         )
         channels = self.encoder_channels
         encoder = CodeEncoder(self.event_shape, self.latent_dim, channels)
-        decoder = CodeDecoder(self.event_shape, self.latent_dim, channels, self.grid)
+        likelihood = self.build_likelihood(parts["likelihood"])
+        decoder = CodeDecoder(
+            likelihood.param_shape(self.event_shape), self.latent_dim, channels, self.grid
+        )
         prior = CODE_PRIORS.build(
             self.code_prior,
             num_positions=self.num_positions,
@@ -521,7 +524,6 @@ class VQVAE(VAE):
             epochs=self.prior_epochs,
             smoothing=self.prior_smoothing,
         )
-        likelihood = self.build_likelihood(parts["likelihood"])
         self.model = VQModel(prior, quantizer, decoder, likelihood, self.event_shape)
         self.guide = VQGuide(encoder, quantizer)
 
