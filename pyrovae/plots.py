@@ -181,7 +181,9 @@ def elbo_curves(history: Sequence[dict[str, Any]]) -> Figure:
     ax.set_xlabel("epoch")
     ax.set_ylabel("ELBO (nats per data point)" if plain else "nats per data point")
     ax.grid(alpha=0.3)
-    ax.legend()
+    # a fixed place: matplotlib warns when its search for the best one takes over a
+    # second, which a loaded machine reaches (and the tests turn warnings into errors)
+    ax.legend(loc="lower right")
     fig.tight_layout()
     return fig
 
@@ -399,7 +401,7 @@ def score_histograms(
         if thresholds and name in thresholds:
             ax.axvline(thresholds[name], color="k", linestyle="--", label="threshold")
         ax.set_xlabel(name)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper right")  # fixed: see elbo_curves
     axes[0].set_ylabel("density" if labels is not None else "count")
     fig.tight_layout()
     return fig
