@@ -221,6 +221,9 @@ def table_likelihood(config: Config, data: Dataset) -> Config:
     table = getattr(data, "table", None)
     if table is None:
         return config
+    variant = config.model["variant"]["name"]
+    if variant != "vae":  # the other variants' guides do not read a table's input layer
+        raise ConfigError(f"a table trains with --model vae; --model {variant} is for images")
     name = config.model["likelihood"]["name"]
     if name not in ("columns", COMPONENTS["likelihood"].default):
         raise ConfigError(
