@@ -475,7 +475,7 @@ def _cmd_impute(args: argparse.Namespace) -> int:
     pyro.set_rng_seed(args.seed)
     encoding = table_encoding(config)
     frame = read_table(args.table)
-    x, _ = encoding.encode(frame, args.table.name)
+    x, _ = encoding.encode(frame, args.table.name, labels=False)
     completed = encoding.decode(impute(vae, x, num_samples=args.num_samples))
     missing = frame[encoding.names].isna()
     filled = frame.copy()

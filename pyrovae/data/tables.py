@@ -312,11 +312,12 @@ class TableEncoding:
         return codes
 
     def encode(
-        self, frame: Any, what: str = "the table"
+        self, frame: Any, what: str = "the table", labels: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(x, y)``: float32 ``(N, D)`` with NaN in missing cells (codes for binary and
         categorical columns, standardised real columns), and the labels' class indices
-        (``None`` without a label column)."""
+        (``None`` without a label column, or with ``labels=False``: then the label column
+        is not read at all)."""
         missing = [c.name for c in self.columns if c.name not in frame.columns]
         if missing:
             raise DataError(
@@ -340,7 +341,7 @@ class TableEncoding:
             cells.append(numbers)
         x = torch.from_numpy(np.stack(cells, axis=1).astype(np.float32))
         y = None
-        if self.label is not None and self.label.name in frame.columns:
+        if labels and self.label is not None and self.label.name in frame.columns:
             codes = self._codes(self.label, frame[self.label.name], what)
             if np.isnan(codes).any():
                 raise DataError(f"{what}: the label column {self.label.name!r} has missing values")
