@@ -84,6 +84,10 @@ class ColumnType:
     fill: float = 0.0
     #: whether values are category codes (the encoder one-hot encodes them)
     discrete_codes: bool = False
+    #: the registered type name
+    name: str = ""
+    #: what the values must be, for the message refusing others
+    need: str = ""
 
     def __init__(self, num_categories: int = 0) -> None:
         self.num_categories = num_categories
@@ -106,12 +110,8 @@ class ColumnType:
         return 1
 
     def check(self, x: torch.Tensor) -> torch.Tensor:
-        """Boolean ``(N, k)``: the observed values outside the support."""
+        """Boolean, the shape of ``x`` (observed values): those outside the support."""
         return torch.zeros_like(x, dtype=torch.bool)
-
-    need: str = ""
-    #: the registered type name
-    name: str = ""
 
     @property
     def spec(self) -> str:
