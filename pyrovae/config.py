@@ -112,8 +112,8 @@ SECTIONS: dict[str, dict[str, Key]] = {
         "data": _key(
             str,
             None,
-            "a .npy/.npz array file, or a folder of images (one subfolder per class), to "
-            "train on instead of --dataset",
+            "a .npy/.npz array file, a .csv/.parquet table, or a folder of images (one "
+            "subfolder per class), to train on instead of --dataset",
         ),
         "data_dir": _key(str, None, "folder holding (or receiving) MNIST/Fashion-MNIST files"),
         "download": _key(bool, False, "let torchvision download MNIST/Fashion-MNIST (internet)"),
@@ -148,6 +148,14 @@ SECTIONS: dict[str, dict[str, Key]] = {
             choices=IMAGE_MODES,
         ),
         "mmap": _key(bool, False, "memory-map a .npy file: batches read their rows from disk"),
+        "column_types": _key(
+            str,
+            None,
+            "a table's column types where inference should not decide, e.g. "
+            "age=count,sex=categorical (real, real-laplace, positive, binary, categorical, "
+            "count, count-nb)",
+        ),
+        "label_column": _key(str, None, "a table's column of class labels (not modelled)"),
         "num_workers": _key(
             int,
             None,

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from pyrovae import plots, runfolder
-from pyrovae.config import Config, from_flat, is_flat, save_config
+from pyrovae.config import COMPONENTS, Config, from_flat, is_flat, save_config
 from pyrovae.data import DataFactorSampler, Dataset, FactorSampler, Loader, load_dataset
 from pyrovae.errors import CheckpointError, ConfigError, DataError, PyroVAEError
 from pyrovae.inference import score
@@ -73,6 +73,7 @@ __all__ = [
     "save_figure",
     "score_run",
     "split_validation",
+    "table_likelihood",
     "train",
     "use_best",
 ]
@@ -120,6 +121,8 @@ def load_data(config: Config, device: torch.device) -> Dataset:
         image_mode=d["image_mode"],
         mmap=mmap,
         loader=loader,
+        column_types=d["column_types"],
+        label_column=d["label_column"],
     )
     if loader is not None:
         return data  # on the CPU, where the workers read it; batches move per step
@@ -209,6 +212,25 @@ def resolve_classes(config: Config, data: Dataset) -> Config:
             f"{variant['num_classes']}; raise --num-classes to at least {found} or drop it"
         )
     return config
+
+
+def table_likelihood(config: Config, data: Dataset) -> Config:
+    """A table is modelled by the ``columns`` likelihood with the table's column types
+    (:class:`~pyrovae.data.tables.TableDataset`); other data leave ``config`` as it is.
+    The default likelihood (``bernoulli``) gives way to it; any other is refused."""
+    table = getattr(data, "table", None)
+    if table is None:
+        return config
+    variant = config.model["variant"]["name"]
+    if variant != "vae":  # the other variants' guides do not read a table's input layer
+        raise ConfigError(f"a table trains with --model vae; --model {variant} is for images")
+    name = config.model["likelihood"]["name"]
+    if name not in ("columns", COMPONENTS["likelihood"].default):
+        raise ConfigError(
+            f"a table is modelled column by column (--likelihood columns); drop --likelihood "
+            f"{name}, or declare column types with --column-types (e.g. x=real-laplace)"
+        )
+    return config.replace(likelihood="columns", columns=table.column_types)
 
 
 def save_figure(fig: Any, path: str | os.PathLike) -> None:
@@ -497,7 +519,7 @@ def _fit(
     first = distributed.main_process_first() if config.data["download"] else None
     with first or contextlib.nullcontext():
         data = load_data(config, device)
-    config = resolve_classes(config, data)
+    config = table_likelihood(resolve_classes(config, data), data)
     data, validation = split_validation(data, config)
     check_networks_fit(lambda: build_variant(config.model, data.shape, seed=run["seed"]), device)
     vae = build_variant(config.model, data.shape, seed=run["seed"]).to(device)

@@ -25,7 +25,14 @@ APPLICATION_BENCHMARKS = {
     "semisupervised": ["data set", "labels per class", "alpha / N", "M2"],
 }
 #: benchmarks that print a table of their own (not timings against PyTorch)
-OTHER_BENCHMARKS = ["collapse", "data_paths", "disentanglement", "reproduce", "sample_quality"]
+OTHER_BENCHMARKS = [
+    "collapse",
+    "data_paths",
+    "disentanglement",
+    "reproduce",
+    "sample_quality",
+    "tables",  # test_tables_benchmark_quick_run
+]
 #: benchmarks that run code the user supplies (tested here by their refusal without it)
 EXTERNAL_BENCHMARKS = ["pyro_m2"]
 
@@ -293,3 +300,25 @@ def test_disentanglement_quick_run_scores_through_the_cli_and_reports(
     assert header[:3] == ["model", "weight", "held-out ELBO"]
     assert rows == [bench.table_rows({bench.Setting("beta-TCVAE", 4.0): [row]})[0]]
     assert (figures / "disentanglement-best.png").exists()
+
+
+def test_tables_benchmark_quick_run(import_benchmark, tmp_path, capsys):
+    """``benchmarks/tables.py --quick`` prints both tables with pyrovae's and scikit-learn's
+    rows (and PyOD's when it is installed), and a rerun reads its results back."""
+    tables = import_benchmark("tables")
+    assert tables.main(["--out", str(tmp_path), "--quick"]) == 0
+    text = capsys.readouterr().out
+    anomaly, imputation = text.split("## Imputation")
+    _, rows = parse_table(anomaly)
+    methods = {row[1] for row in rows}
+    assert "pyrovae columns (iwae-nll)" in methods
+    try:
+        import pyod  # noqa: F401
+
+        assert "PyOD IForest" in methods
+    except ImportError:
+        assert "PyOD is not installed" in anomaly
+    _, rows = parse_table(imputation)
+    assert {row[1] for row in rows} >= {"pyrovae columns", "sklearn KNNImputer"}
+    assert tables.main(["--out", str(tmp_path), "--quick"]) == 0  # resumed: nothing to run
+    assert "wine seed 0" not in capsys.readouterr().out

@@ -30,6 +30,7 @@ CLI_TESTED = {
     "arithmetic": "test_latent_commands",
     "inpaint": "test_inpaint_and_denoise",
     "denoise": "test_inpaint_and_denoise",
+    "impute": "test_tables.py::test_cli_train_impute_and_anomaly",
     "inspect": "test_inspect",
     "graph": "test_graph",
     "latent": "test_latent",

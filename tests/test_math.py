@@ -745,14 +745,16 @@ REFERENCE_LIKELIHOODS: dict[str, tuple[Callable, Callable[[], torch.Tensor]]] = 
     "laplace": (lambda p, s: td.Laplace(p, s), lambda: torch.randn(EVENT_SHAPE)),
 }
 SCALED = ("gaussian", "laplace")
+#: likelihoods whose decoder output is not one parameter per value, checked elsewhere
+REFERENCED_ELSEWHERE = {"columns": "test_tables.py::test_every_column_density_matches_scipy"}
 
 
 def test_every_registered_likelihood_has_a_reference():
-    """A new likelihood must get a reference distribution in this file."""
-    assert set(REFERENCE_LIKELIHOODS) == set(LIKELIHOODS.names())
+    """A new likelihood must get a reference distribution in this file (or another test)."""
+    assert set(REFERENCE_LIKELIHOODS) | set(REFERENCED_ELSEWHERE) == set(LIKELIHOODS.names())
 
 
-@pytest.mark.parametrize("name", LIKELIHOODS.names())
+@pytest.mark.parametrize("name", sorted(REFERENCE_LIKELIHOODS))
 def test_likelihood_log_prob_and_mean_match_torch(name):
     """Each likelihood's elementwise ``log_prob`` and ``mean`` match ``torch.distributions``.
 

@@ -13,7 +13,7 @@ traceback of any error, for a bug report; so does ``PYROVAE_DEBUG=1``).
 Subcommands live in :mod:`~pyrovae.cli.training` (train, evaluate, sample, score),
 :mod:`~pyrovae.cli.inspection` (inspect, graph, latent, disentanglement) and
 :mod:`~pyrovae.cli.applications` (augment, anomaly, interpolate, traverse, arithmetic,
-inpaint, denoise); each module has ``add_parsers(sub, common)`` and ``COMMANDS``.
+inpaint, impute, denoise); each module has ``add_parsers(sub, common)`` and ``COMMANDS``.
 
 Under ``torchrun`` (``torchrun --nproc-per-node 4 -m pyrovae train ...``) every process runs
 the command; rank 0 prints and logs, the other ranks log errors only and show no bars. A

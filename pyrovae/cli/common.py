@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from pyrovae.config import Config, check_seed
-from pyrovae.errors import ConfigError, file_error_message
+from pyrovae.errors import ConfigError, DataError, file_error_message
 
 
 def seed_value(text: str) -> int:
@@ -70,11 +70,48 @@ def load_run(args: argparse.Namespace):
     return vae, config, checkpoint
 
 
+def table_encoding(config: Config):
+    """The :class:`~pyrovae.data.tables.TableEncoding` of a run trained on a table: derived
+    again from its training file (types, categories, the training split's standardisation),
+    which must still give the column types the run was trained with."""
+    from pyrovae.data import load_dataset
+    from pyrovae.data.tables import is_table
+
+    d = config.data
+    if not is_table(d["data"]):
+        raise ConfigError(
+            "this run was not trained on a table (--data FILE.csv or .parquet); its items "
+            "come from .npy/.npz files"
+        )
+    data = load_dataset(
+        path=d["data"],
+        column_types=d["column_types"],
+        label_column=d["label_column"],
+        test_fraction=d["test_fraction"],
+        seed=config.run["seed"],
+    )
+    trained = config.model["likelihood"].get("columns")
+    if data.table.column_types != trained:
+        raise DataError(
+            f"the run's table {d['data']} now gives the column types "
+            f"{data.table.column_types!r}, but the run was trained with {trained!r}; "
+            "restore the file the run was trained on"
+        )
+    return data.table
+
+
 def load_items(path: str | Path, config: Config):
-    """Every item of a .npy/.npz file (and its labels, if it has them), as a run scores them."""
+    """Every item of a .npy/.npz file (and its labels, if it has them), as a run scores them;
+    the rows of a table encoded as the run's training table was."""
     import torch
 
     from pyrovae.data import load_dataset
+    from pyrovae.data.tables import is_table, read_table
+
+    if is_table(path) or is_table(config.data["data"]):
+        if not is_table(path):
+            raise DataError(f"the run was trained on a table; give a .csv or .parquet, not {path}")
+        return table_encoding(config).encode(read_table(path), Path(path).name)
 
     # a dynamic binarization is drawn once, as for a test set
     binarize = "static" if config.data["binarize"] == "dynamic" else config.data["binarize"]

@@ -30,6 +30,10 @@ Modules, one concern each:
     The user's own folder of images, one subfolder per class (:func:`load_image_folder`).
 :mod:`~pyrovae.data.wrapped`
     Any :class:`torch.utils.data.Dataset`, preloaded (:func:`from_torch_dataset`).
+:mod:`~pyrovae.data.tables`
+    A CSV or Parquet table with mixed column types and missing cells (:func:`load_table`): a
+    :class:`TableDataset` whose :class:`TableEncoding` infers the column types and maps
+    category labels to codes and back.
 """
 
 from pyrovae.data.binarization import BINARIZE
@@ -46,6 +50,7 @@ from pyrovae.data.sources import (
     DatasetLoader,
     load_dataset,
 )
+from pyrovae.data.tables import TableDataset, TableEncoding, load_table, read_table
 from pyrovae.data.validation import validate_data
 from pyrovae.data.wrapped import from_torch_dataset
 
@@ -65,10 +70,14 @@ __all__ = [
     "Loader",
     "MappedItems",
     "Shard",
+    "TableDataset",
+    "TableEncoding",
     "from_torch_dataset",
     "load_dataset",
     "load_image_folder",
     "load_items",
+    "load_table",
     "read_idx",
+    "read_table",
     "validate_data",
 ]

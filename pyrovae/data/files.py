@@ -46,7 +46,8 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
     if path.suffix not in (".npy", ".npz") or not path.is_file():
         raise DataError(
             f"cannot read {path}: expected a .npy or .npz file; save the data with numpy.save "
-            "(one array) or numpy.savez (x, or x_train and x_test, with optional labels)"
+            "(one array) or numpy.savez (x, or x_train and x_test, with optional labels), or "
+            "a table as .csv or .parquet"
         )
     unreadable = f"cannot read {path}: the file is corrupt or not a NumPy file"
     try:

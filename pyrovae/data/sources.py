@@ -15,8 +15,8 @@
     ``seed``), ``"dsprites-small"`` holds all 46 080 32x32 ones; both split by ``test_fraction``.
 ``path=...``
     A ``.npy`` array or a ``.npz`` archive (see :mod:`pyrovae.data.files`), memory-mapped with
-    ``mmap=True``; or a folder of images, one subfolder per class (see
-    :mod:`pyrovae.data.images`).
+    ``mmap=True``; a CSV or Parquet table (see :mod:`pyrovae.data.tables`); or a folder of
+    images, one subfolder per class (see :mod:`pyrovae.data.images`).
 
 References
 ----------
@@ -43,6 +43,7 @@ from pyrovae.data.dsprites import DSPRITES_SUBSET, DSprites, load_dsprites
 from pyrovae.data.files import load_file, load_mapped
 from pyrovae.data.idx import IDX_STEMS, find_idx_files, read_idx
 from pyrovae.data.images import load_image_folder
+from pyrovae.data.tables import is_table, load_table
 from pyrovae.errors import ConfigError, DataError
 from pyrovae.registry import Registry
 
@@ -98,6 +99,8 @@ def load_dataset(
     image_mode: str = "auto",
     mmap: bool = False,
     loader: Loader | None = None,
+    column_types: str | None = None,
+    label_column: str | None = None,
 ) -> Dataset:
     """Load a named data set, or the user's own file or image folder, and binarize it.
 
@@ -140,6 +143,11 @@ def load_dataset(
     loader : Loader, optional
         Draw batches through a :class:`torch.utils.data.DataLoader` (workers, pinned memory)
         instead of slicing tensors; same items, same order.
+    column_types : str, optional
+        A table (``.csv``, ``.parquet``; :mod:`pyrovae.data.tables`): overrides of its
+        inferred column types, ``"age=count,sex=categorical"``.
+    label_column : str, optional
+        A table's column read as class labels rather than modelled.
 
     Returns
     -------
@@ -171,11 +179,20 @@ def load_dataset(
             f"--data-dir {data_dir} {what}; give the folder that holds the IDX files, or add "
             "--download to download them into it"
         )
+    if (column_types or label_column) and not is_table(path):
+        raise ConfigError(
+            "--column-types and --label-column apply to a table given as --data FILE.csv "
+            "(or .parquet)"
+        )
     if mmap and (path is None or Path(path).is_dir()):
         raise ConfigError("mmap applies to a .npy file given as --data FILE.npy")
     if path is not None and Path(path).is_dir():
         dataset = load_image_folder(
             Path(path), image_size=image_size, image_mode=image_mode, **split
+        )
+    elif is_table(path):
+        dataset = load_table(
+            Path(path), column_types=column_types, label_column=label_column, **split
         )
     elif path is not None and mmap:
         dataset = load_mapped(Path(path), **split)

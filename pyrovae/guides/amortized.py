@@ -149,15 +149,20 @@ def make_guide(
     hidden: Sequence[int],
     options: Mapping[str, Any] | None = None,
     encoder_options: Mapping[str, Any] | None = None,
+    input_transform: nn.Module | None = None,
 ) -> AmortizedGuide:
     """Build the guide registered as ``name`` with a fresh ``encoder`` network.
 
     ``options`` are the guide's own settings (``guide_rank`` of ``lowrank``,
     ``num_flows`` of ``iaf``, ``log_var_min``/``log_var_max`` of all), ``encoder_options``
     the network's (``channels`` of ``conv``); each is checked against what the entry
-    declares.
+    declares. ``input_transform`` (a likelihood's
+    :meth:`~pyrovae.model.Likelihood.input_transform`, e.g. a table's one-hot categories)
+    runs before the network, which is built for its ``num_features``.
     """
     options = GUIDES.check_options(name, options or {})
+    if input_transform is not None:  # the network reads the transform's features
+        event_shape = (input_transform.num_features,)
     net = ENCODERS.build(
         encoder,
         encoder_options,
@@ -166,4 +171,6 @@ def make_guide(
         hidden=tuple(hidden),
         num_outputs=GUIDES[name].num_encoder_outputs(**options),
     )
+    if input_transform is not None:
+        net = nn.Sequential(input_transform, net)
     return GUIDES.build(name, options, encoder=net, latent_dim=latent_dim)

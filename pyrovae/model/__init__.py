@@ -2,6 +2,7 @@
 the KL weight. The variants' models are in :mod:`pyrovae.variants`."""
 
 from pyrovae.model.base import LocalPyroModule, data_plate, kl_weight
+from pyrovae.model.columns import COLUMN_TYPES, ColumnsDistribution, ColumnsLikelihood, TableInput
 from pyrovae.model.decoders import DECODERS, ConvDecoder, GatedMLPDecoder, MLPDecoder
 from pyrovae.model.likelihoods import (
     LIKELIHOODS,
@@ -26,10 +27,13 @@ from pyrovae.model.priors import (
 )
 
 __all__ = [
+    "COLUMN_TYPES",
     "DECODERS",
     "LIKELIHOODS",
     "PRIORS",
     "BernoulliLikelihood",
+    "ColumnsDistribution",
+    "ColumnsLikelihood",
     "ContinuousBernoulliLikelihood",
     "ConvDecoder",
     "DistributionLikelihood",
@@ -45,6 +49,7 @@ __all__ = [
     "MixturePrior",
     "NormalPrior",
     "Prior",
+    "TableInput",
     "VampPrior",
     "data_plate",
     "kl_weight",

@@ -70,6 +70,15 @@ class Likelihood(nn.Module):
 
     #: the name the likelihood is registered under, used in messages
     name: str = "likelihood"
+    #: whether NaN in the data marks a missing value (whose log-density is 0) rather than
+    #: bad data
+    allows_missing: bool = False
+
+    def input_transform(self, event_shape: tuple[int, ...]) -> nn.Module | None:
+        """The guide's input layer for data this likelihood models (``None``: the encoder
+        reads ``x`` as it is); a module with ``num_features``, the width it outputs (a
+        table's one-hot categories and zero-filled missing cells)."""
+        return None
 
     def validate(self, x: torch.Tensor) -> None:
         """Raise :class:`DataError` if ``x`` lies outside the support."""

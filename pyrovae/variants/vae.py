@@ -348,7 +348,12 @@ class VAE(PyroModule):
         encoder, encoder_options = parts["encoder"]
         if isinstance(guide, str):
             guide = make_guide(
-                guide, encoder, **net, options=guide_options, encoder_options=encoder_options
+                guide,
+                encoder,
+                **net,
+                options=guide_options,
+                encoder_options=encoder_options,
+                input_transform=likelihood.input_transform(self.event_shape),
             )
         self.guide = guide
         # a prior may read the encoder whose outputs are the guide's Gaussian q(z|x)
@@ -526,7 +531,9 @@ class VAE(PyroModule):
 
     def validate_data(self, x: torch.Tensor, what: str = "data") -> None:
         """Raise :class:`DataError` unless ``x`` is a finite batch this VAE can model."""
-        validate_data(x, self.event_shape, what)  # items, shape, NaN/inf
+        missing = self.model.likelihood.allows_missing  # NaN: a missing value (a table)
+        checked = torch.nan_to_num(x, nan=0.0, posinf=torch.inf, neginf=-torch.inf)
+        validate_data(checked if missing else x, self.event_shape, what)  # items, shape, NaN/inf
         if not torch.is_floating_point(x):
             raise DataError(f"{what} must be a floating-point tensor, got {x.dtype}")
         self.model.likelihood.validate(x)

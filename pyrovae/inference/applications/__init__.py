@@ -1,5 +1,5 @@
 """Applications of a trained VAE: anomaly scores, operations in the latent space,
-inpainting and denoising."""
+inpainting and denoising, and imputation of a table's missing cells."""
 
 from pyrovae.inference.applications.anomaly import (
     SCORES,
@@ -7,6 +7,7 @@ from pyrovae.inference.applications.anomaly import (
     detection_metrics,
     threshold,
 )
+from pyrovae.inference.applications.imputation import impute
 from pyrovae.inference.applications.inpainting import (
     CORRUPTIONS,
     MASKS,
@@ -33,6 +34,7 @@ __all__ = [
     "corrupt",
     "denoise",
     "detection_metrics",
+    "impute",
     "inpaint",
     "interpolate",
     "latent_arithmetic",

@@ -83,13 +83,14 @@ def iwae_log_likelihood(
 def reconstruction_error(
     vae: VAE, x: torch.Tensor, batch_size: int = 500, y: torch.Tensor | None = None
 ) -> torch.Tensor:
-    r"""Per-item mean squared error between ``x`` and :math:`E[x \mid z = \mu_\phi(x)]`."""
+    r"""Per-item mean squared error between ``x`` and :math:`E[x \mid z = \mu_\phi(x)]`
+    (over the observed values of a table with missing cells, NaN)."""
     return torch.cat(
         [
             (vae.reconstruct(xb, **({} if yb is None else {"y": yb})) - xb)
             .pow(2)
             .flatten(1)
-            .mean(1)
+            .nanmean(1)
             for xb, yb in batches(x, batch_size, y)
         ]
     )
