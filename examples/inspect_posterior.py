@@ -1,4 +1,5 @@
 """Inspect a trained VAE's posteriors from Python: ArviZ draws, NUTS, inference gaps, latent space.
+================================================================================================
 
 The Python side of ``pyrovae inspect``, ``pyrovae latent``:
 
@@ -40,7 +41,7 @@ from pyrovae.inference import (
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.partition("\n")[0])
     parser.add_argument("--num-epochs", type=int, default=100)
     parser.add_argument("--limit", type=int, help="use only the first N train and test digits")
     parser.add_argument("--num-warmup", type=int, default=200)

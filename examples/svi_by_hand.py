@@ -1,4 +1,5 @@
 """Train a pyrovae VAE with Pyro's own SVI machinery, one step at a time, then sample from it.
+===========================================================================================
 
 ``vae.model`` and ``vae.guide`` are ordinary Pyro programs with the same signature
 ``(x=None, *, num_data=None, batch_size=None, beta=1.0)``, so everything in ``pyro.infer``
@@ -55,7 +56,7 @@ def ascii_images(images: torch.Tensor, titles: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> list[float]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.partition("\n")[0])
     parser.add_argument("--num-epochs", type=int, default=100)
     parser.add_argument("--limit", type=int, help="use only the first N train and test images")
     parser.add_argument("--batch-size", type=int, default=64)

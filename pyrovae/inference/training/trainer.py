@@ -338,7 +338,7 @@ class Trainer:
         callbacks: Sequence[EpochCallback] = (),
         validation: Dataset | None = None,
     ) -> list[dict[str, Any]]:
-        """Train for ``num_epochs`` epochs (from where a resumed run stopped), or until
+        r"""Train for ``num_epochs`` epochs (from where a resumed run stopped), or until
         early stopping (``patience``) ends the run.
 
         Parameters

@@ -1,0 +1,79 @@
+"""Sphinx configuration of pyrovae's documentation.
+
+Build it with ``sphinx-build -W --keep-going -b html docs docs/_build/html`` (after
+``pip install -e '.[docs]'``). Nothing is downloaded: the intersphinx inventories of
+Pyro, PyTorch and ArviZ are the small files in ``docs/inventories/``, written by
+``docs/make_inventories.py`` from the installed packages.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+DOCS = Path(__file__).resolve().parent
+sys.path.insert(0, str(DOCS / "_ext"))
+sys.path.insert(0, str(DOCS.parent))  # this checkout's pyrovae, even without an install
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # the tutorials: tiny models, shared cores
+
+import pyrovae  # noqa: E402
+
+project = "pyrovae"
+author = "the pyrovae developers"
+copyright = "the pyrovae developers"
+release = version = pyrovae.__version__
+
+extensions = [
+    "myst_parser",
+    "sphinx.ext.autodoc",
+    "sphinx.ext.napoleon",
+    "sphinx.ext.mathjax",
+    "sphinx.ext.intersphinx",
+    "sphinx.ext.viewcode",
+    "sphinx_gallery.gen_gallery",
+    "pyrovae_docs",
+]
+
+source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
+exclude_patterns = ["_build", "tutorials/*.ipynb", "tutorials/*.py", "tutorials/*.zip"]
+root_doc = "index"
+
+# -- Markdown pages (moved from the README) --------------------------------------------
+myst_enable_extensions = ["dollarmath"]
+myst_heading_anchors = 4  # GitHub's heading slugs, so the README's #links keep working
+
+# -- API reference ---------------------------------------------------------------------
+autodoc_member_order = "bysource"
+autodoc_typehints = "signature"
+autodoc_preserve_defaults = True
+autodoc_inherit_docstrings = False  # torch's docstrings are not ours to fix
+# numpydoc References are numbered footnotes that a docstring need not cite
+suppress_warnings = ["ref.footnote"]
+napoleon_google_docstring = False
+napoleon_numpy_docstring = True
+napoleon_use_rtype = False
+napoleon_use_ivar = True  # attributes as fields: dataclass fields are documented once
+
+intersphinx_mapping = {
+    "torch": ("https://pytorch.org/docs/stable/", str(DOCS / "inventories" / "torch.inv")),
+    "pyro": ("https://docs.pyro.ai/en/stable/", str(DOCS / "inventories" / "pyro.inv")),
+    "arviz": ("https://python.arviz.org/en/stable/", str(DOCS / "inventories" / "arviz.inv")),
+}
+
+# -- Tutorials: examples/*.py, run with tiny budgets -----------------------------------
+sphinx_gallery_conf = {
+    "examples_dirs": str(DOCS.parent / "examples"),
+    "gallery_dirs": str(DOCS / "tutorials"),
+    "filename_pattern": r".*\.py$",
+    "reset_argv": "gallery_args.tutorial_argv",
+    "abort_on_example_error": True,
+    "download_all_examples": False,
+    "show_signature": False,
+    "min_reported_time": 10**6,
+    "write_computation_times": False,
+}
+
+# -- HTML ------------------------------------------------------------------------------
+html_theme = "furo"
+html_title = f"pyrovae {release}"
