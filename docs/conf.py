@@ -40,7 +40,6 @@ exclude_patterns = ["_build", "tutorials/*.ipynb", "tutorials/*.py", "tutorials/
 root_doc = "index"
 
 # -- Markdown pages (moved from the README) --------------------------------------------
-myst_enable_extensions = ["dollarmath"]
 myst_heading_anchors = 4  # GitHub's heading slugs, so the README's #links keep working
 
 # -- API reference ---------------------------------------------------------------------
@@ -67,6 +66,7 @@ sphinx_gallery_conf = {
     "gallery_dirs": str(DOCS / "tutorials"),
     "filename_pattern": r".*\.py$",
     "reset_argv": "gallery_args.tutorial_argv",
+    "image_scrapers": ("gallery_args.png_scraper",),
     "abort_on_example_error": True,
     "download_all_examples": False,
     "show_signature": False,

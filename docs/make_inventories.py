@@ -47,6 +47,9 @@ PYRO_PAGES = {
 
 
 def pyro_uri(module: str, name: str, obj: object) -> str:
+    if getattr(obj, "__module__", "") == "pyro.distributions.torch":
+        # the thin wrappers of torch's distributions: one automodule of pyro.distributions.torch
+        return f"distributions.html#pyro.distributions.torch.{name}"
     return f"{PYRO_PAGES[module]}#{module}.{name}"
 
 

@@ -15,6 +15,7 @@ Run it with::
 
     .venv/bin/python examples/svi_by_hand.py                             # about 20 s on 2 CPU cores
     .venv/bin/python examples/svi_by_hand.py --num-epochs 1 --limit 64   # smoke test
+    .venv/bin/python examples/svi_by_hand.py --figures figs   # also save the images as PNGs
 
 Why not ``pyro.infer.SVI(model, guide, pyro.optim.Adam(...), loss)``? Importing pyrovae
 sets ``pyro.settings.set(module_local_params=True)``: parameters live in the modules, not
@@ -29,13 +30,14 @@ False):``, with the parameters in the global param store.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pyro
 import torch
 from pyro import poutine
 from pyro.infer import Predictive, Trace_ELBO
 
-from pyrovae import VAE, load_dataset
+from pyrovae import VAE, load_dataset, plots
 
 #: characters from light to dark, to print 8x8 images in the terminal
 SHADES = " .:-=+*#%@"
@@ -68,6 +70,7 @@ def main(argv: list[str] | None = None) -> list[float]:
     parser.add_argument(
         "--num-threads", type=int, default=1, help="torch CPU threads (0: torch's default)"
     )
+    parser.add_argument("--figures", type=Path, help="also save the images as PNGs in this folder")
     args = parser.parse_args(argv)
     if args.num_threads > 0:
         # The networks are tiny: one thread per process is as fast as several, and far
@@ -126,6 +129,10 @@ def main(argv: list[str] | None = None) -> list[float]:
     posterior_mean = samples["x"].mean(0)
     print(f"mean squared error of E[x* | x]: {(posterior_mean - x).pow(2).mean():.4f}")
     print(ascii_images(torch.cat([x, posterior_mean]), ["data"] * 4 + ["E[x*|x]"] * 4))
+    if args.figures:
+        # held-out digits (top row) above E[x* | x] (bottom row)
+        figure = plots.reconstructions(x, posterior_mean, nrow=4)
+        save(figure, args.figures / "posterior-predictive.png")
 
     # -- 3. generation: z ~ p(z), then E[x | z] ----------------------------------------------
     # vae.sample runs the model with x=None; Predictive(vae.model, num_samples=n)(batch_size=m)
@@ -133,7 +140,15 @@ def main(argv: list[str] | None = None) -> list[float]:
     prior_samples = vae.sample(8)
     print(f"\nprior samples {tuple(prior_samples.shape)} (decoded means E[x | z], z ~ p(z)):")
     print(ascii_images(prior_samples, [f"z{i}" for i in range(8)]))
+    if args.figures:
+        title = "E[x | z], z ~ p(z)"
+        save(plots.image_grid(vae.sample(64), title=title), args.figures / "prior-samples.png")
     return history
+
+
+def save(figure, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
 
 
 if __name__ == "__main__":
