@@ -2,7 +2,7 @@
 
 * every public module (one with an ``__all__``) has an entry in the API reference
   (``docs/api/*.rst``), and every name of every ``__all__`` is documented by exactly one
-  entry: the one :func:`pyrovae_docs.home` names, whose autodoc member list holds it;
+  entry: the one :func:`pyrovae_reference.home` names, whose autodoc member list holds it;
 * the command-line reference is the ``--help`` that ``pyrovae COMMAND --help`` prints, for
   ``pyrovae`` and every subcommand;
 * the README is a front page (under 250 lines), every relative link of the README and of
@@ -18,6 +18,7 @@ import pkgutil
 import re
 import shlex
 import sys
+import zlib
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,7 @@ DOCS = ROOT / "docs"
 sys.path.insert(0, str(DOCS / "_ext"))
 
 import gallery_args  # noqa: E402
-import pyrovae_docs  # noqa: E402
+import pyrovae_reference as reference  # noqa: E402
 
 MODULE_DIRECTIVE = re.compile(r"^\.\. pyrovae-module:: (\S+)\s*$", re.MULTILINE)
 
@@ -59,7 +60,7 @@ def test_every_public_module_has_one_reference_entry():
     entries = reference_entries()
     assert len(entries) == len(set(entries)), "a module has two entries in docs/api"
     public = modules_with_all()
-    assert set(pyrovae_docs.public_modules()) == public
+    assert set(reference.public_modules()) == public
     missing = sorted(public - set(entries))
     assert not missing, f"add `.. pyrovae-module:: NAME` to a page of docs/api for {missing}"
     assert not sorted(set(entries) - public), "docs/api names a module without __all__"
@@ -69,11 +70,11 @@ def test_every_public_module_has_one_reference_entry():
 
 
 def test_every_name_in_all_is_documented_once():
-    modules = pyrovae_docs.public_modules()
+    modules = reference.public_modules()
     documented: dict[str, list[str]] = {}
     for module_name in modules:
-        own, elsewhere = pyrovae_docs.documented_names(module_name)
-        rst = pyrovae_docs.module_rst(module_name)
+        own, elsewhere = reference.documented_names(module_name)
+        rst = reference.module_rst(module_name)
         if own:
             members = re.search(r":members: (.*)", rst).group(1).split(", ")
             assert members == own
@@ -82,26 +83,26 @@ def test_every_name_in_all_is_documented_once():
         for name, home in elsewhere:
             assert f":py:obj:`{name} <{home}.{name}>`" in rst
             # the link's target is documented, and is the same object
-            assert name in pyrovae_docs.documented_names(home)[0]
+            assert name in reference.documented_names(home)[0]
             assert getattr(modules[home], name) is getattr(modules[module_name], name)
     for module_name, module in modules.items():
         for name in module.__all__:
-            home = pyrovae_docs.home(module_name, name)
+            home = reference.home(module_name, name)
             assert documented.get(f"{home}.{name}") == [home], f"{module_name}.{name}"
     # every name of the package's front door is among them
-    assert all(pyrovae_docs.home("pyrovae", name) for name in pyrovae.__all__)
+    assert all(reference.home("pyrovae", name) for name in pyrovae.__all__)
 
 
 def test_home_of_a_class_is_where_it_is_defined():
-    assert pyrovae_docs.home("pyrovae", "VAE") == "pyrovae.variants.vae"
-    assert pyrovae_docs.home("pyrovae.model", "PRIORS") == "pyrovae.model.priors.base"
-    own, elsewhere = pyrovae_docs.documented_names("pyrovae")
+    assert reference.home("pyrovae", "VAE") == "pyrovae.variants.vae"
+    assert reference.home("pyrovae.model", "PRIORS") == "pyrovae.model.priors.base"
+    own, elsewhere = reference.documented_names("pyrovae")
     assert "VAE" not in own and ("VAE", "pyrovae.variants.vae") in elsewhere
 
 
 def test_cli_reference_is_every_commands_help(capsys, monkeypatch):
-    monkeypatch.setenv("COLUMNS", str(pyrovae_docs.HELP_COLUMNS))
-    helps = pyrovae_docs.cli_help()
+    monkeypatch.setenv("COLUMNS", str(reference.HELP_COLUMNS))
+    helps = reference.cli_help()
     assert set(helps) == {"", *COMMANDS}
     for command, text in helps.items():
         argv = [command, "--help"] if command else ["--help"]
@@ -180,3 +181,25 @@ def test_ci_runs_the_readme_commands():
 def test_every_example_has_a_tutorial_budget():
     examples = {p.name for p in (ROOT / "examples").glob("*.py")}
     assert set(gallery_args.TUTORIAL_ARGS) == examples
+
+
+@pytest.mark.parametrize(
+    ("project", "names"),
+    [
+        ("torch", ["torch.Tensor", "torch.nn.Module", "torch.distributions.normal.Normal"]),
+        ("pyro", ["pyro.distributions.TorchDistribution", "pyro.infer.Trace_ELBO", "pyro.sample"]),
+        ("arviz", ["arviz.InferenceData", "arviz.summary"]),
+    ],
+)
+def test_offline_inventories_hold_the_names_we_link(project, names):
+    """The intersphinx inventories the build reads instead of downloading (format: Sphinx's
+    version 2, a zlib-compressed line ``name domain:role priority uri dispname`` each)."""
+    data = (DOCS / "inventories" / f"{project}.inv").read_bytes()
+    header, _, body = data.partition(b"compressed using zlib.\n")
+    assert header.startswith(b"# Sphinx inventory version 2\n")
+    lines = zlib.decompress(body).decode().splitlines()
+    entries = {line.split()[0]: line.split() for line in lines}
+    for name in names:
+        assert name in entries, f"{name} missing from docs/inventories/{project}.inv"
+        role, uri = entries[name][1], entries[name][3]
+        assert role in ("py:class", "py:function") and uri.endswith(name.split(".")[-1])
