@@ -54,10 +54,31 @@ napoleon_numpy_docstring = True
 napoleon_use_rtype = False
 napoleon_use_ivar = True  # attributes as fields: dataclass fields are documented once
 
+# A reference that resolves nowhere is an error (with -W): the names of pyrovae and of the
+# projects below must link. Left out: numpydoc's words for types ("optional", "sequence",
+# "path-like", ``{"a", "b"}`` choices, prose such as "str to float"), TypeVars, private
+# names, and the few modules whose documentation we do not link.
+nitpicky = True
+nitpick_ignore_regex = [
+    (r"py:.*", r"[a-z][a-z_\-]*"),  # a lower-case word: a numpydoc type phrase
+    (r"py:.*", r".*[ {}\"'/>].*"),  # prose and choices in a type ("str to float", {"a", "b"})
+    (r"py:.*", r".*\.T"),  # TypeVars
+    (r"py:.*", r"(.*\.)?_\w+(\..*)?"),  # private names
+    (r"py:.*", r"pyrovae\.(cli\.\w+.*|__main__)"),  # the CLI's private modules
+    (r"py:.*", r"(tqdm|torchvision|sklearn|torch\.fx|torch\.utils\.hooks)(\..*)?"),
+    (r"py:.*", r"pyro\.(infer\.elbo\.ELBOModule|poutine\.messenger\.Messenger)"),
+    (r"py:.*", r"torch\.optim\.Optimizer\.register_step_pre_hook"),
+    (r"py:.*", r"pyrovae\.config\.Component"),  # a type the config uses, not in __all__
+]
+
 intersphinx_mapping = {
     "torch": ("https://pytorch.org/docs/stable/", str(DOCS / "inventories" / "torch.inv")),
     "pyro": ("https://docs.pyro.ai/en/stable/", str(DOCS / "inventories" / "pyro.inv")),
     "arviz": ("https://python.arviz.org/en/stable/", str(DOCS / "inventories" / "arviz.inv")),
+    "python": ("https://docs.python.org/3/", str(DOCS / "inventories" / "python.inv")),
+    "numpy": ("https://numpy.org/doc/stable/", str(DOCS / "inventories" / "numpy.inv")),
+    "pandas": ("https://pandas.pydata.org/docs/", str(DOCS / "inventories" / "pandas.inv")),
+    "matplotlib": ("https://matplotlib.org/stable/", str(DOCS / "inventories" / "matplotlib.inv")),
 }
 
 # -- Tutorials: examples/*.py, run with tiny budgets -----------------------------------

@@ -5,9 +5,10 @@ The docs build links names such as ``torch.Tensor``, ``pyro.distributions.Normal
 from each project's ``objects.inv``; the build must not download anything, so this script
 writes small inventories from the installed packages instead: every public class and
 function of the modules below, at the address the project's published docs give it
-(the patterns below). Rerun it after upgrading those packages::
+(the patterns below), and the few names of Python, NumPy, pandas and Matplotlib that
+our signatures use (listed by hand in :data:`MANUAL`). Rerun it after upgrading those packages::
 
-    python docs/make_inventories.py        # writes docs/inventories/{torch,pyro,arviz}.inv
+    python docs/make_inventories.py        # writes docs/inventories/*.inv
 """
 
 from __future__ import annotations
@@ -57,6 +58,105 @@ def arviz_uri(module: str, name: str, obj: object) -> str:
     return f"api/generated/{module}.{name}.html#{module}.{name}"
 
 
+#: the few names of Python, NumPy, pandas and Matplotlib our signatures and docstrings use:
+#: project -> (name, role, page#anchor)
+MANUAL = {
+    "python": [
+        *[
+            (f"builtins.{n}", "py:class", f"library/functions.html#{n}")
+            for n in [
+                "int",
+                "str",
+                "float",
+                "bool",
+                "dict",
+                "tuple",
+                "list",
+                "object",
+                "type",
+                "slice",
+                "bytes",
+                "set",
+                "frozenset",
+                "range",
+            ]
+        ],
+        *[
+            (f"builtins.{n}", "py:function", f"library/functions.html#{n}")
+            for n in ["callable", "len", "print", "open", "isinstance"]
+        ],
+        ("builtins.None", "py:data", "library/constants.html#None"),
+        # as annotations spell them (``X | None``, ``callable``): class references
+        ("builtins.None", "py:class", "library/constants.html#None"),
+        ("builtins.callable", "py:class", "library/functions.html#callable"),
+        *[
+            (f"builtins.{n}", "py:exception", f"library/exceptions.html#{n}")
+            for n in [
+                "BaseException",
+                "Exception",
+                "ValueError",
+                "TypeError",
+                "OSError",
+                "KeyError",
+                "RuntimeError",
+                "ArithmeticError",
+                "MemoryError",
+                "KeyboardInterrupt",
+                "FileNotFoundError",
+                "NotImplementedError",
+            ]
+        ],
+        *[
+            (
+                f"collections.abc.{n}",
+                "py:class",
+                f"library/collections.abc.html#collections.abc.{n}",
+            )
+            for n in [
+                "Sequence",
+                "Mapping",
+                "Callable",
+                "Iterator",
+                "Iterable",
+                "Collection",
+                "MutableMapping",
+                "Generator",
+            ]
+        ],
+        ("os.PathLike", "py:class", "library/os.html#os.PathLike"),
+        ("pathlib.Path", "py:class", "library/pathlib.html#pathlib.Path"),
+        ("argparse.Namespace", "py:class", "library/argparse.html#argparse.Namespace"),
+        ("argparse.ArgumentParser", "py:class", "library/argparse.html#argparse.ArgumentParser"),
+        ("typing.Any", "py:data", "library/typing.html#typing.Any"),
+        ("logging.Logger", "py:class", "library/logging.html#logging.Logger"),
+    ],
+    "numpy": [
+        ("numpy.ndarray", "py:class", "reference/generated/numpy.ndarray.html#numpy.ndarray"),
+        (
+            "numpy.random.Generator",
+            "py:class",
+            "reference/random/generator.html#numpy.random.Generator",
+        ),
+        (
+            "numpy.random._generator.Generator",
+            "py:class",
+            "reference/random/generator.html#numpy.random.Generator",
+        ),
+        ("numpy.memmap", "py:class", "reference/generated/numpy.memmap.html#numpy.memmap"),
+        ("numpy.load", "py:function", "reference/generated/numpy.load.html#numpy.load"),
+    ],
+    "pandas": [
+        ("pandas.DataFrame", "py:class", "reference/api/pandas.DataFrame.html#pandas.DataFrame"),
+    ],
+    "matplotlib": [
+        (
+            "matplotlib.figure.Figure",
+            "py:class",
+            "api/_as_gen/matplotlib.figure.Figure.html#matplotlib.figure.Figure",
+        ),
+    ],
+}
+
 PROJECTS = {
     "torch": (
         "PyTorch",
@@ -64,6 +164,9 @@ PROJECTS = {
             "torch",
             "torch.nn",
             "torch.optim",
+            "torch.optim.lr_scheduler",
+            "torch.func",
+            "torch.nn.parallel",
             "torch.distributions",
             "torch.distributions.constraints",
             "torch.utils.data",
@@ -98,16 +201,30 @@ def entries(modules: list[str], uri) -> list[str]:
     return sorted(lines.values())
 
 
+#: module entries the walk above does not produce
+EXTRA = {
+    "torch": [
+        ("torch.optim.lr_scheduler", "py:module", "optim.html#how-to-adjust-learning-rate"),
+    ],
+}
+
+
 def write(key: str) -> Path:
-    project, modules, uri = PROJECTS[key]
-    version = importlib.import_module(modules[0]).__version__
+    if key in MANUAL:
+        project, version = key, "-"
+        lines = sorted(f"{name} {role} 1 {uri} -" for name, role, uri in MANUAL[key])
+    else:
+        project, modules, uri = PROJECTS[key]
+        version = importlib.import_module(modules[0]).__version__
+        extra = [f"{name} {role} 1 {uri} -" for name, role, uri in EXTRA.get(key, [])]
+        lines = sorted([*entries(modules, uri), *extra])
     header = (
         "# Sphinx inventory version 2\n"
         f"# Project: {project}\n"
         f"# Version: {version.split('+')[0]}\n"
         "# The remainder of this file is compressed using zlib.\n"
     )
-    body = "\n".join(entries(modules, uri)) + "\n"
+    body = "\n".join(lines) + "\n"
     path = OUT / f"{key}.inv"
     path.write_bytes(header.encode() + zlib.compress(body.encode(), 9))
     return path
@@ -115,7 +232,7 @@ def write(key: str) -> Path:
 
 def main() -> None:
     OUT.mkdir(exist_ok=True)
-    for key in PROJECTS:
+    for key in [*PROJECTS, *MANUAL]:
         path = write(key)
         print(f"{path}: {path.stat().st_size} bytes")
 

@@ -19,9 +19,18 @@ import builtins
 import re
 
 from docutils import nodes
-from pyrovae_reference import cli_help, module_rst, public_modules
+from pyrovae_reference import (
+    canonical,
+    cli_help,
+    documented_names,
+    module_rst,
+    public_modules,
+)
 from sphinx import addnodes
+from sphinx.ext import intersphinx
+from sphinx.util import logging
 from sphinx.util.docutils import SphinxDirective
+from sphinx.util.nodes import make_refnode
 
 
 class ModuleDirective(SphinxDirective):
@@ -69,7 +78,53 @@ def builtin_types(app, doctree: nodes.document) -> None:
             node["reftarget"] = f"builtins.{target}"
 
 
+#: the import aliases our docstrings use
+ALIASES = {"nn": "torch.nn", "np": "numpy", "dist": "pyro.distributions"}
+#: bare names of other projects that our annotations use
+BARE = {"Path": "pathlib.Path", "ELBO": "pyro.infer.ELBO"}
+
+
+def resolve_public_names(app, env, node, contnode):
+    """``missing-reference``: a reference to a name where users import it from
+    (``pyrovae.VAE``) or by its bare name (``ConfigError``) resolves to the one entry that
+    documents it (``pyrovae.variants.vae.VAE``)."""
+    if node.get("refdomain") != "py":
+        return None
+    prefix, _, rest = node["reftarget"].partition(".")
+    external = BARE.get(node["reftarget"]) or (
+        f"{ALIASES[prefix]}.{rest}" if prefix in ALIASES and rest else None
+    )
+    if external:  # nn.Module -> torch.nn.Module, in PyTorch's inventory
+        aliased = node.deepcopy()
+        aliased["reftarget"] = external
+        return intersphinx.missing_reference(app, env, aliased, contnode)
+    target = canonical(node["reftarget"])
+    if target is None:
+        return None
+    domain = env.get_domain("py")
+    matches = domain.find_obj(env, "", "", target, None, 0)
+    if not matches:
+        return None
+    name, obj = matches[0]
+    return make_refnode(app.builder, node["refdoc"], obj.docname, obj.node_id, contnode, name)
+
+
+logger = logging.getLogger(__name__)
+
+
+def check_every_name_is_documented(app, env) -> None:
+    """``env-check-consistency``: each name of every public ``__all__`` has an entry in the
+    built reference (a warning, so an error under ``-W``, names any that autodoc left out)."""
+    objects = env.get_domain("py").objects
+    for module_name in public_modules():
+        for name in documented_names(module_name)[0]:
+            if f"{module_name}.{name}" not in objects:
+                logger.warning(f"{module_name}.{name} is in __all__ but not in the API reference")
+
+
 def setup(app):
+    app.connect("env-check-consistency", check_every_name_is_documented)
+    app.connect("missing-reference", resolve_public_names)
     app.connect("doctree-read", builtin_types)
     app.connect("autodoc-process-docstring", unique_footnotes)
     app.add_directive("pyrovae-module", ModuleDirective)

@@ -67,16 +67,39 @@ def documented_names(module_name: str) -> tuple[list[str], list[tuple[str, str]]
     return own, elsewhere
 
 
+#: a constant whose value is longer than this is documented without it
+MAX_VALUE_CHARS = 80
+
+
 def module_rst(module_name: str) -> str:
-    """The reStructuredText of one module's entry (see :func:`documented_names`)."""
+    """The reStructuredText of one module's entry (see :func:`documented_names`): its
+    classes and functions as autodoc members, every other name (registries, constants) by
+    ``autodata`` (autodoc would skip a module attribute without a ``#:`` comment), and a
+    line of links to what it re-exports."""
+    module = public_modules()[module_name]
     own, elsewhere = documented_names(module_name)
+    routines = [n for n in own if inspect.isclass(getattr(module, n)) or callable_(module, n)]
     lines = [f".. automodule:: {module_name}"]
-    if own:
-        lines += [f"   :members: {', '.join(own)}", "   :undoc-members:", "   :show-inheritance:"]
+    if routines:
+        lines += [
+            f"   :members: {', '.join(routines)}",
+            "   :undoc-members:",
+            "   :show-inheritance:",
+        ]
+    for name in own:
+        if name not in routines:
+            lines += ["", f".. autodata:: {module_name}.{name}"]
+            if len(repr(getattr(module, name))) > MAX_VALUE_CHARS:
+                lines.append("   :no-value:")
     if elsewhere:
         links = ", ".join(f":py:obj:`{name} <{where}.{name}>`" for name, where in elsewhere)
         lines += ["", f"Also importable from :mod:`{module_name}`: {links}."]
     return "\n".join(lines) + "\n"
+
+
+def callable_(module: ModuleType, name: str) -> bool:
+    """A function (or a builtin or a ``functools`` wrapper of one) defined for this name."""
+    return inspect.isroutine(getattr(module, name))
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -100,3 +123,29 @@ def cli_help() -> dict[str, str]:
         else:
             os.environ["COLUMNS"] = previous
     return helps
+
+
+@cache
+def _names() -> dict[str, set[str]]:
+    """Every public name -> the modules that document it (usually one)."""
+    names: dict[str, set[str]] = {}
+    for module_name, module in public_modules().items():
+        for name in module.__all__:
+            names.setdefault(name, set()).add(home(module_name, name))
+    return names
+
+
+def canonical(target: str) -> str | None:
+    """Where a reference to a public name is documented, for the spellings our docstrings
+    use: a re-export (``pyrovae.VAE``, ``pyrovae.data.Dataset.batches``) or a bare name
+    that only one module documents (``ConfigError``, ``VAE.build``). ``None`` otherwise."""
+    modules = public_modules()
+    parts = target.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        module_name, name = ".".join(parts[:i]), parts[i]
+        if module_name in modules and name in modules[module_name].__all__:
+            return ".".join([home(module_name, name), *parts[i:]])
+    homes = _names().get(parts[0], set())
+    if len(homes) == 1:
+        return ".".join([next(iter(homes)), *parts])
+    return None
