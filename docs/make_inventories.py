@@ -58,71 +58,30 @@ def arviz_uri(module: str, name: str, obj: object) -> str:
     return f"api/generated/{module}.{name}.html#{module}.{name}"
 
 
+def group(module: str, role: str, page: str, names: str) -> list[tuple[str, str, str]]:
+    """Entries ``module.name`` for the space-separated ``names``, at ``page`` (``{n}``: name)."""
+    return [(f"{module}.{n}", role, page.format(n=n)) for n in names.split()]
+
+
 #: the few names of Python, NumPy, pandas and Matplotlib our signatures and docstrings use:
 #: project -> (name, role, page#anchor)
+# fmt: off
 MANUAL = {
     "python": [
-        *[
-            (f"builtins.{n}", "py:class", f"library/functions.html#{n}")
-            for n in [
-                "int",
-                "str",
-                "float",
-                "bool",
-                "dict",
-                "tuple",
-                "list",
-                "object",
-                "type",
-                "slice",
-                "bytes",
-                "set",
-                "frozenset",
-                "range",
-            ]
-        ],
-        *[
-            (f"builtins.{n}", "py:function", f"library/functions.html#{n}")
-            for n in ["callable", "len", "print", "open", "isinstance"]
-        ],
+        *group("builtins", "py:class", "library/functions.html#{n}",
+               "int str float bool dict tuple list object type slice bytes set frozenset range"),
+        *group("builtins", "py:function", "library/functions.html#{n}",
+               "callable len print open isinstance"),
+        *group("builtins", "py:exception", "library/exceptions.html#{n}",
+               "BaseException Exception ValueError TypeError OSError KeyError RuntimeError "
+               "ArithmeticError MemoryError KeyboardInterrupt FileNotFoundError "
+               "NotImplementedError"),
+        *group("collections.abc", "py:class", "library/collections.abc.html#collections.abc.{n}",
+               "Sequence Mapping Callable Iterator Iterable Collection MutableMapping Generator"),
         ("builtins.None", "py:data", "library/constants.html#None"),
         # as annotations spell them (``X | None``, ``callable``): class references
         ("builtins.None", "py:class", "library/constants.html#None"),
         ("builtins.callable", "py:class", "library/functions.html#callable"),
-        *[
-            (f"builtins.{n}", "py:exception", f"library/exceptions.html#{n}")
-            for n in [
-                "BaseException",
-                "Exception",
-                "ValueError",
-                "TypeError",
-                "OSError",
-                "KeyError",
-                "RuntimeError",
-                "ArithmeticError",
-                "MemoryError",
-                "KeyboardInterrupt",
-                "FileNotFoundError",
-                "NotImplementedError",
-            ]
-        ],
-        *[
-            (
-                f"collections.abc.{n}",
-                "py:class",
-                f"library/collections.abc.html#collections.abc.{n}",
-            )
-            for n in [
-                "Sequence",
-                "Mapping",
-                "Callable",
-                "Iterator",
-                "Iterable",
-                "Collection",
-                "MutableMapping",
-                "Generator",
-            ]
-        ],
         ("os.PathLike", "py:class", "library/os.html#os.PathLike"),
         ("pathlib.Path", "py:class", "library/pathlib.html#pathlib.Path"),
         ("argparse.Namespace", "py:class", "library/argparse.html#argparse.Namespace"),
@@ -156,6 +115,7 @@ MANUAL = {
         ),
     ],
 }
+# fmt: on
 
 PROJECTS = {
     "torch": (
