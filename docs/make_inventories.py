@@ -106,6 +106,7 @@ MANUAL = {
     ],
     "pandas": [
         ("pandas.DataFrame", "py:class", "reference/api/pandas.DataFrame.html#pandas.DataFrame"),
+        ("pandas.Series", "py:class", "reference/api/pandas.Series.html#pandas.Series"),
     ],
     "matplotlib": [
         (
