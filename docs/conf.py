@@ -2,8 +2,13 @@
 
 Build it with ``sphinx-build -W --keep-going -b html docs docs/_build/html`` (after
 ``pip install -e '.[docs]'``). Nothing is downloaded: the intersphinx inventories of
-Pyro, PyTorch and ArviZ are the small files in ``docs/inventories/``, written by
-``docs/make_inventories.py`` from the installed packages.
+PyTorch, Pyro, ArviZ (and the few Python, NumPy, pandas and Matplotlib names we use) are
+the small files in ``docs/inventories/``, written by ``docs/make_inventories.py``.
+
+A page is a Markdown file in this folder listed in a toctree (``index.md``, or
+``variants/index.md`` for a variant); a public module is one ``.. pyrovae-module::`` line
+in a page of ``api/``; an example is a script in ``examples/`` with an entry in
+``_ext/gallery_args.py``. ``tests/test_docs.py`` names whichever is missing.
 """
 
 from __future__ import annotations
@@ -81,7 +86,7 @@ intersphinx_mapping = {
     "matplotlib": ("https://matplotlib.org/stable/", str(DOCS / "inventories" / "matplotlib.inv")),
 }
 
-# -- Tutorials: examples/*.py, run with tiny budgets -----------------------------------
+# -- Tutorials: examples/*.py, run with small budgets -----------------------------------
 sphinx_gallery_conf = {
     "examples_dirs": str(DOCS.parent / "examples"),
     "gallery_dirs": str(DOCS / "tutorials"),
