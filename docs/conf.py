@@ -8,7 +8,8 @@ the small files in ``docs/inventories/``, written by ``docs/make_inventories.py`
 A page is a Markdown file in this folder listed in a toctree (``index.md``, or
 ``variants/index.md`` for a variant); a public module is one ``.. pyrovae-module::`` line
 in a page of ``api/``; an example is a script in ``examples/`` with an entry in
-``_ext/gallery_args.py``. ``tests/test_docs.py`` names whichever is missing.
+``_ext/gallery_args.py``. ``tests/test_docs.py`` names a missing module or example, and
+the build (``-W``) a page outside every toctree.
 """
 
 from __future__ import annotations
