@@ -1,4 +1,5 @@
 """Plug your own prior and likelihood into a VAE: plain Pyro distributions, no subclassing.
+========================================================================================
 
 The prior is any ``pyro.distributions`` distribution over R^latent_dim (here a heavy-tailed
 Student-t or a Laplace, made multivariate with ``.to_event(1)``). The likelihood is any
@@ -72,7 +73,7 @@ def squash(data: Dataset, eps: float = 0.01) -> Dataset:
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.partition("\n")[0])
     parser.add_argument("--prior", choices=PRIORS, default="student-t")
     parser.add_argument("--likelihood", choices=LIKELIHOODS, default="beta")
     parser.add_argument("--num-epochs", type=int, default=100, help="SVI epochs per model")

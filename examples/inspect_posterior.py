@@ -1,4 +1,5 @@
 """Inspect a trained VAE's posteriors from Python: ArviZ draws, NUTS, inference gaps, latent space.
+================================================================================================
 
 The Python side of ``pyrovae inspect``, ``pyrovae latent``:
 
@@ -18,17 +19,19 @@ Run it with::
     .venv/bin/python examples/inspect_posterior.py          # about a minute on 2 CPU cores
     .venv/bin/python examples/inspect_posterior.py --num-epochs 1 --limit 64 \\
         --num-warmup 20 --num-mcmc-samples 20 --num-gap-items 4 -k 10 --gap-steps 10
+    .venv/bin/python examples/inspect_posterior.py --figures figs   # also save the figures
 """
 
 from __future__ import annotations
 
 import argparse
 import tempfile
+from pathlib import Path
 
 import pyro
 import torch
 
-from pyrovae import Config, fit
+from pyrovae import Config, fit, plots
 from pyrovae.inference import (
     compare_posteriors,
     inference_gaps,
@@ -40,7 +43,7 @@ from pyrovae.inference import (
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.partition("\n")[0])
     parser.add_argument("--num-epochs", type=int, default=100)
     parser.add_argument("--limit", type=int, help="use only the first N train and test digits")
     parser.add_argument("--num-warmup", type=int, default=200)
@@ -48,6 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-gap-items", type=int, default=50)
     parser.add_argument("-k", type=int, default=1000, help="importance samples for the gaps")
     parser.add_argument("--gap-steps", type=int, default=500)
+    parser.add_argument("--figures", type=Path, help="also save the figures as PNGs in this folder")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # small sequential ops (NUTS): threads only add overhead
 
@@ -70,6 +74,11 @@ def main(argv: list[str] | None = None) -> None:
     table = compare_posteriors(q, nuts)
     print("\nq(z|x) against NUTS p(z|x), per item and latent dim:")
     print(table[["mean_q", "mean_p", "sd_q", "sd_p", "overlap"]].round(3).to_string())
+    if args.figures:
+        # the guide's Gaussian marginals over histograms of the NUTS draws, first 4 dims
+        figure = plots.posterior_comparison(q, nuts, dims=range(4))
+        args.figures.mkdir(parents=True, exist_ok=True)
+        figure.savefig(args.figures / "q-against-nuts.png", dpi=100)
 
     gaps = inference_gaps(
         vae, data.test[: args.num_gap_items], num_samples=args.k, num_steps=args.gap_steps

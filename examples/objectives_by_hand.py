@@ -1,4 +1,5 @@
 """Train with pyrovae's objectives, schedules and guides by hand: each is one line.
+================================================================================
 
 An IAF guide, the IWAE bound with K = 5 samples and a cyclical KL schedule, in a plain
 PyTorch loop over ``ELBOModule`` + Adam (what :class:`pyrovae.inference.Trainer`
@@ -26,7 +27,7 @@ from pyrovae.inference.training.schedules import CyclicalSchedule
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.partition("\n")[0])
     parser.add_argument("--num-epochs", type=int, default=40)
     parser.add_argument("--limit", type=int, help="use only the first N train and test images")
     parser.add_argument("--batch-size", type=int, default=64)

@@ -1,4 +1,5 @@
 """Train a pyrovae VAE with Pyro's own SVI machinery, one step at a time, then sample from it.
+===========================================================================================
 
 ``vae.model`` and ``vae.guide`` are ordinary Pyro programs with the same signature
 ``(x=None, *, num_data=None, batch_size=None, beta=1.0)``, so everything in ``pyro.infer``
@@ -14,6 +15,7 @@ Run it with::
 
     .venv/bin/python examples/svi_by_hand.py                             # about 20 s on 2 CPU cores
     .venv/bin/python examples/svi_by_hand.py --num-epochs 1 --limit 64   # smoke test
+    .venv/bin/python examples/svi_by_hand.py --figures figs   # also save the images as PNGs
 
 Why not ``pyro.infer.SVI(model, guide, pyro.optim.Adam(...), loss)``? Importing pyrovae
 sets ``pyro.settings.set(module_local_params=True)``: parameters live in the modules, not
@@ -28,13 +30,14 @@ False):``, with the parameters in the global param store.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pyro
 import torch
 from pyro import poutine
 from pyro.infer import Predictive, Trace_ELBO
 
-from pyrovae import VAE, load_dataset
+from pyrovae import VAE, load_dataset, plots
 
 #: characters from light to dark, to print 8x8 images in the terminal
 SHADES = " .:-=+*#%@"
@@ -55,7 +58,7 @@ def ascii_images(images: torch.Tensor, titles: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> list[float]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.partition("\n")[0])
     parser.add_argument("--num-epochs", type=int, default=100)
     parser.add_argument("--limit", type=int, help="use only the first N train and test images")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -67,6 +70,7 @@ def main(argv: list[str] | None = None) -> list[float]:
     parser.add_argument(
         "--num-threads", type=int, default=1, help="torch CPU threads (0: torch's default)"
     )
+    parser.add_argument("--figures", type=Path, help="also save the images as PNGs in this folder")
     args = parser.parse_args(argv)
     if args.num_threads > 0:
         # The networks are tiny: one thread per process is as fast as several, and far
@@ -125,6 +129,10 @@ def main(argv: list[str] | None = None) -> list[float]:
     posterior_mean = samples["x"].mean(0)
     print(f"mean squared error of E[x* | x]: {(posterior_mean - x).pow(2).mean():.4f}")
     print(ascii_images(torch.cat([x, posterior_mean]), ["data"] * 4 + ["E[x*|x]"] * 4))
+    if args.figures:
+        # held-out digits (top row) above E[x* | x] (bottom row)
+        figure = plots.reconstructions(x, posterior_mean, nrow=4)
+        save(figure, args.figures / "posterior-predictive.png")
 
     # -- 3. generation: z ~ p(z), then E[x | z] ----------------------------------------------
     # vae.sample runs the model with x=None; Predictive(vae.model, num_samples=n)(batch_size=m)
@@ -132,7 +140,15 @@ def main(argv: list[str] | None = None) -> list[float]:
     prior_samples = vae.sample(8)
     print(f"\nprior samples {tuple(prior_samples.shape)} (decoded means E[x | z], z ~ p(z)):")
     print(ascii_images(prior_samples, [f"z{i}" for i in range(8)]))
+    if args.figures:
+        title = "E[x | z], z ~ p(z)"
+        save(plots.image_grid(vae.sample(64), title=title), args.figures / "prior-samples.png")
     return history
+
+
+def save(figure, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
 
 
 if __name__ == "__main__":

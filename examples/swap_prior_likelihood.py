@@ -1,4 +1,5 @@
 """Swap the prior p(z) and the likelihood p(x | z) of a VAE by name, and compare them.
+===================================================================================
 
 Each row of the table trains the same encoder/decoder on scikit-learn's bundled 8x8
 digits with another prior x likelihood pair, then scores the held-out images with
@@ -39,7 +40,7 @@ COMBINATIONS = [
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.partition("\n")[0])
     parser.add_argument("--num-epochs", type=int, default=100, help="SVI epochs per model")
     parser.add_argument("--limit", type=int, help="use only the first N train and test images")
     parser.add_argument(

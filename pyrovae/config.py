@@ -77,7 +77,7 @@ SEEDS = range(0, 2**32)
 
 
 def check_seed(value: int, where: str = "seed") -> int:
-    """``value`` if it is a valid seed (:data:`SEEDS`), else a :class:`ConfigError` naming
+    """``value`` if it is a valid seed (``SEEDS``), else a :class:`ConfigError` naming
     ``where`` (the config key or a command's ``--seed``) and the range."""
     if value not in SEEDS:
         raise ConfigError(

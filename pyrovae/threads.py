@@ -82,7 +82,7 @@ def work_per_step(module: nn.Module, batch_size: int) -> int:
 def choose_threads(work: int) -> tuple[int, str]:
     """The torch thread count for steps of ``work`` multiply-adds, and why: one per
     :data:`WORK_PER_THREAD`, at least 1, at most :func:`available_cores` and
-    :data:`TORCH_THREADS`."""
+    ``TORCH_THREADS``."""
     wanted = max(1, work // WORK_PER_THREAD)
     cores, default = available_cores(), TORCH_THREADS
     threads = min(wanted, cores, default)

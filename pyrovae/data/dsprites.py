@@ -21,16 +21,16 @@ fall inside the sprite: gray levels in ``[0, 1]`` (anti-aliased edges), exact mu
 
 Factor grids (index ``i`` of ``n`` values):
 
-========== ======================= ================== ========================
-factor     value                   ``dsprites``       ``dsprites-small``
-========== ======================= ================== ========================
-shape      square, ellipse, heart  3                  3
-scale      ``0.5 + 0.5 i/(n-1)``   6                  6
-orientation ``2 pi i / n``         40                 10
-posX, posY ``i / (n - 1)``         32 each            16 each
-image                              1x64x64            1x32x32
-items                              737 280            46 080
-========== ======================= ================== ========================
+=========== ======================= ================== ========================
+factor      value                   ``dsprites``       ``dsprites-small``
+=========== ======================= ================== ========================
+shape       square, ellipse, heart  3                  3
+scale       ``0.5 + 0.5 i/(n-1)``   6                  6
+orientation ``2 pi i / n``          40                 10
+posX, posY  ``i / (n - 1)``         32 each            16 each
+image                               1x64x64            1x32x32
+items                               737 280            46 080
+=========== ======================= ================== ========================
 
 The square looks the same every quarter turn and the ellipse every half turn, as in the
 original, so orientation is only partly identifiable from the pixels.

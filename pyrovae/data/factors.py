@@ -104,9 +104,9 @@ def factor_indices(values: np.ndarray, what: str) -> tuple[np.ndarray, tuple[int
 class FactorSampler(Protocol):
     """A product space of discrete factors and the items they render to.
 
-    What the intervention-based metrics read (:func:`~pyrovae.inference.evaluation.
-    disentanglement.factor_vae_score`, :func:`~pyrovae.inference.evaluation.disentanglement.
-    beta_vae_score`).
+    What the intervention-based metrics read
+    (:func:`~pyrovae.inference.evaluation.disentanglement.factor_vae_score`,
+    :func:`~pyrovae.inference.evaluation.disentanglement.beta_vae_score`).
     """
 
     factor_names: tuple[str, ...]

@@ -36,6 +36,7 @@ class LowRankNormalGuide(AmortizedGuide):
 
     :meth:`encode` returns the mean and the log of the marginal variances
     :math:`\\sigma_d^2 + \\sum_j W_{dj}^2` (the diagonal of the covariance).
+    ``log_var_min``/``log_var_max`` clamp the log of the diagonal part :math:`\\sigma^2`.
 
     Parameters
     ----------
@@ -43,8 +44,6 @@ class LowRankNormalGuide(AmortizedGuide):
         Returns ``2 + guide_rank`` tensors of shape ``(..., latent_dim)``.
     guide_rank : int
         rank r >= 1 of the low-rank guide's covariance factor.
-
-    ``log_var_min``/``log_var_max`` clamp the log of the diagonal part :math:`\\sigma^2`.
     """
 
     def __init__(

@@ -9,19 +9,19 @@ A table of :math:`D` columns of mixed types is modelled as
 each column :math:`d` with the family of its type (:data:`COLUMN_TYPES`) and parameters
 :math:`\eta_d` read from its own slice of the decoder's output:
 
-=================  =====================================================  ==========
-type               :math:`p_d(x_d \mid \eta_d)`                           parameters
-=================  =====================================================  ==========
-``real``           :math:`\mathcal{N}(\mu, \sigma^2)` (standardised data)   2
+=================  ======================================================  ==========
+type               :math:`p_d(x_d \mid \eta_d)`                            parameters
+=================  ======================================================  ==========
+``real``           :math:`\mathcal{N}(\mu, \sigma^2)` (standardised data)  2
 ``real-laplace``   :math:`\mathrm{Laplace}(\mu, b)` (standardised data)    2
 ``positive``       :math:`\log\mathcal{N}(\mu, \sigma^2)`                  2
-``binary``         :math:`\mathrm{Bernoulli}(\sigma(\eta))`, codes 0, 1     1
+``binary``         :math:`\mathrm{Bernoulli}(\sigma(\eta))`, codes 0, 1    1
 ``categorical:C``  :math:`\mathrm{Categorical}(\mathrm{softmax}(\eta))`,   C
                    codes :math:`0 .. C-1`
 ``count``          :math:`\mathrm{Poisson}(e^{\eta})`                      1
-``count-nb``       negative binomial, :math:`r = e^{\eta_1}`,               2
+``count-nb``       negative binomial, :math:`r = e^{\eta_1}`,              2
                    :math:`\mathrm{logit}\,p = \eta_2`
-=================  =====================================================  ==========
+=================  ======================================================  ==========
 
 Scales are :math:`\sigma = \sigma_{min} + \mathrm{softplus}(\eta)`, so a column cannot
 collapse onto a constant. A **missing cell** is a NaN in ``x``: its log-density is exactly 0,

@@ -134,8 +134,9 @@ class Trainer:
     patience : int, optional
         Early stopping: stop once this many epochs in a row have not improved on the best
         validation score (``fit(validation=...)``), counting only the epochs after the KL
-        schedule's warm-up (:meth:`~pyrovae.inference.training.schedules.Schedule.
-        settled_step`). The state lives in the history, so a resumed run keeps it.
+        schedule's warm-up
+        (:meth:`~pyrovae.inference.training.schedules.Schedule.settled_step`). The state
+        lives in the history, so a resumed run keeps it.
     lr_schedulers : dict of str to scheduler, optional
         A :mod:`torch.optim.lr_scheduler` scheduler per optimizer of the step (by its name),
         stepped after every epoch (``ReduceLROnPlateau`` on the monitored score) and saved
@@ -338,7 +339,7 @@ class Trainer:
         callbacks: Sequence[EpochCallback] = (),
         validation: Dataset | None = None,
     ) -> list[dict[str, Any]]:
-        """Train for ``num_epochs`` epochs (from where a resumed run stopped), or until
+        r"""Train for ``num_epochs`` epochs (from where a resumed run stopped), or until
         early stopping (``patience``) ends the run.
 
         Parameters
@@ -664,10 +665,10 @@ class Trainer:
         states and continues bit for bit. On another number of ranks (or from a one-process
         run), the parameters, the optimizers' moments, the epoch and so the KL schedule and
         the epochs' data order continue; the ranks' random streams cannot (there is one per
-        rank), so each rank seeds a new one (:func:`~pyrovae.inference.training.distributed.
-        rank_seed`), and the global minibatch becomes ``ranks * batch_size`` items. One
-        process resuming a data-parallel run takes rank 0's streams, and draws its data
-        order from them again.
+        rank), so each rank seeds a new one
+        (:func:`~pyrovae.inference.training.distributed.rank_seed`), and the global
+        minibatch becomes ``ranks * batch_size`` items. One process resuming a data-parallel
+        run takes rank 0's streams, and draws its data order from them again.
         """
         missing = [k for k in CHECKPOINT_KEYS if k not in state]
         if missing:
