@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,13 @@ import torch
 from pyrovae import plots, runfolder
 from pyrovae.config import COMPONENTS, Config, from_flat, is_flat, save_config
 from pyrovae.data import DataFactorSampler, Dataset, FactorSampler, Loader, load_dataset
+from pyrovae.data.tables import (
+    TableDataset,
+    TableEncoding,
+    is_table,
+    read_table_run,
+    write_table_run,
+)
 from pyrovae.errors import CheckpointError, ConfigError, DataError, PyroVAEError
 from pyrovae.inference import score
 from pyrovae.inference.sites import require
@@ -92,8 +100,15 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def load_data(config: Config, device: torch.device) -> Dataset:
+def load_data(
+    config: Config, device: torch.device, run: str | os.PathLike | None = None
+) -> Dataset:
     """The run's data set, preloaded on ``device`` when it fits.
+
+    With ``run`` (the run folder, or a checkpoint file in it), a table run's rows are the
+    ones it trained on, from its ``table.npz``, and its encoding is its ``table.json``
+    (:func:`~pyrovae.data.tables.read_table_run`): the training file is not read. A run
+    written before those files existed reads its training file again.
 
     With ``num_workers`` (or ``mmap``, which implies 0 workers), and on a GPU that the data
     do not fit (more than half of its free memory), the training batches come from a
@@ -108,7 +123,35 @@ def load_data(config: Config, device: torch.device) -> Dataset:
     if workers is None and mmap:
         workers = 0
     loader = None if workers is None else Loader(workers, pin_memory=d["pin_memory"])
-    data = load_dataset(
+    stored = None
+    if run is not None and is_table(d["data"]):
+        folder = Path(run) if Path(run).is_dir() else Path(run).parent
+        stored = read_table_run(folder, Path(d["data"]).stem)
+    if stored is not None and stored[1] is not None:
+        data = dataclasses.replace(stored[1], loader=loader)
+    else:
+        data = _load_dataset(config, mmap, loader, None if stored is None else stored[0])
+    if loader is not None:
+        return data  # on the CPU, where the workers read it; batches move per step
+    if device.type == "cuda":
+        size = (data.train.numel() + data.test.numel()) * data.train.element_size()
+        if size > 0.5 * torch.cuda.mem_get_info(device)[0]:
+            logger.warning(
+                "data (%.1f GB) kept on the CPU: they do not fit the GPU; batches come from a "
+                "DataLoader in pinned memory (--num-workers N adds workers)",
+                size / 1e9,
+            )
+            return dataclasses.replace(data, loader=Loader(0, pin_memory=d["pin_memory"]))
+    return data.to(device)
+
+
+def _load_dataset(
+    config: Config, mmap: bool, loader: Loader | None, table: TableEncoding | None
+) -> Dataset:
+    """:func:`~pyrovae.data.load_dataset` of the run's data section (``table``: a table
+    run's stored encoding, applied to its training file instead of one fitted again)."""
+    d = config.data
+    return load_dataset(
         d["dataset"],
         path=d["data"],
         data_dir=d["data_dir"],
@@ -123,19 +166,8 @@ def load_data(config: Config, device: torch.device) -> Dataset:
         loader=loader,
         column_types=d["column_types"],
         label_column=d["label_column"],
+        table_encoding=table,
     )
-    if loader is not None:
-        return data  # on the CPU, where the workers read it; batches move per step
-    if device.type == "cuda":
-        size = (data.train.numel() + data.test.numel()) * data.train.element_size()
-        if size > 0.5 * torch.cuda.mem_get_info(device)[0]:
-            logger.warning(
-                "data (%.1f GB) kept on the CPU: they do not fit the GPU; batches come from a "
-                "DataLoader in pinned memory (--num-workers N adds workers)",
-                size / 1e9,
-            )
-            return dataclasses.replace(data, loader=Loader(0, pin_memory=d["pin_memory"]))
-    return data.to(device)
 
 
 def factor_sampler(config: Config, device: torch.device) -> FactorSampler:
@@ -229,6 +261,12 @@ def table_likelihood(config: Config, data: Dataset) -> Config:
         raise ConfigError(
             f"a table is modelled column by column (--likelihood columns); drop --likelihood "
             f"{name}, or declare column types with --column-types (e.g. x=real-laplace)"
+        )
+    if config.model["prior"]["name"] == "vamp":
+        raise ConfigError(
+            "the vamp prior draws pseudo-inputs in the data's space, which a table's rows "
+            "(category codes, counts, missing cells) do not have; choose another --prior (normal, "
+            "learned-normal, mixture or flow)"
         )
     return config.replace(likelihood="columns", columns=table.column_types)
 
@@ -335,6 +373,7 @@ def train(
     progress: bool | None = None,
     write_config: bool = False,
     validation: Dataset | None = None,
+    run_files: Callable[[Path], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``vae`` on ``data`` as ``config`` describes (objective, schedule, optimizer,
     epochs); with ``workdir``, checkpoint after every epoch (and ``resume`` from there).
@@ -348,13 +387,15 @@ def train(
     configuration of the last checkpoint there. In a data-parallel run rank 0 alone writes;
     every rank trains and fits what the variant fits after its epochs, and rank 0's is
     saved. ``validation`` is the run's validation split (:func:`split_validation`), which
-    the per-epoch evaluation, ``best.pt`` and early stopping read.
+    the per-epoch evaluation, ``best.pt`` and early stopping read. ``run_files(workdir)``
+    writes what else the run folder holds (a table's encoding and rows), with
+    ``config.toml``.
     """
     saved = {**config.to_dict(), "model": model_section(vae)}
     board = make_tensorboard(vae, data, config, workdir)
     callbacks: list = [board] if board is not None else []
     if write_config and workdir is not None and distributed.is_main_process():
-        callbacks.insert(0, _ConfigWriter(config, Path(workdir) / "config.toml"))
+        callbacks.insert(0, _ConfigWriter(config, Path(workdir), run_files))
     with elbo_context(config.objective["elbo"]["name"]), board or contextlib.nullcontext():
         trainer = make_trainer(vae, data, config)
         if resume and workdir is not None:
@@ -383,14 +424,19 @@ def train(
 
 
 class _ConfigWriter:
-    """An epoch callback that writes ``config.toml`` after the session's first checkpoint."""
+    """An epoch callback that writes ``config.toml`` (and ``run_files(workdir)``) after
+    the session's first checkpoint."""
 
-    def __init__(self, config: Config, path: Path) -> None:
-        self.config, self.path = config, path
+    def __init__(
+        self, config: Config, workdir: Path, run_files: Callable[[Path], None] | None = None
+    ) -> None:
+        self.config, self.workdir, self.run_files = config, workdir, run_files
 
     def __call__(self, trainer: Trainer | None = None, row: dict[str, Any] | None = None) -> None:
         if self.config is not None:
-            save_config(self.config, self.path)
+            save_config(self.config, self.workdir / "config.toml")
+            if self.run_files is not None:
+                self.run_files(self.workdir)
             self.config = None  # once
 
 
@@ -518,8 +564,12 @@ def _fit(
     # a download: rank 0 first, then the others read its files
     first = distributed.main_process_first() if config.data["download"] else None
     with first or contextlib.nullcontext():
-        data = load_data(config, device)
+        # a table run resumes on the rows (and encoding) it trained on
+        data = load_data(config, device, workdir if resume else None)
     config = table_likelihood(resolve_classes(config, data), data)
+    run_files = None
+    if isinstance(data, TableDataset):
+        run_files = functools.partial(write_table_run, data=data)
     data, validation = split_validation(data, config)
     check_networks_fit(lambda: build_variant(config.model, data.shape, seed=run["seed"]), device)
     vae = build_variant(config.model, data.shape, seed=run["seed"]).to(device)
@@ -534,6 +584,7 @@ def _fit(
         progress=progress,
         write_config=True,
         validation=validation,
+        run_files=run_files,
     )
     best = use_best(vae, workdir)
     with progress_enabled(progress is not False and main):
@@ -553,6 +604,8 @@ def _fit(
         # written after the session's first checkpoint already (train); again here for a
         # session that had no epoch left to train, once it has succeeded
         save_config(config, workdir / "config.toml")
+        if run_files is not None:
+            run_files(workdir)
     distributed.barrier()  # every rank returns once the run folder is complete
     return FitResult(vae, data, history, evaluation, workdir)
 
@@ -701,7 +754,7 @@ def score_run(
     with runfolder.lock(workdir) if folder else contextlib.nullcontext():
         vae, config, _ = load_run(workdir, device, checkpoint)
         set_threads(num_threads, vae, config.optimization["batch_size"])
-        data = load_data(config, vae.device)
+        data = load_data(config, vae.device, workdir)
         scores = score(
             vae,
             data,

@@ -204,6 +204,7 @@ def table_csv(tmp_path) -> Path:
         (["--column-types", "stars=binary"], "declared binary"),
         (["--label-column", "smoke"], "did you mean 'smoker'"),
         (["--likelihood", "gaussian"], "modelled column by column"),
+        (["--prior", "vamp"], "a table's rows (category codes"),
     ],
 )
 def test_refusals_exit_2_and_leave_no_run(table_csv, tmp_path, capsys, flags, message):
@@ -337,3 +338,42 @@ def test_cli_train_impute_and_anomaly(table_csv, tmp_path, capsys):
 def _write(path: Path, frame: pd.DataFrame) -> Path:
     frame.to_csv(path, index=False)
     return path
+
+
+def test_run_folder_is_self_contained(table_csv, tmp_path, capsys):
+    """A table run keeps its encoding (table.json) and rows (table.npz): with its training
+    CSV altered or deleted, impute and anomaly give exactly what they gave before; a
+    corrupt table.json is one message, exit 2."""
+    workdir = tmp_path / "run"
+    argv = ["train", "--data", table_csv, "--workdir", workdir, "--num-epochs", "1"]
+    code, _, err = run_cli([*argv, "--label-column", "member", "--hidden", "8", *TINY], capsys)
+    assert code == 0, err
+    stored = json.loads((workdir / "table.json").read_text())
+    assert [c["name"] for c in stored["columns"]][:2] == ["height", "temperature"]
+    assert stored["label"]["name"] == "member"
+    incomplete = pd.read_csv(table_csv)
+    incomplete.loc[[0, 3], "colour"] = np.nan
+    incomplete.loc[[1], "height"] = np.nan
+    rows = _write(tmp_path / "rows.csv", incomplete)
+
+    def outputs() -> tuple[str, str]:
+        imputed, scores = tmp_path / "imputed.csv", tmp_path / "scores.csv"
+        code, _, err = run_cli(["impute", workdir, rows, "-k", "4", "--output", imputed], capsys)
+        assert code == 0, err
+        code, _, err = run_cli(
+            ["anomaly", workdir, "--data", rows, "-k", "4", "--output", scores], capsys
+        )
+        assert code == 0, err
+        return imputed.read_text(), scores.read_text()
+
+    before = outputs()
+    frame = pd.read_csv(table_csv)  # altered: another standardisation, another category
+    frame["temperature"] *= 3
+    frame.loc[0, "colour"] = "purple"
+    frame.to_csv(table_csv, index=False)
+    assert outputs() == before
+    table_csv.unlink()
+    assert outputs() == before
+    (workdir / "table.json").write_text("{not json")
+    code, _, err = run_cli(["impute", workdir, rows], capsys)
+    assert code == 2 and "table.json is not a table encoding" in err and "Traceback" not in err

@@ -214,10 +214,10 @@ def _cmd_anomaly(args: argparse.Namespace) -> int:
     output = output_file(output, ".csv")
     vae, config, _ = load_run(args)
     pyro.set_rng_seed(args.seed)
-    data = load_data(config, vae.device)
+    data = load_data(config, vae.device, args.run)
     sources = []
     if args.data:
-        x, y = load_items(args.data, config)
+        x, y = load_items(args.data, config, args.run)
     else:
         x, y = data.test, data.test_labels
     sources += [args.data or "held-out"] * len(x)
@@ -225,7 +225,7 @@ def _cmd_anomaly(args: argparse.Namespace) -> int:
     if args.labels:
         is_anomaly = torch.as_tensor(_load_flags(args.labels, len(x)))
     elif args.anomalous:
-        xa, ya = load_items(args.anomalous, config)
+        xa, ya = load_items(args.anomalous, config, args.run)
         vae.validate_data(xa, f"the --anomalous items ({args.anomalous})")
         is_anomaly = torch.cat([torch.zeros(len(x)), torch.ones(len(xa))])
         x = torch.cat([x.to(vae.device), xa.to(vae.device)])
@@ -292,8 +292,8 @@ def _run_items(args: argparse.Namespace):
 
     vae, config, _ = load_run(args)
     pyro.set_rng_seed(args.seed)
-    data = load_data(config, vae.device)
-    x = load_items(args.data, config)[0].to(vae.device) if args.data else data.test
+    data = load_data(config, vae.device, args.run)
+    x = load_items(args.data, config, args.run)[0].to(vae.device) if args.data else data.test
     out = args.output or (args.run if args.run.is_dir() else args.run.parent)
     output_folder(out)
     return vae, data, x, out
@@ -473,7 +473,7 @@ def _cmd_impute(args: argparse.Namespace) -> int:
     output = output_file(output, ".csv")
     vae, config, _ = load_run(args)
     pyro.set_rng_seed(args.seed)
-    encoding = table_encoding(config)
+    encoding = table_encoding(config, args.run)
     frame = read_table(args.table)
     x, _ = encoding.encode(frame, args.table.name, labels=False)
     completed = encoding.decode(impute(vae, x, num_samples=args.num_samples))

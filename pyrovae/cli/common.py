@@ -70,12 +70,13 @@ def load_run(args: argparse.Namespace):
     return vae, config, checkpoint
 
 
-def table_encoding(config: Config):
-    """The :class:`~pyrovae.data.tables.TableEncoding` of a run trained on a table: derived
-    again from its training file (types, categories, the training split's standardisation),
-    which must still give the column types the run was trained with."""
+def table_encoding(config: Config, run: Path):
+    """The :class:`~pyrovae.data.tables.TableEncoding` of a run trained on a table: its
+    ``table.json`` (:func:`~pyrovae.data.tables.read_table_run`); for a run written before
+    that file existed, derived again from its training file (types, categories, the
+    training split's standardisation), which must still give the run's column types."""
     from pyrovae.data import load_dataset
-    from pyrovae.data.tables import is_table
+    from pyrovae.data.tables import is_table, read_table_run
 
     d = config.data
     if not is_table(d["data"]):
@@ -83,6 +84,9 @@ def table_encoding(config: Config):
             "this run was not trained on a table (--data FILE.csv or .parquet); its items "
             "come from .npy/.npz files"
         )
+    stored = read_table_run(run if run.is_dir() else run.parent)
+    if stored is not None:
+        return stored[0]
     data = load_dataset(
         path=d["data"],
         column_types=d["column_types"],
@@ -100,9 +104,10 @@ def table_encoding(config: Config):
     return data.table
 
 
-def load_items(path: str | Path, config: Config):
+def load_items(path: str | Path, config: Config, run: Path):
     """Every item of a .npy/.npz file (and its labels, if it has them), as a run scores them;
-    the rows of a table encoded as the run's training table was."""
+    the rows of a table encoded as the run ``run`` (folder or checkpoint) encoded its
+    training table (:func:`table_encoding`)."""
     import torch
 
     from pyrovae.data import load_dataset
@@ -111,7 +116,7 @@ def load_items(path: str | Path, config: Config):
     if is_table(path) or is_table(config.data["data"]):
         if not is_table(path):
             raise DataError(f"the run was trained on a table; give a .csv or .parquet, not {path}")
-        return table_encoding(config).encode(read_table(path), Path(path).name)
+        return table_encoding(config, run).encode(read_table(path), Path(path).name)
 
     # a dynamic binarization is drawn once, as for a test set
     binarize = "static" if config.data["binarize"] == "dynamic" else config.data["binarize"]

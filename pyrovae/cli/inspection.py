@@ -298,7 +298,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
     def heldout() -> torch.Tensor:  # the run's held-out set, loaded once when needed
         if not test:
-            test.append(load_data(config, vae.device).test)
+            test.append(load_data(config, vae.device, args.run).test)
         return test[0]
 
     x, items = _inspect_inputs(args, vae, config, heldout)
@@ -395,7 +395,7 @@ def _cmd_graph(args: argparse.Namespace) -> int:
 
     require_graphviz()  # before loading anything
     vae, config, _ = load_run(args)
-    x = load_data(config, vae.device).test[:2]
+    x = load_data(config, vae.device, args.run).test[:2]
     paths = save_graphs(vae, x, _output_folder(args, None), args.format)
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0
@@ -416,7 +416,7 @@ def _cmd_latent(args: argparse.Namespace) -> int:
     vae, config, _ = load_run(args)
     _refuse_labelled(vae, config, "latent", "requires_y")
     require(vae, "posterior", "encoding a data set")  # before the output folder is made
-    data = load_data(config, vae.device)
+    data = load_data(config, vae.device, args.run)
     out = _output_folder(args, "latent")
     pyro.set_rng_seed(args.seed)  # the mutual information estimate draws z ~ q(z|x)
     codes = encode_dataset(vae, data, args.batch_size)

@@ -279,9 +279,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     vae, config, _ = load_run(args)
     pyro.set_rng_seed(args.seed)
     if args.data:
-        x, y = load_items(args.data, config)
+        x, y = load_items(args.data, config, args.run)
     else:
-        data = load_data(config, vae.device)
+        data = load_data(config, vae.device, args.run)
         x, y = data.test, data.test_labels
     if args.num_items is not None:
         x = x[: args.num_items]

@@ -43,7 +43,7 @@ from pyrovae.data.dsprites import DSPRITES_SUBSET, DSprites, load_dsprites
 from pyrovae.data.files import load_file, load_mapped
 from pyrovae.data.idx import IDX_STEMS, find_idx_files, read_idx
 from pyrovae.data.images import load_image_folder
-from pyrovae.data.tables import is_table, load_table
+from pyrovae.data.tables import TableEncoding, is_table, load_table
 from pyrovae.errors import ConfigError, DataError
 from pyrovae.registry import Registry
 
@@ -101,6 +101,7 @@ def load_dataset(
     loader: Loader | None = None,
     column_types: str | None = None,
     label_column: str | None = None,
+    table_encoding: TableEncoding | None = None,
 ) -> Dataset:
     """Load a named data set, or the user's own file or image folder, and binarize it.
 
@@ -148,6 +149,8 @@ def load_dataset(
         inferred column types, ``"age=count,sex=categorical"``.
     label_column : str, optional
         A table's column read as class labels rather than modelled.
+    table_encoding : TableEncoding, optional
+        A table's encoding to apply (a trained run's) instead of one fitted to the file.
 
     Returns
     -------
@@ -192,7 +195,11 @@ def load_dataset(
         )
     elif is_table(path):
         dataset = load_table(
-            Path(path), column_types=column_types, label_column=label_column, **split
+            Path(path),
+            column_types=column_types,
+            label_column=label_column,
+            encoding=table_encoding,
+            **split,
         )
     elif path is not None and mmap:
         dataset = load_mapped(Path(path), **split)

@@ -31,6 +31,8 @@ References
 
 from __future__ import annotations
 
+import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -48,6 +50,8 @@ from pyrovae.registry import closest
 __all__ = [
     "MAX_INTEGER_CATEGORIES",
     "OVERDISPERSION",
+    "TABLE_FILE",
+    "TABLE_ROWS_FILE",
     "TABLE_SUFFIXES",
     "TableColumn",
     "TableDataset",
@@ -57,10 +61,21 @@ __all__ = [
     "load_table",
     "parse_column_types",
     "read_table",
+    "read_table_run",
+    "write_table_run",
 ]
 
 #: the file suffixes read as tables
 TABLE_SUFFIXES = (".csv", ".parquet")
+
+#: a table run's encoding in its run folder (plain JSON: :meth:`TableEncoding.to_dict`)
+TABLE_FILE = "table.json"
+
+#: a table run's encoded training and held-out rows in its run folder (``.npz``)
+TABLE_ROWS_FILE = "table.npz"
+
+#: the version of :data:`TABLE_FILE`'s format
+TABLE_FORMAT = 1
 
 #: whole-number columns with at most this many distinct values are categorical
 MAX_INTEGER_CATEGORIES = 10
@@ -297,6 +312,46 @@ class TableEncoding:
             raise DataError("the table has no columns to model besides the label column")
         return cls(tuple(columns), label)
 
+    def to_dict(self) -> dict[str, Any]:
+        """The encoding as plain JSON data (:meth:`from_dict` reads it back)."""
+
+        def column(c: TableColumn) -> dict[str, Any]:
+            return {"name": c.name, "type": c.type, "categories": list(c.categories),
+                    "mean": c.mean, "std": c.std}  # fmt: skip
+
+        return {
+            "format_version": TABLE_FORMAT,
+            "columns": [column(c) for c in self.columns],
+            "label": None if self.label is None else column(self.label),
+        }
+
+    @classmethod
+    def from_dict(cls, value: Any) -> TableEncoding:
+        """The encoding :meth:`to_dict` wrote; ``ValueError`` (or ``KeyError``,
+        ``TypeError``) for anything else."""
+        from pyrovae.model.columns import COLUMN_TYPES
+
+        if not isinstance(value, dict) or value.get("format_version") != TABLE_FORMAT:
+            raise ValueError(f"not a table encoding of format {TABLE_FORMAT}")
+
+        def column(c: dict[str, Any]) -> TableColumn:
+            kind = str(c["type"])
+            if kind not in COLUMN_TYPES:
+                raise ValueError(f"unknown column type {kind!r}")
+            mean, std = float(c["mean"]), float(c["std"])
+            if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
+                raise ValueError(f"column {c['name']!r} has no valid standardisation")
+            categories = tuple(c["categories"])
+            if kind in ("binary", "categorical") and not categories:
+                raise ValueError(f"column {c['name']!r} has no categories")
+            return TableColumn(str(c["name"]), kind, categories, mean, std)
+
+        columns = tuple(column(c) for c in value["columns"])
+        if not columns:
+            raise ValueError("no columns")
+        label = value["label"]
+        return cls(columns, None if label is None else column(label))
+
     def _codes(self, column: TableColumn, values: Any, what: str) -> np.ndarray:
         index = {label: code for code, label in enumerate(column.categories)}
         codes = np.full(len(values), np.nan)
@@ -408,6 +463,7 @@ def load_table(
     test_fraction: float = 0.2,
     seed: int = 0,
     limit: int | None = None,
+    encoding: TableEncoding | None = None,
 ) -> TableDataset:
     """Read a CSV or Parquet table as a :class:`TableDataset` split into train and test
     rows (seeded; stratified by the label column when there is one).
@@ -422,6 +478,9 @@ def load_table(
         A column read as class labels rather than modelled.
     test_fraction, seed, limit
         As :func:`~pyrovae.data.load_dataset`.
+    encoding : TableEncoding, optional
+        The encoding to apply (a trained run's, :func:`read_table_run`) instead of one
+        fitted to this file.
     """
     path = Path(path)
     frame = read_table(path)
@@ -434,7 +493,8 @@ def load_table(
         if frame[label_column].isna().any():
             stratify = None  # the encoding refuses it with its own message
     train_index, test_index = split_indices(len(frame), test_fraction, seed, stratify, path.name)
-    encoding = TableEncoding.fit(frame, train_index, overrides, label_column)
+    if encoding is None:
+        encoding = TableEncoding.fit(frame, train_index, overrides, label_column)
     x, y = encoding.encode(frame, path.name)
     train_index, test_index = train_index[:limit], test_index[:limit]
     return TableDataset(
@@ -445,3 +505,65 @@ def load_table(
         test_labels=None if y is None else y[test_index],
         table=encoding,
     )
+
+
+def write_table_run(folder: str | os.PathLike[str], data: TableDataset) -> None:
+    """Write a table run's :data:`TABLE_FILE` (the encoding) and :data:`TABLE_ROWS_FILE`
+    (the encoded training and held-out rows and labels, float32 with NaN in missing
+    cells) into its run folder, each atomically: with them the run no longer reads its
+    training file (:func:`read_table_run`)."""
+    from pyrovae.runfolder import atomic_write, write_json
+
+    folder = Path(folder)
+    assert data.table is not None
+    write_json(data.table.to_dict(), folder / TABLE_FILE)
+    arrays = {"train": data.train.cpu().numpy(), "test": data.test.cpu().numpy()}
+    for split, y in (("train", data.train_labels), ("test", data.test_labels)):
+        if y is not None:
+            arrays[f"{split}_labels"] = y.cpu().numpy()
+    atomic_write(folder / TABLE_ROWS_FILE, lambda f: np.savez(f, **arrays))
+
+
+def read_table_run(
+    folder: str | os.PathLike[str], name: str = "table"
+) -> tuple[TableEncoding, TableDataset | None] | None:
+    """A table run's encoding and its rows (:func:`write_table_run`) from its run folder:
+    ``(encoding, data)``, ``data`` ``None`` when :data:`TABLE_ROWS_FILE` is absent;
+    ``None`` when the folder has no :data:`TABLE_FILE` (a run of pyrovae before they were
+    written). One :class:`DataError` for a file that cannot be read."""
+    folder = Path(folder)
+    path = folder / TABLE_FILE
+    if not path.exists():
+        return None
+    try:
+        encoding = TableEncoding.from_dict(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(
+            f"{path} is not a table encoding pyrovae can read ({exc}); it is written when "
+            "the run trains: restore it, or train the run again"
+        ) from None
+    rows = folder / TABLE_ROWS_FILE
+    if not rows.exists():
+        return encoding, None
+    try:
+        with np.load(rows, allow_pickle=False) as f:
+            arrays = {k: torch.from_numpy(f[k]) for k in f.files}
+        data = TableDataset(
+            name=name,
+            train=arrays["train"],
+            test=arrays["test"],
+            train_labels=arrays.get("train_labels"),
+            test_labels=arrays.get("test_labels"),
+            table=encoding,
+        )
+    except (OSError, ValueError, KeyError, TypeError, DataError) as exc:
+        raise DataError(
+            f"{rows} is not the table rows pyrovae wrote ({exc}); it is written when the run "
+            "trains: restore it, or train the run again"
+        ) from None
+    if data.shape != (len(encoding.columns),):
+        raise DataError(
+            f"{rows} holds rows of {data.shape} cells, but {path} names "
+            f"{len(encoding.columns)} columns; restore the run's own files"
+        )
+    return encoding, data

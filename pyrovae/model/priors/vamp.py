@@ -103,8 +103,10 @@ class VampPrior(Prior):
         if data_range is None:
             raise ConfigError(
                 "the vamp prior keeps its pseudo-inputs inside the data's range, which this "
-                "likelihood does not bound; use --likelihood bernoulli or continuous-bernoulli "
-                "(data in [0, 1])"
+                "likelihood does not bound: for data in [0, 1] use --likelihood bernoulli or "
+                "continuous-bernoulli; a table (--likelihood columns: category codes, counts, "
+                "missing cells) has no such range, so give it another --prior (normal, "
+                "learned-normal, mixture or flow)"
             )
         low, high = (float(v) for v in data_range)
         if not (math.isfinite(low) and math.isfinite(high) and low < high):
