@@ -8,7 +8,9 @@ A run folder holds::
     metrics.jsonl       one line per epoch: objective, train and held-out ELBO (nats per data
                         point), KL weight, collapse diagnostics
     evaluation.json     held-out ELBO, IWAE log p(x) with K samples, reconstruction error
-    elbo.png, reconstructions.png, samples.png
+                        (per column type for a table)
+    elbo.png, reconstructions.png, samples.png (a table: elbo.png and samples.csv)
+    table.json, table.npz  a table run's encoding and encoded rows (it reads no CSV again)
     tensorboard/        event files, with ``tensorboard = true`` (``--tensorboard``)
     scores.json         sample quality (written by ``score_run``, ``pyrovae score``)
     evaluation-k*.json, samples-n*.png/.npy    written by ``pyrovae evaluate``, ``sample``
@@ -84,6 +86,7 @@ __all__ = [
     "table_likelihood",
     "train",
     "use_best",
+    "write_table_samples",
 ]
 
 logger = logging.getLogger(__name__)
@@ -666,11 +669,16 @@ def evaluate_run(vae: VAE, data: Dataset, config: Config) -> dict[str, Any]:
 
 
 def write_figures(vae: VAE, data: Dataset, history: list[dict[str, Any]], workdir: Path) -> None:
-    """ELBO curves, reconstructions of held-out inputs and prior samples, as PNG."""
+    """ELBO curves, reconstructions of held-out inputs and prior samples, as PNG; for a
+    table, whose rows are no images, the ELBO curves and ``samples.csv``: rows drawn from
+    the model in the table's own columns and labels (:func:`write_table_samples`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     save_figure(plots.elbo_curves(history), workdir / "elbo.png")
+    if isinstance(data, TableDataset):
+        write_table_samples(vae, data.table, 64, workdir / "samples.csv")
+        return
     x = data.test[:32]
     labels = {"y": data.test_labels[:32]} if vae.requires_y else {}
     save_figure(
@@ -682,6 +690,18 @@ def write_figures(vae: VAE, data: Dataset, history: list[dict[str, Any]], workdi
     save_figure(
         plots.image_grid(vae.sample(8 * nrow), nrow=nrow, title=title), workdir / "samples.png"
     )
+
+
+def write_table_samples(
+    vae: VAE, table: TableEncoding, num_rows: int, path: str | os.PathLike
+) -> None:
+    """Write ``num_rows`` rows drawn from a table run's model
+    (:func:`~pyrovae.inference.applications.sample_rows`) as CSV, atomically, in the
+    table's columns and labels (:meth:`~pyrovae.data.tables.TableEncoding.decode`)."""
+    from pyrovae.inference.applications import sample_rows
+
+    rows = table.decode(sample_rows(vae, num_rows))
+    atomic_write(path, lambda f: f.write(rows.to_csv(index=False).encode()))
 
 
 #: which parameters of a run folder :func:`load_run` reads

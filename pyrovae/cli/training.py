@@ -18,6 +18,7 @@ from pyrovae.cli.common import (
     output_folder,
     output_name,
     run_parser,
+    table_encoding,
 )
 from pyrovae.config import (
     COMPONENTS,
@@ -166,7 +167,9 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
         help="generate from the prior of a trained run",
         description=(
             "Draw z from the prior and decode: a PNG grid and a .npy, named "
-            "samples-n<N>[-label<C>][-seed<S>].png/.npy (training's samples.png is kept)."
+            "samples-n<N>[-label<C>][-seed<S>].png/.npy (training's samples.png is kept). "
+            "A table run writes rows drawn from the model, x ~ p(x|z), as "
+            "samples-n<N>[-seed<S>].csv in the table's columns and labels."
         ),
     )
     sample.add_argument("-n", "--num-samples", type=int, default=64, help="how many (default 64)")
@@ -310,6 +313,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     import pyro
 
     from pyrovae import plots
+    from pyrovae.data.tables import is_table
     from pyrovae.run import save_figure
 
     matplotlib.use("Agg")
@@ -317,6 +321,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         raise ConfigError(f"--num-samples must be >= 1, got {args.num_samples}")
     vae, config, _ = load_run(args)
     pyro.set_rng_seed(args.seed)
+    if is_table(config.data["data"]):  # rows, not images
+        return _sample_table(args, vae, config)
     if vae.needs_labels:
         samples = vae.sample(args.num_samples, y=args.label).cpu()
     elif args.label is not None:
@@ -339,6 +345,22 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         )
     save_figure(plots.image_grid(samples, nrow=nrow, title=title), out / f"{name}.png")
     print(f"wrote {out / (name + '.png')} and {out / (name + '.npy')} ({tuple(samples.shape)})")
+    return 0
+
+
+def _sample_table(args: argparse.Namespace, vae, config) -> int:
+    """``pyrovae sample`` on a table run: rows drawn from the model as CSV, in the
+    training table's columns and labels."""
+    from pyrovae.run import write_table_samples
+
+    if args.label is not None:
+        raise ConfigError("--label applies to a run of a model with labels; drop it")
+    table = table_encoding(config, args.run)
+    out = args.output or (args.run if args.run.is_dir() else args.run.parent)
+    output_folder(out)
+    path = out / f"{output_name('samples', args, n=args.num_samples, label=None)}.csv"
+    write_table_samples(vae, table, args.num_samples, path)
+    print(f"wrote {path} ({args.num_samples} rows of {len(table.columns)} columns)")
     return 0
 
 

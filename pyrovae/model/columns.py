@@ -88,6 +88,14 @@ class ColumnType:
     name: str = ""
     #: what the values must be, for the message refusing others
     need: str = ""
+    #: the reconstruction error this column adds to (:meth:`cell_error`)
+    error_name: str = "reconstruction_rmse_real"
+
+    def cell_error(self, x: torch.Tensor, point: torch.Tensor) -> torch.Tensor:
+        """The error of a point prediction ``point`` of observed values ``x``: the squared
+        error (in standardised units for a real column), whose mean over the cells is
+        rooted for a ``reconstruction_rmse_*`` name."""
+        return (x - point).pow(2)
 
     def __init__(self, num_categories: int = 0) -> None:
         self.num_categories = num_categories
@@ -162,11 +170,17 @@ class PositiveColumn(ColumnType):
     def distribution(self, params: torch.Tensor, min_scale: float) -> dist.TorchDistribution:
         return dist.LogNormal(params[..., 0], _scale(params[..., 1], min_scale))
 
+    error_name = "reconstruction_rmse_positive_log"
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return x.log()
 
     def check(self, x: torch.Tensor) -> torch.Tensor:
         return ~(x > 0)
+
+    def cell_error(self, x: torch.Tensor, point: torch.Tensor) -> torch.Tensor:
+        r"""Squared error of the logarithms (standardised units of :math:`\log x`)."""
+        return (x.log() - point.log()).pow(2)
 
 
 @COLUMN_TYPES.register("binary")
@@ -176,6 +190,11 @@ class BinaryColumn(ColumnType):
     name = "binary"
 
     need = "codes 0 and 1"
+    error_name = "reconstruction_error_rate"
+
+    def cell_error(self, x: torch.Tensor, point: torch.Tensor) -> torch.Tensor:
+        """1 where the more probable code (probability of 1 above 1/2) is not ``x``."""
+        return ((point > 0.5).to(x.dtype) != x).to(x.dtype)
 
     def distribution(self, params: torch.Tensor, min_scale: float) -> dist.TorchDistribution:
         return dist.Bernoulli(logits=params[..., 0])
@@ -192,6 +211,11 @@ class CategoricalColumn(ColumnType):
     name = "categorical"
 
     discrete_codes = True
+    error_name = "reconstruction_error_rate"
+
+    def cell_error(self, x: torch.Tensor, point: torch.Tensor) -> torch.Tensor:
+        """1 where the most probable category ``point`` is not ``x``."""
+        return (point != x).to(x.dtype)
 
     @property
     def num_params(self) -> int:  # type: ignore[override]
@@ -220,6 +244,7 @@ class CategoricalColumn(ColumnType):
 
 class _CountColumn(ColumnType):
     need = "non-negative whole numbers"
+    error_name = "reconstruction_rmse_count"
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return x.log1p()

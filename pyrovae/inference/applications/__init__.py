@@ -1,5 +1,5 @@
 """Applications of a trained VAE: anomaly scores, operations in the latent space,
-inpainting and denoising, and imputation of a table's missing cells."""
+inpainting and denoising, and imputation of a table's missing cells and synthetic rows."""
 
 from pyrovae.inference.applications.anomaly import (
     SCORES,
@@ -24,6 +24,7 @@ from pyrovae.inference.applications.latent_ops import (
     slerp,
     traverse,
 )
+from pyrovae.inference.applications.synthesis import sample_rows
 
 __all__ = [
     "CORRUPTIONS",
@@ -40,6 +41,7 @@ __all__ = [
     "latent_arithmetic",
     "lerp",
     "make_mask",
+    "sample_rows",
     "slerp",
     "threshold",
     "traverse",

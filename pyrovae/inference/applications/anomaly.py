@@ -13,10 +13,12 @@ pass of ``K`` guide samples :math:`z_k \sim q(z \mid x)` with log weights
         \approx \mathrm{KL}(q(z \mid x) \,\|\, p(z)),
 
 and ``reconstruction`` is the mean squared error of the reconstruction
-:math:`E[x \mid z = \mu_\phi(x)]`. A threshold is a chosen percentile of the scores of
-the training (normal) data; items above it are flagged. With labelled normal and
-anomalous items, :func:`detection_metrics` reports the area under the ROC curve and the
-average precision of every score (scikit-learn).
+:math:`E[x \mid z = \mu_\phi(x)]`; for a table, whose category codes have no distance,
+the negative log-likelihood of the row under it, :math:`-\log p(x_{obs} \mid z =
+\mu_\phi(x))` (:func:`~pyrovae.inference.evaluation.reconstruction_error`). A threshold
+is a chosen percentile of the scores of the training (normal) data; items above it are
+flagged. With labelled normal and anomalous items, :func:`detection_metrics` reports the
+area under the ROC curve and the average precision of every score (scikit-learn).
 
 References
 ----------
@@ -87,7 +89,7 @@ def anomaly_scores(
     -------
     dict of str to torch.Tensor
         Score name -> shape ``(N,)`` tensor, in nats (``reconstruction``: squared error
-        per pixel).
+        per pixel; for a table, nats too).
     """
     if num_samples < 1 or batch_size < 1:
         raise ConfigError("num_samples and batch_size must be >= 1")

@@ -1,5 +1,6 @@
 """Evaluation: the importance weights of the guide (one function, read by every bound and
-score), and the held-out ELBO, IWAE log-likelihood and reconstruction error from them; and
+score), and the held-out ELBO, IWAE log-likelihood and reconstruction error from them (per
+column type for a table); and
 sample quality (Fréchet distance, precision and recall, sharpness) in the feature space of a
 classifier trained on the data's labels; and disentanglement (MIG, the FactorVAE and beta-VAE
 scores, DCI, SAP) against ground-truth factors."""
@@ -43,6 +44,11 @@ from pyrovae.inference.evaluation.quality import (
     score,
     sharpness,
 )
+from pyrovae.inference.evaluation.tables import (
+    columns_likelihood,
+    reconstruction_nll,
+    table_reconstruction_errors,
+)
 from pyrovae.inference.evaluation.weights import (
     CHUNK_ELEMENTS,
     ImportanceWeights,
@@ -68,6 +74,7 @@ __all__ = [
     "batches",
     "beta_vae_score",
     "chunk_size",
+    "columns_likelihood",
     "dci",
     "default_cache_dir",
     "encode_factor_space",
@@ -88,10 +95,12 @@ __all__ = [
     "mutual_information",
     "precision_recall",
     "reconstruction_error",
+    "reconstruction_nll",
     "sample_codes",
     "sap",
     "sap_matrix",
     "score",
     "sharpness",
+    "table_reconstruction_errors",
     "train_classifier",
 ]

@@ -23,6 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from pyrovae.inference.evaluation.tables import (
+    columns_likelihood,
+    reconstruction_nll,
+    table_reconstruction_errors,
+)
 from pyrovae.inference.evaluation.weights import batches, eval_mode, log_mean_exp, log_weights
 
 if TYPE_CHECKING:
@@ -83,8 +88,12 @@ def iwae_log_likelihood(
 def reconstruction_error(
     vae: VAE, x: torch.Tensor, batch_size: int = 500, y: torch.Tensor | None = None
 ) -> torch.Tensor:
-    r"""Per-item mean squared error between ``x`` and :math:`E[x \mid z = \mu_\phi(x)]`
-    (over the observed values of a table with missing cells, NaN)."""
+    r"""Per-item mean squared error between ``x`` and :math:`E[x \mid z = \mu_\phi(x)]`;
+    for a table (the ``columns`` likelihood), where squared differences of category codes
+    mean nothing, the negative log-likelihood :math:`-\log p(x_{obs} \mid z = \mu_\phi(x))`
+    in nats (:func:`~pyrovae.inference.evaluation.tables.reconstruction_nll`)."""
+    if columns_likelihood(vae) is not None:
+        return reconstruction_nll(vae, x, batch_size)
     return torch.cat(
         [
             (vae.reconstruct(xb, **({} if yb is None else {"y": yb})) - xb)
@@ -108,7 +117,9 @@ def evaluate(
 
     Returns ``elbo`` (mean over the same ``K`` samples), ``log_likelihood`` (IWAE
     with ``K`` samples), ``kl_gap`` (their difference, an upper bound on the mean
-    KL(q(z|x) || p(z|x)) up to Monte Carlo error) and ``reconstruction_mse``.
+    KL(q(z|x) || p(z|x)) up to Monte Carlo error) and ``reconstruction_mse``; for a table
+    (the ``columns`` likelihood), its errors per column type instead
+    (:func:`~pyrovae.inference.evaluation.tables.table_reconstruction_errors`).
 
     Inside a :func:`pyrovae.progress.enabled` block, a bar on a terminal counts the items.
     """
@@ -119,11 +130,14 @@ def evaluate(
             elbos.append(lw.mean(0))
             log_px.append(log_mean_exp(lw))
     elbo, log_px = torch.cat(elbos).mean().item(), torch.cat(log_px).mean().item()
-    return {
+    summary = {
         "num_data": len(x),
         "num_samples": num_samples,
         "elbo": elbo,
         "log_likelihood": log_px,
         "kl_gap": log_px - elbo,
-        "reconstruction_mse": reconstruction_error(vae, x, batch_size, y).mean().item(),
     }
+    if columns_likelihood(vae) is not None:
+        return {**summary, **table_reconstruction_errors(vae, x, batch_size)}
+    summary["reconstruction_mse"] = reconstruction_error(vae, x, batch_size, y).mean().item()
+    return summary
