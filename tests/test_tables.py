@@ -328,6 +328,11 @@ def test_cli_train_impute_and_anomaly(table_csv, tmp_path, capsys):
     assert code == 0, err
     assert json.loads(out)["num_items"] == 40
     assert len(scores.read_text().splitlines()) == 41
+    # a run folder of before table.json: the encoding is derived from the training file again
+    (workdir / "table.json").unlink()
+    (workdir / "table.npz").unlink()
+    code, out, err = run_cli(["impute", workdir, table_csv, "--output", output, "-k", "4"], capsys)
+    assert code == 0 and json.loads(out)["imputed_cells"] == {"colour": 2, "visits": 1}, err
     # a table with other columns is refused
     code, _, err = run_cli(
         ["impute", workdir, _write(tmp_path / "o.csv", frame.drop(columns="colour"))], capsys
@@ -374,9 +379,13 @@ def test_run_folder_is_self_contained(table_csv, tmp_path, capsys):
     assert outputs() == before
     table_csv.unlink()
     assert outputs() == before
+    (workdir / "table.npz").write_bytes(b"PK\x03\x04 a damaged zip")
+    code, _, err = run_cli(["anomaly", workdir, "--data", rows, "-k", "4"], capsys)
+    assert code == 2 and "table.npz is not the table rows" in err and "Traceback" not in err
     (workdir / "table.json").write_text("{not json")
     code, _, err = run_cli(["impute", workdir, rows], capsys)
     assert code == 2 and "table.json is not a table encoding" in err and "Traceback" not in err
+    assert not (workdir / "imputed.csv").exists() and not (workdir / "anomaly_scores.csv").exists()
 
 
 def test_table_reconstruction_errors_and_nll_match_a_hand_computation():

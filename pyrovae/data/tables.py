@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -546,7 +547,7 @@ def read_table_run(
     if not rows.exists():
         return encoding, None
     try:
-        with np.load(rows, allow_pickle=False) as f:
+        with rows.open("rb") as file, np.load(file, allow_pickle=False) as f:
             arrays = {k: torch.from_numpy(f[k]) for k in f.files}
         data = TableDataset(
             name=name,
@@ -556,7 +557,7 @@ def read_table_run(
             test_labels=arrays.get("test_labels"),
             table=encoding,
         )
-    except (OSError, ValueError, KeyError, TypeError, DataError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, DataError, zipfile.BadZipFile) as exc:
         raise DataError(
             f"{rows} is not the table rows pyrovae wrote ({exc}); it is written when the run "
             "trains: restore it, or train the run again"
