@@ -50,7 +50,14 @@ from pyrovae.data.sources import (
     DatasetLoader,
     load_dataset,
 )
-from pyrovae.data.tables import TableDataset, TableEncoding, load_table, read_table
+from pyrovae.data.tables import (
+    TableDataset,
+    TableEncoding,
+    load_table,
+    read_table,
+    read_table_run,
+    write_table_run,
+)
 from pyrovae.data.validation import validate_data
 from pyrovae.data.wrapped import from_torch_dataset
 
@@ -79,5 +86,7 @@ __all__ = [
     "load_table",
     "read_idx",
     "read_table",
+    "read_table_run",
     "validate_data",
+    "write_table_run",
 ]

@@ -17,6 +17,7 @@ from pyrovae.inference.evaluation import (
     reconstruction_error,
     score,
     sharpness,
+    table_reconstruction_errors,
 )
 from pyrovae.inference.inspection import (
     EMBEDDINGS,
@@ -107,5 +108,6 @@ __all__ = [
     "save_inference_data",
     "score",
     "sharpness",
+    "table_reconstruction_errors",
     "total_kl",
 ]
