@@ -603,6 +603,8 @@ def _fit(
                 evaluation["log_likelihood"],
                 run["num_eval_samples"],
             )
+        if "bits_per_dim" in evaluation:
+            logger.info("held-out: %.4f bits/dim (IWAE)", evaluation["bits_per_dim"])
         write_figures(vae, data, history, workdir)
         # written after the session's first checkpoint already (train); again here for a
         # session that had no epoch left to train, once it has succeeded

@@ -746,7 +746,11 @@ REFERENCE_LIKELIHOODS: dict[str, tuple[Callable, Callable[[], torch.Tensor]]] = 
 }
 SCALED = ("gaussian", "laplace")
 #: likelihoods whose decoder output is not one parameter per value, checked elsewhere
-REFERENCED_ELSEWHERE = {"columns": "test_tables.py::test_every_column_density_matches_scipy"}
+REFERENCED_ELSEWHERE = {
+    "columns": "test_tables.py::test_every_column_density_matches_scipy",
+    "discretized-logistic": "test_discretized.py (quad and mpmath references)",
+    "discretized-logistic-mixture": "test_discretized.py (quad and mpmath references)",
+}
 
 
 def test_every_registered_likelihood_has_a_reference():

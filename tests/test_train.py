@@ -176,6 +176,8 @@ def test_every_prior_likelihood_combination_trains_one_step(prior, likelihood, d
     x = digits.train[:32]
     if likelihood == "columns":  # a table's likelihood: the digits as 64 real columns
         scale, x = {"columns": ",".join(["real"] * 64)}, x.flatten(1)
+    if "num_bins" in LIKELIHOODS.options(likelihood):  # the digits' grid, 0..16 / 16
+        scale["num_bins"] = 17
     config = Config.from_flags(prior=prior, likelihood=likelihood, **scale)
     if prior == "vamp" and LIKELIHOODS[likelihood].support_interval is None:
         # the pseudo-inputs are clamped to the data range, which such a likelihood leaves open

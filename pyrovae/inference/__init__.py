@@ -6,6 +6,7 @@ quality),
 space) and ``applications`` (anomaly scores, latent operations, inpainting)."""
 
 from pyrovae.inference.evaluation import (
+    bits_per_dim,
     evaluate,
     feature_classifier,
     frechet_distance,
@@ -74,6 +75,7 @@ __all__ = [
     "Trainer",
     "TrainingStep",
     "active_units",
+    "bits_per_dim",
     "compare_posteriors",
     "diagnose",
     "embed",

@@ -4,6 +4,12 @@ the KL weight. The variants' models are in :mod:`pyrovae.variants`."""
 from pyrovae.model.base import LocalPyroModule, data_plate, kl_weight
 from pyrovae.model.columns import COLUMN_TYPES, ColumnsDistribution, ColumnsLikelihood, TableInput
 from pyrovae.model.decoders import DECODERS, ConvDecoder, GatedMLPDecoder, MLPDecoder
+from pyrovae.model.discretized import (
+    DiscretizedLogistic,
+    DiscretizedLogisticLikelihood,
+    DiscretizedLogisticMixture,
+    DiscretizedLogisticMixtureLikelihood,
+)
 from pyrovae.model.likelihoods import (
     LIKELIHOODS,
     BernoulliLikelihood,
@@ -36,6 +42,10 @@ __all__ = [
     "ColumnsLikelihood",
     "ContinuousBernoulliLikelihood",
     "ConvDecoder",
+    "DiscretizedLogistic",
+    "DiscretizedLogisticLikelihood",
+    "DiscretizedLogisticMixture",
+    "DiscretizedLogisticMixtureLikelihood",
     "DistributionLikelihood",
     "DistributionPrior",
     "FlowPrior",

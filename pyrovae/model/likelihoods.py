@@ -80,6 +80,12 @@ class Likelihood(nn.Module):
         table's one-hot categories and zero-filled missing cells)."""
         return None
 
+    #: the number of values of the grid on which the likelihood is a probability mass
+    #: function that compares across papers (8-bit images: 256), so that log-likelihoods
+    #: are also reported in bits per dimension; None for a density (or a Bernoulli on
+    #: grey values, which is not normalised)
+    discrete_bins: int | None = None
+
     def validate(self, x: torch.Tensor) -> None:
         """Raise :class:`DataError` if ``x`` lies outside the support."""
         if self.support_interval is None:

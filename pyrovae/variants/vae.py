@@ -460,13 +460,16 @@ class VAE(PyroModule):
         (the mutual information), so rank 0 computes them and sends them to the others.
         """
         from pyrovae.inference import diagnose, heldout_elbo
+        from pyrovae.inference.evaluation import bits_per_dim_entries
         from pyrovae.inference.training import distributed
 
         def means(part: slice) -> dict[str, Any]:
             x = data.test[part]
             y = None if data.test_labels is None else data.test_labels[part]
             labels = {"y": y} if self.requires_y else {}
-            return {"test_elbo": heldout_elbo(self, x, batch_size, **labels), **self.metrics(x, y)}
+            elbo = heldout_elbo(self, x, batch_size, **labels)
+            bits = bits_per_dim_entries(self, x, {"test_elbo_bits_per_dim": elbo})
+            return {"test_elbo": elbo, **bits, **self.metrics(x, y)}
 
         row = distributed.split_means(means, len(data.test))
         probe = data.test[:probe_items]

@@ -32,6 +32,8 @@ from pyrovae.inference.evaluation.features import (
     train_classifier,
 )
 from pyrovae.inference.evaluation.metrics import (
+    bits_per_dim,
+    bits_per_dim_entries,
     evaluate,
     heldout_elbo,
     iwae_log_likelihood,
@@ -73,6 +75,8 @@ __all__ = [
     "TrainedClassifier",
     "batches",
     "beta_vae_score",
+    "bits_per_dim",
+    "bits_per_dim_entries",
     "chunk_size",
     "columns_likelihood",
     "dci",

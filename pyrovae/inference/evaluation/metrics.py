@@ -12,6 +12,17 @@ of ``K`` draws :math:`z_k \sim q(z \mid x)`
 :math:`\mathcal{L}_K` is a lower bound on :math:`\log p(x)` in expectation, it
 increases with :math:`K`, and it converges to :math:`\log p(x)` (Burda et al. 2015).
 
+When the likelihood is a probability mass function on the data's grid (8-bit images under
+the discretized logistic: :attr:`Likelihood.discrete_bins <pyrovae.model.Likelihood>`),
+the same numbers are also given in bits per dimension, the unit of the image-modelling
+literature (:func:`bits_per_dim`):
+
+.. math::
+
+    \mathrm{bits/dim} = \frac{-\log p(x)}{D \ln 2},
+
+with :math:`D` the values of one item (784 for a 28x28 grey image, 3072 for 32x32 colour).
+
 References
 ----------
 - Burda, Grosse & Salakhutdinov (2016), Importance Weighted Autoencoders.
@@ -19,6 +30,8 @@ References
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -46,12 +59,33 @@ def is_active(variance: Any, threshold: float = ACTIVE_THRESHOLD) -> Any:
 
 __all__ = [
     "ACTIVE_THRESHOLD",
+    "bits_per_dim",
+    "bits_per_dim_entries",
     "evaluate",
     "heldout_elbo",
     "is_active",
     "iwae_log_likelihood",
     "reconstruction_error",
 ]
+
+
+def bits_per_dim(log_likelihood: float, num_dims: int) -> float:
+    r"""A log-likelihood per item in nats as bits per dimension,
+    :math:`-\log p(x) / (D \ln 2)` for items of ``num_dims`` values :math:`D` (lower is
+    better)."""
+    return -float(log_likelihood) / (num_dims * math.log(2))
+
+
+def bits_per_dim_entries(vae: VAE, x: torch.Tensor, nats: Mapping[str, float]) -> dict[str, float]:
+    """Each named log-likelihood (or bound) per item of ``nats`` in bits per dimension of the
+    items ``x``, when ``vae``'s likelihood is a probability mass function on the data's grid
+    (its ``discrete_bins`` is set); nothing otherwise, as a density's bits or a Bernoulli's
+    on grey values do not compare with the literature's."""
+    likelihood = getattr(getattr(vae, "model", None), "likelihood", None)
+    if getattr(likelihood, "discrete_bins", None) is None:
+        return {}
+    num_dims = math.prod(x.shape[1:])
+    return {key: bits_per_dim(value, num_dims) for key, value in nats.items()}
 
 
 @torch.no_grad()
@@ -119,7 +153,10 @@ def evaluate(
     with ``K`` samples), ``kl_gap`` (their difference, an upper bound on the mean
     KL(q(z|x) || p(z|x)) up to Monte Carlo error) and ``reconstruction_mse``; for a table
     (the ``columns`` likelihood), its errors per column type instead
-    (:func:`~pyrovae.inference.evaluation.tables.table_reconstruction_errors`).
+    (:func:`~pyrovae.inference.evaluation.tables.table_reconstruction_errors`). With a
+    likelihood that is a probability mass function on the data's grid also
+    ``bits_per_dim`` (of the IWAE ``log_likelihood``) and ``elbo_bits_per_dim`` (of the
+    ELBO, an upper bound; :func:`bits_per_dim_entries`).
 
     Inside a :func:`pyrovae.progress.enabled` block, a bar on a terminal counts the items.
     """
@@ -136,6 +173,7 @@ def evaluate(
         "elbo": elbo,
         "log_likelihood": log_px,
         "kl_gap": log_px - elbo,
+        **bits_per_dim_entries(vae, x, {"bits_per_dim": log_px, "elbo_bits_per_dim": elbo}),
     }
     if columns_likelihood(vae) is not None:
         return {**summary, **table_reconstruction_errors(vae, x, batch_size)}
