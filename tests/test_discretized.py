@@ -311,6 +311,10 @@ def test_off_grid_data_exit_2_from_the_cli_and_leave_no_run_folder(tmp_path, cap
     assert not workdir.exists() or not any(workdir.iterdir())
     code, _, err = run_cli([*argv, "--num-bins", "1"], capsys)
     assert code == 2 and "num_bins must be >= 2" in err
+    mixture = ["--likelihood", "discretized-logistic-mixture", "--num-bins", "17"]
+    code, _, err = run_cli([*argv, *mixture, "--num-components", "0"], capsys)
+    assert code == 2 and "num_components must be >= 1" in err
+    assert not workdir.exists() or not any(workdir.iterdir())
 
 
 def test_digits_values_on_the_grid_are_seen_as_such():

@@ -187,10 +187,6 @@ class DiscretizedLogistic(dist.TorchDistribution):
             total = total + torch.sigmoid(((k + 0.5) * self.step - self.loc) / self.scale)
         return 1 - self.step * total
 
-    @property
-    def variance(self) -> torch.Tensor:
-        raise NotImplementedError("the discretized logistic has no variance implemented")
-
     def sample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> torch.Tensor:
         """A logistic draw by inversion, rounded to the nearest grid value and clipped to
         [0, 1] (which is exactly the bin it falls in, the edge bins open-ended)."""
