@@ -18,7 +18,7 @@ from cli_checks import run_cli
 from pyro.infer import Trace_ELBO
 from scipy import integrate, stats
 
-from pyrovae import VAE, DataError, evaluate, load_dataset
+from pyrovae import VAE, Config, DataError, evaluate, load_dataset
 from pyrovae.inference import bits_per_dim
 from pyrovae.inference.applications.inpainting import inpaint
 from pyrovae.model import (
@@ -26,6 +26,8 @@ from pyrovae.model import (
     DiscretizedLogisticMixture,
     make_likelihood,
 )
+from pyrovae.run import make_step
+from pyrovae.variants import VARIANTS, build_variant
 
 B = 256
 H = 1 / (2 * (B - 1))  # half a grid step
@@ -323,3 +325,25 @@ def test_digits_values_on_the_grid_are_seen_as_such():
     data = load_dataset("digits", limit=50)
     k = data.train.numpy() * 16
     assert np.abs(k - np.round(k)).max() < 1e-6
+
+
+@pytest.mark.parametrize("variant", VARIANTS.names())
+def test_every_variant_takes_the_mixture_for_one_step(variant, digits):
+    """Each variant builds its decoder to the likelihood's ``param_shape`` (3K maps per
+    channel here) and takes one step of its own kind on a batch of its own kind."""
+    labels = {"num_classes": 10} if "num_classes" in VARIANTS.options(variant) else {}
+    config = Config.from_flags(
+        **labels,
+        model=variant,
+        likelihood="discretized-logistic-mixture",
+        num_components=2,
+        num_bins=17,
+        latent_dim=2,
+        hidden=[16],
+        batch_size=16,
+    )
+    vae = build_variant(config.model, digits.shape)
+    step = make_step(vae, config)
+    batch = next(iter(vae.training_batches(digits, 16)))
+    loss = step(batch, num_data=len(digits.train))["loss"]
+    assert torch.isfinite(torch.as_tensor(loss))

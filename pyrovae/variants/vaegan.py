@@ -311,7 +311,8 @@ class VAEGANStep(GroupStep):
         # the ELBO's own draws, one trace per particle (or one with a particle dimension)
         traces = self.recorder.traces[-self.runs :]
         reconstruction = sum(_observed_log_prob(t) for t in traces) / -self.num_particles
-        params = torch.cat([t.nodes["_RETURN"]["value"].reshape(-1, *x.shape[1:]) for t in traces])
+        shape = vae.model.likelihood.param_shape(x.shape[1:])  # the decoder's output
+        params = torch.cat([t.nodes["_RETURN"]["value"].reshape(-1, *shape) for t in traces])
         with torch.no_grad():
             z_prior = vae.model.prior().sample((len(x),))
         fakes = {
