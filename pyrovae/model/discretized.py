@@ -72,7 +72,7 @@ GRID_TOLERANCE = 1e-3
 
 class OnGrid(constraints.Constraint):
     """The grid :math:`\\{k / (B - 1) : k = 0, \\dots, B - 1\\}` in :math:`[0, 1]`, to within
-    :data:`GRID_TOLERANCE` of a step."""
+    ``GRID_TOLERANCE`` (1e-3) of a step."""
 
     is_discrete = True
     event_dim = 0
