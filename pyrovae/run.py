@@ -70,6 +70,7 @@ __all__ = [
     "make_trainer",
     "resolve_classes",
     "resolve_device",
+    "resolve_vocabulary",
     "save_figure",
     "score_run",
     "split_validation",
@@ -120,6 +121,10 @@ def load_data(config: Config, device: torch.device) -> Dataset:
         image_mode=d["image_mode"],
         mmap=mmap,
         loader=loader,
+        max_length=d["max_length"],
+        min_count=d["min_count"],
+        max_vocab=d["max_vocab"],
+        vocabulary=d["vocabulary"],
     )
     if loader is not None:
         return data  # on the CPU, where the workers read it; batches move per step
@@ -209,6 +214,38 @@ def resolve_classes(config: Config, data: Dataset) -> Config:
             f"{variant['num_classes']}; raise --num-classes to at least {found} or drop it"
         )
     return config
+
+
+def resolve_vocabulary(config: Config, data: Dataset, workdir: Path) -> Config:
+    """Fill in ``vocab_size`` from the data's vocabulary for a model of sentences, and keep
+    the vocabulary in the run folder: a fresh run writes ``workdir/vocabulary.json`` and
+    names it in the data section, so that evaluating, sampling and resuming read the same
+    token ids. Sentences for another model, or another model's data for a model of
+    sentences, are refused."""
+    name = config.model["variant"]["name"]
+    reads_text = VARIANTS[name].reads_text
+    if data.vocabulary is None:
+        if reads_text:
+            raise DataError(
+                f"--model {name} trains on sentences: give a .txt file with one sentence per "
+                "line (--data sentences.txt)"
+            )
+        return config
+    if not reads_text:
+        raise DataError(f"{data.name} holds sentences; train a model of text (--model sentence)")
+    size = len(data.vocabulary)
+    given = config.model["variant"].get("vocab_size")
+    if given is not None and given != size:
+        raise ConfigError(
+            f"vocab_size is {given} but the vocabulary has {size} tokens; drop --vocab-size "
+            "(it is set from the data)"
+        )
+    if config.data["vocabulary"] is None:
+        path = (workdir / "vocabulary.json").resolve()
+        if distributed.is_main_process():
+            data.vocabulary.save(path)
+        config = config.replace(vocabulary=str(path))
+    return config.replace(vocab_size=size)
 
 
 def save_figure(fig: Any, path: str | os.PathLike) -> None:
@@ -469,7 +506,11 @@ def fit(
         variant = VARIANTS[config.model["variant"]["name"]]
         require(variant, "distributed", "data-parallel training (torchrun)")
     # absolute data paths, so evaluate and --resume find the same files from anywhere
-    paths = {k: str(Path(v).resolve()) for k in ("data", "data_dir") if (v := config.data[k])}
+    paths = {
+        k: str(Path(v).resolve())
+        for k in ("data", "data_dir", "vocabulary")
+        if (v := config.data[k])
+    }
     config = config.replace(**paths)
     # one writer at a time: rank 0 locks the folder (other ranks never write); a fresh run's
     # folder is made here and removed again if the run fails before its first checkpoint
@@ -497,7 +538,7 @@ def _fit(
     first = distributed.main_process_first() if config.data["download"] else None
     with first or contextlib.nullcontext():
         data = load_data(config, device)
-    config = resolve_classes(config, data)
+    config = resolve_vocabulary(resolve_classes(config, data), data, workdir)
     data, validation = split_validation(data, config)
     check_networks_fit(lambda: build_variant(config.model, data.shape, seed=run["seed"]), device)
     vae = build_variant(config.model, data.shape, seed=run["seed"]).to(device)
@@ -591,11 +632,14 @@ def evaluate_run(vae: VAE, data: Dataset, config: Config) -> dict[str, Any]:
 
 
 def write_figures(vae: VAE, data: Dataset, history: list[dict[str, Any]], workdir: Path) -> None:
-    """ELBO curves, reconstructions of held-out inputs and prior samples, as PNG."""
+    """ELBO curves, reconstructions of held-out inputs and prior samples, as PNG (the
+    curves alone for a variant without images: ``"images"`` in ``vae.cannot``)."""
     import matplotlib
 
     matplotlib.use("Agg")
     save_figure(plots.elbo_curves(history), workdir / "elbo.png")
+    if "images" in vae.cannot:  # a model of other items (sentences) has no image grids
+        return
     x = data.test[:32]
     labels = {"y": data.test_labels[:32]} if vae.requires_y else {}
     save_figure(
@@ -678,6 +722,7 @@ def score_run(
     folder = Path(workdir).is_dir()
     with runfolder.lock(workdir) if folder else contextlib.nullcontext():
         vae, config, _ = load_run(workdir, device, checkpoint)
+        require(vae, "images", "sample-quality scores")
         set_threads(num_threads, vae, config.optimization["batch_size"])
         data = load_data(config, vae.device)
         scores = score(

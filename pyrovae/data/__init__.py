@@ -28,6 +28,9 @@ Modules, one concern each:
     :func:`load_items`.
 :mod:`~pyrovae.data.images`
     The user's own folder of images, one subfolder per class (:func:`load_image_folder`).
+:mod:`~pyrovae.data.text`
+    Sentences from a text file as padded token ids, and their :class:`Vocabulary`
+    (:func:`load_text`).
 :mod:`~pyrovae.data.wrapped`
     Any :class:`torch.utils.data.Dataset`, preloaded (:func:`from_torch_dataset`).
 """
@@ -46,6 +49,7 @@ from pyrovae.data.sources import (
     DatasetLoader,
     load_dataset,
 )
+from pyrovae.data.text import Vocabulary, load_text, tokenize
 from pyrovae.data.validation import validate_data
 from pyrovae.data.wrapped import from_torch_dataset
 
@@ -65,10 +69,13 @@ __all__ = [
     "Loader",
     "MappedItems",
     "Shard",
+    "Vocabulary",
     "from_torch_dataset",
     "load_dataset",
     "load_image_folder",
     "load_items",
+    "load_text",
     "read_idx",
+    "tokenize",
     "validate_data",
 ]
