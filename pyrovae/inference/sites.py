@@ -23,7 +23,8 @@ capability it needs, so that a run of such a variant is refused with one message
 - ``"compile"``: ``--compile``, the SVI step traced and compiled as one graph
   (:mod:`pyrovae.inference.training.compiled`);
 - ``"images"``: items that are images (grids of samples and reconstructions, traversal
-  and arithmetic figures, sample-quality scores, anomaly scores of pixel files).
+  and arithmetic figures, sample-quality scores, anomaly scores of pixel files, the
+  posterior inspection's :math:`E[x \mid z]` per pixel).
 """
 
 from __future__ import annotations
