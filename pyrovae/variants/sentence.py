@@ -53,7 +53,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from pyrovae.data.text import BOS, EOS, PAD, UNK, validate_tokens
-from pyrovae.errors import ConfigError
+from pyrovae.errors import ConfigError, DataError
 from pyrovae.guides import AmortizedNormalGuide
 from pyrovae.model import make_prior
 from pyrovae.model.base import kl_weight
@@ -334,6 +334,7 @@ class SentenceVAE(VAE):
     reads_text = True
     own_guide = "q(z|x), the normal guide on a recurrent encoder"
     own_guide_options = ("log_var_min", "log_var_max")
+    option_choices: ClassVar[dict[str, tuple[str, ...]]] = {"cell": tuple(CELLS)}
     cannot: ClassVar[Mapping[str, str]] = {
         "images": "its items are sentences (token ids), not images",
         "inpainting": (
@@ -423,8 +424,9 @@ class SentenceVAE(VAE):
         this model's vocabulary and length."""
         validate_tokens(x, self.vocab_size, what)
         if tuple(x.shape[1:]) != self.event_shape:
-            raise ConfigError(
-                f"{what} have {x.shape[1]} positions; this model reads {self.event_shape[0]}"
+            raise DataError(
+                f"{what} have {x.shape[1]} positions; this model reads {self.event_shape[0]} "
+                f"(sentences of at most {self.event_shape[0] - 1} tokens, then <eos>)"
             )
 
     @torch.no_grad()
