@@ -475,24 +475,37 @@ class SentenceVAE(VAE):
         ``log_likelihood`` per sentence, ``kl`` (the mean over items and draws of
         :math:`\log q(z_k \mid x_n) - \log p(z_k)`, an unbiased estimate of
         :math:`\mathrm{KL}(q \,\|\, p)` for any prior), ``active_units`` (Burda et al.'s,
-        on all of ``x``) and ``reconstruction_accuracy`` (:meth:`token_accuracy`).
+        on all of ``x``) and ``reconstruction_accuracy`` (:meth:`token_accuracy`). One pass
+        holds at most :data:`~pyrovae.inference.evaluation.CHUNK_ELEMENTS` logits (sentences
+        x draws x positions x vocabulary), fewer sentences or draws per pass than asked when
+        needed.
         """
         from pyrovae.inference import active_units
         from pyrovae.inference.evaluation import (
+            CHUNK_ELEMENTS,
             batches,
             eval_mode,
             importance_weights,
             log_mean_exp,
         )
 
+        # the decoder's logits hold vocab_size values per token: bound sentences x draws
+        # so that one pass holds at most CHUNK_ELEMENTS of them
+        per_draw = self.event_shape[0] * self.vocab_size
+        batch_size = max(1, min(batch_size, CHUNK_ELEMENTS // per_draw))
+        draws = max(1, CHUNK_ELEMENTS // (per_draw * batch_size))
         elbos, log_px, kls = [], [], []
         correct = tokens = 0
         with eval_mode(self):
             for xb, _ in batches(x, batch_size, desc=f"IWAE log p(x), K={num_samples}"):
-                weights = importance_weights(self, xb, num_samples)
-                elbos.append(weights.log_weight.mean(0))
-                log_px.append(log_mean_exp(weights.log_weight))
-                kls.append(-weights.log_ratio.mean(0))
+                parts = [
+                    importance_weights(self, xb, min(draws, num_samples - start))
+                    for start in range(0, num_samples, draws)
+                ]
+                log_w = torch.cat([w.log_weight for w in parts])
+                elbos.append(log_w.mean(0))
+                log_px.append(log_mean_exp(log_w))
+                kls.append(-torch.cat([w.log_ratio for w in parts]).mean(0))
                 right, count = self.token_accuracy(xb)
                 correct, tokens = correct + right, tokens + count
             units = active_units(self, x, batch_size=batch_size)[0] if len(x) > 1 else 0
