@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--out", type=Path, required=True, help="folder of the corpus and runs")
+    parser.add_argument(
+        "--fortunes", type=Path, default=FORTUNES, help=f"the fortune files (default {FORTUNES})"
+    )
     parser.add_argument("--epochs", type=int, help="epochs per row (default 10; --quick 1)")
     parser.add_argument("--latent-dim", type=int, default=16, help="dimension of z")
     parser.add_argument("--rnn-size", type=int, default=128, help="GRU state size")
@@ -138,11 +141,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, value in (QUICK if args.quick else FULL).items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    if not FORTUNES.is_dir():
-        parser.error(f"{FORTUNES} is missing: install Debian's fortunes (apt-get install fortunes)")
+    if not args.fortunes.is_dir():
+        parser.error(
+            f"{args.fortunes} is missing: install Debian's fortunes (apt-get install fortunes)"
+        )
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
-    sentences = fortune_sentences(FORTUNES, args.max_length)[: args.max_sentences]
+    sentences = fortune_sentences(args.fortunes, args.max_length)[: args.max_sentences]
     corpus = args.out / "fortunes.txt"
     corpus.write_text("\n".join(sentences) + "\n", encoding="utf-8")
     base = Config.from_flags(
