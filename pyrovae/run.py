@@ -692,6 +692,10 @@ def load_run(
             f"checkpoint in {workdir} does not match this pyrovae's VAE ({type(e).__name__}: "
             f"{str(e).splitlines()[0]}); it comes from another architecture or version"
         ) from None
+    own = path.parent / "vocabulary.json"
+    if config.data["vocabulary"] is not None and own.is_file():
+        # a sentence run reads the vocabulary it wrote, wherever its folder has moved
+        config = config.replace(vocabulary=str(own.resolve()))
     device = resolve_device(device) if isinstance(device, str) else device
     vae.eval()
     return vae.to(device), config, checkpoint

@@ -245,6 +245,10 @@ def test_the_command_line_trains_samples_evaluates_and_interpolates(text_file, t
     assert len((run / "interpolation.txt").read_text().splitlines()) == 3 + 3
     code, out, err = run_cli(["interpolate", run, "--items", 0, 1, "--steps", 2], capsys)
     assert code == 0, err
+    moved = tmp_path / "moved"
+    run.rename(moved)  # the run reads the vocabulary.json of its folder, wherever it is
+    code, out, err = run_cli(["sample", moved, "-n", 2], capsys)
+    assert code == 0, err
 
 
 def test_bad_input_is_refused_with_one_message(text_file, tmp_path, capsys):
