@@ -4,7 +4,7 @@ A run is described by five sections, each a table of plain values::
 
     [data]          dataset, data, data_dir, download, binarize, test_fraction,
                     validation_fraction, limit, image_size, image_mode, mmap, num_workers,
-                    pin_memory
+                    pin_memory, max_length, min_count, max_vocab, vocabulary
     [model]         latent_dim, hidden, and the components variant, prior, likelihood,
                     encoder, decoder, guide
     [objective]     num_particles, vectorize_particles, beta, kl_site_weights, and the
@@ -112,8 +112,9 @@ SECTIONS: dict[str, dict[str, Key]] = {
         "data": _key(
             str,
             None,
-            "a .npy/.npz array file, a .csv/.parquet table, or a folder of images (one "
-            "subfolder per class), to train on instead of --dataset",
+            "a .npy/.npz array file, a .csv/.parquet table, a folder of images (one subfolder "
+            "per class), or a .txt file of sentences (one per line, --model sentence), to "
+            "train on instead of --dataset",
         ),
         "data_dir": _key(str, None, "folder holding (or receiving) MNIST/Fashion-MNIST files"),
         "download": _key(bool, False, "let torchvision download MNIST/Fashion-MNIST (internet)"),
@@ -164,6 +165,19 @@ SECTIONS: dict[str, dict[str, Key]] = {
             minimum=0,
         ),
         "pin_memory": _key(bool, True, "pin the DataLoader's batches in memory (CUDA only)"),
+        "max_length": _key(int, 30, "sentences: drop those of more than N tokens", minimum=1),
+        "min_count": _key(
+            int, 1, "sentences: keep the training words seen N times or more", minimum=1
+        ),
+        "max_vocab": _key(
+            int, None, "sentences: keep the N most frequent training words", minimum=1
+        ),
+        "vocabulary": _key(
+            str,
+            None,
+            "sentences: read this vocabulary JSON instead of building one (a sentence run "
+            "writes its own as vocabulary.json and sets this to it)",
+        ),
     },
     "model": {
         "latent_dim": _key(int, 8, "dimension of z", minimum=1),

@@ -80,6 +80,7 @@ __all__ = [
     "make_trainer",
     "resolve_classes",
     "resolve_device",
+    "resolve_vocabulary",
     "save_figure",
     "score_run",
     "split_validation",
@@ -170,6 +171,10 @@ def _load_dataset(
         column_types=d["column_types"],
         label_column=d["label_column"],
         table_encoding=table,
+        max_length=d["max_length"],
+        min_count=d["min_count"],
+        max_vocab=d["max_vocab"],
+        vocabulary=d["vocabulary"],
     )
 
 
@@ -272,6 +277,36 @@ def table_likelihood(config: Config, data: Dataset) -> Config:
             "learned-normal, mixture or flow)"
         )
     return config.replace(likelihood="columns", columns=table.column_types)
+def resolve_vocabulary(config: Config, data: Dataset, workdir: Path) -> Config:
+    """Fill in ``vocab_size`` from the data's vocabulary for a model of sentences, and keep
+    the vocabulary in the run folder: a fresh run writes ``workdir/vocabulary.json`` and
+    names it in the data section, so that evaluating, sampling and resuming read the same
+    token ids. Sentences for another model, or another model's data for a model of
+    sentences, are refused."""
+    name = config.model["variant"]["name"]
+    reads_text = VARIANTS[name].reads_text
+    if data.vocabulary is None:
+        if reads_text:
+            raise DataError(
+                f"--model {name} trains on sentences: give a .txt file with one sentence per "
+                "line (--data sentences.txt)"
+            )
+        return config
+    if not reads_text:
+        raise DataError(f"{data.name} holds sentences; train a model of text (--model sentence)")
+    size = len(data.vocabulary)
+    given = config.model["variant"].get("vocab_size")
+    if given is not None and given != size:
+        raise ConfigError(
+            f"vocab_size is {given} but the vocabulary has {size} tokens; drop --vocab-size "
+            "(it is set from the data)"
+        )
+    if config.data["vocabulary"] is None:
+        path = (workdir / "vocabulary.json").resolve()
+        if distributed.is_main_process():
+            data.vocabulary.save(path)
+        config = config.replace(vocabulary=str(path))
+    return config.replace(vocab_size=size)
 
 
 def save_figure(fig: Any, path: str | os.PathLike) -> None:
@@ -540,7 +575,11 @@ def fit(
         variant = VARIANTS[config.model["variant"]["name"]]
         require(variant, "distributed", "data-parallel training (torchrun)")
     # absolute data paths, so evaluate and --resume find the same files from anywhere
-    paths = {k: str(Path(v).resolve()) for k in ("data", "data_dir") if (v := config.data[k])}
+    paths = {
+        k: str(Path(v).resolve())
+        for k in ("data", "data_dir", "vocabulary")
+        if (v := config.data[k])
+    }
     config = config.replace(**paths)
     # one writer at a time: rank 0 locks the folder (other ranks never write); a fresh run's
     # folder is made here and removed again if the run fails before its first checkpoint
@@ -570,6 +609,7 @@ def _fit(
         # a table run resumes on the rows (and encoding) it trained on
         data = load_data(config, device, workdir if resume else None)
     config = table_likelihood(resolve_classes(config, data), data)
+    config = resolve_vocabulary(config, data, workdir)
     run_files = None
     if isinstance(data, TableDataset):
         run_files = functools.partial(write_table_run, data=data)
@@ -673,13 +713,17 @@ def evaluate_run(vae: VAE, data: Dataset, config: Config) -> dict[str, Any]:
 def write_figures(vae: VAE, data: Dataset, history: list[dict[str, Any]], workdir: Path) -> None:
     """ELBO curves, reconstructions of held-out inputs and prior samples, as PNG; for a
     table, whose rows are no images, the ELBO curves and ``samples.csv``: rows drawn from
-    the model in the table's own columns and labels (:func:`write_table_samples`)."""
+    the model in the table's own columns and labels (:func:`write_table_samples`); the
+    curves alone for another variant without images (``"images"`` in ``vae.cannot``:
+    sentences)."""
     import matplotlib
 
     matplotlib.use("Agg")
     save_figure(plots.elbo_curves(history), workdir / "elbo.png")
     if isinstance(data, TableDataset):
         write_table_samples(vae, data.table, 64, workdir / "samples.csv")
+        return
+    if "images" in vae.cannot:  # a model of other items (sentences) has no image grids
         return
     x = data.test[:32]
     labels = {"y": data.test_labels[:32]} if vae.requires_y else {}
@@ -745,6 +789,10 @@ def load_run(
             f"checkpoint in {workdir} does not match this pyrovae's VAE ({type(e).__name__}: "
             f"{str(e).splitlines()[0]}); it comes from another architecture or version"
         ) from None
+    own = path.parent / "vocabulary.json"
+    if config.data["vocabulary"] is not None and own.is_file():
+        # a sentence run reads the vocabulary it wrote, wherever its folder has moved
+        config = config.replace(vocabulary=str(own.resolve()))
     device = resolve_device(device) if isinstance(device, str) else device
     vae.eval()
     return vae.to(device), config, checkpoint
@@ -775,6 +823,7 @@ def score_run(
     folder = Path(workdir).is_dir()
     with runfolder.lock(workdir) if folder else contextlib.nullcontext():
         vae, config, _ = load_run(workdir, device, checkpoint)
+        require(vae, "images", "sample-quality scores")
         set_threads(num_threads, vae, config.optimization["batch_size"])
         data = load_data(config, vae.device, workdir)
         scores = score(

@@ -32,6 +32,7 @@ OTHER_BENCHMARKS = [
     "reproduce",
     "sample_quality",
     "tables",  # test_tables_benchmark_quick_run
+    "text_collapse",
 ]
 #: benchmarks that run code the user supplies (tested here by their refusal without it)
 EXTERNAL_BENCHMARKS = ["pyro_m2"]
@@ -102,6 +103,36 @@ def test_collapse_quick_run_prints_one_row_per_objective(import_benchmark, tmp_p
         assert 0 <= int(active) <= int(latent) == 16
         assert math.isfinite(float(row[header.index("IWAE log p(x)")]))
     assert (tmp_path / "table.md").read_text() in out
+
+
+def test_text_collapse_quick_run_reads_fortune_files_and_prints_every_row(
+    import_benchmark, tmp_path, capsys
+):
+    """On fortune files this test writes (not Debian's): %-separated texts, attributions
+    left out, cut into sentences of 3 to --max-length tokens."""
+    folder = tmp_path / "fortunes"
+    folder.mkdir()
+    texts = [f"The cat number {i} sat. A dog ran far!\n\t-- Someone {i}" for i in range(40)]
+    (folder / "animals").write_text("\n%\n".join(texts) + "\n%\n")
+    (folder / "animals.dat").write_bytes(b"\0binary index")
+    sizes = ["--rnn-size", "8", "--embedding-dim", "4", "--latent-dim", "2"]
+    argv = ["--quick", "--out", str(tmp_path / "runs"), "--fortunes", str(folder), *sizes]
+    assert import_benchmark("text_collapse").main(argv) == 0
+    corpus = (tmp_path / "runs" / "fortunes.txt").read_text().splitlines()
+    assert len(corpus) == 80 and corpus[:2] == ["The cat number 0 sat.", "A dog ran far!"]
+    header, rows = parse_table(capsys.readouterr().out)
+    assert header[:3] == ["objective", "KL", "active units"]
+    assert [row[0] for row in rows] == [
+        "ELBO",
+        "KL annealing",
+        "word dropout (0.5)",
+        "free bits (lambda = 0.25)",
+        "annealing + word dropout",
+    ]
+    for row in rows:
+        nll, perplexity = float(row[3]), float(row[4])
+        # printed rounded: perplexity to 0.05, NLL to 0.0005 (a relative 0.0005 of exp(NLL))
+        assert perplexity == pytest.approx(math.exp(nll), abs=0.05 + 0.0006 * perplexity)
 
 
 def test_sample_quality_quick_run_scores_every_variant(import_benchmark, tmp_path, capsys):

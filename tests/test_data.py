@@ -520,7 +520,7 @@ def save_npz(**arrays: np.ndarray):
 
 FILE_ERRORS = [
     ("missing.npy", None, "does not exist"),
-    ("data.txt", lambda p: p.write_text("1,2\n"), "expected a .npy or .npz file"),
+    ("data.dat", lambda p: p.write_text("1,2\n"), "expected a .npy or .npz file"),
     ("data.csv", lambda p: p.write_text("1,2\n"), "no rows of data"),  # a header alone
     ("junk.npy", lambda p: p.write_bytes(b"not numpy at all"), "corrupt or not a NumPy file"),
     ("junk.npz", lambda p: p.write_bytes(b"PK\x03\x04broken"), "corrupt or not a NumPy file"),

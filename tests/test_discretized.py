@@ -327,10 +327,13 @@ def test_digits_values_on_the_grid_are_seen_as_such():
     assert np.abs(k - np.round(k)).max() < 1e-6
 
 
-@pytest.mark.parametrize("variant", VARIANTS.names())
+@pytest.mark.parametrize(
+    "variant", [name for name in VARIANTS.names() if not VARIANTS[name].reads_text]
+)
 def test_every_variant_takes_the_mixture_for_one_step(variant, digits):
-    """Each variant builds its decoder to the likelihood's ``param_shape`` (3K maps per
-    channel here) and takes one step of its own kind on a batch of its own kind."""
+    """Each variant of images builds its decoder to the likelihood's ``param_shape`` (3K
+    maps per channel here) and takes one step of its own kind on a batch of its own kind
+    (the sentence VAE has its own likelihood over tokens and refuses any other)."""
     labels = {"num_classes": 10} if "num_classes" in VARIANTS.options(variant) else {}
     config = Config.from_flags(
         **labels,

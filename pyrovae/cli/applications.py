@@ -10,8 +10,15 @@ from pathlib import Path
 
 import numpy as np
 
-from pyrovae.cli.common import load_items, load_run, output_file, output_folder, run_parser
+from pyrovae.cli.common import (
+    load_items,
+    load_run,
+    output_file,
+    output_folder,
+    run_parser,
+)
 from pyrovae.errors import ConfigError
+from pyrovae.inference.sites import require
 
 
 def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -46,11 +53,14 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
         "interpolate",
         "decode the path between two items' latent means",
         "Linear (or spherical, --slerp) interpolation between the posterior means of two "
-        "items; writes interpolation.png and interpolation.npy.",
+        "items; writes interpolation.png and interpolation.npy. For a sentence run, the "
+        "items may be two sentences given after RUN (Bowman et al.'s homotopies): the "
+        "decoded (greedy) sentences are printed and written to interpolation.txt.",
     )
     interpolate.add_argument(
-        "--items", type=int, nargs=2, required=True, metavar=("I", "J"), help="item indices"
+        "sentences", nargs="*", metavar="SENTENCE", help="two sentences (a sentence run)"
     )
+    interpolate.add_argument("--items", type=int, nargs=2, metavar=("I", "J"), help="item indices")
     interpolate.add_argument("--slerp", action="store_true", help="spherical interpolation")
     interpolate.add_argument("--steps", type=int, default=10, help="points on the path (10)")
 
@@ -213,6 +223,7 @@ def _cmd_anomaly(args: argparse.Namespace) -> int:
     )
     output = output_file(output, ".csv")
     vae, config, _ = load_run(args)
+    require(vae, "images", "pyrovae anomaly (it scores pixel files and pixel errors)")
     pyro.set_rng_seed(args.seed)
     data = load_data(config, vae.device, args.run)
     sources = []
@@ -283,14 +294,16 @@ def _cmd_anomaly(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_items(args: argparse.Namespace):
+def _run_items(args: argparse.Namespace, images: bool = True):
     """The run's VAE, its data, the items to work on (--data, or the held-out split) and the
-    output folder."""
+    output folder; with ``images``, a run whose items are not images is refused first."""
     import pyro
 
     from pyrovae.run import load_data
 
     vae, config, _ = load_run(args)
+    if images:
+        require(vae, "images", f"pyrovae {args.command}")
     pyro.set_rng_seed(args.seed)
     data = load_data(config, vae.device, args.run)
     x = load_items(args.data, config, args.run)[0].to(vae.device) if args.data else data.test
@@ -302,10 +315,15 @@ def _run_items(args: argparse.Namespace):
 def _latent_items(args: argparse.Namespace, indices: Sequence[int]):
     """The run's VAE, the chosen items and the output folder."""
     vae, _, x, out = _run_items(args)
+    return vae, _pick(x, indices), out
+
+
+def _pick(x, indices: Sequence[int]):
+    """The items of ``x`` at ``indices``, each checked."""
     bad = [i for i in indices if not -len(x) <= i < len(x)]
     if bad:
         raise ConfigError(f"item index {bad[0]} is out of range: there are {len(x)} items")
-    return vae, x[list(indices)], out
+    return x[list(indices)]
 
 
 def _save_images(images, out: Path, name: str, figure) -> None:
@@ -325,12 +343,40 @@ def _cmd_interpolate(args: argparse.Namespace) -> int:
     from pyrovae import plots
     from pyrovae.inference.applications import latent_ops
 
-    vae, x, out = _latent_items(args, args.items)
+    if bool(args.sentences) == (args.items is not None) or len(args.sentences) not in (0, 2):
+        raise ConfigError("give the two items to interpolate: --items I J, or two sentences")
+    vae, data, x, out = _run_items(args, images=False)
     method = "slerp" if args.slerp else "lerp"
+    if vae.reads_text:
+        return _homotopy(args, vae, data.vocabulary, x, out, method)
+    if args.sentences:
+        raise ConfigError("sentences are items of a sentence run (--model sentence); give --items")
+    x = _pick(x, args.items)
     path = latent_ops.interpolate(vae, x[0], x[1], args.steps, method)
     rows = torch.cat([x[:1], path, x[1:]])[None]  # input, decoded path, input
     title = f"{method}: item {args.items[0]}, decoded path, item {args.items[1]}"
     _save_images(path, out, "interpolation", plots.image_rows(rows, title))
+    return 0
+
+
+def _homotopy(args: argparse.Namespace, vae, vocabulary, x, out: Path, method: str) -> int:
+    """Bowman et al.'s homotopy: the greedy sentences decoded along the path between the
+    posterior means of two sentences (given, or held-out items), printed and written to
+    ``interpolation.txt``."""
+    from pyrovae.inference.applications import latent_ops
+    from pyrovae.runfolder import write_text
+
+    if args.sentences:
+        x = vocabulary.tensor(args.sentences, vae.event_shape[0] - 1).to(vae.device)
+    else:
+        x = _pick(x, args.items)
+    path = latent_ops.interpolate(vae, x[0], x[1], args.steps, method)
+    lines = [f"{method} between the posterior means of:"]
+    lines += [f"  > {vocabulary.decode(ends)}" for ends in x]
+    lines += [f"{step:3d}  {vocabulary.decode(tokens)}" for step, tokens in enumerate(path)]
+    text = "\n".join(lines) + "\n"
+    write_text(out / "interpolation.txt", text)
+    print(text + f"wrote {out / 'interpolation.txt'}", end="\n")
     return 0
 
 

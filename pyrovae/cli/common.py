@@ -120,12 +120,23 @@ def load_items(path: str | Path, config: Config, run: Path):
 
     # a dynamic binarization is drawn once, as for a test set
     binarize = "static" if config.data["binarize"] == "dynamic" else config.data["binarize"]
-    data = load_dataset(path=path, binarize=binarize, seed=config.run["seed"])
+    # a text file reads the run's vocabulary and length cap (a sentence run)
+    text = {k: config.data[k] for k in ("max_length", "vocabulary")}
+    data = load_dataset(path=path, binarize=binarize, seed=config.run["seed"], **text)
     x = torch.cat([data.train, data.test])
     y = None
     if data.train_labels is not None and data.test_labels is not None:
         y = torch.cat([data.train_labels, data.test_labels])
     return x, y
+
+
+def run_vocabulary(config: Config):
+    """The :class:`~pyrovae.data.Vocabulary` of a sentence run (its ``vocabulary.json``)."""
+    from pyrovae.data import Vocabulary
+
+    if config.data["vocabulary"] is None:
+        raise ConfigError("this run has no vocabulary: it is not a run of sentences")
+    return Vocabulary.load(config.data["vocabulary"])
 
 
 def check_folder(path: Path, flag: str) -> None:

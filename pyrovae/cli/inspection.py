@@ -278,6 +278,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     vae, config, _ = load_run(args)
     _refuse_labelled(vae, config, "inspect", "needs_labels")
     require(vae, "posterior", "posterior inspection")  # before the output folder is made
+    require(vae, "images", "posterior inspection (its predictive groups hold E[x | z] per pixel)")
     # refused before anything is drawn or written
     if args.nuts:
         require(vae, "likelihood", "NUTS on p(z | x)")

@@ -18,6 +18,7 @@ from pyrovae.cli.common import (
     output_folder,
     output_name,
     run_parser,
+    run_vocabulary,
     table_encoding,
 )
 from pyrovae.config import (
@@ -330,6 +331,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
             f"--label needs a run of a model with labels (--model cvae or m2); {args.run} is a "
             f"plain {config.model['variant']['name']}: drop --label"
         )
+    elif vae.reads_text:  # sentences are printed and written as text, not drawn as a grid
+        return _sample_sentences(args, vae, config)
     else:
         samples = vae.sample(args.num_samples).cpu()
     out = args.output or (args.run if args.run.is_dir() else args.run.parent)
@@ -361,6 +364,28 @@ def _sample_table(args: argparse.Namespace, vae, config) -> int:
     path = out / f"{output_name('samples', args, n=args.num_samples, label=None)}.csv"
     write_table_samples(vae, table, args.num_samples, path)
     print(f"wrote {path} ({args.num_samples} rows of {len(table.columns)} columns)")
+    return 0
+
+
+def _sample_sentences(args: argparse.Namespace, vae, config) -> int:
+    """Sentences of a sentence run from codes :math:`z \\sim p(z)`: drawn token by token
+    (ancestral sampling), then the greedy sentence of each same code; printed and written
+    to ``samples-n<N>[-seed<S>].txt``."""
+    from pyrovae.runfolder import write_text
+
+    vocabulary = run_vocabulary(config)
+    sampled, z = vae.sample(args.num_samples, return_latents=True)
+    greedy = vae.decode(z)
+    lines = ["# sampled: z ~ p(z), then each token drawn from p(x_t | x_<t, z)"]
+    lines += [vocabulary.decode(row) for row in sampled]
+    lines += ["", "# greedy: the same z, then the most probable token at each step"]
+    lines += [vocabulary.decode(row) for row in greedy]
+    out = args.output or (args.run if args.run.is_dir() else args.run.parent)
+    output_folder(out)
+    path = out / (output_name("samples", args, n=args.num_samples) + ".txt")
+    text = "\n".join(lines) + "\n"
+    write_text(path, text)
+    print(text + f"wrote {path}")
     return 0
 
 

@@ -28,6 +28,9 @@ Modules, one concern each:
     :func:`load_items`.
 :mod:`~pyrovae.data.images`
     The user's own folder of images, one subfolder per class (:func:`load_image_folder`).
+:mod:`~pyrovae.data.text`
+    Sentences from a text file as padded token ids, and their :class:`Vocabulary`
+    (:func:`load_text`).
 :mod:`~pyrovae.data.wrapped`
     Any :class:`torch.utils.data.Dataset`, preloaded (:func:`from_torch_dataset`).
 :mod:`~pyrovae.data.tables`
@@ -58,6 +61,7 @@ from pyrovae.data.tables import (
     read_table_run,
     write_table_run,
 )
+from pyrovae.data.text import Vocabulary, load_text, tokenize
 from pyrovae.data.validation import validate_data
 from pyrovae.data.wrapped import from_torch_dataset
 
@@ -79,14 +83,17 @@ __all__ = [
     "Shard",
     "TableDataset",
     "TableEncoding",
+    "Vocabulary",
     "from_torch_dataset",
     "load_dataset",
     "load_image_folder",
     "load_items",
     "load_table",
+    "load_text",
     "read_idx",
     "read_table",
     "read_table_run",
+    "tokenize",
     "validate_data",
     "write_table_run",
 ]

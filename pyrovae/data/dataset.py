@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -33,6 +34,9 @@ from pyrovae.data.binarization import bernoulli, check_binarize, check_unit_inte
 from pyrovae.data.factors import Factors
 from pyrovae.data.validation import validate_data, validate_labels
 from pyrovae.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from pyrovae.data.text import Vocabulary
 
 __all__ = ["SPLITS", "Batch", "Dataset", "Loader", "MappedItems", "Shard", "split_indices"]
 
@@ -206,12 +210,15 @@ class Dataset:
     factors : Factors, optional
         The ground-truth factors of every train and test item (procedural dSprites, or an
         ``.npz`` file with ``factors``), for the disentanglement metrics; ``None`` by default.
+    vocabulary : Vocabulary, optional
+        For sentences (:mod:`pyrovae.data.text`): the items are then ``int64`` token ids of
+        this vocabulary, one padded sentence per row, instead of floating-point values.
 
     Raises
     ------
     DataError
-        If the tensors are not floating point, hold NaN or inf, disagree in event shape, or
-        have labels or factors of the wrong length or dtype.
+        If the tensors are not floating point (token ids of the ``vocabulary``), hold NaN or
+        inf, disagree in event shape, or have labels or factors of the wrong length or dtype.
     ConfigError
         If ``binarize`` is not one of :data:`~pyrovae.data.BINARIZE`.
     """
@@ -224,6 +231,7 @@ class Dataset:
     binarize: str = "none"
     loader: Loader | None = None
     factors: Factors | None = None
+    vocabulary: Vocabulary | None = None
 
     def __post_init__(self) -> None:
         check_binarize(self.binarize)
@@ -249,7 +257,11 @@ class Dataset:
                 continue
             event_shape = None if split == "train" else self.shape
             validate_data(x, event_shape=event_shape, what=what)
-            if not x.is_floating_point():
+            if self.vocabulary is not None:
+                from pyrovae.data.text import validate_tokens
+
+                validate_tokens(x, len(self.vocabulary), what)
+            elif not x.is_floating_point():
                 raise DataError(
                     f"{what} has dtype {x.dtype}, but floating point is needed; "
                     "convert it with x.float() (and scale 8-bit images by 1/255)"

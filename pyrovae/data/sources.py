@@ -44,6 +44,7 @@ from pyrovae.data.files import load_file, load_mapped
 from pyrovae.data.idx import IDX_STEMS, find_idx_files, read_idx
 from pyrovae.data.images import load_image_folder
 from pyrovae.data.tables import TableEncoding, is_table, load_table
+from pyrovae.data.text import TEXT_SUFFIXES, load_text
 from pyrovae.errors import ConfigError, DataError
 from pyrovae.registry import Registry
 
@@ -102,6 +103,10 @@ def load_dataset(
     column_types: str | None = None,
     label_column: str | None = None,
     table_encoding: TableEncoding | None = None,
+    max_length: int = 30,
+    min_count: int = 1,
+    max_vocab: int | None = None,
+    vocabulary: str | os.PathLike[str] | None = None,
 ) -> Dataset:
     """Load a named data set, or the user's own file or image folder, and binarize it.
 
@@ -119,7 +124,8 @@ def load_dataset(
         refused (items or features? the message gives both reshapes); every other shape is
         kept. The data set's name is
         the file's stem. A folder is a folder of images, one subfolder per class
-        (:func:`~pyrovae.data.images.load_image_folder`), named after the folder.
+        (:func:`~pyrovae.data.images.load_image_folder`), named after the folder. A ``.txt``
+        file holds sentences, one per line (:func:`~pyrovae.data.text.load_text`).
     data_dir : path-like, optional
         Where to look for (or download) MNIST and Fashion-MNIST IDX files; it must be an
         existing folder unless ``download`` (which creates it).
@@ -151,6 +157,9 @@ def load_dataset(
         A table's column read as class labels rather than modelled.
     table_encoding : TableEncoding, optional
         A table's encoding to apply (a trained run's) instead of one fitted to the file.
+    max_length, min_count, max_vocab, vocabulary
+        For a ``.txt`` file of sentences: the longest sentence kept (in tokens), and how
+        the vocabulary is built or which one is read (:func:`~pyrovae.data.text.load_text`).
 
     Returns
     -------
@@ -201,6 +210,11 @@ def load_dataset(
             encoding=table_encoding,
             **split,
         )
+    elif path is not None and Path(path).suffix in TEXT_SUFFIXES:
+        if binarize != "none" or mmap:
+            raise ConfigError("sentences are token ids: drop --binarize and --mmap")
+        text = {"min_count": min_count, "max_vocab": max_vocab, "vocabulary": vocabulary}
+        dataset = load_text(Path(path), max_length=max_length, **text, **split)
     elif path is not None and mmap:
         dataset = load_mapped(Path(path), **split)
     elif path is not None:
@@ -215,7 +229,7 @@ def load_dataset(
             limit=limit,
         )
     dataset = _limited(dataset, limit)
-    if not dataset.mapped:
+    if not dataset.mapped and dataset.vocabulary is None:
         train, test = binarize_splits(dataset.train, dataset.test, binarize, seed, dataset.name)
         dataset = dataclasses.replace(dataset, train=train, test=test)
     dataset = dataclasses.replace(dataset, binarize=binarize, loader=loader)

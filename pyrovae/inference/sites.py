@@ -21,7 +21,10 @@ capability it needs, so that a run of such a variant is refused with one message
   DistributedDataParallel averages the gradients of one loss's ``backward()``
   (:mod:`pyrovae.inference.training.distributed`);
 - ``"compile"``: ``--compile``, the SVI step traced and compiled as one graph
-  (:mod:`pyrovae.inference.training.compiled`).
+  (:mod:`pyrovae.inference.training.compiled`);
+- ``"images"``: items that are images (grids of samples and reconstructions, traversal
+  and arithmetic figures, sample-quality scores, anomaly scores of pixel files, the
+  posterior inspection's :math:`E[x \mid z]` per pixel).
 """
 
 from __future__ import annotations
@@ -34,7 +37,15 @@ from pyrovae.errors import ConfigError
 __all__ = ["CAPABILITIES", "latent_sites", "require", "require_single_latent", "trace_latent_sites"]
 
 #: what a tool may need of a variant (see the module docstring)
-CAPABILITIES = ("likelihood", "posterior", "latent_ops", "inpainting", "distributed", "compile")
+CAPABILITIES = (
+    "likelihood",
+    "posterior",
+    "latent_ops",
+    "inpainting",
+    "distributed",
+    "compile",
+    "images",
+)
 
 
 def latent_sites(vae: object) -> tuple[str, ...]:

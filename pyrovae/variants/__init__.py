@@ -13,6 +13,9 @@
 - ``vqvae``: :class:`VQVAE`, :math:`p(k)\\,p(x \\mid e_k)` over a grid of discrete codes
   :math:`k` with the point-mass guide :math:`q(k \\mid x)` at the nearest codebook vectors
   (van den Oord et al. 2017).
+- ``sentence``: :class:`SentenceVAE`, :math:`p(z)\\,\\prod_t p(x_t \\mid x_{<t}, z)` over the
+  tokens of a sentence with a recurrent decoder, and a recurrent :math:`q(z \\mid x)`
+  (Bowman et al. 2016).
 - ``factorvae``: :class:`FactorVAE`, the plain VAE's model and guide trained with a penalty
   on the total correlation of the codes, which a discriminator on codes estimates (Kim &
   Mnih 2018).
@@ -32,6 +35,7 @@ from pyrovae.variants.cvae import ConditionalVAE
 from pyrovae.variants.factorvae import FactorVAE
 from pyrovae.variants.hvae import HierarchicalVAE
 from pyrovae.variants.m2 import SemiSupervisedVAE
+from pyrovae.variants.sentence import SentenceVAE
 from pyrovae.variants.vae import VAE
 from pyrovae.variants.vaegan import VAEGAN
 from pyrovae.variants.vqvae import VQVAE
@@ -44,6 +48,7 @@ __all__ = [
     "ConditionalVAE",
     "FactorVAE",
     "SemiSupervisedVAE",
+    "SentenceVAE",
     "build_variant",
 ]
 
@@ -56,6 +61,7 @@ VARIANTS.register("hvae")(HierarchicalVAE)
 VARIANTS.register("vaegan")(VAEGAN)
 VARIANTS.register("vqvae")(VQVAE)
 VARIANTS.register("factorvae")(FactorVAE)
+VARIANTS.register("sentence")(SentenceVAE)
 
 
 def build_variant(section: Mapping[str, Any], event_shape: Sequence[int], seed: int = 0) -> VAE:

@@ -215,6 +215,9 @@ class VAE(PyroModule):
     name = "vae"
     #: the training data must carry labels (conditional and semi-supervised variants)
     needs_labels: bool = False
+    #: the items are sentences (token ids of a vocabulary; :mod:`pyrovae.data.text`), and the
+    #: variant's ``vocab_size`` option is set from the data's vocabulary
+    reads_text: bool = False
     #: the model and guide take the label ``y`` as an input, so evaluation needs labels too
     requires_y: bool = False
     #: the latent sample sites of the model, in generative order

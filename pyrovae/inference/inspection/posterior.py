@@ -166,6 +166,7 @@ def posterior_draws(
     if num_samples < 1:
         raise ConfigError(f"the number of posterior draws must be >= 1, got {num_samples}")
     require(vae, "posterior", "posterior inspection")
+    require(vae, "images", "posterior inspection (its predictive groups hold E[x | z] per pixel)")
     vae.require_unconditional("posterior inspection")
     vae.validate_data(x, "inputs to inspect")
     x = x.to(vae.device)
