@@ -574,6 +574,10 @@ def fit(
         # before the process group starts: every rank refuses alike, none waits for another
         variant = VARIANTS[config.model["variant"]["name"]]
         require(variant, "distributed", "data-parallel training (torchrun)")
+    own = workdir / "vocabulary.json"
+    if resume and config.data["vocabulary"] is not None and own.is_file():
+        # a sentence run resumes on the vocabulary it wrote, wherever its folder has moved
+        config = config.replace(vocabulary=str(own))
     # absolute data paths, so evaluate and --resume find the same files from anywhere
     paths = {
         k: str(Path(v).resolve())

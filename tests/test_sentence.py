@@ -249,6 +249,11 @@ def test_the_command_line_trains_samples_evaluates_and_interpolates(text_file, t
     run.rename(moved)  # the run reads the vocabulary.json of its folder, wherever it is
     code, out, err = run_cli(["sample", moved, "-n", 2], capsys)
     assert code == 0, err
+    # and resumes on it (the config's absolute path names the old folder, now gone)
+    resumed = ["train", "--resume", "--workdir", moved, "--num-epochs", 2]
+    code, out, err = run_cli([*resumed, "--num-eval-samples", 2], capsys)
+    assert code == 0, err
+    assert len((moved / "metrics.jsonl").read_text().splitlines()) == 2
 
 
 def test_bad_input_is_refused_with_one_message(text_file, tmp_path, capsys):
