@@ -483,3 +483,33 @@ def test_cli_sample_and_evaluate_on_a_table(table_csv, tmp_path, capsys):
     code, out, err = run_cli(["evaluate", workdir, "-k", "4"], capsys)
     assert code == 0, err
     assert "reconstruction_rmse_real" in out and "reconstruction_mse" not in out
+
+
+def test_image_commands_refuse_a_table_run(table_csv, tmp_path, capsys):
+    """A table's rows are not images: the commands that draw or score images refuse a table
+    run with one message and exit status 2, and leave its folder as it was (score used to
+    crash in native code and leave its lock behind; traverse, interpolate, arithmetic and
+    denoise drew each row as a strip of pixels)."""
+    workdir = tmp_path / "run"
+    argv = ["train", "--data", table_csv, "--workdir", workdir, "--num-epochs", "1"]
+    code, _, err = run_cli([*argv, "--hidden", "8", *TINY], capsys)
+    assert code == 0, err
+
+    def state():
+        return sorted((p.name, p.read_bytes()) for p in workdir.rglob("*") if p.is_file())
+
+    before = state()
+    for command in (
+        ["score", workdir],
+        ["inspect", workdir],
+        ["traverse", workdir],
+        ["interpolate", workdir, "--items", "0", "1", "--output", tmp_path / "new"],
+        ["arithmetic", workdir, "--items", "0", "1", "2"],
+        ["denoise", workdir],
+        ["inpaint", workdir, "--mask", "random"],
+    ):
+        code, _, err = run_cli([*command, "--num-threads", "1"], capsys)
+        assert code == 2 and "rows of a table, not images" in err, (command, err)
+        assert "Traceback" not in err
+        assert state() == before, command
+    assert not (tmp_path / "new").exists()

@@ -223,7 +223,8 @@ def _cmd_anomaly(args: argparse.Namespace) -> int:
     )
     output = output_file(output, ".csv")
     vae, config, _ = load_run(args)
-    require(vae, "images", "pyrovae anomaly (it scores pixel files and pixel errors)")
+    if not vae.model.likelihood.allows_missing:  # a table's rows are scored as rows
+        require(vae, "images", "pyrovae anomaly (it scores pixel files and pixel errors)")
     pyro.set_rng_seed(args.seed)
     data = load_data(config, vae.device, args.run)
     sources = []
@@ -296,13 +297,14 @@ def _cmd_anomaly(args: argparse.Namespace) -> int:
 
 def _run_items(args: argparse.Namespace, images: bool = True):
     """The run's VAE, its data, the items to work on (--data, or the held-out split) and the
-    output folder; with ``images``, a run whose items are not images is refused first."""
+    output folder; a run whose items are not images is refused first (without ``images``,
+    a sentence run is let through)."""
     import pyro
 
     from pyrovae.run import load_data
 
     vae, config, _ = load_run(args)
-    if images:
+    if images or not vae.reads_text:
         require(vae, "images", f"pyrovae {args.command}")
     pyro.set_rng_seed(args.seed)
     data = load_data(config, vae.device, args.run)

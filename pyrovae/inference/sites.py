@@ -74,10 +74,16 @@ def require_single_latent(vae: object, what: str) -> None:
 
 def require(vae: object, capability: str, what: str) -> None:
     """Raise :class:`ConfigError` when ``vae`` names ``capability`` (one of
-    :data:`CAPABILITIES`) in its ``cannot`` table, as ``what`` needs it."""
+    :data:`CAPABILITIES`) in its ``cannot`` table, or its likelihood in its own (a table's
+    rows are not images), as ``what`` needs it."""
     if capability not in CAPABILITIES:
         raise ValueError(f"unknown capability {capability!r}; one of {CAPABILITIES}")
     reason = getattr(vae, "cannot", {}).get(capability)
     if reason is not None:
         name = getattr(vae, "name", type(vae).__name__)
         raise ConfigError(f"--model {name} cannot be used for {what}: {reason}")
+    likelihood = getattr(getattr(vae, "model", None), "likelihood", None)
+    reason = getattr(likelihood, "cannot", {}).get(capability)
+    if reason is not None:
+        name = getattr(likelihood, "name", type(likelihood).__name__)
+        raise ConfigError(f"--likelihood {name} cannot be used for {what}: {reason}")

@@ -490,6 +490,12 @@ class ColumnsLikelihood(Likelihood):
     #: NaN in the data marks a missing cell
     allows_missing = True
 
+    #: what a table run cannot be used for (:func:`pyrovae.inference.sites.require`)
+    cannot: ClassVar[dict[str, str]] = {
+        "images": "its items are the rows of a table, not images (see pyrovae sample, "
+        "evaluate, impute, anomaly and latent)",
+    }
+
     def param_shape(self, event_shape: tuple[int, ...]) -> tuple[int, ...]:
         return (sum(k.num_params for k in self.types),)
 
