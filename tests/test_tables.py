@@ -513,3 +513,15 @@ def test_image_commands_refuse_a_table_run(table_csv, tmp_path, capsys):
         assert "Traceback" not in err
         assert state() == before, command
     assert not (tmp_path / "new").exists()
+
+
+def test_a_column_unobserved_in_the_training_rows_is_refused():
+    """A real or positive column whose observed cells all fall in the held-out split has no
+    training mean or deviation: it is refused at fit time, rather than standardised with a
+    NaN mean (every cell NaN, and a table.json that no later command can read)."""
+    frame = pd.DataFrame({"a": [np.nan] * 8 + [1.0, 2.5], "b": np.arange(10.0) * 0.37})
+    for kind in ("real", "positive"):
+        with pytest.raises(DataError, match="no values in the training rows"):
+            TableEncoding.fit(frame, np.arange(8), {"a": kind})
+    encoding = TableEncoding.fit(frame, np.arange(9), {"a": "real"})  # one training value
+    assert math.isfinite(encoding.columns[0].mean)

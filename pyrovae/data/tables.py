@@ -297,6 +297,12 @@ class TableEncoding:
             if kind in ("real", "real-laplace", "positive"):
                 train = frame[name].iloc[train_rows].to_numpy(dtype=np.float64)
                 train = np.log(train) if kind == "positive" else train
+                if np.isnan(train).all():  # no mean or deviation to standardise with
+                    raise DataError(
+                        f"column {name!r} has no values in the training rows (its "
+                        f"{len(values)} values all fell in the held-out split); drop the "
+                        "column, or fill in more of it"
+                    )
                 mean, std = float(np.nanmean(train)), float(np.nanstd(train))
                 columns.append(TableColumn(name, kind, (), mean, std if std > 0 else 1.0))
             elif kind in ("binary", "categorical"):
