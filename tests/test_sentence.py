@@ -278,7 +278,8 @@ def test_bad_input_is_refused_with_one_message(text_file, tmp_path, capsys):
     code, _, err = run_cli([*train, "--data", text_file, "--workdir", run, *sizes], capsys)
     assert code == 0, err
     before = {p.name: p.read_bytes() for p in run.iterdir()}
-    for command in (["traverse", run], ["inpaint", run], ["score", run], ["inspect", run]):
+    images = (["traverse", run], ["inpaint", run], ["score", run], ["inspect", run])
+    for command in (*images, ["anomaly", run]):
         refused(command, "its items are sentences (token ids), not images")
     refused(["interpolate", run, "only one sentence"], "two sentences")
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before

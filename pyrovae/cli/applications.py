@@ -211,6 +211,7 @@ def _cmd_anomaly(args: argparse.Namespace) -> int:
 
     from pyrovae import plots
     from pyrovae.inference.applications import anomaly
+    from pyrovae.inference.evaluation import columns_likelihood
     from pyrovae.run import load_data, save_figure
 
     matplotlib.use("Agg")
@@ -223,7 +224,7 @@ def _cmd_anomaly(args: argparse.Namespace) -> int:
     )
     output = output_file(output, ".csv")
     vae, config, _ = load_run(args)
-    if not vae.model.likelihood.allows_missing:  # a table's rows are scored as rows
+    if columns_likelihood(vae) is None:  # a table's rows are scored as rows
         require(vae, "images", "pyrovae anomaly (it scores pixel files and pixel errors)")
     pyro.set_rng_seed(args.seed)
     data = load_data(config, vae.device, args.run)
