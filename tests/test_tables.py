@@ -525,3 +525,19 @@ def test_a_column_unobserved_in_the_training_rows_is_refused():
             TableEncoding.fit(frame, np.arange(8), {"a": kind})
     encoding = TableEncoding.fit(frame, np.arange(9), {"a": "real"})  # one training value
     assert math.isfinite(encoding.columns[0].mean)
+
+
+def test_latent_refuses_a_run_with_one_held_out_item_and_writes_nothing(tmp_path, capsys):
+    """pyrovae latent wrote latent.npz (and its folder) before the diagnostics refused a
+    held-out split of one item; now it refuses first and the run folder stays as it was."""
+    path = tmp_path / "small.csv"
+    _made_up_frame(6).to_csv(path, index=False)
+    workdir = tmp_path / "run"
+    argv = ["train", "--data", path, "--workdir", workdir, "--num-epochs", "1"]
+    code, _, err = run_cli([*argv, "--test-fraction", "0.1", "--hidden", "8", *TINY], capsys)
+    assert code == 0, err
+    before = sorted(p.name for p in workdir.rglob("*"))
+    code, _, err = run_cli(["latent", workdir, "--num-threads", "1"], capsys)
+    assert code == 2 and "Traceback" not in err, err
+    assert sorted(p.name for p in workdir.rglob("*")) == before
+    assert "at least 2 held-out items" in err

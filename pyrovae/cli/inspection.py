@@ -13,7 +13,7 @@ import numpy as np
 
 from pyrovae.cli.common import load_run, output_folder, output_name, run_parser
 from pyrovae.config import Config
-from pyrovae.errors import ConfigError
+from pyrovae.errors import ConfigError, DataError
 from pyrovae.graph import FORMATS as GRAPH_FORMATS
 from pyrovae.inference.evaluation.metrics import ACTIVE_THRESHOLD
 from pyrovae.inference.inspection.latent import EMBEDDINGS
@@ -418,6 +418,11 @@ def _cmd_latent(args: argparse.Namespace) -> int:
     _refuse_labelled(vae, config, "latent", "requires_y")
     require(vae, "posterior", "encoding a data set")  # before the output folder is made
     data = load_data(config, vae.device, args.run)
+    if len(data.test) < 2:  # the diagnostics' variances need two; refused before any file
+        raise DataError(
+            f"pyrovae latent needs at least 2 held-out items for its diagnostics; the run has "
+            f"{len(data.test)} (more data, or a larger --test-fraction at training)"
+        )
     out = _output_folder(args, "latent")
     pyro.set_rng_seed(args.seed)  # the mutual information estimate draws z ~ q(z|x)
     codes = encode_dataset(vae, data, args.batch_size)
