@@ -350,3 +350,17 @@ def test_every_variant_takes_the_mixture_for_one_step(variant, digits):
     batch = next(iter(vae.training_batches(digits, 16)))
     loss = step(batch, num_data=len(digits.train))["loss"]
     assert torch.isfinite(torch.as_tensor(loss))
+
+
+@pytest.mark.parametrize("binarize", ["threshold", "dynamic"])
+def test_binarized_pixels_are_refused(binarize, tmp_path, capsys):
+    """0/1 pixels lie on every grid, so the grid check let --binarize threshold (and static)
+    train a 256- or 17-value likelihood and report bits per dimension of binary data, while
+    dynamic was refused with advice (--num-bins 17) that led to the same; now both are
+    refused with one message and no run folder."""
+    workdir = tmp_path / "refused"
+    argv = ["train", *TINY, "--likelihood", "discretized-logistic", "--num-bins", "17"]
+    code, out, err = run_cli([*argv, "--binarize", binarize, "--workdir", workdir], capsys)
+    assert code == 2 and "Traceback" not in err + out, err
+    assert not workdir.exists() or not any(workdir.iterdir())
+    assert f"--binarize {binarize} makes every pixel 0 or 1" in err

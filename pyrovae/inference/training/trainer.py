@@ -221,6 +221,15 @@ class Trainer:
         epochs then run without per-step validation, which costs about 20% of a step (the
         data were checked once).
         """
+        likelihood = getattr(getattr(self.vae, "model", None), "likelihood", None)
+        bins = getattr(likelihood, "discrete_bins", None)
+        if bins is not None and data.binarize != "none":  # 0/1 pixels on a grid of bins
+            raise ConfigError(
+                f"the {likelihood.name} likelihood models grey values on a grid of {bins}, "
+                f"but --binarize {data.binarize} makes every pixel 0 or 1 (its bits per "
+                "dimension would not compare with anything): use --binarize none, or the "
+                "bernoulli likelihood for binary images"
+            )
         for split, what in (("train", "training data"), ("test", "held-out data")):
             # memory-mapped items are checked a chunk at a time, never held whole
             chunks = data.batches(split, 4096) if data.mapped else [getattr(data, split)]
