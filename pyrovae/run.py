@@ -263,7 +263,10 @@ def table_likelihood(config: Config, data: Dataset) -> Config:
         return config
     variant = config.model["variant"]["name"]
     if variant != "vae":  # the other variants' guides do not read a table's input layer
-        raise ConfigError(f"a table trains with --model vae; --model {variant} is for images")
+        raise ConfigError(
+            f"a table trains with --model vae; --model {variant} is for "
+            f"{'sentences' if VARIANTS[variant].reads_text else 'images'}"
+        )
     name = config.model["likelihood"]["name"]
     if name not in ("columns", COMPONENTS["likelihood"].default):
         raise ConfigError(
@@ -277,6 +280,8 @@ def table_likelihood(config: Config, data: Dataset) -> Config:
             "learned-normal, mixture or flow)"
         )
     return config.replace(likelihood="columns", columns=table.column_types)
+
+
 def resolve_vocabulary(config: Config, data: Dataset, workdir: Path) -> Config:
     """Fill in ``vocab_size`` from the data's vocabulary for a model of sentences, and keep
     the vocabulary in the run folder: a fresh run writes ``workdir/vocabulary.json`` and

@@ -541,3 +541,16 @@ def test_latent_refuses_a_run_with_one_held_out_item_and_writes_nothing(tmp_path
     assert code == 2 and "Traceback" not in err, err
     assert sorted(p.name for p in workdir.rglob("*")) == before
     assert "at least 2 held-out items" in err
+
+
+@pytest.mark.parametrize(("model", "items"), [("sentence", "sentences"), ("hvae", "images")])
+def test_another_variant_on_a_table_is_refused_naming_its_items(
+    model, items, table_csv, tmp_path, capsys
+):
+    """--model sentence on a table was refused as "for images"; it is for sentences."""
+    workdir = tmp_path / "run"
+    argv = ["train", "--data", table_csv, "--workdir", workdir, "--model", model, *TINY]
+    code, _, err = run_cli(argv, capsys)
+    assert code == 2 and "Traceback" not in err, err
+    assert f"--model {model} is for {items}" in err
+    assert not workdir.exists() or not any(workdir.iterdir())
