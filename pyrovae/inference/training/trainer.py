@@ -223,10 +223,11 @@ class Trainer:
         """
         likelihood = getattr(getattr(self.vae, "model", None), "likelihood", None)
         bins = getattr(likelihood, "discrete_bins", None)
-        if bins is not None and data.binarize != "none":  # 0/1 pixels on a grid of bins
+        binarize = getattr(data, "binarize", "none")
+        if bins is not None and binarize != "none":  # 0/1 pixels on a grid of bins
             raise ConfigError(
                 f"the {likelihood.name} likelihood models grey values on a grid of {bins}, "
-                f"but --binarize {data.binarize} makes every pixel 0 or 1 (its bits per "
+                f"but --binarize {binarize} makes every pixel 0 or 1 (its bits per "
                 "dimension would not compare with anything): use --binarize none, or the "
                 "bernoulli likelihood for binary images"
             )
