@@ -554,3 +554,45 @@ def test_another_variant_on_a_table_is_refused_naming_its_items(
     assert code == 2 and "Traceback" not in err, err
     assert f"--model {model} is for {items}" in err
     assert not workdir.exists() or not any(workdir.iterdir())
+
+
+def test_imputation_weights_the_draws_by_their_self_normalised_importance(monkeypatch):
+    """The weighting alone, against a hand computation: with K = 3 draws whose log weights
+    and E[x | z_k] are set by hand, a missing real cell is sum_k w_k E[x_d | z_k] with w the
+    softmax of the log weights over the draws, a binary cell is whether sum_k w_k p_k(1)
+    exceeds 1/2, and a categorical cell the code with the largest summed weight. The draws
+    are chosen so that equal weights (or a softmax over the rows) give other answers."""
+    from pyrovae.inference.applications import imputation
+    from pyrovae.inference.evaluation.weights import ImportanceWeights
+
+    vae = VAE(
+        (3,), latent_dim=2, hidden=(8,), likelihood="columns", columns="real,binary,categorical:3"
+    )
+    log_w = torch.tensor([[0.0, 2.0], [3.0, 0.0], [0.5, 0.1]])  # (K, N)
+    mean = torch.tensor(  # (K, N, D): real, P(binary = 1), categorical mode
+        [
+            [[10.0, 0.9, 0.0], [-1.0, 0.7, 2.0]],
+            [[1.0, 0.2, 2.0], [5.0, 0.1, 1.0]],
+            [[4.0, 0.9, 0.0], [2.0, 0.1, 1.0]],
+        ]
+    )
+
+    def fake(vae_, x, num_samples, mean=False):
+        assert num_samples == 3 and mean
+        zero = torch.zeros_like(log_w)
+        return ImportanceWeights(log_w, zero, zero, zero, mean=draws)
+
+    draws = mean
+    monkeypatch.setattr(imputation, "importance_weights", fake)
+    x = torch.full((2, 3), float("nan"))
+    x[1, 0] = 7.0  # an observed cell comes back as it is
+    out = impute(vae, x, num_samples=3)
+    w = np.exp(log_w.numpy() - log_w.numpy().max(0))
+    w /= w.sum(0)
+    real = (w * mean[..., 0].numpy()).sum(0)
+    assert out[0, 0].item() == pytest.approx(real[0], rel=1e-6)
+    assert out[1, 0].item() == 7.0
+    binary = (w * mean[..., 1].numpy()).sum(0) > 0.5
+    assert out[:, 1].tolist() == binary.astype(float).tolist() == [0.0, 1.0]
+    votes = [[w[mean[:, n, 2].numpy() == c, n].sum() for c in range(3)] for n in range(2)]
+    assert out[:, 2].tolist() == [float(np.argmax(v)) for v in votes] == [2.0, 2.0]
