@@ -11,9 +11,10 @@ non-missing values (:func:`infer_type`) unless the user names it:
   (negative binomial) when their variance exceeds :data:`OVERDISPERSION` times their mean,
   as a Poisson's variance equals its mean;
 - ``positive``: strictly positive numbers (log-normal), rescaled so that their logarithm is
-  standardised: :math:`x' = \exp((\log x - m) / s)` with the mean :math:`m` and standard
-  deviation :math:`s` of :math:`\log x` over the training split (still positive, and
-  log-normal if :math:`x` is);
+  centred: :math:`x' = x\, e^{-m}` with the mean :math:`m` of :math:`\log x` over the
+  training split (still positive, and log-normal if :math:`x` is). A scale, not a power:
+  means, and so imputed and reconstructed values, map back to the table's units exactly
+  (a power :math:`x^{1/s}` would not commute with the mean);
 - ``real``: the rest, standardised with the training split's mean and standard deviation
   (``real-laplace`` by name).
 
@@ -183,8 +184,9 @@ def infer_type(values: Any) -> str:
 @dataclass(frozen=True)
 class TableColumn:
     """One column of a table: its name, type, category labels (binary and categorical
-    columns, in code order) and the standardisation of a real column (of the logarithm of a
-    positive one)."""
+    columns, in code order) and the standardisation of a real column (a positive column is
+    divided by :math:`e^{m}`, ``mean`` being the mean of its logarithm; its ``std``, that of
+    the logarithm, is recorded but not applied)."""
 
     name: str
     type: str
@@ -398,8 +400,8 @@ class TableEncoding:
             numbers = values.to_numpy(dtype=np.float64, na_value=np.nan)
             if column.type in ("real", "real-laplace"):
                 numbers = (numbers - column.mean) / column.std
-            elif column.type == "positive":  # still positive, its logarithm standardised
-                numbers = np.exp((np.log(numbers) - column.mean) / column.std)
+            elif column.type == "positive":  # still positive, its logarithm centred
+                numbers = numbers * np.exp(-column.mean)
             cells.append(numbers)
         x = torch.from_numpy(np.stack(cells, axis=1).astype(np.float32))
         y = None
@@ -423,7 +425,7 @@ class TableEncoding:
             if column.type in ("real", "real-laplace"):
                 data[column.name] = v * column.std + column.mean
             elif column.type == "positive":
-                data[column.name] = np.exp(np.log(v) * column.std + column.mean)
+                data[column.name] = v * np.exp(column.mean)
             elif column.type in ("binary", "categorical"):
                 codes = np.clip(np.round(v), 0, len(column.categories) - 1)
                 labels = np.array(column.categories, dtype=object)

@@ -179,7 +179,7 @@ class PositiveColumn(ColumnType):
         return ~(x > 0)
 
     def cell_error(self, x: torch.Tensor, point: torch.Tensor) -> torch.Tensor:
-        r"""Squared error of the logarithms (standardised units of :math:`\log x`)."""
+        r"""Squared error of the logarithms (nats of :math:`\log x`)."""
         return (x.log() - point.log()).pow(2)
 
 

@@ -11,7 +11,7 @@ of a binary one), and its errors are taken over its observed cells :math:`O`, pe
     \mathrm{RMSE}_{real} &= \Big(\frac{1}{|O_{real}|} \sum_{(n,d) \in O_{real}}
         (x_{nd} - \hat x_{nd})^2\Big)^{1/2} \quad\text{(standardised units)},\\
     \mathrm{RMSE}_{positive} &= \Big(\frac{1}{|O_{pos}|} \sum (\log x_{nd} -
-        \log \hat x_{nd})^2\Big)^{1/2} \quad\text{(standardised units of } \log x),\\
+        \log \hat x_{nd})^2\Big)^{1/2} \quad\text{(nats of } \log x),\\
     \mathrm{RMSE}_{count} &= \Big(\frac{1}{|O_{count}|} \sum (x_{nd} -
         \hat x_{nd})^2\Big)^{1/2} \quad\text{(counts)},\\
     \mathrm{error\ rate} &= \frac{1}{|O_{cat}|} \sum_{(n,d) \in O_{cat}}
