@@ -344,6 +344,17 @@ def _groups(types: Sequence[ColumnType]) -> list[_Group]:
     return groups
 
 
+class _GroupedColumns(nn.Module):
+    """A module holding column groups (:func:`_groups`) whose index tensors move with it
+    (``.to(device)``), so a step does not copy them to the device again."""
+
+    groups: list[_Group]
+
+    def _apply(self, fn, *args, **kwargs):
+        self.groups = [_Group(g.kind, fn(g.columns), fn(g.params)) for g in self.groups]
+        return super()._apply(fn, *args, **kwargs)
+
+
 _NO_SHAPE = torch.Size()
 
 
@@ -427,7 +438,7 @@ class ColumnsDistribution(dist.TorchDistribution):
         return self._assemble(self.batch_shape, parts)
 
 
-class TableInput(nn.Module):
+class TableInput(_GroupedColumns):
     """The guide's input layer for a table (HI-VAE's): each column's features (the value;
     :math:`\\log x` for positive columns, :math:`\\log(1 + x)` for counts; one-hot codes for
     categorical ones), zero for a missing cell, followed by the observed mask.
@@ -456,7 +467,7 @@ class TableInput(nn.Module):
 
 
 @LIKELIHOODS.register("columns")
-class ColumnsLikelihood(Likelihood):
+class ColumnsLikelihood(Likelihood, _GroupedColumns):
     """Each column of a table its own distribution (see :mod:`pyrovae.model.columns`).
 
     Parameters
