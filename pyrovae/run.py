@@ -484,9 +484,20 @@ class _ConfigWriter:
 
 
 def saved_config(state: dict[str, Any]) -> Config:
-    """The config a checkpoint was trained with (sections, or pyrovae 0.1's flat keys)."""
+    """The config a checkpoint was trained with (sections, or pyrovae 0.1's flat keys).
+
+    A checkpoint's config lists every option in force, so an option it lacks came later;
+    where that option's default would change the model, the old behaviour is filled in:
+    an hvae run from before ``decoder_reads_z2`` decoded z1 alone.
+    """
     values = state.get("config", {})
-    return from_flat(values) if is_flat(values) else Config.from_dict(values)
+    if is_flat(values):
+        return from_flat(values)
+    variant = values.get("model", {}).get("variant")
+    if isinstance(variant, dict) and variant.get("name") == "hvae":
+        variant = {"decoder_reads_z2": False, **variant}
+        values = {**values, "model": {**values["model"], "variant": variant}}
+    return Config.from_dict(values)
 
 
 def check_resumable(

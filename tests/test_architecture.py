@@ -273,6 +273,59 @@ def test_the_hierarchical_vae_is_a_registered_variant_with_two_sites():
     assert hvae.reconstruct(torch.rand(4, 1, 8, 8)).shape == (4, 1, 8, 8)
 
 
+def test_the_hvae_decoder_reads_z1_and_z2_as_in_the_paper():
+    """log p(x | z1, z2) in the model's trace is the Bernoulli of the decoder's logits at
+    [z1, z2] (recomputed with torch.distributions), and the decoded mean moves with z2 at
+    fixed z1; with ``decoder_reads_z2=False`` the decoder reads z1 alone and z2 cannot move
+    it."""
+    torch.manual_seed(0)
+    hvae = HierarchicalVAE((1, 8, 8), latent_dim=3, top_dim=2, hidden=(16,))
+    assert hvae.model.decoder.net[0].in_features == 3 + 2
+    x = torch.bernoulli(torch.rand(4, 1, 8, 8))
+    guide = poutine.trace(hvae.guide).get_trace(x)
+    model = poutine.trace(poutine.replay(hvae.model, trace=guide)).get_trace(x)
+    z1, z2 = guide.nodes["z1"]["value"], guide.nodes["z2"]["value"]
+    logits = hvae.model.decoder.net(torch.cat([z1, z2], -1)).reshape(4, 1, 8, 8)
+    expected = torch.distributions.Bernoulli(logits=logits).log_prob(x).sum((1, 2, 3))
+    assert torch.allclose(model.nodes["x"]["fn"].log_prob(x), expected, atol=1e-5)
+    z2_other = z2 + 1.0
+    assert (hvae.decode(z1, z2) - hvae.decode(z1, z2_other)).abs().max() > 1e-3
+    with pytest.raises(ConfigError, match="decode\\(z1, z2\\)"):
+        hvae.decode(z1)
+
+    chain = HierarchicalVAE(
+        (1, 8, 8), latent_dim=3, top_dim=2, hidden=(16,), decoder_reads_z2=False
+    )
+    assert chain.model.decoder.net[0].in_features == 3
+    assert torch.equal(chain.decode(z1, z2), chain.decode(z1, z2_other))
+    assert torch.equal(chain.decode(z1), chain.decode(z1, z2))
+
+
+def test_hvae_checkpoints_from_before_decoder_reads_z2_load_and_resume_as_z1_only(tmp_path):
+    """A checkpoint whose config lacks ``decoder_reads_z2`` (written before the option)
+    decoded z1 alone: it loads, evaluates and resumes that way."""
+    from pyrovae import load_run
+    from pyrovae.inference.training.checkpoint import save_checkpoint
+
+    run = tmp_path / "run"
+    argv = ["train", "--workdir", str(run), "--model", "hvae", "--latent-dim", "2"]
+    argv += ["--hidden", "16", "--limit", "100", "--num-eval-samples", "2", "--no-progress"]
+    assert main([*argv, "--num-epochs", "1", "--no-decoder-reads-z2", "-q"]) == 0
+    assert "decoder_reads_z2 = false" in (run / "config.toml").read_text()
+    x = torch.rand(3, 1, 8, 8)
+    before = load_run(run)[0].reconstruct(x)
+    for name in ("checkpoint.pt", "best.pt"):
+        if (run / name).exists():
+            state = load_checkpoint(run / name)
+            del state["config"]["model"]["variant"]["decoder_reads_z2"]
+            save_checkpoint(state, run / name)
+    vae, config, _ = load_run(run)
+    assert config.model["variant"]["decoder_reads_z2"] is False and not vae.decoder_reads_z2
+    assert torch.equal(vae.reconstruct(x), before)
+    assert main(["train", "--workdir", str(run), "--resume", "--num-epochs", "2", "-q"]) == 0
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+
+
 def test_kl_weights_apply_to_every_latent_site_one_by_one():
     """beta scales both sites' log-densities in model and guide; a per-site weight scales
     its own site only."""

@@ -38,8 +38,10 @@ def make_hvae(
     top_dim: int = TOP_DIM,
     hidden: tuple[int, ...] = (8,),
     num_pseudo_inputs: int = 4,
+    decoder_reads_z2: bool = True,
 ) -> tuple[HierarchicalModel, HierarchicalGuide]:
-    """A small float64 HVAE; with ``prior="vamp"`` the prior shares the q(z2|x) encoder."""
+    """A small float64 HVAE; with ``prior="vamp"`` the prior shares the q(z2|x) encoder;
+    the decoder reads [z1, z2] (z1 alone without ``decoder_reads_z2``)."""
     encoder = MLPEncoder(top_dim, event_shape, hidden=hidden).double()
     if prior == "vamp":
         top: Prior = VampPrior(
@@ -48,9 +50,16 @@ def make_hvae(
         top.init_from_data(torch.rand(num_pseudo_inputs, *event_shape, dtype=torch.float64))
     else:
         top = NormalPrior(top_dim).double()
-    decoder = MLPDecoder(latent_dim, event_shape, hidden=hidden).double()
+    inputs = latent_dim + (top_dim if decoder_reads_z2 else 0)
+    decoder = MLPDecoder(inputs, event_shape, hidden=hidden).double()
     model = HierarchicalModel(
-        top, decoder, BernoulliLikelihood(), event_shape, latent_dim, hidden=hidden
+        top,
+        decoder,
+        BernoulliLikelihood(),
+        event_shape,
+        latent_dim,
+        hidden=hidden,
+        decoder_reads_z2=decoder_reads_z2,
     ).double()
     guide = HierarchicalGuide(encoder, event_shape, latent_dim, top_dim, hidden=(*hidden, 8))
     return model, guide.double()
@@ -66,10 +75,11 @@ def hand_log_p_z2(model: HierarchicalModel, z2: torch.Tensor) -> torch.Tensor:
     return td.Normal(0.0, 1.0).log_prob(z2).sum(-1)
 
 
+@pytest.mark.parametrize("decoder_reads_z2", [True, False])
 @pytest.mark.parametrize("beta", [1.0, 0.3, 0.0])
 @pytest.mark.parametrize("prior", ["normal", "vamp"])
-def test_elbo_matches_a_hand_computation_at_fixed_noise(prior, beta):
-    model, guide = make_hvae(prior)
+def test_elbo_matches_a_hand_computation_at_fixed_noise(prior, beta, decoder_reads_z2):
+    model, guide = make_hvae(prior, decoder_reads_z2=decoder_reads_z2)
     x = torch.randint(0, 2, (5, *EVENT_SHAPE)).double()
     num_data = 40
     kwargs = {"num_data": num_data, "beta": beta}
@@ -87,7 +97,8 @@ def test_elbo_matches_a_hand_computation_at_fixed_noise(prior, beta):
     p_loc1, p_log_var1 = model.top_down(z2)
     log_p1 = td.Normal(p_loc1, torch.exp(0.5 * p_log_var1)).log_prob(z1).sum(-1)
     log_p2 = hand_log_p_z2(model, z2)
-    log_lik = td.Bernoulli(logits=model.decoder(z1)).log_prob(x).sum(-1)
+    decoded = torch.cat([z1, z2], -1) if decoder_reads_z2 else z1
+    log_lik = td.Bernoulli(logits=model.decoder(decoded)).log_prob(x).sum(-1)
     per_item = log_lik - beta * (log_q2 + log_q1 - log_p2 - log_p1)
     expected = num_data / len(x) * per_item.sum()
 
@@ -152,7 +163,7 @@ def test_hvae_trains_on_binarized_digits():
     prior = VampPrior(8, event_shape, encoder, num_pseudo_inputs=20)
     model = HierarchicalModel(
         prior,
-        MLPDecoder(8, event_shape, hidden=(64,)),
+        MLPDecoder(8 + 8, event_shape, hidden=(64,)),  # reads [z1, z2]
         BernoulliLikelihood(),
         event_shape,
         8,

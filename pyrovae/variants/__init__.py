@@ -5,7 +5,7 @@
   :math:`q(z \\mid x, y)` (Sohn et al. 2015).
 - ``m2``: :class:`SemiSupervisedVAE`, :math:`p(y)\\,p(z)\\,p(x \\mid y, z)` with
   :math:`q(y \\mid x)\\,q(z \\mid x, y)` (Kingma et al. 2014).
-- ``hvae``: :class:`HierarchicalVAE`, :math:`p(z_2)\\,p(z_1 \\mid z_2)\\,p(x \\mid z_1)` with
+- ``hvae``: :class:`HierarchicalVAE`, :math:`p(z_2)\\,p(z_1 \\mid z_2)\\,p(x \\mid z_1, z_2)` with
   :math:`q(z_2 \\mid x)\\,q(z_1 \\mid x, z_2)` (Tomczak & Welling 2018).
 - ``vaegan``: :class:`VAEGAN`, :math:`p(z)\\,p(\\mathrm{Dis}_l(x) \\mid z)`, a likelihood on
   the features of a discriminator trained next to it, with :math:`q(z \\mid x)` (Larsen

@@ -1,16 +1,16 @@
-r"""The two-layer hierarchical VAE: model :math:`p(z_2)\,p(z_1 \mid z_2)\,p(x \mid z_1)` and guide
-:math:`q(z_2 \mid x)\,q(z_1 \mid x, z_2)`.
+r"""The two-layer hierarchical VAE: model :math:`p(z_2)\,p(z_1 \mid z_2)\,p(x \mid z_1, z_2)` and
+guide :math:`q(z_2 \mid x)\,q(z_1 \mid x, z_2)`.
 
 .. math::
 
     z_2 \sim p_\lambda(z_2), \qquad
     z_1 \mid z_2 \sim \mathcal{N}\big(\mu_\theta(z_2),
         \operatorname{diag}\exp(\log\sigma^2_\theta(z_2))\big),
-    \qquad x \mid z_1 \sim p_\theta(x \mid \mathrm{decoder}_\theta(z_1)),
+    \qquad x \mid z_1, z_2 \sim p_\theta(x \mid \mathrm{decoder}_\theta([z_1, z_2])),
 
     q_\phi(z_1, z_2 \mid x) = q_\phi(z_2 \mid x)\, q_\phi(z_1 \mid x, z_2),
 
-    \mathrm{ELBO}_\beta(x) = E_q\Big[\log p(x \mid z_1) - \beta \big(
+    \mathrm{ELBO}_\beta(x) = E_q\Big[\log p(x \mid z_1, z_2) - \beta \big(
         \log q(z_2 \mid x) + \log q(z_1 \mid x, z_2) - \log p(z_2) - \log p(z_1 \mid z_2)\big)\Big]
 
 Both latent sites, ``z2`` (top) and ``z1`` (next to ``x``), are drawn inside the data
@@ -21,13 +21,19 @@ in the model and the guide alike, so a Pyro ELBO computes the line above (scaled
 :class:`~pyrovae.model.priors.VampPrior`, build it with the guide's ``encoder``
 (the :math:`q(z_2 \mid x)` network), as the paper does.
 
-Unlike the paper's HVAE, whose decoder reads :math:`z_1` and :math:`z_2`, the decoder
-here reads :math:`z_1` only, so any registered decoder (built for
-``latent_dim = z1``'s dimension) serves. The paper clamps every log-variance to
-[-6, 2] and uses gated layers: the guide's ``log_var_min``/``log_var_max`` clamp all three
-Gaussians' log-variances here (:math:`q(z_2 \mid x)`, :math:`q(z_1 \mid x, z_2)` and
-:math:`p(z_1 \mid z_2)`), and ``encoder="gated-mlp"`` (``decoder="gated-mlp"``) makes the
-guide's (the model's) inner networks gated like the paper's.
+The decoder reads :math:`z_1` and :math:`z_2`, as in the paper's HVAE: any registered
+decoder serves, built for ``latent_dim + top_dim`` inputs and reading the concatenation
+:math:`[z_1, z_2]` (the paper's gated network passes :math:`z_1` and :math:`z_2` through a
+gated layer each before a joint one; ``gated-mlp`` here starts with one gated layer on
+both). ``decoder_reads_z2=False`` (``--no-decoder-reads-z2``) gives the Markov chain
+:math:`p(x \mid z_1)`, whose decoder is built for ``latent_dim``; run folders written before
+this option existed decoded :math:`z_1` only and load that way.
+
+The paper clamps every log-variance to [-6, 2] and uses gated layers: the guide's
+``log_var_min``/``log_var_max`` clamp all three Gaussians' log-variances here
+(:math:`q(z_2 \mid x)`, :math:`q(z_1 \mid x, z_2)` and :math:`p(z_1 \mid z_2)`), and
+``encoder="gated-mlp"`` (``decoder="gated-mlp"``) makes the guide's (the model's) inner
+networks gated like the paper's.
 
 References
 ----------
@@ -139,7 +145,8 @@ class Z1PosteriorNet(nn.Module):
 
 
 class HierarchicalModel(VAEModel):
-    r"""The model ``z2 -> z1 -> x``: top prior, Gaussian top-down layer, decoder, likelihood.
+    r"""The model ``z2 -> z1 -> x`` (and ``z2 -> x`` with ``decoder_reads_z2``): top prior,
+    Gaussian top-down layer, decoder, likelihood.
 
     ``forward`` shares the signature of :class:`~pyrovae.variants.vae.VAEModel`
     (without ``mask``) and returns the decoder's output (the likelihood's parameters).
@@ -149,9 +156,10 @@ class HierarchicalModel(VAEModel):
     prior : Prior
         :math:`p(z_2)`, over ``top_dim = prior.latent_dim`` dimensions.
     decoder : nn.Module
-        ``z1 -> likelihood parameters``, built for ``latent_dim``.
+        ``[z1, z2] -> likelihood parameters``, built for ``latent_dim + top_dim`` inputs
+        (``z1 -> ...``, built for ``latent_dim``, without ``decoder_reads_z2``).
     likelihood : Likelihood
-        ``parameters -> p(x | z1)`` (elementwise over pixels).
+        ``parameters -> p(x | z1, z2)`` (elementwise over pixels).
     event_shape : tuple of int
         Shape of one data point.
     latent_dim : int
@@ -162,6 +170,8 @@ class HierarchicalModel(VAEModel):
         Whether the top-down network has gated layers (:class:`TopDownNet`).
     log_var_min, log_var_max : float, optional
         Clamp the top-down network's log-variance output (none by default).
+    decoder_reads_z2 : bool
+        Whether the decoder reads ``[z1, z2]`` (the paper's HVAE) or ``z1`` alone.
     """
 
     def __init__(
@@ -176,6 +186,7 @@ class HierarchicalModel(VAEModel):
         gated: bool = False,
         log_var_min: float | None = None,
         log_var_max: float | None = None,
+        decoder_reads_z2: bool = True,
     ) -> None:
         _check_sizes(latent_dim, prior.latent_dim, hidden)
         super().__init__(prior, decoder, likelihood, tuple(event_shape))
@@ -183,6 +194,15 @@ class HierarchicalModel(VAEModel):
         self.latent_dim = latent_dim
         self.top_dim = prior.latent_dim
         self.log_var_bounds = check_log_var_bounds(log_var_min, log_var_max)
+        self.decoder_reads_z2 = decoder_reads_z2
+
+    def decoder_input(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        """What the decoder reads: ``[z1, z2]`` (broadcast to common leading dimensions),
+        or ``z1`` without ``decoder_reads_z2``."""
+        if not self.decoder_reads_z2:
+            return z1
+        batch = torch.broadcast_shapes(z1.shape[:-1], z2.shape[:-1])
+        return torch.cat([z1.expand(*batch, -1), z2.expand(*batch, -1)], dim=-1)
 
     def z1_dist(self, z2: torch.Tensor) -> dist.TorchDistribution:
         r""":math:`p(z_1 \mid z_2)`, a diagonal Gaussian with ``event_shape == (latent_dim,)``."""
@@ -203,7 +223,7 @@ class HierarchicalModel(VAEModel):
                 z2 = pyro.sample("z2", self.prior())
             with kl_weight(beta, "z1"):
                 z1 = pyro.sample("z1", self.z1_dist(z2))
-            params = self.decoder(z1)
+            params = self.decoder(self.decoder_input(z1, z2))
             self.observe(params, x)
         return params
 
@@ -302,7 +322,8 @@ class HierarchicalVAE(VAE):
 
     The ``prior`` is the top prior :math:`p(z_2)` (any registered prior; ``vamp`` mixes the
     :math:`q(z_2 \mid x)` network's posteriors at its pseudo-inputs), the ``encoder`` is
-    that network, the ``decoder`` reads :math:`z_1` (``latent_dim`` wide) and ``hidden``
+    that network, the ``decoder`` reads :math:`[z_1, z_2]` (:math:`z_1` alone with
+    ``decoder_reads_z2=False``) and ``hidden``
     sizes every network, the top-down :math:`p(z_1 \mid z_2)` and :math:`q(z_1 \mid x, z_2)`
     ones included. The guide is the model's own (``guide`` must stay ``"normal"``); it
     takes the ``normal`` guide's ``log_var_min``/``log_var_max``, which clamp the
@@ -315,6 +336,9 @@ class HierarchicalVAE(VAE):
     ----------
     top_dim : int, optional
         hvae: dimension of the top latent z2 (default: latent_dim).
+    decoder_reads_z2 : bool
+        hvae: the decoder reads z2 besides z1, p(x | z1, z2) as in the paper's HVAE (off:
+        p(x | z1)).
 
     Examples
     --------
@@ -332,15 +356,21 @@ class HierarchicalVAE(VAE):
     own_guide_options = ("log_var_min", "log_var_max")
 
     def __init__(
-        self, event_shape: Sequence[int], *args: Any, top_dim: int | None = None, **kwargs: Any
+        self,
+        event_shape: Sequence[int],
+        *args: Any,
+        top_dim: int | None = None,
+        decoder_reads_z2: bool = True,
+        **kwargs: Any,
     ) -> None:
         self.top_dim = top_dim
+        self.decoder_reads_z2 = decoder_reads_z2
         super().__init__(event_shape, *args, **kwargs)
-        self.spec["variant"]["top_dim"] = top_dim
+        self.spec["variant"].update(top_dim=top_dim, decoder_reads_z2=decoder_reads_z2)
 
     def build(self, parts: dict[str, tuple[Any, dict[str, Any]]]) -> None:
         """The q(z2|x) encoder, the guide, the top prior (sharing that encoder), the
-        top-down layer and the decoder of z1."""
+        top-down layer and the decoder of [z1, z2] (or z1)."""
         if self.top_dim is None:  # the default: as wide as z1
             self.top_dim = self.latent_dim
         shape = {"event_shape": self.event_shape, "hidden": self.hidden}
@@ -361,7 +391,7 @@ class HierarchicalVAE(VAE):
         )
         decoder = DECODERS.build(
             *parts["decoder"],
-            latent_dim=self.latent_dim,
+            latent_dim=self.latent_dim + (self.top_dim if self.decoder_reads_z2 else 0),
             hidden=self.hidden,
             event_shape=likelihood.param_shape(self.event_shape),
         )
@@ -373,10 +403,22 @@ class HierarchicalVAE(VAE):
             self.latent_dim,
             hidden=self.hidden,
             gated=parts["decoder"][0] == "gated-mlp",
+            decoder_reads_z2=self.decoder_reads_z2,
             **bounds,
         )
 
     @torch.no_grad()
+    def decode(self, z1: torch.Tensor, z2: torch.Tensor | None = None) -> torch.Tensor:
+        r""":math:`E[x \mid z_1, z_2]` under the likelihood; ``z2`` is needed when the decoder
+        reads it (``decoder_reads_z2``) and ignored otherwise."""
+        if z2 is None and self.decoder_reads_z2:
+            raise ConfigError("this hvae's decoder reads z2 too: call decode(z1, z2)")
+        z = z1 if z2 is None else self.model.decoder_input(z1, z2)
+        return self.model.likelihood.mean(self.model.decoder(z))
+
+    @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        r"""Decode :math:`E[z_1]` under :math:`q(z_1 \mid x, z_2 = E[z_2 \mid x])`."""
-        return self.decode(self.guide.encode_z1(x)[0])
+        r"""Decode :math:`E[z_1]` under :math:`q(z_1 \mid x, z_2 = E[z_2 \mid x])`, with
+        :math:`z_2 = E[z_2 \mid x]`."""
+        z2 = self.guide.encode(x)[0]
+        return self.decode(self.guide.encode_z1(x, z2)[0], z2)
