@@ -111,7 +111,7 @@ QUICK: dict[str, Any] = {
 
 HEADER = [
     "recipe",
-    "log p(x) ± SE, K",
+    "log p(x), K",
     "published",
     "test ELBO",
     "best epoch",
@@ -228,7 +228,7 @@ def table_row(name: str, workdir: Path) -> list[str]:
     best = evaluation.get("parameters", {}).get("epoch", len(history))
     return [
         name,
-        _log_likelihood(evaluation),
+        f"{evaluation['log_likelihood']:.2f}, {evaluation['num_samples']}",
         shown,
         f"{evaluation['elbo']:.2f}",
         str(best),
@@ -236,14 +236,6 @@ def table_row(name: str, workdir: Path) -> list[str]:
         stopped_by(folder),
         _duration(wall_clock(name, workdir)),
     ]
-
-
-def _log_likelihood(evaluation: dict[str, Any]) -> str:
-    """``log p(x) ± its standard error over the test items, K`` (no ± in an evaluation
-    from before pyrovae reported the standard error)."""
-    se = evaluation.get("log_likelihood_se")
-    spread = "" if se is None else f" ± {se:.2f}"
-    return f"{evaluation['log_likelihood']:.2f}{spread}, {evaluation['num_samples']}"
 
 
 def wall_clock(name: str, workdir: Path) -> float:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import math
 import subprocess
 import sys
@@ -245,12 +244,9 @@ def test_reproduce_quick_runs_every_recipe_and_resumes_an_interrupted_one(
     argv = [*common, "--workdir", str(whole), "--figure", str(figure)]
     assert reproduce.main(argv) == 0
     header, rows = parse_table(capsys.readouterr().out)
-    assert header[:3] == ["recipe", "log p(x) ± SE, K", "published"]
+    assert header[:3] == ["recipe", "log p(x), K", "published"]
     assert [row[0] for row in rows] == list(reproduce.RECIPES)
     assert all(row[1].endswith(", 10") and row[-3] == "3" for row in rows)  # K, epochs
-    for row in rows:  # the standard error over the test items, from evaluation.json
-        evaluation = json.loads((whole / row[0] / "evaluation.json").read_text())
-        assert f"± {evaluation['log_likelihood_se']:.2f}," in row[1]
     assert figure.exists()
     # a recipe stopped by its time limit after one epoch, then run again: it resumes and
     # ends where the uninterrupted run ended

@@ -25,7 +25,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-import pyro
 import pytest
 import torch
 from pyro import poutine
@@ -529,25 +528,6 @@ def test_iwae_increases_with_k_and_is_above_the_elbo():
         assert mean > -NUM_SE * se, f"IWAE K={k} below K={previous}"
     mean, se = mean_and_se(estimates[1000] - estimates[1])
     assert mean > NUM_SE * se
-
-
-
-def test_evaluate_reports_the_standard_error_of_log_px_over_the_items():
-    """``log_likelihood_se`` is the items' standard deviation of their IWAE estimates over
-    sqrt(n), recomputed here from :func:`iwae_log_likelihood` with the same draws."""
-    from pyrovae.inference.evaluation import evaluate
-
-    vae = small_vae(scale=0.3)
-    x = torch.randn(50, 5)
-    pyro.set_rng_seed(4)
-    result = evaluate(vae, x, num_samples=20, batch_size=50)
-    pyro.set_rng_seed(4)
-    items = iwae_log_likelihood(vae, x, num_samples=20, batch_size=50)
-    assert result["log_likelihood"] == pytest.approx(items.mean().item(), abs=1e-5)
-    expected = items.std().item() / math.sqrt(50)
-    assert expected > 0.1  # the items differ: a zero or a plain std would fail below
-    assert result["log_likelihood_se"] == pytest.approx(expected, rel=1e-5)
-    assert "log_likelihood_se" not in evaluate(vae, x[:1], num_samples=20)
 
 
 PPCA_SCALE = 0.5

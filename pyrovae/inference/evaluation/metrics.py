@@ -158,12 +158,6 @@ def evaluate(
     ``bits_per_dim`` (of the IWAE ``log_likelihood``) and ``elbo_bits_per_dim`` (of the
     ELBO, an upper bound; :func:`bits_per_dim_entries`).
 
-    For two items or more, ``log_likelihood_se`` is the standard error of
-    ``log_likelihood`` over the items (their standard deviation over sqrt(n)): how far the
-    mean moves on another draw of as many items, which a comparison with a number computed
-    on other items, or on another binarization of the same images, must allow for. The
-    Monte Carlo error of each item's estimate is not in it.
-
     Inside a :func:`pyrovae.progress.enabled` block, a bar on a terminal counts the items.
     """
     elbos, log_px = [], []
@@ -172,17 +166,12 @@ def evaluate(
             lw = log_weights(vae, xb, num_samples, yb)
             elbos.append(lw.mean(0))
             log_px.append(log_mean_exp(lw))
-    items = torch.cat(log_px)
-    elbo, log_px = torch.cat(elbos).mean().item(), items.mean().item()
-    spread = {}
-    if len(items) > 1:
-        spread["log_likelihood_se"] = items.std().item() / math.sqrt(len(items))
+    elbo, log_px = torch.cat(elbos).mean().item(), torch.cat(log_px).mean().item()
     summary = {
         "num_data": len(x),
         "num_samples": num_samples,
         "elbo": elbo,
         "log_likelihood": log_px,
-        **spread,
         "kl_gap": log_px - elbo,
         **bits_per_dim_entries(vae, x, {"bits_per_dim": log_px, "elbo_bits_per_dim": elbo}),
     }
