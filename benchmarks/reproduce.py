@@ -114,7 +114,7 @@ HEADER = [
     "log p(x), K",
     "published",
     "test ELBO",
-    "best epoch",
+    "scored epoch",
     "epochs",
     "stopped by",
     "wall clock",
@@ -188,7 +188,8 @@ def _config(folder: Path) -> dict[str, Any]:
 def stopped_by(folder: Path) -> str:
     """Why the run in ``folder`` ended: ``early stopping``, ``max epochs``, ``time limit``
     (it can go on: rerun with a larger ``--time-limit``), ``unfinished`` (training or
-    interrupted; rerun to resume it) or ``not started``."""
+    interrupted, or trained on since it was scored, so that its ``evaluation.json`` is not
+    of its best epoch; rerun to resume it) or ``not started``."""
     history, config = _history(folder), _config(folder)
     if not history or not config:
         return "not started"
@@ -202,7 +203,11 @@ def stopped_by(folder: Path) -> str:
         _, since = epochs_without_improvement(history, "validation_elbo", settled=warmup)
         if since >= patience:
             return "early stopping"
-    if (folder / "evaluation.json").exists():
+    path = folder / "evaluation.json"
+    if path.exists():
+        scored = json.loads(path.read_text()).get("parameters", {}).get("epoch")
+        if scored is not None and scored != best_epoch(history, "validation_elbo"):
+            return "unfinished"
         return "time limit"
     return "unfinished"
 

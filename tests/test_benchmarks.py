@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import math
 import subprocess
 import sys
@@ -245,6 +246,7 @@ def test_reproduce_quick_runs_every_recipe_and_resumes_an_interrupted_one(
     assert reproduce.main(argv) == 0
     header, rows = parse_table(capsys.readouterr().out)
     assert header[:3] == ["recipe", "log p(x), K", "published"]
+    assert header[4] == "scored epoch"
     assert [row[0] for row in rows] == list(reproduce.RECIPES)
     assert all(row[1].endswith(", 10") and row[-3] == "3" for row in rows)  # K, epochs
     assert figure.exists()
@@ -270,6 +272,26 @@ def test_reproduce_refuses_an_unknown_recipe(import_benchmark, capsys):
     with pytest.raises(SystemExit) as e:
         import_benchmark("reproduce").main(["fmnist-vae"])
     assert e.value.code == 2 and "unknown recipe 'fmnist-vae'" in capsys.readouterr().err
+
+
+def test_reproduce_calls_a_row_scored_before_its_best_epoch_unfinished(
+    import_benchmark, tmp_path
+):
+    """A recipe scored at its time limit and then trained on (its best validation epoch
+    now later than the one scored) is unfinished, not stopped by the time limit."""
+    reproduce = import_benchmark("reproduce")
+    folder = tmp_path / "fmnist-mlp"
+    folder.mkdir()
+    rows = [{"epoch": e, "validation_elbo": v} for e, v in [(1, -3.0), (2, -2.0), (3, -1.0)]]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "config.toml").write_text(
+        "[optimization]\nnum_epochs = 10\npatience = 5\n"
+        "[objective.kl_schedule]\nname = 'linear'\nwarmup_epochs = 0\n"
+    )
+    for scored, expected in [(2, "unfinished"), (3, "time limit")]:
+        evaluation = {"log_likelihood": -1.0, "parameters": {"epoch": scored}}
+        (folder / "evaluation.json").write_text(json.dumps(evaluation))
+        assert reproduce.stopped_by(folder) == expected
 
 
 def test_reproduce_records_a_session_ended_by_sigterm(tmp_path):
