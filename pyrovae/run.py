@@ -486,16 +486,16 @@ class _ConfigWriter:
 def saved_config(state: dict[str, Any]) -> Config:
     """The config a checkpoint was trained with (sections, or pyrovae 0.1's flat keys).
 
-    A checkpoint's config lists every option in force, so an option it lacks came later;
-    where that option's default would change the model, the old behaviour is filled in:
-    an hvae run from before ``decoder_reads_z2`` decoded z1 alone.
+    A checkpoint's config lists every option in force, so an option it lacks came later:
+    the variant's :attr:`~pyrovae.variants.VAE.legacy_options` give the values such a run
+    was trained with (an hvae run from before ``decoder_reads_z2`` decoded z1 alone).
     """
     values = state.get("config", {})
     if is_flat(values):
         return from_flat(values)
     variant = values.get("model", {}).get("variant")
-    if isinstance(variant, dict) and variant.get("name") == "hvae":
-        variant = {"decoder_reads_z2": False, **variant}
+    if isinstance(variant, dict) and variant.get("name") in VARIANTS:
+        variant = {**VARIANTS[variant["name"]].legacy_options, **variant}
         values = {**values, "model": {**values["model"], "variant": variant}}
     return Config.from_dict(values)
 

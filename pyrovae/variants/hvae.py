@@ -43,9 +43,9 @@ References
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from math import prod
-from typing import Any
+from typing import Any, ClassVar
 
 import pyro
 import pyro.distributions as dist
@@ -354,6 +354,8 @@ class HierarchicalVAE(VAE):
 
     own_guide = "q(z2|x) q(z1|x,z2), diagonal Gaussians"
     own_guide_options = ("log_var_min", "log_var_max")
+    #: before this option the decoder read z1 alone
+    legacy_options: ClassVar[Mapping[str, Any]] = {"decoder_reads_z2": False}
 
     def __init__(
         self,
@@ -413,8 +415,7 @@ class HierarchicalVAE(VAE):
         reads it (``decoder_reads_z2``) and ignored otherwise."""
         if z2 is None and self.decoder_reads_z2:
             raise ConfigError("this hvae's decoder reads z2 too: call decode(z1, z2)")
-        z = z1 if z2 is None else self.model.decoder_input(z1, z2)
-        return self.model.likelihood.mean(self.model.decoder(z))
+        return super().decode(z1 if z2 is None else self.model.decoder_input(z1, z2))
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:

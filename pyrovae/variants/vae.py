@@ -227,6 +227,10 @@ class VAE(PyroModule):
     seed: int = 0
     #: the variant's own guide, if it has one (then ``guide`` must stay ``"normal"``)
     own_guide: str | None = None
+    #: options the variant gained after run folders of it were written, with the value
+    #: those runs had: a checkpoint whose config lacks one is read with that value
+    #: (``pyrovae.run.saved_config``)
+    legacy_options: ClassVar[Mapping[str, Any]] = {}
     #: the options of the ``normal`` guide that the variant's own guide takes (hvae's
     #: ``log_var_min``/``log_var_max``); any other is refused
     own_guide_options: ClassVar[tuple[str, ...]] = ()
