@@ -30,6 +30,11 @@ Get the example from the Pyro release that is installed::
     python benchmarks/pyro_m2.py --pyro-examples /tmp/pyro/examples/vae \\
         --labels-per-class 100 --num-epochs 50
 
+The example's accuracy divides the correct predictions by the number of batches times the
+batch size, so a loader whose last batch is partial (the validation split of 10 002 items
+in batches of 200 is read as 10 200) is under-reported, by 2 % there; the accuracies here
+are rescaled to the fraction of the items. The test set (10 000 items) is not affected.
+
 The example imports ``visdom`` (used only by its ``--visualize``); a stand-in module is
 put in its place when it is not installed.
 """
@@ -139,6 +144,19 @@ def fashion_loaders(
     return loaders, len(data.train)
 
 
+def item_accuracy(
+    accuracy: Any, loader: DataLoader, classifier: Any, batch_size: int
+) -> float:
+    """The example's ``get_accuracy`` as a fraction of the loader's items.
+
+    The example divides the correct predictions by the number of batches times
+    ``batch_size``, counting a last, partial batch as full; the factor is the same every
+    epoch for a loader, so the example's choice of its best epoch is unchanged.
+    """
+    value = accuracy(loader, classifier, batch_size)
+    return value * len(loader) * batch_size / len(loader.dataset)
+
+
 def run(example: types.ModuleType, args: argparse.Namespace) -> dict[str, Any]:
     """Train the example with its own ``main`` on pyrovae's split; the per-epoch test
     accuracies, seconds per epoch and the last test accuracy."""
@@ -168,8 +186,8 @@ def run(example: types.ModuleType, args: argparse.Namespace) -> dict[str, Any]:
         result["epoch_seconds"].append(time.perf_counter() - begin)
         return out
 
-    def get_accuracy(loader: DataLoader, *a: Any, **k: Any) -> float:
-        value = accuracy(loader, *a, **k)
+    def get_accuracy(loader: DataLoader, classifier: Any, batch_size: int) -> float:
+        value = item_accuracy(accuracy, loader, classifier, batch_size)
         if loader is loaders["test"]:
             result["last"] = value
         if loader is loaders["valid"]:

@@ -15,6 +15,7 @@ from types import ModuleType
 import pytest
 import torch
 from pyro import poutine
+from torch.utils.data import DataLoader, TensorDataset
 
 from pyrovae.data import DEBIAN_FASHION_MNIST
 
@@ -79,6 +80,28 @@ def test_pyro_m2_refuses_a_folder_without_the_example(where, tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: --pyro-examples {folder}:"), lines
     assert "git clone" in lines[0] and result.stdout == ""
+
+
+def test_pyro_m2_reports_accuracy_as_a_fraction_of_the_items(import_benchmark):
+    """The example's get_accuracy (reproduced here as it divides: by the number of
+    batches times the batch size) reads 5 items in batches of 2 as 6; a classifier right
+    on every item must be reported as 1, and one right on 4 of 5 as 0.8."""
+
+    def example_accuracy(loader, classifier, batch_size):
+        predictions, actuals = zip(*[(classifier(x), y) for x, y in loader])
+        right = sum(int((p == a).all(-1).sum()) for p, a in zip(predictions, actuals))
+        return right / (len(predictions) * batch_size)
+
+    y = torch.nn.functional.one_hot(torch.arange(5) % 3, 3).float()
+    loader = DataLoader(TensorDataset(torch.arange(5.0)[:, None], y), batch_size=2)
+    pyro_m2 = import_benchmark("pyro_m2")
+    assert example_accuracy(loader, lambda x: y[x[:, 0].long()], 2) == pytest.approx(5 / 6)
+    right = pyro_m2.item_accuracy(example_accuracy, loader, lambda x: y[x[:, 0].long()], 2)
+    assert right == pytest.approx(1.0)
+    wrong_last = y.clone()
+    wrong_last[4] = y[0]
+    four = pyro_m2.item_accuracy(example_accuracy, loader, lambda x: wrong_last[x[:, 0].long()], 2)
+    assert four == pytest.approx(0.8)
 
 
 @pytest.mark.parametrize("name", APPLICATION_BENCHMARKS)
