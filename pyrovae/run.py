@@ -59,7 +59,7 @@ from pyrovae.inference.training import (
 )
 from pyrovae.inference.training.checkpoint import load_checkpoint, save_checkpoint
 from pyrovae.inference.training.optimization import make_lr_schedulers
-from pyrovae.inference.training.trainer import refuse_overwrite, steps_per_epoch
+from pyrovae.inference.training.trainer import refuse_overwrite
 from pyrovae.memory import check_networks_fit
 from pyrovae.progress import enabled as progress_enabled
 from pyrovae.registry import component as name_and_options
@@ -361,9 +361,7 @@ def make_trainer(vae: VAE, data: Dataset, config: Config) -> Trainer:
         objective["kl_schedule"]["name"],
         config.options("objective", "kl_schedule"),
         beta=objective["beta"],
-        steps_per_epoch=steps_per_epoch(
-            vae.training_size(data), batch_size, distributed.world_size()
-        ),
+        steps_per_epoch=vae.steps_per_epoch(data, batch_size, distributed.world_size()),
         num_epochs=optimization["num_epochs"],
     )
     lr_name, lr_options = name_and_options(optimization["lr_schedule"])

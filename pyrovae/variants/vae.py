@@ -453,6 +453,15 @@ class VAE(PyroModule):
         """The ``N`` of the data plate's ``N / B`` scaling: the training items the loss sums."""
         return len(data.train)
 
+    def steps_per_epoch(self, data: Dataset, batch_size: int, world_size: int = 1) -> int:
+        """The steps (batches) of one epoch of :meth:`training_batches` on one of
+        ``world_size`` ranks, which the trainer counts epochs, progress and schedules by:
+        ``pyrovae.inference.training.trainer.steps_per_epoch`` of the
+        :meth:`training_size` items. A variant whose epoch has other steps says so here."""
+        from pyrovae.inference.training.trainer import steps_per_epoch
+
+        return steps_per_epoch(self.training_size(data), batch_size, world_size)
+
     def evaluate_epoch(
         self, data: Dataset, *, batch_size: int = 500, probe_items: int = 1000
     ) -> dict[str, Any]:

@@ -269,7 +269,7 @@ class Trainer:
         num_data = self.vae.training_size(data)
         world = distributed.world_size()
         if index is None:
-            index = self.step_count // steps_per_epoch(num_data, self.batch_size, world)
+            index = self.step_count // self.vae.steps_per_epoch(data, self.batch_size, world)
         totals: dict[str, torch.Tensor] = {}
         has_elbo = True
         betas = []
@@ -404,7 +404,7 @@ class Trainer:
         workdir = Path(workdir) if workdir is not None else None
         checkpoint = workdir / "checkpoint.pt" if workdir is not None else None
         num_data = vae.training_size(data)
-        steps = steps_per_epoch(num_data, self.batch_size, distributed.world_size())
+        steps = vae.steps_per_epoch(data, self.batch_size, distributed.world_size())
         main = distributed.is_main_process()
         if check:
             self.check(data, num_data)
