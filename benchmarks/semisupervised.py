@@ -198,16 +198,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _settings(pairs: Sequence[str]) -> dict[str, Any]:
-    """``["hidden=500", "latent_dim=50"]`` as config flags (numbers parsed, a list of
-    numbers for ``hidden``)."""
+    """``["hidden=500", "latent_dim=50", "labeled_schedule=paired"]`` as config flags
+    (numbers parsed, a list of numbers for ``hidden``, other values kept as words)."""
     settings: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:
             raise ValueError(f"--m2 takes KEY=VALUE pairs, got {pair!r}")
-        numbers = [float(v) if "." in v or "e" in v else int(v) for v in value.split(",")]
-        settings[key] = tuple(numbers) if key == "hidden" else numbers[0]
+        values = [_number(v) for v in value.split(",")]
+        settings[key] = tuple(values) if key == "hidden" else values[0]
     return settings
+
+
+def _number(value: str) -> int | float | str:
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
 
 
 def _run(args: argparse.Namespace) -> int:

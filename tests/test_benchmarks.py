@@ -297,9 +297,7 @@ def test_reproduce_refuses_an_unknown_recipe(import_benchmark, capsys):
     assert e.value.code == 2 and "unknown recipe 'fmnist-vae'" in capsys.readouterr().err
 
 
-def test_reproduce_calls_a_row_scored_before_its_best_epoch_unfinished(
-    import_benchmark, tmp_path
-):
+def test_reproduce_calls_a_row_scored_before_its_best_epoch_unfinished(import_benchmark, tmp_path):
     """A recipe scored at its time limit and then trained on (its best validation epoch
     now later than the one scored) is unfinished, not stopped by the time limit."""
     reproduce = import_benchmark("reproduce")
@@ -398,3 +396,19 @@ def test_tables_benchmark_quick_run(import_benchmark, tmp_path, capsys):
     assert {row[1] for row in rows} >= {"pyrovae columns", "sklearn KNNImputer"}
     assert tables.main(["--out", str(tmp_path), "--quick"]) == 0  # resumed: nothing to run
     assert "wine seed 0" not in capsys.readouterr().out
+
+
+def test_semisupervised_m2_settings_parse_numbers_and_words(import_benchmark):
+    """``--m2 KEY=VALUE``: integers, floats, a tuple for ``hidden``, and a word (the
+    labelled schedule) kept as it is; a pair without ``=`` is refused."""
+    settings = import_benchmark("semisupervised")._settings(
+        ["hidden=500,200", "latent_dim=50", "learning_rate=4.2e-4", "labeled_schedule=paired"]
+    )
+    assert settings == {
+        "hidden": (500, 200),
+        "latent_dim": 50,
+        "learning_rate": 4.2e-4,
+        "labeled_schedule": "paired",
+    }
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        import_benchmark("semisupervised")._settings(["paired"])
