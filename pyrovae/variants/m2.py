@@ -469,65 +469,28 @@ class SemiSupervisedVAE(ConditionalVAE):
         unbiased estimate, as in one process."""
         labeled, unlabeled = self._split(data)
         generator = data.new_generator()
-        if self.labeled_schedule == "interleaved":
-            yield from self._interleaved(
-                data, batch_size, labeled, unlabeled, shuffle, drop_last, generator, shard
-            )
-            return
-        pairs = data.cycle(
-            "train", batch_size, shuffle=shuffle, labels=True, indices=labeled, generator=generator
+        common = {"shuffle": shuffle, "generator": generator}
+        pairs = None
+        if self.labeled_schedule == "paired":
+            pairs = data.cycle("train", batch_size, labels=True, indices=labeled, **common)
+        common["shard"] = shard
+        unlabeled_batches = iter(
+            data.batches("train", batch_size, drop_last=drop_last, indices=unlabeled, **common)
         )
-        for x in data.batches(
-            "train",
-            batch_size,
-            shuffle=shuffle,
-            drop_last=drop_last,
-            indices=unlabeled,
-            generator=generator,
-            shard=shard,
-        ):
-            xl, yl = next(pairs)
-            yield {"x": x, "x_labeled": xl, "y_labeled": yl, "num_labeled": len(labeled)}
-
-    def _interleaved(
-        self,
-        data: Dataset,
-        batch_size: int,
-        labeled: torch.Tensor,
-        unlabeled: torch.Tensor,
-        shuffle: bool,
-        drop_last: bool,
-        generator: torch.Generator,
-        shard: Shard | None,
-    ) -> Iterator[dict[str, Any]]:
+        if pairs is not None:
+            for x in unlabeled_batches:
+                xl, yl = next(pairs)
+                yield {"x": x, "x_labeled": xl, "y_labeled": yl, "num_labeled": len(labeled)}
+            return
+        labeled_batches = iter(
+            data.batches("train", batch_size, labels=True, indices=labeled, **common)
+        )
         world = 1 if shard is None else shard.world_size
         num_labeled_batches = self._labeled_batches(data, batch_size, world)
         # as Dataset.batches cuts a pass: a rank's share, its last short batch dropped or not
         share = len(unlabeled) // world
         steps = num_labeled_batches + (
             share // batch_size if drop_last else -(-share // batch_size)
-        )
-        labeled_batches = iter(
-            data.batches(
-                "train",
-                batch_size,
-                shuffle=shuffle,
-                labels=True,
-                indices=labeled,
-                generator=generator,
-                shard=shard,
-            )
-        )
-        unlabeled_batches = iter(
-            data.batches(
-                "train",
-                batch_size,
-                shuffle=shuffle,
-                drop_last=drop_last,
-                indices=unlabeled,
-                generator=generator,
-                shard=shard,
-            )
         )
         # labelled batch k at step floor((k + 1/2) S / L): evenly spread, never two at once
         at = {int((k + 0.5) * steps / num_labeled_batches) for k in range(num_labeled_batches)}
