@@ -205,8 +205,10 @@ def _settings(pairs: Sequence[str]) -> dict[str, Any]:
         key, sep, value = pair.partition("=")
         if not sep:
             raise ValueError(f"--m2 takes KEY=VALUE pairs, got {pair!r}")
-        values = [_number(v) for v in value.split(",")]
-        settings[key] = tuple(values) if key == "hidden" else values[0]
+        if key == "hidden":
+            settings[key] = tuple(_number(v) for v in value.split(","))
+        else:
+            settings[key] = _number(value)
     return settings
 
 

@@ -67,6 +67,7 @@ __all__ = [
     "flag_options",
     "from_flat",
     "load_config",
+    "read_config",
     "save_config",
 ]
 
@@ -617,18 +618,23 @@ def is_flat(values: Mapping[str, Any]) -> bool:
     return bool(values) and not any(isinstance(v, Mapping) for v in values.values())
 
 
-def load_config(path: str | os.PathLike, **flags: Any) -> Config:
-    """Read a TOML config file (sections, or the flat keys of pyrovae 0.1); ``flags``
-    (e.g. explicit CLI flags) take precedence."""
+def read_config(path: str | os.PathLike) -> dict[str, Any]:
+    """The values of a TOML config file, as they are written (no defaults filled in)."""
     path = Path(path)
     try:
-        values = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+
+
+def load_config(path: str | os.PathLike, **flags: Any) -> Config:
+    """Read a TOML config file (sections, or the flat keys of pyrovae 0.1); ``flags``
+    (e.g. explicit CLI flags) take precedence."""
+    values = read_config(path)
     if is_flat(values):
         config = from_flat(values)
     else:

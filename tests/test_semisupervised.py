@@ -17,7 +17,7 @@ from pyrovae import Config, ConfigError, DataError, Dataset, fit, load_dataset, 
 from pyrovae.cli import main
 from pyrovae.data import Shard
 from pyrovae.networks import one_hot
-from pyrovae.run import make_step, saved_config
+from pyrovae.run import make_step
 from pyrovae.variants import SemiSupervisedVAE
 from pyrovae.variants.m2 import SemiSupervisedLoss, labeled_subset, split_labeled
 
@@ -214,37 +214,66 @@ class _Sums(torch.nn.Module):
         return num_data / len(x) * values.sum()
 
 
-@pytest.mark.parametrize("world_size", [1, 2])
-def test_m2_interleaved_steps_add_up_to_the_objective(m2, world_size):
-    """Over an interleaved epoch the steps' losses add up to S times -J^alpha (S steps),
-    each term computed by hand: the sum of the unlabelled terms, of the labelled terms, and
-    alpha / N_l times the labelled items' cross-entropies; so a step's loss is an unbiased
-    estimate of -J^alpha. With two ranks (each its Shard of the items, its losses averaged
-    by DDP) the mean over the ranks adds up to S times the same objective. The ELBOs are
+@pytest.mark.parametrize(
+    ("world_size", "drop_last", "steps"),
+    [(1, False, 6), (2, False, 3), (1, True, 5), (4, False, 2)],
+)
+def test_m2_interleaved_steps_add_up_to_the_objective(m2, world_size, drop_last, steps):
+    """Over an interleaved epoch the steps' losses add up to S times -J^alpha (S steps)
+    with each kind of item weighted by N / V, V of its N items visited: the unlabelled
+    terms, the labelled terms, and alpha / N_l times the labelled items' cross-entropies,
+    summed by hand over the items the epoch visits. So a random step of the epoch is an
+    unbiased estimate of -J^alpha, also when a short last batch is dropped (drop_last: 48
+    of the 60 unlabelled items) or the cut to whole shares leaves labelled items out (4
+    ranks: 28 of 30). With several ranks (each its Shard of the items, its losses
+    averaged by DDP) the mean over the ranks adds up to the same. The ELBOs are
     deterministic stand-ins (_Sums), so the identity is exact."""
     data = _m2_data("none")
-    labeled, unlabeled = m2._split(data)
     loss = SemiSupervisedLoss(_Sums(False), _Sums(True), m2.guide.classifier, alpha=7.0)
     x, y = data.train, data.train_labels
+    total, unlabeled_seen, labeled_seen = 0.0, [], []
     with torch.no_grad():
-        cross_entropy = torch.nn.functional.cross_entropy(
-            m2.guide.classifier(x[labeled]), y[labeled], reduction="sum"
-        )
-        objective = (
-            x[unlabeled].flatten(1).sum()
-            + x[labeled].flatten(1).sum()
-            + y[labeled].float().sum()
-            + 7.0 / 30 * cross_entropy
-        )
-        total, steps = 0.0, None
         for rank in range(world_size):
             shard = Shard(rank, world_size, seed=3) if world_size > 1 else None
-            batches = _m2_epoch(m2, data, seed=0, drop_last=False, shard=shard)
-            steps = steps or len(batches)
-            # 60 / 30 unlabelled items a rank in batches of 16, 30 / 15 labelled ones
-            assert len(batches) == steps == (6 if world_size == 1 else 3)
+            batches = _m2_epoch(m2, data, seed=0, drop_last=drop_last, shard=shard)
+            assert len(batches) == steps
             total += sum(loss(**b, num_data=60) for b in batches) / world_size
+            unlabeled_seen += [i for b in batches if "x" in b for i in _item_ids(b["x"])]
+            labeled_seen += [
+                i for b in batches if "x_labeled" in b for i in _item_ids(b["x_labeled"])
+            ]
+        unl, lab = torch.tensor(unlabeled_seen), torch.tensor(labeled_seen)
+        assert len(set(unlabeled_seen)) == len(unl) and len(set(labeled_seen)) == len(lab)
+        assert (len(unl), len(lab)) == ((48 if drop_last else 60), (28 if world_size == 4 else 30))
+        cross_entropy = torch.nn.functional.cross_entropy(
+            m2.guide.classifier(x[lab]), y[lab], reduction="sum"
+        )
+        objective = 60 / len(unl) * x[unl].flatten(1).sum() + 30 / len(lab) * (
+            x[lab].flatten(1).sum() + y[lab].float().sum() + 7.0 / 30 * cross_entropy
+        )
     torch.testing.assert_close(total, steps * objective)
+
+
+def test_m2_interleaved_refuses_fewer_labels_than_ranks():
+    """Three labelled items cannot be shared by four ranks (each would see none, and the
+    run would train without labels): one clear DataError."""
+    data = _m2_data("none")
+    m2 = SemiSupervisedVAE((1, 4, 4), num_classes=3, latent_dim=2, hidden=(8,))
+    m2.labels_per_class = 1  # 3 labelled items
+    with pytest.raises(DataError, match="3 labelled items cannot be shared by 4 processes"):
+        m2.steps_per_epoch(data, 16, world_size=4)
+
+
+def test_m2_check_batches_cover_both_kinds_of_step(m2):
+    """The trainer checks one step of each kind before training: interleaved, an
+    unlabelled and a labelled one (the first step is unlabelled); paired, the first."""
+    data = _m2_data("none")
+    kinds = [set(b) for b in m2.check_batches(data, 16)]
+    assert len(kinds) == 2 and {"x" in k for k in kinds} == {True, False}
+    m2.labeled_schedule = "paired"
+    assert [set(b) for b in m2.check_batches(data, 16)] == [
+        {"x", "x_labeled", "y_labeled", "num_labeled"}
+    ]
 
 
 def test_m2_paired_step_is_an_unbiased_estimate(paired):
@@ -263,14 +292,54 @@ def test_m2_paired_step_is_an_unbiased_estimate(paired):
         torch.testing.assert_close(loss(**b, num_data=60), hand)
 
 
-def test_m2_runs_from_before_the_schedule_option_keep_the_paired_schedule(tmp_path):
-    """A checkpoint whose config has no labeled_schedule was trained paired; it resumes
-    and reloads paired, and a new run defaults to interleaved."""
-    config = Config.from_flags(model="m2", num_classes=10)
-    assert config.model["variant"]["labeled_schedule"] == "interleaved"
-    values = config.to_dict()
-    del values["model"]["variant"]["labeled_schedule"]
-    assert saved_config({"config": values}).model["variant"]["labeled_schedule"] == "paired"
+def test_m2_runs_from_before_the_schedule_option_keep_the_paired_schedule(tmp_path, capsys):
+    """A run whose checkpoint and config.toml have no labeled_schedule was trained paired:
+    `pyrovae train --resume` (which reads the run's config.toml when it is newer than the
+    checkpoint) resumes it paired, and load_run rebuilds it paired; a new run defaults to
+    interleaved."""
+    assert Config.from_flags(model="m2").model["variant"]["labeled_schedule"] == "interleaved"
+    run = tmp_path / "run"
+    argv = ["--model", "m2", "--labeled-schedule", "paired", "--hidden", "16", "--latent-dim"]
+    argv += ["2", "--num-eval-samples", "2", "--num-threads", "1", "--no-progress"]
+    assert main(["train", *argv, "--num-epochs", "1", "--workdir", str(run)]) == 0
+    state = torch.load(run / "checkpoint.pt", weights_only=False)
+    del state["config"]["model"]["variant"]["labeled_schedule"]
+    torch.save(state, run / "checkpoint.pt")
+    text = (run / "config.toml").read_text()
+    assert 'labeled_schedule = "paired"' in text
+    (run / "config.toml").write_text(text.replace('labeled_schedule = "paired"\n', ""))
+    assert load_run(run)[1].model["variant"]["labeled_schedule"] == "paired"
+    capsys.readouterr()
+    resume = ["train", "--resume", "--num-epochs", "2", "--num-eval-samples", "2"]
+    assert main([*resume, "--no-progress", "--workdir", str(run)]) == 0, capsys.readouterr().err
+    assert load_run(run)[1].model["variant"]["labeled_schedule"] == "paired"
+
+
+def test_m2_interleaved_resume_continues_the_steps_and_the_warm_up(tmp_path):
+    """The trainer counts an interleaved epoch's labelled steps too (VAE.steps_per_epoch):
+    with a one-epoch KL warm-up the first epoch's last step is still warming up (beta < 1),
+    and a run resumed after one epoch continues exactly as the straight run (the same
+    per-epoch numbers, beta_mean 1 in the second epoch), which it would not if the resumed
+    step count or the warm-up counted the unlabelled steps alone."""
+    flags = dict(
+        model="m2",
+        hidden=(16,),
+        latent_dim=2,
+        kl_schedule="linear",
+        warmup_epochs=1,
+        num_eval_samples=2,
+        num_threads=1,
+    )
+    straight = fit(Config.from_flags(num_epochs=2, **flags), tmp_path / "a", progress=False)
+    fit(Config.from_flags(num_epochs=1, **flags), tmp_path / "b", progress=False)
+    resumed = fit(
+        Config.from_flags(num_epochs=2, **flags), tmp_path / "b", resume=True, progress=False
+    )
+    first, second = straight.history
+    assert first["beta"] < 1 and second["beta_mean"] == 1
+    for a, b in zip(straight.history, resumed.history):
+        assert a["train_objective"] == b["train_objective"]
+        assert a["beta_mean"] == b["beta_mean"]
 
 
 def test_m2_refuses_an_unknown_schedule(tmp_path, capsys):

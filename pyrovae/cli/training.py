@@ -237,6 +237,14 @@ def _config_from_args(args: argparse.Namespace) -> Config:
             if state.get("config"):  # (a checkpoint of pyrovae 0.1 may hold none)
                 config = saved_config(state)
                 return config.replace(**flags) if flags else config
+    if config_file is not None and args.config is None:
+        # the run's own config.toml lists every option in force when it was written, like a
+        # checkpoint's config: an option it lacks came later (the variant's legacy_options)
+        from pyrovae.config import read_config
+        from pyrovae.run import saved_config
+
+        config = saved_config({"config": read_config(config_file)})
+        return config.replace(**flags) if flags else config
     if config_file is not None:
         return load_config(config_file, **flags)
     return Config.from_flags(**flags)

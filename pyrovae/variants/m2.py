@@ -25,16 +25,21 @@ maximised, is
         + \sum_{x \in \mathcal{D}_u} \mathcal{U}(x)
         + \alpha\, E_{\tilde p_l(x, y)}\big[\log q_\phi(y \mid x)\big],
 
-with :math:`\alpha = 0.1\,N` in the paper. An SVI step minimises an unbiased estimate of
-:math:`-\mathcal{J}^\alpha` from minibatches, on one of two schedules (``labeled_schedule``):
+with :math:`\alpha = 0.1\,N` in the paper. SVI minimises :math:`-\mathcal{J}^\alpha`
+from minibatches, on one of two schedules (``labeled_schedule``):
 
-- ``"interleaved"`` (the default, as Pyro's ``examples/vae/ss_vae_M2.py`` trains): an
-  epoch is one pass over the unlabelled items and one over the labelled items, in
-  minibatches of the same size; the labelled minibatches are spread evenly among the
-  unlabelled ones, and a step takes one minibatch of either kind: :math:`\mathcal{U}`
-  of an unlabelled one, or :math:`\mathcal{L}` plus :math:`\alpha / N_l` times the
-  classification log-likelihood of a labelled one, each item weighted by the epoch's
-  number of steps :math:`S`, so the steps of an epoch add up to :math:`S\,\mathcal{J}^\alpha`.
+- ``"interleaved"`` (the default; the kind of schedule Pyro's ``examples/vae/ss_vae_M2.py``
+  trains on, which puts its labelled batches at every :math:`\lfloor N / N_l \rfloor`-th
+  step): an epoch is one pass over the unlabelled items and one over the labelled items,
+  in minibatches of the same size; the labelled minibatches are spread evenly among the
+  unlabelled ones, and a step takes one minibatch of either kind: :math:`\mathcal{U}` of
+  an unlabelled one, or :math:`\mathcal{L}` plus :math:`\alpha / N_l` times the
+  classification log-likelihood of a labelled one. Each item is weighted by the epoch's
+  number of steps :math:`S` (times :math:`N / V` when only :math:`V` of the :math:`N`
+  items of its kind are visited, e.g. a short last batch dropped), so the steps of an
+  epoch add up to :math:`S\,\mathcal{J}^\alpha` in expectation: a step drawn at random
+  from the epoch is an unbiased estimate of :math:`\mathcal{J}^\alpha`, a single step of
+  only its own kind's terms.
 - ``"paired"``: a step takes one unlabelled minibatch (scaled by :math:`N_u / B_u`) and
   one labelled minibatch (scaled by :math:`N_l / B_l`, cycling through the labelled
   items) and the mean classification log-likelihood of the labelled minibatch times
@@ -236,8 +241,8 @@ class SemiSupervisedLoss(nn.Module):
         y_labeled: torch.Tensor | None = None,
         num_labeled: int,
         num_data: int,
-        unlabeled_num_data: int | None = None,
-        labeled_num_data: int | None = None,
+        unlabeled_num_data: float | None = None,
+        labeled_num_data: float | None = None,
         beta: float = 1.0,
     ) -> torch.Tensor:
         """The loss of an unlabelled minibatch ``x``, a labelled one, or both.
@@ -417,7 +422,27 @@ class SemiSupervisedVAE(ConditionalVAE):
 
     def _labeled_batches(self, data: Dataset, batch_size: int, world_size: int) -> int:
         # a rank's share is a whole number of items per rank (Shard), the last batch partial
-        return -(-(len(self._split(data)[0]) // world_size) // batch_size)
+        share = len(self._split(data)[0]) // world_size
+        if share == 0:
+            raise DataError(
+                f"{len(self._split(data)[0])} labelled items cannot be shared by {world_size} "
+                "processes on the interleaved schedule; label more items per class, use "
+                "fewer processes, or --labeled-schedule paired"
+            )
+        return -(-share // batch_size)
+
+    def check_batches(self, data: Dataset, batch_size: int) -> list[dict[str, Any]]:
+        """The first unlabelled step, and on the interleaved schedule the first labelled
+        one (a step of another kind)."""
+        batches = self.training_batches(data, batch_size, shuffle=False)
+        if self.labeled_schedule == "paired":
+            return [next(batches)]
+        kinds: dict[bool, dict[str, Any]] = {}
+        for batch in batches:
+            kinds.setdefault("x" in batch, batch)
+            if len(kinds) == 2:
+                break
+        return list(kinds.values())
 
     def training_step(
         self, objective: ELBO, *, learning_rate: float, clip_norm: float | None = None
@@ -457,9 +482,10 @@ class SemiSupervisedVAE(ConditionalVAE):
         Interleaved: one pass over the unlabelled items and one over the labelled items in
         minibatches of ``batch_size``, the labelled ones spread evenly among the others
         (:meth:`steps_per_epoch` in all, with the trainer's ``drop_last``); every item of a
-        step stands for ``steps * world_size`` items. Paired: one pass over the unlabelled
-        items; each minibatch comes with a labelled one of the same size (or all labelled
-        items, if fewer), cycling through them.
+        step stands for ``S N / V`` items, ``S`` the steps, ``N`` the items of its kind and
+        ``V`` those of them the rank visits (``N / world_size`` when nothing is dropped).
+        Paired: one pass over the unlabelled items; each minibatch comes with a labelled one
+        of the same size (or all labelled items, if fewer), cycling through them.
 
         With a ``shard`` (data-parallel training) the rank takes its share of the unlabelled
         items, in the order every rank draws alike. Interleaved, it takes its share of the
@@ -489,9 +515,13 @@ class SemiSupervisedVAE(ConditionalVAE):
         num_labeled_batches = self._labeled_batches(data, batch_size, world)
         # as Dataset.batches cuts a pass: a rank's share, its last short batch dropped or not
         share = len(unlabeled) // world
-        steps = num_labeled_batches + (
-            share // batch_size if drop_last else -(-share // batch_size)
-        )
+        visited = share // batch_size * batch_size if drop_last else share
+        steps = num_labeled_batches + -(-visited // batch_size)
+        # an item stands for S N / (the items of its kind this rank visits) items: the steps
+        # of an epoch (averaged over the ranks) add up to S J, in expectation over which
+        # items a short last batch or the cut to whole shares leaves out
+        unlabeled_weight = steps * len(unlabeled) / visited
+        labeled_weight = steps * len(labeled) / (len(labeled) // world)
         # labelled batch k at step floor((k + 1/2) S / L): evenly spread, never two at once
         at = {int((k + 0.5) * steps / num_labeled_batches) for k in range(num_labeled_batches)}
         for step in range(steps):
@@ -501,14 +531,14 @@ class SemiSupervisedVAE(ConditionalVAE):
                     "x_labeled": xl,
                     "y_labeled": yl,
                     "num_labeled": len(labeled),
-                    "labeled_num_data": steps * world * len(xl),
+                    "labeled_num_data": labeled_weight * len(xl),
                 }
             else:
                 x = next(unlabeled_batches)
                 yield {
                     "x": x,
                     "num_labeled": len(labeled),
-                    "unlabeled_num_data": steps * world * len(x),
+                    "unlabeled_num_data": unlabeled_weight * len(x),
                 }
 
     def metrics(self, x: torch.Tensor, y: torch.Tensor | None) -> dict[str, float]:

@@ -453,6 +453,12 @@ class VAE(PyroModule):
         """The ``N`` of the data plate's ``N / B`` scaling: the training items the loss sums."""
         return len(data.train)
 
+    def check_batches(self, data: Dataset, batch_size: int) -> list[dict[str, Any]]:
+        """The minibatches the trainer evaluates once, with Pyro's validation on, before
+        training: one of every kind of step :meth:`training_batches` takes (here the first
+        of an epoch)."""
+        return [next(self.training_batches(data, batch_size, shuffle=False))]
+
     def steps_per_epoch(self, data: Dataset, batch_size: int, world_size: int = 1) -> int:
         """The steps (batches) of one epoch of :meth:`training_batches` on one of
         ``world_size`` ranks, which the trainer counts epochs, progress and schedules by:

@@ -214,7 +214,8 @@ class Trainer:
         return {s: beta * self.kl_site_weights.get(s, 1.0) for s in self.vae.latent_sites}
 
     def check(self, data: Dataset, num_data: int) -> None:
-        """Evaluate the step's losses once on a first minibatch with Pyro's validation on.
+        """Evaluate the step's losses once on the variant's ``check_batches`` (a first
+        minibatch of every kind of step) with Pyro's validation on.
 
         Catches shape and support errors (e.g. in a user's prior or likelihood) and an
         objective that does not fit the model, with one message, before training; the
@@ -242,10 +243,10 @@ class Trainer:
                 f"{num_data} training items cannot be shared by {world} processes; use more "
                 "data (--limit) or fewer processes (--nproc-per-node)"
             )
-        first = next(self.vae.training_batches(data, self.batch_size, shuffle=False))
         beta = self.site_weights(self.schedule(self.step_count))
-        with pyro.validation_enabled(True):
-            self.step.check(_to_device(first, self.vae.device), num_data=num_data, beta=beta)
+        for batch in self.vae.check_batches(data, self.batch_size):
+            with pyro.validation_enabled(True):
+                self.step.check(_to_device(batch, self.vae.device), num_data=num_data, beta=beta)
 
     def epoch(self, data: Dataset, bar: tqdm | None = None, *, index: int | None = None) -> float:
         """One pass over shuffled training minibatches; returns the mean objective per point.
