@@ -267,6 +267,19 @@ class SemiSupervisedLoss(nn.Module):
         return torch.stack(terms).sum()
 
 
+def _labeled_batches(num_labeled: int, batch_size: int, world_size: int) -> int:
+    """A rank's labelled minibatches on the interleaved schedule: its share is a whole number
+    of items (:class:`~pyrovae.data.Shard`), the last minibatch partial."""
+    share = num_labeled // world_size
+    if share == 0:
+        raise DataError(
+            f"{num_labeled} labelled items cannot be shared by {world_size} processes on the "
+            "interleaved schedule; label more items per class, use fewer processes, or "
+            "--labeled-schedule paired"
+        )
+    return -(-share // batch_size)
+
+
 def train_classifier(
     classifier: nn.Module,
     x: torch.Tensor,
@@ -418,18 +431,7 @@ class SemiSupervisedVAE(ConditionalVAE):
         steps = super().steps_per_epoch(data, batch_size, world_size)
         if self.labeled_schedule == "paired":
             return steps
-        return steps + self._labeled_batches(data, batch_size, world_size)
-
-    def _labeled_batches(self, data: Dataset, batch_size: int, world_size: int) -> int:
-        # a rank's share is a whole number of items per rank (Shard), the last batch partial
-        share = len(self._split(data)[0]) // world_size
-        if share == 0:
-            raise DataError(
-                f"{len(self._split(data)[0])} labelled items cannot be shared by {world_size} "
-                "processes on the interleaved schedule; label more items per class, use "
-                "fewer processes, or --labeled-schedule paired"
-            )
-        return -(-share // batch_size)
+        return steps + _labeled_batches(len(self._split(data)[0]), batch_size, world_size)
 
     def check_batches(self, data: Dataset, batch_size: int) -> list[dict[str, Any]]:
         """The first unlabelled step, and on the interleaved schedule the first labelled
@@ -512,7 +514,7 @@ class SemiSupervisedVAE(ConditionalVAE):
             data.batches("train", batch_size, labels=True, indices=labeled, **common)
         )
         world = 1 if shard is None else shard.world_size
-        num_labeled_batches = self._labeled_batches(data, batch_size, world)
+        num_labeled_batches = _labeled_batches(len(labeled), batch_size, world)
         # as Dataset.batches cuts a pass: a rank's share, its last short batch dropped or not
         share = len(unlabeled) // world
         visited = share // batch_size * batch_size if drop_last else share
