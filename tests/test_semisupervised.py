@@ -401,6 +401,25 @@ def test_unlabelled_items_train_the_classifier(m2):
     assert all(g is not None for g in grads) and sum(g.abs().sum() for g in grads) > 0
 
 
+def test_m2_metrics_report_accuracy_and_classifier_entropy(m2):
+    """``classifier_entropy`` is the mean entropy of q(y|x), -sum p log p of the softmax of
+    the classifier's logits computed by hand; a classifier whose last layer outputs zeros is
+    uniform, entropy log C; the accuracy is the argmax's agreement with the labels, and
+    without labels only the entropy is reported."""
+    x = torch.rand(20, 1, 4, 4).round()
+    y = torch.randint(3, (20,))
+    log_p = torch.log_softmax(m2.guide.classifier(x), -1).detach()
+    row = m2.metrics(x, y)
+    assert row["classifier_entropy"] == pytest.approx(float(-(log_p.exp() * log_p).sum(-1).mean()))
+    assert row["accuracy"] == pytest.approx(float((log_p.argmax(-1) == y).float().mean()))
+    assert m2.metrics(x, None).keys() == {"classifier_entropy"}
+    last = m2.guide.classifier.net[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.zero_()
+    assert m2.metrics(x, y)["classifier_entropy"] == pytest.approx(math.log(3))
+
+
 @pytest.mark.slow
 def test_m2_beats_the_supervised_baseline_on_digits(import_benchmark):
     """10 labels per class on the digits (100 labelled, 1337 unlabelled), alpha = 10 N,

@@ -544,10 +544,16 @@ class SemiSupervisedVAE(ConditionalVAE):
                 }
 
     def metrics(self, x: torch.Tensor, y: torch.Tensor | None) -> dict[str, float]:
-        """The classifier's held-out accuracy (when the held-out items have labels)."""
-        if y is None:
-            return {}
-        return {"accuracy": float((self.predict(x) == y.to(x.device)).float().mean())}
+        r"""The classifier's held-out accuracy (when the held-out items have labels) and
+        ``classifier_entropy``, the mean entropy of :math:`q(y \mid x)` in nats: near
+        :math:`\log C` the classifier is close to uniform, M2's failure with few labels
+        (the decoder ignores ``y``, and the entropy term of the unlabelled ELBO flattens
+        the classifier; ``docs/applications.md``)."""
+        probs = self.classify(x)
+        row = {"classifier_entropy": float(dist.Categorical(probs=probs).entropy().mean())}
+        if y is not None:
+            row["accuracy"] = float((probs.argmax(-1) == y.to(x.device)).float().mean())
+        return row
 
     # -- the classifier and label-free operations --
 
