@@ -4,9 +4,11 @@ shared loop on labelled and unlabelled minibatches, and the CLI runs it."""
 from __future__ import annotations
 
 import importlib
+import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pyro
 import pytest
 import torch
@@ -356,8 +358,6 @@ def test_m2_refuses_other_elbos_and_unlabelled_data(tmp_path):
     m2 = SemiSupervisedVAE.from_section(config.model, (1, 8, 8))
     with pytest.raises(ConfigError, match="TraceEnum_ELBO"):
         make_step(m2, config)  # the variant's training step refuses the objective
-    import numpy as np
-
     np.save(tmp_path / "x.npy", np.random.rand(40, 6).astype("float32"))
     with pytest.raises(DataError, match="trains on labels"):
         fit(
@@ -367,10 +367,11 @@ def test_m2_refuses_other_elbos_and_unlabelled_data(tmp_path):
         )
 
 
-def test_m2_trains_and_reloads(tmp_path):
+def test_m2_trains_and_reloads(tmp_path, capsys):
     """Two epochs on the digits: the run records the classifier's accuracy, which after
     two epochs with 10 labels per class is far above the 10% of guessing (the classifier
-    alone fits the 100 labelled digits quickly)."""
+    alone fits the 100 labelled digits quickly); ``pyrovae evaluate --data`` on unlabelled
+    items reports the reloaded classifier's entropy on them."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -388,6 +389,15 @@ def test_m2_trains_and_reloads(tmp_path):
     digits = load_dataset("digits")
     assert torch.equal(vae.predict(digits.test), result.vae.predict(digits.test))
     assert vae.sample(6, y=4).shape == (6, 1, 8, 8)
+    np.save(tmp_path / "x.npy", digits.test[:50].numpy())
+    capsys.readouterr()
+    evaluate = ["evaluate", str(tmp_path / "run"), "--data", str(tmp_path / "x.npy"), "-k", "2"]
+    assert main(evaluate) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert "accuracy" not in printed
+    assert printed["classifier_entropy"] == pytest.approx(
+        vae.metrics(digits.test[:50], None)["classifier_entropy"], rel=1e-5
+    )
 
 
 def test_unlabelled_items_train_the_classifier(m2):
@@ -418,6 +428,12 @@ def test_m2_metrics_report_accuracy_and_classifier_entropy(m2):
         last.weight.zero_()
         last.bias.zero_()
     assert m2.metrics(x, y)["classifier_entropy"] == pytest.approx(math.log(3))
+    with torch.no_grad():
+        last.bias[0] = 5.0  # every item class 0 with p = e^5 / (e^5 + 2)
+    p = torch.softmax(torch.tensor([5.0, 0.0, 0.0]), -1)
+    row = m2.metrics(x, y)
+    assert row["classifier_entropy"] == pytest.approx(float(-(p * p.log()).sum()))
+    assert row["accuracy"] == pytest.approx(float((y == 0).float().mean()))
 
 
 @pytest.mark.slow
