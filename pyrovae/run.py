@@ -705,7 +705,7 @@ def use_best(vae: VAE, workdir: Path) -> dict[str, Any] | None:
 def evaluate_run(vae: VAE, data: Dataset, config: Config) -> dict[str, Any]:
     """The run's final held-out summary (``evaluation.json``): the variant's
     :meth:`~pyrovae.variants.VAE.evaluate_heldout` with ``num_eval_samples`` importance
-    samples and its :meth:`~pyrovae.variants.VAE.metrics`.
+    samples and its :meth:`~pyrovae.variants.VAE.evaluation_metrics`.
 
     In a data-parallel run each rank evaluates its contiguous share of the held-out items
     and the per-item means are combined exactly, ``num_data`` added up
@@ -722,7 +722,7 @@ def evaluate_run(vae: VAE, data: Dataset, config: Config) -> dict[str, Any]:
             batch_size=run["eval_batch_size"],
             y=y if vae.requires_y else None,
         )
-        evaluation.update(vae.metrics(x, y))
+        evaluation.update(vae.evaluation_metrics(x, y))
         return evaluation
 
     return distributed.split_means(heldout, len(data.test))

@@ -307,7 +307,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     results = vae.evaluate_heldout(
         x, num_samples=args.num_samples, batch_size=args.batch_size, **labels
     )
-    results.update(vae.metrics(x, None if y is None else y.to(vae.device)))
+    results.update(vae.evaluation_metrics(x, None if y is None else y.to(vae.device)))
     if args.run.is_dir():  # a file of its own: training's evaluation.json stays
         path = args.run / (output_name("evaluation", args, k=args.num_samples) + ".json")
         write_json(results, path)

@@ -49,7 +49,10 @@ from minibatches, on one of two schedules (``labeled_schedule``):
 On Fashion-MNIST with 100 labels per class the paired schedule's validation accuracy peaks
 within a few epochs and then falls, while the interleaved one keeps climbing
 (``docs/applications.md``). Outside an enumerating ELBO (e.g. importance-weighted
-evaluation) ``y`` is sampled from the classifier.
+evaluation) ``y`` is sampled from the classifier; :meth:`SemiSupervisedVAE.class_log_joint`
+scores every class instead, which gives the generative model's own class posterior
+(:meth:`SemiSupervisedVAE.model_posterior`, and the metrics that tell whether the decoder
+reads ``y``).
 
 This module holds the variant whole: model, guide, loss, the labelled subset, the
 training batches and the supervised baseline :func:`train_classifier`.
@@ -554,6 +557,77 @@ class SemiSupervisedVAE(ConditionalVAE):
         if y is not None:
             row["accuracy"] = float((probs.argmax(-1) == y.to(x.device)).float().mean())
         return row
+
+    def evaluation_metrics(self, x: torch.Tensor, y: torch.Tensor | None) -> dict[str, float]:
+        r""":meth:`metrics` and whether the decoder reads the class, from the generative
+        model's own class posterior :meth:`model_posterior` (one draw of :math:`z` per
+        class; it costs a held-out pass per class, so it is left out of the epochs' log):
+
+        - ``model_class_entropy``, its mean entropy in nats; near :math:`\log C` the
+          decoder ignores ``y``, whatever the classifier says;
+        - ``class_agreement``, the share of items whose most probable class is the same
+          under :math:`q(y \mid x)` and under the model's posterior;
+        - with labels, ``model_accuracy``, the model's posterior's accuracy.
+
+        The model's posterior is drawn with its own seeded random stream, so it is the same
+        at every call and leaves the global stream as it was.
+        """
+        row = self.metrics(x, y)
+        model = self.model_posterior(x, seed=0)
+        row["model_class_entropy"] = float(dist.Categorical(probs=model).entropy().mean())
+        agree = self.classify(x).argmax(-1) == model.argmax(-1)
+        row["class_agreement"] = float(agree.float().mean())
+        if y is not None:
+            row["model_accuracy"] = float((model.argmax(-1) == y.to(x.device)).float().mean())
+        return row
+
+    @torch.no_grad()
+    def class_log_joint(
+        self,
+        x: torch.Tensor,
+        num_samples: int = 1,
+        batch_size: int = 500,
+        *,
+        seed: int | None = None,
+    ) -> torch.Tensor:
+        r"""Importance-weighted estimates of :math:`\log p(x, y = c)` for every class,
+        shape ``(N, num_classes)``.
+
+        For each class :math:`c`, ``num_samples`` draws :math:`z_k \sim q(z \mid x, c)`
+        give :math:`\log \frac1K \sum_k p(x \mid z_k, c)\,p(z_k)\,p(c) / q(z_k \mid x, c)`
+        (:func:`~pyrovae.inference.importance_weights` with the class observed): the
+        labelled ELBO :math:`\mathcal{L}(x, c)` for ``num_samples=1``, a tighter lower
+        bound in expectation as ``num_samples`` grows. Their log-sum-exp over the classes
+        estimates :math:`\log p(x)` with the class summed out exactly. ``seed`` draws with
+        a random stream of its own (the global one is left as it was).
+        """
+        from pyrovae.inference.evaluation import (
+            batches,
+            eval_mode,
+            importance_weights,
+            log_mean_exp,
+        )
+
+        classes = torch.arange(self.num_classes, device=x.device)
+        rows = []
+        with eval_mode(self):
+            for xb, _ in batches(x, batch_size):
+                # every item once per class, class-major: (C * B, *event)
+                copies = xb.repeat(self.num_classes, *[1] * (xb.dim() - 1))
+                labels = classes.repeat_interleave(len(xb))
+                log_w = importance_weights(self, copies, num_samples, labels, seed=seed)
+                rows.append(log_mean_exp(log_w.log_weight).reshape(self.num_classes, -1).T)
+        return torch.cat(rows)
+
+    def model_posterior(
+        self, x: torch.Tensor, num_samples: int = 1, *, seed: int | None = None
+    ) -> torch.Tensor:
+        r"""The generative model's own class probabilities,
+        :math:`p(y \mid x) \propto p(y)\,p(x \mid y)`, estimated by the softmax of
+        :meth:`class_log_joint` over the classes, shape ``(N, num_classes)``. Where the
+        decoder reads ``y`` they are sharp; where it ignores ``y`` they are near uniform,
+        whatever the classifier :math:`q(y \mid x)` says."""
+        return torch.softmax(self.class_log_joint(x, num_samples, seed=seed), -1)
 
     # -- the classifier and label-free operations --
 

@@ -530,6 +530,12 @@ class VAE(PyroModule):
         ranks' shares."""
         return {}
 
+    def evaluation_metrics(self, x: torch.Tensor, y: torch.Tensor | None) -> dict[str, float]:
+        """The variant's numbers for the held-out summary (``evaluation.json``, ``pyrovae
+        evaluate``): :meth:`metrics` and those too costly to log every epoch (none here);
+        means over the items of ``x``, as :meth:`metrics`."""
+        return self.metrics(x, y)
+
     def require_unconditional(self, what: str) -> None:
         """Raise :class:`ConfigError` unless the guide reads ``x`` alone, as ``what`` needs
         (a conditional or semi-supervised model's guide also needs the labels)."""
