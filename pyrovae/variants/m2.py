@@ -598,8 +598,14 @@ class SemiSupervisedVAE(ConditionalVAE):
         (:func:`~pyrovae.inference.importance_weights` with the class observed): the
         labelled ELBO :math:`\mathcal{L}(x, c)` for ``num_samples=1``, a tighter lower
         bound in expectation as ``num_samples`` grows. Their log-sum-exp over the classes
-        estimates :math:`\log p(x)` with the class summed out exactly. ``seed`` draws with
-        a random stream of its own (the global one is left as it was).
+        estimates :math:`\log p(x)` with the class summed out exactly.
+
+        Every class is scored with the same standard-normal noise (common random numbers:
+        :math:`z_k = \mu(x, c) + \sigma(x, c)\,\epsilon_k`, one :math:`\epsilon_k` for
+        all classes), so the differences between classes come from the networks, not from
+        Monte Carlo noise: where neither network reads the class, every class scores
+        the same. ``seed`` fixes that noise (the global stream is then left as it was);
+        without it, one number drawn from the global stream seeds it.
         """
         from pyrovae.inference.evaluation import (
             batches,
@@ -608,16 +614,23 @@ class SemiSupervisedVAE(ConditionalVAE):
             log_mean_exp,
         )
 
-        classes = torch.arange(self.num_classes, device=x.device)
-        rows = []
+        if seed is None:
+            seed = int(torch.randint(2**31 - 1, ()))
+        classes = range(self.num_classes)
+
+        def score(xb: torch.Tensor, c: int) -> torch.Tensor:
+            labels = torch.full((len(xb),), c, dtype=torch.long, device=xb.device)
+            return log_mean_exp(
+                importance_weights(self, xb, num_samples, labels, seed=seed).log_weight
+            )
+
         with eval_mode(self):
-            for xb, _ in batches(x, batch_size):
-                # every item once per class, class-major: (C * B, *event)
-                copies = xb.repeat(self.num_classes, *[1] * (xb.dim() - 1))
-                labels = classes.repeat_interleave(len(xb))
-                log_w = importance_weights(self, copies, num_samples, labels, seed=seed)
-                rows.append(log_mean_exp(log_w.log_weight).reshape(self.num_classes, -1).T)
-        return torch.cat(rows)
+            return torch.cat(
+                [
+                    torch.stack([score(xb, c) for c in classes], -1)
+                    for xb, _ in batches(x, batch_size)
+                ]
+            )
 
     def model_posterior(
         self, x: torch.Tensor, num_samples: int = 1, *, seed: int | None = None
