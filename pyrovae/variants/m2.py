@@ -309,6 +309,17 @@ def train_classifier(
     return classifier.eval()
 
 
+def _class_summary(
+    probs: torch.Tensor, y: torch.Tensor | None, entropy: str, accuracy: str
+) -> dict[str, float]:
+    """The mean entropy (nats) of class probabilities ``probs`` ``(N, C)`` and, given labels,
+    the accuracy of their most probable class, under the names ``entropy`` and ``accuracy``."""
+    row = {entropy: float(dist.Categorical(probs=probs).entropy().mean())}
+    if y is not None:
+        row[accuracy] = float((probs.argmax(-1) == y.to(probs.device)).float().mean())
+    return row
+
+
 class SemiSupervisedVAE(ConditionalVAE):
     r"""The M2 model of semi-supervised learning: :math:`p(y)\,p(z)\,p(x \mid y, z)` with
     the guide :math:`q(y \mid x)\,q(z \mid x, y)`.
@@ -552,11 +563,7 @@ class SemiSupervisedVAE(ConditionalVAE):
         :math:`\log C` the classifier is close to uniform, M2's failure with few labels
         (the decoder ignores ``y``, and the entropy term of the unlabelled ELBO flattens
         the classifier; ``docs/applications.md``)."""
-        probs = self.classify(x)
-        row = {"classifier_entropy": float(dist.Categorical(probs=probs).entropy().mean())}
-        if y is not None:
-            row["accuracy"] = float((probs.argmax(-1) == y.to(x.device)).float().mean())
-        return row
+        return _class_summary(self.classify(x), y, "classifier_entropy", "accuracy")
 
     def evaluation_metrics(self, x: torch.Tensor, y: torch.Tensor | None) -> dict[str, float]:
         r""":meth:`metrics` and whether the decoder reads the class, from the generative
@@ -569,17 +576,18 @@ class SemiSupervisedVAE(ConditionalVAE):
           under :math:`q(y \mid x)` and under the model's posterior;
         - with labels, ``model_accuracy``, the model's posterior's accuracy.
 
-        The model's posterior is drawn with its own seeded random stream, so it is the same
-        at every call and leaves the global stream as it was.
+        The model's posterior is drawn with a random stream of its own, seeded with 0: the
+        same numbers for the same items in the same batches, whatever the global stream
+        (``pyrovae evaluate --seed``), which is left as it was.
         """
-        row = self.metrics(x, y)
-        model = self.model_posterior(x, seed=0)
-        row["model_class_entropy"] = float(dist.Categorical(probs=model).entropy().mean())
-        agree = self.classify(x).argmax(-1) == model.argmax(-1)
-        row["class_agreement"] = float(agree.float().mean())
-        if y is not None:
-            row["model_accuracy"] = float((model.argmax(-1) == y.to(x.device)).float().mean())
-        return row
+        probs = self.classify(x)
+        posterior = self.model_posterior(x, seed=0)
+        agree = probs.argmax(-1) == posterior.argmax(-1)
+        return {
+            **_class_summary(probs, y, "classifier_entropy", "accuracy"),
+            **_class_summary(posterior, y, "model_class_entropy", "model_accuracy"),
+            "class_agreement": float(agree.float().mean()),
+        }
 
     @torch.no_grad()
     def class_log_joint(
@@ -616,7 +624,6 @@ class SemiSupervisedVAE(ConditionalVAE):
 
         if seed is None:
             seed = int(torch.randint(2**31 - 1, ()))
-        classes = range(self.num_classes)
 
         def score(xb: torch.Tensor, c: int) -> torch.Tensor:
             labels = torch.full((len(xb),), c, dtype=torch.long, device=xb.device)
@@ -627,7 +634,7 @@ class SemiSupervisedVAE(ConditionalVAE):
         with eval_mode(self):
             return torch.cat(
                 [
-                    torch.stack([score(xb, c) for c in classes], -1)
+                    torch.stack([score(xb, c) for c in range(self.num_classes)], -1)
                     for xb, _ in batches(x, batch_size)
                 ]
             )

@@ -527,7 +527,7 @@ class VAE(PyroModule):
     def metrics(self, x: torch.Tensor, y: torch.Tensor | None) -> dict[str, float]:
         """Extra held-out numbers for ``metrics.jsonl`` and ``evaluation.json`` (none here):
         means over the items of ``x``, which data-parallel evaluation combines over the
-        ranks' shares."""
+        ranks' shares. Those too costly for every epoch go in :meth:`evaluation_metrics`."""
         return {}
 
     def evaluation_metrics(self, x: torch.Tensor, y: torch.Tensor | None) -> dict[str, float]:
