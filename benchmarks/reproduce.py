@@ -50,6 +50,7 @@ import argparse
 import json
 import math
 import signal
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -111,6 +112,7 @@ QUICK: dict[str, Any] = {
 
 HEADER = [
     "recipe",
+    "seed",
     "log p(x), K",
     "published",
     "test ELBO",
@@ -222,17 +224,17 @@ def _finished(folder: Path) -> bool:
 def table_row(name: str, workdir: Path) -> list[str]:
     """The table's row of recipe ``name`` from its run folder."""
     folder = workdir / name
-    published = RECIPES[name][1]
-    shown = "-" if published is None else f"{published:.2f}"
+    shown, seed = _published(name), _seed(folder)
     history = _history(folder)
     path = folder / "evaluation.json"
     if not path.exists():
         epochs = str(len(history)) if history else "-"
-        return [name, "-", shown, "-", "-", epochs, stopped_by(folder), "-"]
+        return [name, seed, "-", shown, "-", "-", epochs, stopped_by(folder), "-"]
     evaluation = json.loads(path.read_text())
     best = evaluation.get("parameters", {}).get("epoch", len(history))
     return [
         name,
+        seed,
         f"{evaluation['log_likelihood']:.2f}, {evaluation['num_samples']}",
         shown,
         f"{evaluation['elbo']:.2f}",
@@ -241,6 +243,56 @@ def table_row(name: str, workdir: Path) -> list[str]:
         stopped_by(folder),
         _duration(wall_clock(name, workdir)),
     ]
+
+
+def _published(name: str) -> str:
+    published = RECIPES[name][1]
+    return "-" if published is None else f"{published:.2f}"
+
+
+def _seed(folder: Path) -> str:
+    return str(_config(folder).get("run", {}).get("seed", "-"))
+
+
+def spread_row(name: str, workdirs: list[Path]) -> list[str] | None:
+    """The mean and the sample standard deviation of recipe ``name``'s log p(x) and test
+    ELBO over its finished runs in ``workdirs`` (one per seed), or ``None`` for fewer
+    than two: the spread between training runs that the published ± stands for."""
+    scored = [
+        json.loads((w / name / "evaluation.json").read_text())
+        for w in workdirs
+        if _finished(w / name)
+    ]
+    if len(scored) < 2:
+        return None
+    samples = {e["num_samples"] for e in scored}
+    k = f", {samples.pop()}" if len(samples) == 1 else ""
+
+    def spread(key: str) -> str:
+        values = [e[key] for e in scored]
+        return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+    return [
+        name,
+        f"mean ± sd of {len(scored)}",
+        spread("log_likelihood") + k,
+        _published(name),
+        spread("elbo"),
+        "-",
+        "-",
+        "-",
+        "-",
+    ]
+
+
+def report_runs(names: list[str], workdirs: list[Path]) -> list[tuple[str, Path]]:
+    """``(recipe, workdir)`` of every run to report: each recipe's run folder in every
+    workdir that has one, or the first workdir's (not started) where none has."""
+    runs = []
+    for name in names:
+        held = [w for w in workdirs if (w / name).is_dir()]
+        runs += [(name, w) for w in held or workdirs[:1]]
+    return runs
 
 
 def wall_clock(name: str, workdir: Path) -> float:
@@ -262,20 +314,24 @@ def _duration(seconds: float) -> str:
     return f"{hours} h {rest // 60:02d} min" if hours else f"{rest // 60} min {rest % 60:02d} s"
 
 
-def curves_figure(names: list[str], workdir: Path, path: Path) -> None:
-    """Train and validation ELBO per epoch of every recipe that has epochs, the warm-up
-    shaded and the best epoch marked, saved to ``path``."""
+def curves_figure(runs: list[tuple[str, Path]], path: Path) -> None:
+    """Train and validation ELBO per epoch of every run ``(recipe, workdir)`` that has
+    epochs, the warm-up shaded and the best epoch marked, saved to ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
-    drawn = [n for n in names if _history(workdir / n)]
+    drawn = [(n, w) for n, w in runs if _history(w / n)]
     if not drawn:
         return
-    fig = Figure(figsize=(5 * len(drawn), 3.8))
-    axes = fig.subplots(1, len(drawn), squeeze=False)[0]
-    for ax, name in zip(axes, drawn):
+    cols = min(3, len(drawn))
+    rows = -(-len(drawn) // cols)
+    fig = Figure(figsize=(5 * cols, 3.8 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False).flatten()
+    for ax in axes[len(drawn) :]:
+        ax.set_axis_off()
+    for ax, (name, workdir) in zip(axes, drawn):
         history = _history(workdir / name)
         epochs = [r["epoch"] for r in history]
         train = [math.nan if r.get("train_elbo") is None else r["train_elbo"] for r in history]
@@ -296,7 +352,7 @@ def curves_figure(names: list[str], workdir: Path, path: Path) -> None:
                 best["epoch"], best["validation_elbo"], "k*", label=f"best (epoch {best['epoch']})"
             )
             ax.set_ylim(best["validation_elbo"] - 25, best["validation_elbo"] + 8)
-        ax.set_title(name)
+        ax.set_title(f"{name}, seed {_seed(workdir / name)}")
         ax.set_xlabel("epoch")
         ax.set_ylabel("nats per data point")
         ax.grid(alpha=0.3)
@@ -320,8 +376,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--workdir",
         type=Path,
-        default=Path("runs/reproduce"),
-        help="folder of the recipes' run folders (default: runs/reproduce)",
+        action="append",
+        help="folder of the recipes' run folders (default: runs/reproduce); with --report "
+        "give it again for each further folder (e.g. one per --seed): a row per run and "
+        "each recipe's mean and spread over its finished runs",
     )
     parser.add_argument("--quick", action="store_true", help="a tiny version of each recipe (CI)")
     parser.add_argument(
@@ -349,6 +407,10 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown recipe {unknown[0]!r}; the recipes: {', '.join(RECIPES)}")
     names = args.recipes or list(RECIPES)
+    workdirs = args.workdir or [Path("runs/reproduce")]
+    if len(workdirs) > 1 and not args.report:
+        parser.error("a run trains in one --workdir; give several only with --report")
+    args.workdir = workdirs[0]
     args.workdir.mkdir(parents=True, exist_ok=True)
     # `kill PID` (a scheduler's or a user's) ends a long run as Ctrl-C does: the run folder's
     # lock is released and the session recorded (a background job ignores SIGINT)
@@ -362,7 +424,12 @@ def main(argv: list[str] | None = None) -> int:
             except PyroVAEError as e:
                 print(f"error: {name}: {user_message(e)}", file=sys.stderr)
                 return 2
-    rows = [table_row(name, args.workdir) for name in names]
+    runs = report_runs(names, workdirs)
+    rows = []
+    for name in names:
+        rows += [table_row(name, workdir) for n, workdir in runs if n == name]
+        spread = spread_row(name, workdirs)
+        rows += [] if spread is None else [spread]
     lines = [
         "Dynamically binarized Fashion-MNIST, the VampPrior reference protocol; log p(x) is "
         "the IWAE bound of the best-on-validation parameters on the 10 000 test images "
@@ -373,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
         "Reproducing published log-likelihoods", lines, markdown_table(HEADER, rows), args.markdown
     )
     if args.figure is not None:
-        curves_figure(names, args.workdir, args.figure)
+        curves_figure(runs, args.figure)
         print(f"wrote {args.figure}")
     return 0
 

@@ -268,10 +268,10 @@ def test_reproduce_quick_runs_every_recipe_and_resumes_an_interrupted_one(
     argv = [*common, "--workdir", str(whole), "--figure", str(figure)]
     assert reproduce.main(argv) == 0
     header, rows = parse_table(capsys.readouterr().out)
-    assert header[:3] == ["recipe", "log p(x), K", "published"]
-    assert header[4] == "scored epoch"
+    assert header[:4] == ["recipe", "seed", "log p(x), K", "published"]
+    assert header[5] == "scored epoch"
     assert [row[0] for row in rows] == list(reproduce.RECIPES)
-    assert all(row[1].endswith(", 10") and row[-3] == "3" for row in rows)  # K, epochs
+    assert all(row[1] == "0" and row[2].endswith(", 10") and row[-3] == "3" for row in rows)
     assert figure.exists()
     # a recipe stopped by its time limit after one epoch, then run again: it resumes and
     # ends where the uninterrupted run ended
@@ -313,6 +313,63 @@ def test_reproduce_calls_a_row_scored_before_its_best_epoch_unfinished(import_be
         evaluation = {"log_likelihood": -1.0, "parameters": {"epoch": scored}}
         (folder / "evaluation.json").write_text(json.dumps(evaluation))
         assert reproduce.stopped_by(folder) == expected
+
+
+def _finished_run(folder, seed, log_likelihood, elbo):
+    """A run folder stopped early (patience 1) and scored at its best epoch, 2."""
+    folder.mkdir(parents=True)
+    rows = [
+        {"epoch": e, "validation_elbo": v, "seconds": 1.0} for e, v in [(1, -3), (2, -2), (3, -4)]
+    ]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "config.toml").write_text(
+        f"[optimization]\nnum_epochs = 10\npatience = 1\n[run]\nseed = {seed}\n"
+        "[objective.kl_schedule]\nname = 'linear'\nwarmup_epochs = 0\n"
+    )
+    evaluation = {
+        "log_likelihood": log_likelihood,
+        "elbo": elbo,
+        "num_samples": 5000,
+        "parameters": {"epoch": 2},
+    }
+    (folder / "evaluation.json").write_text(json.dumps(evaluation))
+
+
+def test_reproduce_reports_the_runs_of_several_workdirs_and_their_spread(
+    import_benchmark, tmp_path, capsys
+):
+    """One row per run folder, with its seed, and after a recipe's rows the mean and the
+    sample standard deviation over its finished runs; an unfinished run is not counted,
+    and a recipe with one finished run gets no such row."""
+    reproduce = import_benchmark("reproduce")
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    _finished_run(a / "fmnist-mlp", 0, -229.13, -232.10)
+    _finished_run(b / "fmnist-mlp", 1, -228.77, -231.62)
+    _finished_run(c / "fmnist-mlp-vamp", 0, -227.64, -230.13)
+    _finished_run(c / "fmnist-mlp", 2, -228.00, -231.00)
+    (c / "fmnist-mlp" / "metrics.jsonl").write_text(
+        '{"epoch": 1, "validation_elbo": -3, "seconds": 1.0}\n'
+    )
+    figure = tmp_path / "curves.png"
+    workdirs = ["--workdir", str(a), "--workdir", str(b), "--workdir", str(c)]
+    assert reproduce.main(["--report", *workdirs, "--figure", str(figure)]) == 0
+    _, rows = parse_table(capsys.readouterr().out)
+    assert [row[:2] for row in rows] == [
+        ["fmnist-mlp", "0"],
+        ["fmnist-mlp", "1"],
+        ["fmnist-mlp", "2"],
+        ["fmnist-mlp", "mean ± sd of 2"],
+        ["fmnist-mlp-vamp", "0"],
+        ["fmnist-hvae-vamp", "-"],
+    ]
+    # mean -228.95; sd |difference| / sqrt 2 = 0.36 / 1.414 = 0.2546
+    assert rows[3][2:5] == ["-228.95 ± 0.25, 5000", "-228.70", "-231.86 ± 0.34"]
+    assert rows[2][7] == "unfinished" and rows[5][7] == "not started"
+    assert figure.exists()
+    # training takes one folder
+    with pytest.raises(SystemExit) as e:
+        reproduce.main(["fmnist-mlp", *workdirs])
+    assert e.value.code == 2 and "several only with --report" in capsys.readouterr().err
 
 
 def test_reproduce_records_a_session_ended_by_sigterm(tmp_path):
