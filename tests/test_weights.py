@@ -138,6 +138,19 @@ def test_a_seed_gives_common_random_numbers_and_restores_the_stream(vae, x):
     assert not torch.allclose(importance_weights(vae, x, NUM_SAMPLES, seed=12).log_weight, first)
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_seed_on_cuda_leaves_every_devices_stream_as_it_was(vae, x):
+    """The seeded draw on a GPU: the same weights twice, and the streams of the CPU and of
+    every GPU (not only x's) go on as if nothing had been drawn."""
+    vae, x = vae.to("cuda"), x.to("cuda")
+    cpu, gpus = torch.get_rng_state(), torch.cuda.get_rng_state_all()
+    first = importance_weights(vae, x, NUM_SAMPLES, seed=11).log_weight
+    assert torch.equal(torch.get_rng_state(), cpu)
+    assert all(map(torch.equal, torch.cuda.get_rng_state_all(), gpus))
+    torch.testing.assert_close(importance_weights(vae, x, NUM_SAMPLES, seed=11).log_weight, first)
+
+
 @pytest.mark.parametrize("masked", [False, True])
 def test_chunking_gives_the_numbers_of_one_pass(vae, x, monkeypatch, masked):
     """Three particles per pass (chunk_size of the budget) give the weights that one pass

@@ -264,7 +264,11 @@ def importance_weights(
         if x.device.type == "cuda":
             devices = [torch.cuda.current_device() if x.device.index is None else x.device.index]
         with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
+            # seed only the streams fork_rng puts back (torch.manual_seed seeds every GPU)
+            torch.default_generator.manual_seed(seed)
+            for device in devices:
+                with torch.cuda.device(device):
+                    torch.cuda.manual_seed(seed)
             return importance_weights(vae, x, num_samples, y, guide=guide, mask=mask, mean=mean)
     labels = {} if y is None else {"y": y}
     guide = vae.guide if guide is None else guide
