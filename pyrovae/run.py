@@ -498,29 +498,54 @@ def saved_config(state: dict[str, Any]) -> Config:
     return Config.from_dict(values)
 
 
+#: ``(section, key)`` of the settings that decide a run's training, validation and test
+#: items: a resume must keep them
+SPLIT_KEYS = (
+    ("run", "seed"),
+    ("data", "test_fraction"),
+    ("data", "validation_fraction"),
+    ("data", "limit"),
+)
+
+
 def check_resumable(
     workdir: Path, current: dict[str, Any], event_shape: Sequence[int] | None = None
 ) -> None:
     """Check that a run with config ``current`` (plain sections) on items of
     ``event_shape`` can resume ``workdir``: its model section and its items' shape, which
-    decide every shape in the checkpoint, must be the same."""
+    decide every shape in the checkpoint, must be the same, and so must the settings that
+    decide which items it trains, validates and is tested on (:data:`SPLIT_KEYS`): a
+    validation item must not have been a training item, nor scores of two validation
+    splits be compared by early stopping and ``best.pt``."""
     path = workdir / "checkpoint.pt"
     if not path.exists():
         raise PyroVAEError(f"there is no run to resume in {workdir}; drop --resume to start one")
     state = load_checkpoint(path)
     try:
-        saved = saved_config(state).model
+        config = saved_config(state)
     except ConfigError as e:
         raise CheckpointError(
             f"checkpoint {path} holds a config this pyrovae cannot read: {e}"
         ) from None
-    model = current["model"]
+    saved, model = config.model, current["model"]
     changed = sorted(k for k in {*saved, *model} if saved.get(k) != model.get(k))
     if changed:
         detail = ", ".join(f"{k}: {saved.get(k)!r} -> {model.get(k)!r}" for k in changed)
         raise CheckpointError(
             f"checkpoint {path} was trained with another architecture ({detail}); "
             "resume with the run's own config or start a new --workdir"
+        )
+    sections = config.to_dict()
+    split = [
+        (key, sections[section].get(key), current[section].get(key))
+        for section, key in SPLIT_KEYS
+        if sections[section].get(key) != current[section].get(key)
+    ]
+    if split:
+        detail = ", ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in split)
+        raise CheckpointError(
+            f"checkpoint {path} was trained on another split of the data ({detail}); resume "
+            "with the run's own settings or start a new --workdir"
         )
     trained = state.get("event_shape")
     if event_shape is not None and trained is not None and list(trained) != list(event_shape):

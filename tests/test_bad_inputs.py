@@ -321,6 +321,13 @@ ROWS = {
     "resume another architecture": Row(
         "train --workdir RUN --resume --hidden 32", r"another architecture"
     ),
+    "resume with another seed": Row(
+        "train --workdir RUN --resume --seed 3", r"another split of the data \(seed: 0 -> 3\)"
+    ),
+    "resume with a validation split": Row(
+        "train --workdir RUN --resume --validation-fraction 0.2",
+        r"another split of the data \(validation_fraction: None -> 0\.2\)",
+    ),
     "resume nothing": Row("train --workdir EMPTYDIR --resume", r"no run to resume"),
     "label for a plain run": Row("sample RUN --label 2", r"drop --label"),
     # interrupts
