@@ -452,16 +452,34 @@ def train(
             callbacks=callbacks,
             validation=validation,
         )
-    fitted = vae.finish_training(data)
-    if fitted and workdir is not None and distributed.is_main_process():
-        # what was fitted after the epochs (a prior over codes) joins the checkpoint; the
-        # optimizers' and random states stay those of the last epoch, so --resume continues
-        # the epochs exactly and fits it again
-        path = Path(workdir) / "checkpoint.pt"
-        state = load_checkpoint(path)
-        state.pop("format_version", None)
-        save_checkpoint({**state, "vae": vae.state_dict()}, path)
+    if vae.finish_training(data) and workdir is not None:
+        _save_fitted(vae, data, Path(workdir))
     return history
+
+
+def _save_fitted(vae: VAE, data: Dataset, workdir: Path) -> None:
+    """Save what ``vae`` fitted after its epochs (a prior over codes) into the checkpoint,
+    and fit and save it for ``best.pt``'s parameters too, when the run has them (a prior
+    fitted to the last epoch's codes does not fit the best epoch's); ``vae`` keeps the
+    last epoch's. The optimizers' and random states stay those of the last epoch, so
+    ``--resume`` continues the epochs exactly and fits again. Every rank fits, rank 0
+    writes, and the ranks go on together once it has."""
+
+    def replace_parameters(path: Path) -> None:
+        if distributed.is_main_process():
+            state = load_checkpoint(path)
+            state.pop("format_version", None)
+            save_checkpoint({**state, "vae": vae.state_dict()}, path)
+
+    replace_parameters(workdir / "checkpoint.pt")
+    path = workdir / "best.pt"
+    if path.exists():
+        last = {k: v.clone() for k, v in vae.state_dict().items()}
+        vae.load_state_dict(load_checkpoint(path, vae.device)["vae"])
+        vae.finish_training(data)
+        replace_parameters(path)
+        vae.load_state_dict(last)
+    distributed.barrier()
 
 
 class _ConfigWriter:

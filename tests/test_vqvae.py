@@ -601,3 +601,24 @@ def test_refused_training_flags_exit_2_and_write_nothing(argv, phrase, tmp_path,
     err = capsys.readouterr().err
     assert code == 2 and phrase in err and "Traceback" not in err
     assert not run.exists()
+
+
+def test_a_validation_split_scores_the_best_epoch_with_its_own_fitted_prior(tmp_path):
+    """With a validation split the final evaluation, ``load_run`` and ``evaluate`` use
+    ``best.pt``, whose prior over codes is fitted to the best epoch's own codes (not left
+    uniform, and not the last epoch's fit): the same numbers as a run whose last epoch is
+    its best."""
+    flags = {"model": "vqvae", "num_codes": 16, "hidden": (16,), "prior_epochs": 3}
+    flags.update(limit=300, num_eval_samples=2, validation_fraction=0.2, num_threads=1)
+    result = fit(Config.from_flags(num_epochs=2, **flags), tmp_path / "run", progress=False)
+    assert result.evaluation["code_prior"] == "autoregressive"
+    best = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert bool(best["vae"]["model.prior.fitted"])
+    # best.pt's epoch refitted alone: the prior fitted for best.pt is the same
+    vq, _, _ = load_run(tmp_path / "run")
+    refit, _, _ = load_run(tmp_path / "run")
+    refit.finish_training(result.data)
+    a, b = vq.state_dict(), refit.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    last = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["vae"]
+    assert bool(last["model.prior.fitted"])
