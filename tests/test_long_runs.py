@@ -239,13 +239,32 @@ def test_plateau_schedule_reduces_on_the_validation_score(tmp_path):
     ).history
     # torch's own scheduler fed the logged validation scores gives the same rates
     probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1e-6)
-    reference = torch.optim.lr_scheduler.ReduceLROnPlateau(probe, "max", 0.5, patience=1)
+    reference = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        probe, "max", 0.5, patience=1, threshold=0.0, threshold_mode="abs"
+    )
     expected = []
     for row in history:
         expected.append(probe.param_groups[0]["lr"])
         reference.step(row["validation_elbo"])
     assert [r["lr_svi"] for r in history] == pytest.approx(expected, rel=1e-12)
     assert history[-1]["lr_svi"] < 1e-6  # the noise-only scores did trigger reductions
+
+
+def test_plateau_schedule_counts_a_lower_negative_score_as_no_improvement():
+    """Validation ELBOs are negative: a score below the best is a bad epoch however close
+    (torch's default relative threshold, best * (1 + 1e-4), counted -230.01 as better than
+    -230.00); after more than lr_patience bad epochs in a row the rate is multiplied by
+    lr_gamma and the count starts again."""
+    from pyrovae.inference.training.optimization import make_lr_schedulers
+
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    options = {"lr_patience": 2, "lr_gamma": 0.5}
+    (scheduler,) = make_lr_schedulers("plateau", options, {"svi": optimizer}, 10).values()
+    rates = []
+    for epoch in range(8):
+        scheduler.step(-230.0 - 0.01 * epoch)
+        rates.append(optimizer.param_groups[0]["lr"])
+    assert rates == [1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.25, 0.25]
 
 
 def test_a_scheduled_run_resumes_exactly(tmp_path):

@@ -100,9 +100,16 @@ def _plateau(
     _check_positive(lr_patience=lr_patience)
     _check_factor(lr_gamma)
     # the monitored numbers are ELBOs and accuracies (larger is better); the trainer flips
-    # the sign of one that is better smaller
+    # the sign of one that is better smaller. An improvement is any larger number, as for
+    # early stopping and best.pt: torch's default relative threshold, best * (1 + 1e-4),
+    # lies below a negative best (an ELBO), so that slightly worse scores counted as better
     return lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="max", factor=lr_gamma, patience=lr_patience
+        optimizer,
+        mode="max",
+        factor=lr_gamma,
+        patience=lr_patience,
+        threshold=0.0,
+        threshold_mode="abs",
     )
 
 
