@@ -190,11 +190,18 @@ def _config(folder: Path) -> dict[str, Any]:
 def stopped_by(folder: Path) -> str:
     """Why the run in ``folder`` ended: ``early stopping``, ``max epochs``, ``time limit``
     (it can go on: rerun with a larger ``--time-limit``), ``unfinished`` (training or
-    interrupted, or trained on since it was scored, so that its ``evaluation.json`` is not
-    of its best epoch; rerun to resume it) or ``not started``."""
+    interrupted, or trained on since it was scored or stopped in its final scoring, so that
+    its ``evaluation.json`` is not of its best epoch; rerun to resume it) or ``not
+    started``."""
     history, config = _history(folder), _config(folder)
     if not history or not config:
         return "not started"
+    path = folder / "evaluation.json"
+    scored = (
+        json.loads(path.read_text()).get("parameters", {}).get("epoch") if path.exists() else None
+    )
+    if scored is not None and scored != best_epoch(history, "validation_elbo"):
+        return "unfinished"  # e.g. stopped in its final scoring: the score is an older one
     optimization = config["optimization"]
     patience = optimization.get("patience")
     epochs = len(history)
@@ -205,13 +212,7 @@ def stopped_by(folder: Path) -> str:
         _, since = epochs_without_improvement(history, "validation_elbo", settled=warmup)
         if since >= patience:
             return "early stopping"
-    path = folder / "evaluation.json"
-    if path.exists():
-        scored = json.loads(path.read_text()).get("parameters", {}).get("epoch")
-        if scored is not None and scored != best_epoch(history, "validation_elbo"):
-            return "unfinished"
-        return "time limit"
-    return "unfinished"
+    return "time limit" if path.exists() else "unfinished"
 
 
 def _finished(folder: Path) -> bool:

@@ -315,6 +315,20 @@ def test_reproduce_calls_a_row_scored_before_its_best_epoch_unfinished(import_be
         assert reproduce.stopped_by(folder) == expected
 
 
+def test_reproduce_calls_a_stopped_run_with_an_older_score_unfinished(import_benchmark, tmp_path):
+    """A run whose early stopping fired but whose final scoring was cut off (its
+    evaluation.json an earlier session's, of an earlier epoch) is unfinished, and is not
+    reported as finished: rerunning it scores the best epoch."""
+    reproduce = import_benchmark("reproduce")
+    folder = tmp_path / "fmnist-mlp"
+    _finished_run(folder, 0, -229.0, -232.0)
+    assert reproduce.stopped_by(folder) == "early stopping" and reproduce._finished(folder)
+    evaluation = json.loads((folder / "evaluation.json").read_text())
+    evaluation["parameters"]["epoch"] = 1
+    (folder / "evaluation.json").write_text(json.dumps(evaluation))
+    assert reproduce.stopped_by(folder) == "unfinished" and not reproduce._finished(folder)
+
+
 def _finished_run(folder, seed, log_likelihood, elbo):
     """A run folder stopped early (patience 1) and scored at its best epoch, 2."""
     folder.mkdir(parents=True)
