@@ -427,11 +427,14 @@ def train(
     train, by :func:`fit` once it succeeds), so a refused or failed session leaves the
     configuration of the last checkpoint there. In a data-parallel run rank 0 alone writes;
     every rank trains and fits what the variant fits after its epochs, and rank 0's is
-    saved. ``validation`` is the run's validation split (:func:`split_validation`), which
-    the per-epoch evaluation, ``best.pt`` and early stopping read. ``run_files(workdir)``
+    saved. ``validation`` is the run's validation split, which the per-epoch evaluation,
+    ``best.pt`` and early stopping read; without it, ``validation_fraction`` carves one
+    out of ``data`` (:func:`split_validation`). ``run_files(workdir)``
     writes what else the run folder holds (a table's encoding and rows), with
     ``config.toml``.
     """
+    if validation is None:
+        data, validation = split_validation(data, config)
     saved = {**config.to_dict(), "model": model_section(vae)}
     board = make_tensorboard(vae, data, config, workdir)
     callbacks: list = [board] if board is not None else []

@@ -364,3 +364,17 @@ def test_cli_trains_with_early_stopping_and_reads_best_or_last(tmp_path, capsys)
         assert cli.main(["evaluate", str(run), "-k", "2", "--checkpoint", which, "-q"]) == 0
     capsys.readouterr()
     assert (run / "evaluation-k2.json").exists() and (run / "evaluation-k2-last.json").exists()
+
+
+def test_the_python_train_carves_the_validation_split_of_its_config():
+    """``pyrovae.train(vae, data, config)`` (the README's Python API) with
+    ``validation_fraction``: every epoch is scored on the validation split, not the test
+    set, and early stopping, which needs one, is accepted."""
+    from pyrovae import VAE, train
+
+    data = load_dataset("digits")
+    config = Config.from_flags(num_epochs=2, validation_fraction=0.2, patience=5, **SMALL)
+    vae = VAE(data.shape, latent_dim=2, hidden=(32,))
+    history = train(vae, data, config)
+    assert len(history) == 2
+    assert all("validation_elbo" in row and "test_elbo" not in row for row in history)
