@@ -568,12 +568,33 @@ def check_resumable(
             f"checkpoint {path} was trained on another split of the data ({detail}); resume "
             "with the run's own settings or start a new --workdir"
         )
+    _check_schedule_continues(path, sections["optimization"], current["optimization"])
     trained = state.get("event_shape")
     if event_shape is not None and trained is not None and list(trained) != list(event_shape):
         raise CheckpointError(
             f"checkpoint {path} was trained on items of shape {tuple(trained)}, the data now "
             f"have items of shape {tuple(event_shape)}; resume with the run's own data or "
             "start a new --workdir"
+        )
+
+
+def _check_schedule_continues(path: Path, saved: dict[str, Any], current: dict[str, Any]) -> None:
+    """A learning-rate schedule's state sets a resumed run's rate, so a resume may not
+    change the schedule, the learning rate, or a cosine schedule's length, which would
+    otherwise be ignored (or mix one schedule's state into another)."""
+    schedule = saved["lr_schedule"]
+    if schedule["name"] == "constant":
+        return
+    keys = ["lr_schedule", "learning_rate"]
+    if schedule["name"] == "cosine":  # it anneals over num_epochs
+        keys.append("num_epochs")
+    changed = [k for k in keys if saved[k] != current[k]]
+    if changed:
+        detail = ", ".join(f"{k}: {saved[k]!r} -> {current[k]!r}" for k in changed)
+        raise CheckpointError(
+            f"checkpoint {path} continues its {schedule['name']} learning-rate schedule, "
+            f"which sets the rate of a resumed run ({detail}); resume with the run's own "
+            f"{', '.join('--' + k.replace('_', '-') for k in keys)}, or start a new --workdir"
         )
 
 

@@ -283,6 +283,31 @@ def test_a_scheduled_run_resumes_exactly(tmp_path):
 # -- gradient normalisation -------------------------------------------------------------------
 
 
+def test_a_resume_that_the_schedule_would_ignore_is_refused(tmp_path):
+    """A schedule's state sets a resumed run's rate: a resume may not change the schedule,
+    the learning rate, or a cosine schedule's length (it would train at lr_min past its
+    end, or mix one schedule's state into another), and the run folder is untouched; a
+    step schedule, which has no length, extends."""
+    from pyrovae.errors import CheckpointError
+
+    flags = {**SMALL, "limit": 200, "lr_schedule": "cosine"}
+    fit(Config.from_flags(**flags, num_epochs=2), tmp_path / "cosine", progress=False)
+    before = (tmp_path / "cosine" / "checkpoint.pt").read_bytes()
+    for change, phrase in [
+        ({"num_epochs": 4}, r"num_epochs: 2 -> 4"),
+        ({"num_epochs": 2, "learning_rate": 1e-2}, r"learning_rate: 0\.001 -> 0\.01"),
+        ({"num_epochs": 2, "lr_schedule": "step"}, r"lr_schedule: "),
+    ]:
+        config = Config.from_flags(**{**flags, **change})
+        with pytest.raises(CheckpointError, match=r"continues its cosine .*" + phrase):
+            fit(config, tmp_path / "cosine", resume=True, progress=False)
+    assert (tmp_path / "cosine" / "checkpoint.pt").read_bytes() == before
+    flags["lr_schedule"] = "step"
+    fit(Config.from_flags(**flags, num_epochs=2), tmp_path / "step", progress=False)
+    longer = fit(Config.from_flags(**flags, num_epochs=3), tmp_path / "step", resume=True)
+    assert len(longer.history) == 3
+
+
 def test_normalized_gradients_have_unit_norm_and_adam_steps_on_them():
     torch.manual_seed(0)
     a = torch.randn(3, 4, requires_grad=True)
