@@ -343,7 +343,8 @@ def curves_figure(runs: list[tuple[str, Path]], path: Path) -> None:
             label="validation ELBO",
             lw=1,
         )
-        warmup = _config(workdir / name)["objective"]["kl_schedule"].get("warmup_epochs", 0)
+        schedule = _config(workdir / name).get("objective", {}).get("kl_schedule", {})
+        warmup = schedule.get("warmup_epochs", 0)
         ax.axvspan(0, min(warmup, epochs[-1]), color="0.9", label="KL warm-up")
         epoch = best_epoch(history, "validation_elbo")
         if epoch is not None:
@@ -425,6 +426,13 @@ def main(argv: list[str] | None = None) -> int:
             except PyroVAEError as e:
                 print(f"error: {name}: {user_message(e)}", file=sys.stderr)
                 return 2
+            except KeyboardInterrupt:
+                print(
+                    f"\n{name}: interrupted; the last finished epoch is saved and the session "
+                    "recorded: run the same command again to resume",
+                    file=sys.stderr,
+                )
+                return 130
     runs = report_runs(names, workdirs)
     rows = []
     for name in names:

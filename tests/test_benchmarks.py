@@ -386,6 +386,22 @@ def test_reproduce_reports_the_runs_of_several_workdirs_and_their_spread(
     assert e.value.code == 2 and "several only with --report" in capsys.readouterr().err
 
 
+def test_reproduce_ctrl_c_is_one_message_exit_130_and_a_recorded_session(
+    import_benchmark, tmp_path, capsys, monkeypatch
+):
+    import pyrovae
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pyrovae, "fit", interrupted)
+    argv = ["fmnist-mlp", "--quick", "--dataset", "digits", "--workdir", str(tmp_path)]
+    assert import_benchmark("reproduce").main(argv) == 130
+    err = capsys.readouterr().err
+    assert "fmnist-mlp: interrupted" in err and "Traceback" not in err
+    assert len(json.loads((tmp_path / "fmnist-mlp.sessions.json").read_text())) == 1
+
+
 def test_reproduce_records_a_session_ended_by_sigterm(tmp_path):
     """``kill PID`` during training: exit status 143, and the session is recorded (the
     stand-in for ``fit`` sends the signal to its own process, as a scheduler would)."""
