@@ -146,9 +146,11 @@ def reconstructions(inputs: torch.Tensor, recons: torch.Tensor, *, nrow: int = 8
     return image_grid(torch.cat(rows), nrow=nrow, title="inputs (odd rows) and reconstructions")
 
 
-def elbo_curves(history: Sequence[dict[str, Any]]) -> Figure:
+def elbo_curves(history: Sequence[dict[str, Any]], best: int | None = None) -> Figure:
     """Train and held-out ELBO (nats per data point) against the epoch: the validation
-    ELBO, with its best epoch starred, for a run with a validation split.
+    ELBO, with its best epoch starred, for a run with a validation split. ``best`` is the
+    epoch the run kept (``best.pt``), chosen on the variant's monitor, which need not be
+    the ELBO (the M2 model's accuracy); by default the best validation ELBO's.
 
     A variant without an ELBO of the data shows the bound it has instead: the training
     objective and its held-out ``test_<name>_elbo`` (the VAE-GAN's ``test_feature_elbo``),
@@ -175,8 +177,9 @@ def elbo_curves(history: Sequence[dict[str, Any]]) -> Figure:
         label = name if plain else f"{name} ({heldout[len(split) + 1 :]})"
         values = [row.get(heldout, math.nan) for row in history]
         ax.plot(epochs, values, label=label)
-        best = best_epoch(history, heldout) if split == "validation" else None
-        if best is not None:
+        if best is None and split == "validation":
+            best = best_epoch(history, heldout)
+        if best is not None and split == "validation":
             ax.plot(best, values[best - 1], "k*", label=f"best (epoch {best})")
     ax.set_xlabel("epoch")
     ax.set_ylabel("ELBO (nats per data point)" if plain else "nats per data point")

@@ -730,7 +730,7 @@ def _fit(
             )
         if "bits_per_dim" in evaluation:
             logger.info("held-out: %.4f bits/dim (IWAE)", evaluation["bits_per_dim"])
-        write_figures(vae, data, history, workdir)
+        write_figures(vae, data, history, workdir, None if best is None else best["epoch"])
         # written after the session's first checkpoint already (train); again here for a
         # session that had no epoch left to train, once it has succeeded
         save_config(config, workdir / "config.toml")
@@ -795,8 +795,15 @@ def evaluate_run(vae: VAE, data: Dataset, config: Config) -> dict[str, Any]:
     return distributed.split_means(heldout, len(data.test))
 
 
-def write_figures(vae: VAE, data: Dataset, history: list[dict[str, Any]], workdir: Path) -> None:
-    """ELBO curves, reconstructions of held-out inputs and prior samples, as PNG; for a
+def write_figures(
+    vae: VAE,
+    data: Dataset,
+    history: list[dict[str, Any]],
+    workdir: Path,
+    best: int | None = None,
+) -> None:
+    """ELBO curves (the epoch ``best`` of ``best.pt`` starred), reconstructions of held-out
+    inputs and prior samples, as PNG; for a
     table, whose rows are no images, the ELBO curves and ``samples.csv``: rows drawn from
     the model in the table's own columns and labels (:func:`write_table_samples`); the
     curves alone for another variant without images (``"images"`` in ``vae.cannot``:
@@ -804,7 +811,7 @@ def write_figures(vae: VAE, data: Dataset, history: list[dict[str, Any]], workdi
     import matplotlib
 
     matplotlib.use("Agg")
-    save_figure(plots.elbo_curves(history), workdir / "elbo.png")
+    save_figure(plots.elbo_curves(history, best), workdir / "elbo.png")
     if isinstance(data, TableDataset):
         write_table_samples(vae, data.table, 64, workdir / "samples.csv")
         return

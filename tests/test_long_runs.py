@@ -403,3 +403,21 @@ def test_the_python_train_carves_the_validation_split_of_its_config():
     history = train(vae, data, config)
     assert len(history) == 2
     assert all("validation_elbo" in row and "test_elbo" not in row for row in history)
+
+
+def test_the_curves_star_the_epoch_the_run_kept():
+    """elbo.png stars best.pt's epoch, which the variant's monitor chose (the M2 model's
+    accuracy), not the best validation ELBO's unless told nothing else."""
+    from pyrovae.plots import elbo_curves
+
+    history = [
+        {"epoch": e, "train_elbo": -5.0, "validation_elbo": v, "accuracy": a}
+        for e, v, a in [(1, -4.0, 0.5), (2, -2.0, 0.6), (3, -3.0, 0.9)]
+    ]
+
+    def starred(figure) -> list[float]:
+        (line,) = [ln for ln in figure.axes[0].lines if ln.get_marker() == "*"]
+        return list(line.get_xdata())
+
+    assert starred(elbo_curves(history)) == [2]
+    assert starred(elbo_curves(history, best=3)) == [3]
