@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from pyrovae.errors import ConfigError
-from pyrovae.inference.evaluation.weights import eval_mode
+from pyrovae.inference.evaluation.weights import eval_mode, seeded
 from pyrovae.inference.training.distributed import is_main_process
 
 if TYPE_CHECKING:
@@ -137,11 +137,7 @@ class TensorBoardLogger:
         from pyrovae.plots import as_images
 
         device = vae.device
-        devices = []
-        if device.type == "cuda":
-            devices = [torch.cuda.current_device() if device.index is None else device.index]
-        with eval_mode(vae), torch.random.fork_rng(devices=devices):
-            torch.manual_seed(self.seed)
+        with eval_mode(vae), seeded(self.seed, device):
             x = self.items.to(device)
             labels = {} if self.labels is None else {"y": self.labels.to(device)}
             reconstructions = vae.reconstruct(x, **labels)

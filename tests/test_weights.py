@@ -16,7 +16,7 @@ from torch.distributions import Bernoulli, Normal
 
 from pyrovae import VAE
 from pyrovae.guides import LocalNormalGuide
-from pyrovae.inference.evaluation import chunk_size, importance_weights, log_weights
+from pyrovae.inference.evaluation import chunk_size, importance_weights, log_weights, seeded
 from pyrovae.inference.evaluation import weights as weights_module
 
 NUM_ITEMS, NUM_SAMPLES, LATENT = 5, 8, 3
@@ -138,12 +138,24 @@ def test_a_seed_gives_common_random_numbers_and_restores_the_stream(vae, x):
     assert not torch.allclose(importance_weights(vae, x, NUM_SAMPLES, seed=12).log_weight, first)
 
 
+def test_seeded_draws_the_same_numbers_and_puts_the_stream_back():
+    state = torch.get_rng_state()
+    with seeded(5):
+        first = torch.rand(4)
+    assert torch.equal(torch.get_rng_state(), state)
+    with seeded(5):
+        assert torch.equal(torch.rand(4), first)
+    with seeded(6):
+        assert not torch.equal(torch.rand(4), first)
+
+
 @pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_a_seed_on_cuda_leaves_every_devices_stream_as_it_was(vae, x):
-    """The seeded draw on a GPU: the same weights twice, and the streams of the CPU and of
-    every GPU (not only x's) go on as if nothing had been drawn."""
-    vae, x = vae.to("cuda"), x.to("cuda")
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_a_seed_on_one_gpu_leaves_the_other_gpus_streams_as_they_were(vae, x):
+    """The seeded draw on the second GPU: the same weights twice, and the streams of the
+    CPU and of every GPU go on as if nothing had been drawn (torch.manual_seed under
+    fork_rng(devices=[1]) left the first GPU's stream reseeded)."""
+    vae, x = vae.to("cuda:1"), x.to("cuda:1")
     cpu, gpus = torch.get_rng_state(), torch.cuda.get_rng_state_all()
     first = importance_weights(vae, x, NUM_SAMPLES, seed=11).log_weight
     assert torch.equal(torch.get_rng_state(), cpu)

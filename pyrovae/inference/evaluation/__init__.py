@@ -60,6 +60,7 @@ from pyrovae.inference.evaluation.weights import (
     importance_weights,
     log_mean_exp,
     log_weights,
+    seeded,
 )
 
 __all__ = [
@@ -104,6 +105,7 @@ __all__ = [
     "sap",
     "sap_matrix",
     "score",
+    "seeded",
     "sharpness",
     "table_reconstruction_errors",
     "train_classifier",

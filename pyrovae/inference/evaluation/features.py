@@ -50,7 +50,7 @@ from torch import nn
 
 from pyrovae.data import Dataset
 from pyrovae.errors import ConfigError, DataError
-from pyrovae.inference.evaluation.weights import eval_mode
+from pyrovae.inference.evaluation.weights import eval_mode, seeded
 from pyrovae.progress import progress_bar
 from pyrovae.runfolder import RunFolderError, atomic_write
 
@@ -266,12 +266,8 @@ def train_classifier(
     settings = settings or ClassifierSettings()
     _require_labels(data)
     device = data.train.device
-    devices = []
-    if device.type == "cuda":
-        devices = [torch.cuda.current_device() if device.index is None else device.index]
     # enable_grad: scoring (under no_grad) trains the classifier when the cache has none
-    with torch.random.fork_rng(devices=devices), torch.enable_grad():
-        torch.manual_seed(settings.seed)
+    with seeded(settings.seed, device), torch.enable_grad():
         network = FeatureClassifier(data.shape, data.num_classes, settings).to(device)
         generator = torch.Generator(device=device).manual_seed(settings.seed)
         batches = data.cycle("train", settings.batch_size, labels=True, generator=generator)

@@ -74,7 +74,7 @@ from pyrovae.inference.evaluation.features import (
     feature_classifier,
     is_image,
 )
-from pyrovae.inference.evaluation.weights import batches, chunk_size, eval_mode
+from pyrovae.inference.evaluation.weights import batches, chunk_size, eval_mode, seeded
 from pyrovae.progress import progress_bar
 
 if TYPE_CHECKING:
@@ -416,11 +416,7 @@ def score(
     images = is_image(data.shape)
     real, recon, fake, train = (_Summary(network, images) for _ in range(4))
     squared_errors = []
-    devices = []
-    if device.type == "cuda":
-        devices = [torch.cuda.current_device() if device.index is None else device.index]
-    with eval_mode(vae), torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+    with eval_mode(vae), seeded(seed, device):
         labels = data.test_labels if vae.requires_y else None
         for xb, yb in batches(test, batch_size, labels, desc="held-out and reconstructions"):
             xb = xb.to(device)

@@ -47,6 +47,7 @@ __all__ = [
     "importance_weights",
     "log_mean_exp",
     "log_weights",
+    "seeded",
 ]
 
 #: the most values of the data's size one pass holds (items x particles x pixels; 64 MB
@@ -70,6 +71,25 @@ def eval_mode(module: torch.nn.Module) -> Iterator[None]:
         yield
     finally:
         module.train(was_training)
+
+
+@contextlib.contextmanager
+def seeded(seed: int, device: torch.device | str = "cpu") -> Iterator[None]:
+    """Draw from torch's random streams of the CPU and of ``device`` reset to ``seed`` for
+    a while, then put them back as they were: the block's draws are the same every time,
+    and the caller's streams go on as if nothing had been drawn. Other GPUs' streams are
+    not touched (``torch.manual_seed`` would reseed them all, and ``fork_rng`` put back
+    only those it was told)."""
+    device = torch.device(device)
+    devices = []
+    if device.type == "cuda":
+        devices = [torch.cuda.current_device() if device.index is None else device.index]
+    with torch.random.fork_rng(devices=devices):
+        torch.default_generator.manual_seed(seed)
+        for index in devices:
+            with torch.cuda.device(index):
+                torch.cuda.manual_seed(seed)
+        yield
 
 
 def log_mean_exp(log_w: torch.Tensor, dim: int = 0) -> torch.Tensor:
@@ -260,15 +280,7 @@ def importance_weights(
     """
     require(vae, "likelihood", "the ELBO and the IWAE log p(x)")
     if seed is not None:
-        devices = []
-        if x.device.type == "cuda":
-            devices = [torch.cuda.current_device() if x.device.index is None else x.device.index]
-        with torch.random.fork_rng(devices=devices):
-            # seed only the streams fork_rng puts back (torch.manual_seed seeds every GPU)
-            torch.default_generator.manual_seed(seed)
-            for device in devices:
-                with torch.cuda.device(device):
-                    torch.cuda.manual_seed(seed)
+        with seeded(seed, x.device):
             return importance_weights(vae, x, num_samples, y, guide=guide, mask=mask, mean=mean)
     labels = {} if y is None else {"y": y}
     guide = vae.guide if guide is None else guide
