@@ -267,6 +267,33 @@ def test_plateau_schedule_counts_a_lower_negative_score_as_no_improvement():
     assert rates == [1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.25, 0.25]
 
 
+def test_a_plateau_state_saved_with_torchs_threshold_resumes_with_any_larger_score_better(
+    tmp_path,
+):
+    """A plateau schedule checkpointed before the fix (torch's relative threshold) resumes
+    with its counters and this version's notion of a better score."""
+    from pyrovae.run import make_trainer
+    from pyrovae.variants import build_variant
+
+    flags = {**SMALL, "validation_fraction": 0.2, "lr_schedule": "plateau", "num_epochs": 1}
+    fit(Config.from_flags(**flags), tmp_path / "run", progress=False)
+    path = tmp_path / "run" / "checkpoint.pt"
+    state = load_checkpoint(path)
+    state["lr_schedulers"]["svi"].update(
+        threshold=1e-4, threshold_mode="rel", best=-230.0, num_bad_epochs=0
+    )
+    config = Config.from_flags(**flags)
+    data = load_dataset("digits")
+    trainer = make_trainer(build_variant(config.model, data.shape), data, config)
+    trainer.restore(state, path)
+    scheduler = trainer.lr_schedulers["svi"]
+    assert scheduler.best == -230.0  # the counters are the checkpoint's
+    scheduler.step(-230.01)  # worse: a bad epoch (torch's threshold counted it better)
+    assert (scheduler.best, scheduler.num_bad_epochs) == (-230.0, 1)
+    scheduler.step(-229.99)
+    assert (scheduler.best, scheduler.num_bad_epochs) == (-229.99, 0)
+
+
 def test_a_scheduled_run_resumes_exactly(tmp_path):
     flags = {**SMALL, "learning_rate": 2e-3, "lr_schedule": "step", "lr_step_size": 2}
     whole = fit(Config.from_flags(**flags, num_epochs=5), tmp_path / "whole", progress=False)

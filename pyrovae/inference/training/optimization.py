@@ -80,6 +80,10 @@ def _step(
     return lr_scheduler.StepLR(optimizer, step_size=lr_step_size, gamma=lr_gamma)
 
 
+#: what makes a score better for the plateau schedule: any larger score (see below)
+PLATEAU_SETTINGS = {"threshold": 0.0, "threshold_mode": "abs"}
+
+
 @LR_SCHEDULES.register("plateau")
 def _plateau(
     optimizer: torch.optim.Optimizer,
@@ -108,8 +112,7 @@ def _plateau(
         mode="max",
         factor=lr_gamma,
         patience=lr_patience,
-        threshold=0.0,
-        threshold_mode="abs",
+        **PLATEAU_SETTINGS,
     )
 
 

@@ -57,7 +57,11 @@ from pyrovae.inference.training.numerics import (
     quiet_nan_warnings,
     watch_gradients,
 )
-from pyrovae.inference.training.optimization import is_plateau, normalize_gradients
+from pyrovae.inference.training.optimization import (
+    PLATEAU_SETTINGS,
+    is_plateau,
+    normalize_gradients,
+)
 from pyrovae.inference.training.schedules import ConstantSchedule, Schedule
 from pyrovae.inference.training.step import TrainingStep
 from pyrovae.progress import enabled as progress_enabled
@@ -702,7 +706,11 @@ class Trainer:
             saved = state.get("lr_schedulers", {})
             for name, scheduler in self.lr_schedulers.items():
                 if name in saved:  # the schedule continues: its learning rate, not the flag's
+                    # ...and its counters, with this version's notion of a better score (a
+                    # plateau schedule saved before it was "any larger score")
                     scheduler.load_state_dict(saved[name])
+                    if is_plateau(scheduler):
+                        vars(scheduler).update(PLATEAU_SETTINGS)
                     for group, lr in zip(optimizers[name].param_groups, scheduler.get_last_lr()):
                         group["lr"] = lr
             self._restore_rng(state)
