@@ -448,3 +448,17 @@ def test_the_curves_star_the_epoch_the_run_kept():
 
     assert starred(elbo_curves(history)) == [2]
     assert starred(elbo_curves(history, best=3)) == [3]
+    # a VAE-GAN's rows: its feature ELBO drawn as the validation curve, best.pt's epoch
+    # (chosen on the pixel error) starred
+    gan = [
+        {
+            "epoch": e,
+            "train_objective": -5.0,
+            "validation_feature_elbo": v,
+            "validation_pixel_mse": m,
+        }
+        for e, v, m in [(1, -4.0, 0.3), (2, -2.0, 0.2), (3, -3.0, 0.1)]
+    ]
+    figure = elbo_curves(gan, best=3)
+    assert "validation (feature_elbo)" in [ln.get_label() for ln in figure.axes[0].lines]
+    assert starred(figure) == [3]
