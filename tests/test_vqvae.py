@@ -603,22 +603,33 @@ def test_refused_training_flags_exit_2_and_write_nothing(argv, phrase, tmp_path,
     assert not run.exists()
 
 
-def test_a_validation_split_scores_the_best_epoch_with_its_own_fitted_prior(tmp_path):
+def test_a_validation_split_scores_the_best_epoch_with_its_own_fitted_prior(tmp_path, monkeypatch):
     """With a validation split the final evaluation, ``load_run`` and ``evaluate`` use
-    ``best.pt``, whose prior over codes is fitted to the best epoch's own codes (not left
-    uniform, and not the last epoch's fit): the same numbers as a run whose last epoch is
-    its best."""
+    ``best.pt``, whose prior over codes is fitted to the best epoch's own codes: not left
+    uniform, and not the last epoch's fit. best.pt is pinned to epoch 1 of 3 (only the
+    first epoch's save_best writes), so the two fits see different codes."""
+    from pyrovae.inference.training.trainer import Trainer
+
+    save_best = Trainer.save_best
+
+    def first_epoch_only(self, path, history, *args, **kwargs):
+        if len(history) == 1:
+            save_best(self, path, history, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "save_best", first_epoch_only)
     flags = {"model": "vqvae", "num_codes": 16, "hidden": (16,), "prior_epochs": 3}
     flags.update(limit=300, num_eval_samples=2, validation_fraction=0.2, num_threads=1)
-    result = fit(Config.from_flags(num_epochs=2, **flags), tmp_path / "run", progress=False)
+    result = fit(Config.from_flags(num_epochs=3, **flags), tmp_path / "run", progress=False)
     assert result.evaluation["code_prior"] == "autoregressive"
-    best = load_checkpoint(tmp_path / "run" / "best.pt")
-    assert bool(best["vae"]["model.prior.fitted"])
-    # best.pt's epoch refitted alone: the prior fitted for best.pt is the same
+    assert result.evaluation["parameters"]["epoch"] == 1
+    best = load_checkpoint(tmp_path / "run" / "best.pt")["vae"]
+    last = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["vae"]
+    assert bool(best["model.prior.fitted"]) and bool(last["model.prior.fitted"])
+    prior = [k for k in best if k.startswith("model.prior.") and best[k].is_floating_point()]
+    assert any(not torch.equal(best[k], last[k]) for k in prior)  # not the last epoch's fit
+    # best.pt's parameters refitted from scratch give best.pt's prior
     vq, _, _ = load_run(tmp_path / "run")
     refit, _, _ = load_run(tmp_path / "run")
     refit.finish_training(result.data)
     a, b = vq.state_dict(), refit.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    last = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["vae"]
-    assert bool(last["model.prior.fitted"])
