@@ -556,7 +556,8 @@ def check_resumable(
             f"checkpoint {path} was trained with another architecture ({detail}); "
             "resume with the run's own config or start a new --workdir"
         )
-    sections = config.to_dict()
+    # a checkpoint of pyrovae 0.1 may hold no config: nothing to compare then
+    sections = config.to_dict() if state.get("config") else current
     split = [
         (key, sections[section].get(key), current[section].get(key))
         for section, key in SPLIT_KEYS

@@ -137,6 +137,21 @@ def test_resume_with_another_architecture_is_refused(tmp_path):
         )
 
 
+def test_resume_with_another_split_is_refused_unless_the_checkpoint_holds_no_config(tmp_path):
+    """Another --limit changes which items train: refused. A checkpoint without a config
+    (pyrovae 0.1 could save none) has nothing to compare and resumes."""
+    flags = {"num_epochs": 1, "limit": 200, **FAST}
+    fit(Config.from_flags(**flags), tmp_path, progress=False)
+    with pytest.raises(CheckpointError, match=r"another split of the data \(limit: 200 -> 300\)"):
+        fit(Config.from_flags(**{**flags, "limit": 300}), tmp_path, resume=True, progress=False)
+    path = tmp_path / "checkpoint.pt"
+    state = load_checkpoint(path)
+    state.pop("format_version", None)
+    save_checkpoint({**state, "config": {}}, path)
+    resumed = fit(Config.from_flags(**{**flags, "num_epochs": 2}), tmp_path, resume=True)
+    assert len(resumed.history) == 2
+
+
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     path = tmp_path / "checkpoint.pt"
     save_checkpoint({"epoch": 1}, path)
