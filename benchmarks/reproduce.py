@@ -409,7 +409,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown recipe {unknown[0]!r}; the recipes: {', '.join(RECIPES)}")
     names = args.recipes or list(RECIPES)
-    workdirs = args.workdir or [Path("runs/reproduce")]
+    # each folder once (a folder given twice would count its runs twice in the spread)
+    workdirs = list(dict.fromkeys(w.resolve() for w in args.workdir or [Path("runs/reproduce")]))
     if len(workdirs) > 1 and not args.report:
         parser.error("a run trains in one --workdir; give several only with --report")
     args.workdir = workdirs[0]

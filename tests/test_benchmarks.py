@@ -366,6 +366,7 @@ def test_reproduce_reports_the_runs_of_several_workdirs_and_their_spread(
     )
     figure = tmp_path / "curves.png"
     workdirs = ["--workdir", str(a), "--workdir", str(b), "--workdir", str(c)]
+    workdirs += ["--workdir", str(b / ".." / "b")]  # the same folder again: counted once
     assert reproduce.main(["--report", *workdirs, "--figure", str(figure)]) == 0
     _, rows = parse_table(capsys.readouterr().out)
     assert [row[:2] for row in rows] == [
