@@ -580,21 +580,22 @@ def check_resumable(
 
 
 def _check_schedule_continues(path: Path, saved: dict[str, Any], current: dict[str, Any]) -> None:
-    """A learning-rate schedule's state sets a resumed run's rate, so a resume may not
-    change the schedule, the learning rate, or a cosine schedule's length, which would
-    otherwise be ignored (or mix one schedule's state into another)."""
+    """A resume continues the run's learning-rate schedule: it may not change it (a
+    schedule begun at a resumed epoch would count its epochs from there, and one schedule's
+    state would be loaded into another), and where a schedule sets the rate, not the
+    learning rate or a cosine schedule's length either, which would be ignored."""
     schedule = saved["lr_schedule"]
-    if schedule["name"] == "constant":
-        return
-    keys = ["lr_schedule", "learning_rate"]
+    keys = ["lr_schedule"]
+    if schedule["name"] != "constant":
+        keys.append("learning_rate")
     if schedule["name"] == "cosine":  # it anneals over num_epochs
         keys.append("num_epochs")
     changed = [k for k in keys if saved[k] != current[k]]
     if changed:
         detail = ", ".join(f"{k}: {saved[k]!r} -> {current[k]!r}" for k in changed)
         raise CheckpointError(
-            f"checkpoint {path} continues its {schedule['name']} learning-rate schedule, "
-            f"which sets the rate of a resumed run ({detail}); resume with the run's own "
+            f"checkpoint {path} was trained with the {schedule['name']} learning-rate "
+            f"schedule, which a resume continues ({detail}); resume with the run's own "
             f"{', '.join('--' + k.replace('_', '-') for k in keys)}, or start a new --workdir"
         )
 

@@ -326,13 +326,23 @@ def test_a_resume_that_the_schedule_would_ignore_is_refused(tmp_path):
         ({"num_epochs": 2, "lr_schedule": "step"}, r"lr_schedule: "),
     ]:
         config = Config.from_flags(**{**flags, **change})
-        with pytest.raises(CheckpointError, match=r"continues its cosine .*" + phrase):
+        with pytest.raises(CheckpointError, match=r"the cosine learning-rate .*" + phrase):
             fit(config, tmp_path / "cosine", resume=True, progress=False)
     assert (tmp_path / "cosine" / "checkpoint.pt").read_bytes() == before
     flags["lr_schedule"] = "step"
     fit(Config.from_flags(**flags, num_epochs=2), tmp_path / "step", progress=False)
     longer = fit(Config.from_flags(**flags, num_epochs=3), tmp_path / "step", resume=True)
     assert len(longer.history) == 3
+    # a constant run keeps its rate's flag, but does not take up a schedule midway
+    flags["lr_schedule"] = "constant"
+    fit(Config.from_flags(**flags, num_epochs=1), tmp_path / "constant", progress=False)
+    faster = {**flags, "num_epochs": 2, "learning_rate": 2e-3}
+    fit(Config.from_flags(**faster), tmp_path / "constant", resume=True)
+    saved = load_checkpoint(tmp_path / "constant" / "checkpoint.pt")["optimizers"]["svi"]
+    assert saved["param_groups"][0]["lr"] == 2e-3
+    with pytest.raises(CheckpointError, match=r"the constant learning-rate .*lr_schedule: "):
+        config = Config.from_flags(**{**faster, "num_epochs": 3, "lr_schedule": "cosine"})
+        fit(config, tmp_path / "constant", resume=True)
 
 
 def test_normalized_gradients_have_unit_norm_and_adam_steps_on_them():
