@@ -187,6 +187,12 @@ def _config(folder: Path) -> dict[str, Any]:
     return tomllib.loads(path.read_text()) if path.exists() else {}
 
 
+def _evaluation(folder: Path) -> dict[str, Any] | None:
+    """The run's ``evaluation.json``, or ``None`` before it has been scored."""
+    path = folder / "evaluation.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def stopped_by(folder: Path) -> str:
     """Why the run in ``folder`` ended: ``early stopping``, ``max epochs``, ``time limit``
     (it can go on: rerun with a larger ``--time-limit``), ``unfinished`` (training or
@@ -196,10 +202,8 @@ def stopped_by(folder: Path) -> str:
     history, config = _history(folder), _config(folder)
     if not history or not config:
         return "not started"
-    path = folder / "evaluation.json"
-    scored = (
-        json.loads(path.read_text()).get("parameters", {}).get("epoch") if path.exists() else None
-    )
+    evaluation = _evaluation(folder)
+    scored = None if evaluation is None else evaluation.get("parameters", {}).get("epoch")
     if scored is not None and scored != best_epoch(history, "validation_elbo"):
         return "unfinished"  # e.g. stopped in its final scoring: the score is an older one
     optimization = config["optimization"]
@@ -212,11 +216,11 @@ def stopped_by(folder: Path) -> str:
         _, since = epochs_without_improvement(history, "validation_elbo", settled=warmup)
         if since >= patience:
             return "early stopping"
-    return "time limit" if path.exists() else "unfinished"
+    return "unfinished" if evaluation is None else "time limit"
 
 
 def _finished(folder: Path) -> bool:
-    return (folder / "evaluation.json").exists() and stopped_by(folder) in (
+    return _evaluation(folder) is not None and stopped_by(folder) in (
         "early stopping",
         "max epochs",
     )
@@ -227,11 +231,10 @@ def table_row(name: str, workdir: Path) -> list[str]:
     folder = workdir / name
     shown, seed = _published(name), _seed(folder)
     history = _history(folder)
-    path = folder / "evaluation.json"
-    if not path.exists():
+    evaluation = _evaluation(folder)
+    if evaluation is None:
         epochs = str(len(history)) if history else "-"
         return [name, seed, "-", shown, "-", "-", epochs, stopped_by(folder), "-"]
-    evaluation = json.loads(path.read_text())
     best = evaluation.get("parameters", {}).get("epoch", len(history))
     return [
         name,
@@ -259,11 +262,7 @@ def spread_row(name: str, workdirs: list[Path]) -> list[str] | None:
     """The mean and the sample standard deviation of recipe ``name``'s log p(x) and test
     ELBO over its finished runs in ``workdirs`` (one per seed), or ``None`` for fewer
     than two: the spread between training runs that the published ± stands for."""
-    scored = [
-        json.loads((w / name / "evaluation.json").read_text())
-        for w in workdirs
-        if _finished(w / name)
-    ]
+    scored = [_evaluation(w / name) for w in workdirs if _finished(w / name)]
     if len(scored) < 2:
         return None
     samples = {e["num_samples"] for e in scored}
