@@ -4,6 +4,7 @@ config file, and every kind of bad input ends with one readable message and exit
 from __future__ import annotations
 
 import json
+import logging
 import shlex
 import shutil
 import subprocess
@@ -439,11 +440,15 @@ def test_existing_run_without_resume_exits_2(trained_run, capsys):
     assert code == 2 and "--resume" in err
 
 
-def test_evaluate_on_every_item_of_a_file(trained_run, tmp_path, capsys):
+def test_evaluate_on_every_item_of_a_file(trained_run, tmp_path, capsys, caplog):
     path = _save(tmp_path / "x.npy", np.full((10, 1, 8, 8), 0.5, dtype=np.float32))
-    code, out, err = run_cli(["evaluate", trained_run, "--data", path, "-k", "4"], capsys)
+    with caplog.at_level(logging.INFO):
+        code, out, err = run_cli(["evaluate", trained_run, "--data", path, "-k", "4"], capsys)
     assert code == 0, err
     assert '"num_data": 10' in out
+    # the file is loaded as a data set (a train and a test part, logged as such) and
+    # every item of both parts is scored, which the log then says
+    assert f"evaluating 10 items of {path}" in caplog.text
 
 
 def test_refused_resume_leaves_the_run_as_it_was(tmp_path, capsys):
