@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import pytest
 import torch
 from pyro import poutine
@@ -268,8 +269,8 @@ def test_reproduce_quick_runs_every_recipe_and_resumes_an_interrupted_one(
     argv = [*common, "--workdir", str(whole), "--figure", str(figure)]
     assert reproduce.main(argv) == 0
     header, rows = parse_table(capsys.readouterr().out)
-    assert header[:4] == ["recipe", "seed", "log p(x), K", "published"]
-    assert header[5] == "scored epoch"
+    assert header[:5] == ["recipe", "seed", "log p(x), K", "reference draw", "published"]
+    assert header[6] == "scored epoch"
     assert [row[0] for row in rows] == list(reproduce.RECIPES)
     assert all(row[1] == "0" and row[2].endswith(", 10") and row[-3] == "3" for row in rows)
     assert figure.exists()
@@ -364,6 +365,10 @@ def test_reproduce_reports_the_runs_of_several_workdirs_and_their_spread(
     (c / "fmnist-mlp" / "metrics.jsonl").write_text(
         '{"epoch": 1, "validation_elbo": -3, "seconds": 1.0}\n'
     )
+    # a and b are scored on the reference draw too, c's finished run is not
+    for folder, value in [(a / "fmnist-mlp", -228.9), (b / "fmnist-mlp", -228.7)]:
+        reference = {"log_likelihood": value, "num_samples": 5000}
+        (folder / "evaluation-k5000-reference-draw.json").write_text(json.dumps(reference))
     figure = tmp_path / "curves.png"
     workdirs = ["--workdir", str(a), "--workdir", str(b), "--workdir", str(c)]
     workdirs += ["--workdir", str(b / ".." / "b")]  # the same folder again: counted once
@@ -377,14 +382,80 @@ def test_reproduce_reports_the_runs_of_several_workdirs_and_their_spread(
         ["fmnist-mlp-vamp", "0"],
         ["fmnist-hvae-vamp", "-"],
     ]
-    # mean -228.95; sd |difference| / sqrt 2 = 0.36 / 1.414 = 0.2546
-    assert rows[3][2:5] == ["-228.95 ± 0.25, 5000", "-228.70", "-231.86 ± 0.34"]
-    assert rows[2][7] == "unfinished" and rows[5][7] == "not started"
+    # mean -228.95; sd |difference| / sqrt 2 = 0.36 / 1.414 = 0.2546; on the reference
+    # draw -228.80 and 0.2 / 1.414 = 0.1414
+    assert rows[3][2:6] == ["-228.95 ± 0.25, 5000", "-228.80 ± 0.14", "-228.70", "-231.86 ± 0.34"]
+    assert [row[3] for row in rows[:3]] == ["-228.90", "-228.70", "-"]
+    assert rows[4][3] == "-"  # the VampPrior run has no score on the reference draw
+    assert rows[2][8] == "unfinished" and rows[5][8] == "not started"
     assert figure.exists()
     # training takes one folder
     with pytest.raises(SystemExit) as e:
         reproduce.main(["fmnist-mlp", *workdirs])
     assert e.value.code == 2 and "several only with --report" in capsys.readouterr().err
+    # an unfinished run is not scored on the reference draw
+    assert reproduce.main(["fmnist-mlp", "--score-reference-draw", "--workdir", str(c)]) == 0
+    assert "not finished; not scored on the reference draw" in capsys.readouterr().out
+    assert not list((c / "fmnist-mlp").glob("*reference-draw*"))
+
+
+def test_reproduce_reference_draw_is_the_reference_codes_draw(import_benchmark):
+    """The reference code binarizes with numpy's global legacy generator: seed 777, the
+    validation images, then the test images. Its draw of the test images does not depend on
+    the validation images' grey levels, only on how many pixels they have, which is what
+    lets reference_draw skip them with any values."""
+    reproduce = import_benchmark("reproduce")
+    rng = np.random.default_rng(0)
+    validation, test = rng.random((30, 1, 4, 4)), rng.random((20, 1, 4, 4))
+    validation[validation < 0.4] = 0.0  # blank pixels, as images have
+    test[test < 0.4] = 0.0
+    state = np.random.get_state()
+    try:
+        np.random.seed(777)  # the reference code, verbatim in effect
+        np.random.binomial(1, validation)
+        expected = np.random.binomial(1, test)
+    finally:
+        np.random.set_state(state)
+    draw = reproduce.reference_draw(test, len(validation))
+    assert draw.dtype == bool and draw.shape == test.shape
+    np.testing.assert_array_equal(draw, expected)
+    assert not np.array_equal(draw, reproduce.reference_draw(test, len(validation) + 1))
+    # 8-bit images come back as numpy divides them, to the last bit
+    levels = torch.arange(256, dtype=torch.float32) / 255
+    np.testing.assert_array_equal(reproduce._grey_levels(levels), np.arange(256) / 255.0)
+
+
+def test_reproduce_scores_a_finished_run_on_the_reference_draw_once(
+    import_benchmark, tmp_path, capsys
+):
+    reproduce = import_benchmark("reproduce")
+    argv = ["fmnist-mlp", "--quick", "--dataset", "digits", "--num-threads", "1"]
+    argv += ["--workdir", str(tmp_path)]
+    assert reproduce.main(argv) == 0
+    folder = tmp_path / "fmnist-mlp"
+    own = (folder / "evaluation.json").read_bytes()
+    capsys.readouterr()
+    assert reproduce.main([*argv, "--score-reference-draw"]) == 0
+    out = capsys.readouterr().out
+    path = folder / "evaluation-k10-reference-draw.json"
+    scored = json.loads(path.read_text())
+    draw = np.load(folder / "reference-draw.npy")
+    # every test item of the run, binarized as the reference code would
+    from pyrovae.run import load_data, load_run, split_validation
+
+    _, config, _ = load_run(folder)
+    grey = load_data(config.replace(binarize="none"), torch.device("cpu"), folder)
+    _, validation = split_validation(grey, config)
+    expected = reproduce.reference_draw(grey.test.double().numpy(), len(validation.test))
+    np.testing.assert_array_equal(draw, expected)
+    assert scored["num_samples"] == 10 and scored["num_data"] == len(grey.test)
+    _, rows = parse_table(out)
+    assert rows[0][3] == f"{scored['log_likelihood']:.2f}"
+    assert (folder / "evaluation.json").read_bytes() == own  # the run's own score stays
+    # scored once: a second call leaves the file as it was
+    written = path.stat().st_mtime_ns
+    assert reproduce.main([*argv, "--score-reference-draw"]) == 0
+    assert path.stat().st_mtime_ns == written
 
 
 def test_reproduce_ctrl_c_is_one_message_exit_130_and_a_recorded_session(
