@@ -6,7 +6,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import logging
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -388,6 +390,10 @@ def test_reproduce_reports_the_runs_of_several_workdirs_and_their_spread(
     assert [row[3] for row in rows[:3]] == ["-228.90", "-228.70", "-"]
     assert rows[4][3] == "-"  # the VampPrior run has no score on the reference draw
     assert rows[2][8] == "unfinished" and rows[5][8] == "not started"
+    # with one of the two finished runs not scored on the reference draw, no spread of it
+    (b / "fmnist-mlp" / "evaluation-k5000-reference-draw.json").unlink()
+    assert reproduce.main(["--report", *workdirs]) == 0
+    assert parse_table(capsys.readouterr().out)[1][3][3] == "-"
     assert figure.exists()
     # training takes one folder
     with pytest.raises(SystemExit) as e:
@@ -407,8 +413,9 @@ def test_reproduce_reference_draw_is_the_reference_codes_draw(import_benchmark):
     reproduce = import_benchmark("reproduce")
     rng = np.random.default_rng(0)
     validation, test = rng.random((30, 1, 4, 4)), rng.random((20, 1, 4, 4))
-    validation[validation < 0.4] = 0.0  # blank pixels, as images have
-    test[test < 0.4] = 0.0
+    for images in (validation, test):  # blank and saturated pixels, as images have
+        images[images < 0.4] = 0.0
+        images[images > 0.9] = 1.0
     state = np.random.get_state()
     try:
         np.random.seed(777)  # the reference code, verbatim in effect
@@ -426,7 +433,7 @@ def test_reproduce_reference_draw_is_the_reference_codes_draw(import_benchmark):
 
 
 def test_reproduce_scores_a_finished_run_on_the_reference_draw_once(
-    import_benchmark, tmp_path, capsys
+    import_benchmark, tmp_path, capsys, caplog
 ):
     reproduce = import_benchmark("reproduce")
     argv = ["fmnist-mlp", "--quick", "--dataset", "digits", "--num-threads", "1"]
@@ -435,27 +442,62 @@ def test_reproduce_scores_a_finished_run_on_the_reference_draw_once(
     folder = tmp_path / "fmnist-mlp"
     own = (folder / "evaluation.json").read_bytes()
     capsys.readouterr()
-    assert reproduce.main([*argv, "--score-reference-draw"]) == 0
+    with caplog.at_level(logging.INFO):
+        assert reproduce.main([*argv, "--score-reference-draw"]) == 0
     out = capsys.readouterr().out
     path = folder / "evaluation-k10-reference-draw.json"
     scored = json.loads(path.read_text())
-    draw = np.load(folder / "reference-draw.npy")
-    # every test item of the run, binarized as the reference code would
+    draw_file = folder / "reference-draw.npz"
+    # pyrovae evaluate scored every item of the draw (not the run's own test set)
+    assert f"evaluating {scored['num_data']} items of {draw_file}" in caplog.text
+    # the draw: every test item of the run, binarized as the reference code would
     from pyrovae.run import load_data, load_run, split_validation
 
     _, config, _ = load_run(folder)
     grey = load_data(config.replace(binarize="none"), torch.device("cpu"), folder)
     _, validation = split_validation(grey, config)
     expected = reproduce.reference_draw(grey.test.double().numpy(), len(validation.test))
-    np.testing.assert_array_equal(draw, expected)
+    np.testing.assert_array_equal(np.load(draw_file)["x"], expected)
     assert scored["num_samples"] == 10 and scored["num_data"] == len(grey.test)
     _, rows = parse_table(out)
     assert rows[0][3] == f"{scored['log_likelihood']:.2f}"
     assert (folder / "evaluation.json").read_bytes() == own  # the run's own score stays
+    assert not list(folder.glob(".*.tmp")) and not (folder / ".lock").exists()
     # scored once: a second call leaves the file as it was
     written = path.stat().st_mtime_ns
     assert reproduce.main([*argv, "--score-reference-draw"]) == 0
     assert path.stat().st_mtime_ns == written
+    # a run scored again since (a resumed run's new best epoch) has a stale reference
+    # score: the report leaves it out and the next call scores it again
+    os.utime(folder / "evaluation.json", ns=(written + 10**9, written + 10**9))
+    capsys.readouterr()
+    assert reproduce.main([*argv, "--report"]) == 0
+    assert parse_table(capsys.readouterr().out)[1][0][3] == "-"
+    assert reproduce.main([*argv, "--score-reference-draw"]) == 0
+    assert path.stat().st_mtime_ns > written
+
+
+def test_reproduce_reference_draw_failure_is_one_message_and_the_others_go_on(
+    import_benchmark, tmp_path, capsys
+):
+    """A run that cannot be scored (here a folder with no checkpoint) gets one error line
+    and exit status 2; the other runs are still scored and the table printed."""
+    reproduce = import_benchmark("reproduce")
+    broken = tmp_path / "broken"
+    _finished_run(broken / "fmnist-mlp", 0, -229.0, -232.0)
+    before = {f.name: f.read_bytes() for f in (broken / "fmnist-mlp").iterdir()}
+    good = tmp_path / "good"
+    argv = ["fmnist-mlp", "--quick", "--dataset", "digits", "--num-threads", "1"]
+    assert reproduce.main([*argv, "--workdir", str(good)]) == 0
+    capsys.readouterr()
+    workdirs = ["--workdir", str(broken), "--workdir", str(good)]
+    assert reproduce.main(["fmnist-mlp", "--score-reference-draw", *workdirs]) == 2
+    out, err = capsys.readouterr()
+    assert err.count("error:") == 1 and str(broken / "fmnist-mlp") in err
+    assert "Traceback" not in err
+    assert (good / "fmnist-mlp" / "evaluation-k10-reference-draw.json").exists()
+    assert [row[1] for row in parse_table(out)[1]][:2] == ["0", "0"]
+    assert {f.name: f.read_bytes() for f in (broken / "fmnist-mlp").iterdir()} == before
 
 
 def test_reproduce_ctrl_c_is_one_message_exit_130_and_a_recorded_session(
