@@ -446,9 +446,20 @@ def test_evaluate_on_every_item_of_a_file(trained_run, tmp_path, capsys, caplog)
         code, out, err = run_cli(["evaluate", trained_run, "--data", path, "-k", "4"], capsys)
     assert code == 0, err
     assert '"num_data": 10' in out
-    # the file is loaded as a data set (a train and a test part, logged as such) and
-    # every item of both parts is scored, which the log then says
     assert f"evaluating 10 items of {path}" in caplog.text
+
+
+def test_evaluate_num_items_takes_the_first_rows_of_the_file(trained_run, tmp_path, capsys):
+    """--num-items N scores rows 0..N-1 of --data, in file order: the same numbers as a
+    file of those rows alone (blank rows, which any binarization leaves blank)."""
+    rows = torch.rand(12, 1, 8, 8, generator=torch.Generator().manual_seed(0)).numpy()
+    rows[:3] = 0.0  # the first three are blank, unlike any other: a shuffle would show
+    whole = _save(tmp_path / "whole.npy", rows)
+    first = _save(tmp_path / "first.npy", rows[:3])
+    code, out, err = run_cli(["evaluate", trained_run, "--data", whole, "--num-items", "3"], capsys)
+    assert code == 0, err
+    expected = run_cli(["evaluate", trained_run, "--data", first], capsys)[1]
+    assert json.loads(out) == json.loads(expected)
 
 
 def test_refused_resume_leaves_the_run_as_it_was(tmp_path, capsys):

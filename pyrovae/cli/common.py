@@ -105,12 +105,13 @@ def table_encoding(config: Config, run: Path):
 
 
 def load_items(path: str | Path, config: Config, run: Path):
-    """Every item of a .npy/.npz file (and its labels, if it has them), as a run scores them;
-    the rows of a table encoded as the run ``run`` (folder or checkpoint) encoded its
-    training table (:func:`table_encoding`)."""
+    """Every item of a .npy/.npz file in file order (and its labels, if it has them), as a
+    run scores them (:func:`~pyrovae.data.load_labeled_items`); the rows of a table encoded
+    as the run ``run`` (folder or checkpoint) encoded its training table
+    (:func:`table_encoding`)."""
     import torch
 
-    from pyrovae.data import load_dataset
+    from pyrovae.data import load_dataset, load_labeled_items
     from pyrovae.data.tables import is_table, read_table
 
     if is_table(path) or is_table(config.data["data"]):
@@ -120,6 +121,8 @@ def load_items(path: str | Path, config: Config, run: Path):
 
     # a dynamic binarization is drawn once, as for a test set
     binarize = "static" if config.data["binarize"] == "dynamic" else config.data["binarize"]
+    if Path(path).suffix in (".npy", ".npz"):  # in file order (--num-items: the first N)
+        return load_labeled_items(path, binarize=binarize, seed=config.run["seed"])
     # a text file reads the run's vocabulary and length cap (a sentence run)
     text = {k: config.data[k] for k in ("max_length", "vocabulary")}
     data = load_dataset(path=path, binarize=binarize, seed=config.run["seed"], **text)

@@ -298,7 +298,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.num_items is not None:
         x = x[: args.num_items]
         y = None if y is None else y[: args.num_items]
-    if args.data:  # the file's train and test parts together, not the split just logged
+    if args.data:
         logger.info("evaluating %d items of %s", len(x), args.data)
     x = x.to(vae.device)
     vae.validate_data(x, "evaluation data")

@@ -25,7 +25,7 @@ Modules, one concern each:
     :func:`read_idx`, the IDX file format of MNIST and Fashion-MNIST.
 :mod:`~pyrovae.data.files`
     The user's own ``.npy`` / ``.npz`` files (``.npy`` memory-mapped with ``mmap=True``), and
-    :func:`load_items`.
+    :func:`load_items` and :func:`load_labeled_items` (every item in file order).
 :mod:`~pyrovae.data.images`
     The user's own folder of images, one subfolder per class (:func:`load_image_folder`).
 :mod:`~pyrovae.data.text`
@@ -43,7 +43,7 @@ from pyrovae.data.binarization import BINARIZE
 from pyrovae.data.dataset import Dataset, Loader, MappedItems, Shard
 from pyrovae.data.dsprites import DSprites
 from pyrovae.data.factors import DataFactorSampler, Factors, FactorSampler, GridSampler
-from pyrovae.data.files import load_items
+from pyrovae.data.files import load_items, load_labeled_items
 from pyrovae.data.idx import read_idx
 from pyrovae.data.images import IMAGE_MODES, load_image_folder
 from pyrovae.data.sources import (
@@ -88,6 +88,7 @@ __all__ = [
     "load_dataset",
     "load_image_folder",
     "load_items",
+    "load_labeled_items",
     "load_table",
     "load_text",
     "read_idx",

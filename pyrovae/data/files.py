@@ -29,7 +29,7 @@ from pyrovae.data.factors import Factors, factor_indices
 from pyrovae.data.validation import validate_data
 from pyrovae.errors import DataError
 
-__all__ = ["load_file", "load_items", "load_mapped"]
+__all__ = ["load_file", "load_items", "load_labeled_items", "load_mapped"]
 
 # An explicit split wins over a single array to be split.
 _NPZ_LAYOUTS = (
@@ -277,16 +277,33 @@ def load_items(
     ``x`` (or ``x_train`` followed by ``x_test``), read as
     :func:`~pyrovae.data.load_dataset` reads it, then binarized as a test set (``"static"``
     and ``"dynamic"``: one Bernoulli draw seeded with ``seed``), so row ``i`` of the file is
-    item ``i``.
+    item ``i``; :func:`load_labeled_items` also gives their labels.
     """
+    return load_labeled_items(path, binarize=binarize, seed=seed)[0]
+
+
+def load_labeled_items(
+    path: str | os.PathLike[str], *, binarize: str = "none", seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(x, y)``: every item of a user's ``.npy`` / ``.npz`` file as :func:`load_items`
+    gives them, in file order, and their labels (``y``, or ``y_train`` followed by
+    ``y_test``) or ``None`` when the file has none for some of its items."""
     check_binarize(binarize)
     path = Path(path)
     arrays = _read_arrays(path)
-    keys = ["x"] if "x" in arrays else ["x_train", "x_test"]
-    parts = [_items_tensor(arrays[k], what=f"{path.name} {k}") for k in keys]
+    splits = [""] if "x" in arrays else ["_train", "_test"]
+    parts = [_items_tensor(arrays[f"x{s}"], what=f"{path.name} x{s}") for s in splits]
     if len({p.shape[1:] for p in parts}) > 1:
         raise DataError(
             f"{path.name}: x_train and x_test items have different shapes "
             f"{[tuple(p.shape[1:]) for p in parts]}; both splits need the same item shape"
         )
-    return binarize_items(torch.cat(parts), binarize, seed, what=path.name)
+    labels = None
+    if all(f"y{s}" in arrays for s in splits):
+        labels = torch.cat(
+            [
+                _labels_tensor(arrays[f"y{s}"], len(part), what=f"{path.name} y{s}")
+                for s, part in zip(splits, parts)
+            ]
+        )
+    return binarize_items(torch.cat(parts), binarize, seed, what=path.name), labels
