@@ -252,7 +252,8 @@ def score_reference_draw(names: list[str], workdirs: list[Path], args: argparse.
     """Score every finished run of ``names`` in ``workdirs`` on the reference draw with
     ``pyrovae evaluate`` (the run's own K and evaluation batch) unless it has been since
     its own final score, each in its folder's lock; a run that fails is reported and the
-    others go on. Returns the first failure's exit status, else 0."""
+    others go on (Ctrl-C stops them all: 130). Returns the first failure's exit status, else
+    0."""
     from pyrovae import runfolder
     from pyrovae.cli import main as pyrovae_main
     from pyrovae.errors import PyroVAEError, user_message
@@ -281,6 +282,8 @@ def score_reference_draw(names: list[str], workdirs: list[Path], args: argparse.
             except PyroVAEError as e:
                 print(f"error: {folder}: {user_message(e)}", file=sys.stderr, flush=True)
                 failed = 2
+            if failed == 130:  # Ctrl-C stops them all
+                return failed
             status = status or failed
     return status
 

@@ -477,6 +477,27 @@ def test_reproduce_scores_a_finished_run_on_the_reference_draw_once(
     assert path.stat().st_mtime_ns > written
 
 
+def test_reproduce_reference_draw_ctrl_c_stops_every_run(
+    import_benchmark, tmp_path, capsys, monkeypatch
+):
+    """pyrovae evaluate turns Ctrl-C into exit status 130; the script then scores no
+    further run and exits 130 too (other failures let the next runs go on)."""
+    import pyrovae.cli
+
+    reproduce = import_benchmark("reproduce")
+    calls = []
+    monkeypatch.setattr(reproduce, "write_reference_draw", lambda folder: folder / "d.npz")
+    monkeypatch.setattr(pyrovae.cli, "main", lambda argv: calls.append(argv) or 130)
+    for workdir, seed in [("a", 0), ("b", 1)]:
+        _finished_run(tmp_path / workdir / "fmnist-mlp", seed, -229.0, -232.0)
+    workdirs = ["--workdir", str(tmp_path / "a"), "--workdir", str(tmp_path / "b")]
+    assert reproduce.main(["fmnist-mlp", "--score-reference-draw", *workdirs]) == 130
+    assert len(calls) == 1
+    monkeypatch.setattr(pyrovae.cli, "main", lambda argv: calls.append(argv) or 2)
+    assert reproduce.main(["fmnist-mlp", "--score-reference-draw", *workdirs]) == 2
+    assert len(calls) == 3
+
+
 def test_reproduce_reference_draw_failure_is_one_message_and_the_others_go_on(
     import_benchmark, tmp_path, capsys
 ):
