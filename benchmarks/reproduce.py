@@ -270,13 +270,14 @@ def score_reference_draw(names: list[str], workdirs: list[Path], args: argparse.
             if _reference_evaluation(folder) is not None:
                 continue
             run = _config(folder).get("run", {})
-            command = ["evaluate", str(folder), "-k", str(_evaluation(folder)["num_samples"])]
-            command += ["--batch-size", str(run.get("eval_batch_size", 500))]
-            command += ["--device", args.device, *([] if args.progress else ["--no-progress"])]
-            command += [] if args.num_threads is None else ["--num-threads", str(args.num_threads)]
+            options = ["-k", str(_evaluation(folder)["num_samples"])]
+            options += ["--batch-size", str(run.get("eval_batch_size", 500))]
+            options += ["--device", args.device, *([] if args.progress else ["--no-progress"])]
+            options += [] if args.num_threads is None else ["--num-threads", str(args.num_threads)]
             try:
                 with runfolder.lock(folder):
-                    command[4:4] = ["--data", str(write_reference_draw(folder))]
+                    draw = write_reference_draw(folder)
+                    command = ["evaluate", str(folder), "--data", str(draw), *options]
                     print(f"{folder}: pyrovae {' '.join(command)}", flush=True)
                     failed = pyrovae_main(command)
             except PyroVAEError as e:
