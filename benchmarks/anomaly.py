@@ -42,7 +42,7 @@ import torch.nn.functional as F
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import markdown_table, report
+from benchmarks.common import Parser, markdown_table, report
 from pyrovae import VAE, Config, Dataset, load_dataset, train
 from pyrovae.errors import DataError
 from pyrovae.inference.applications.anomaly import anomaly_scores, detection_metrics
@@ -91,7 +91,7 @@ def digits_vs_fashion(fashion: Dataset, epochs: int, k: int, seed: int) -> list[
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="digits only, few epochs")
     parser.add_argument("--held-out-class", type=int, default=0)
     parser.add_argument("--fashion-epochs", type=int, default=5)

@@ -48,7 +48,7 @@ import torch
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import environment, markdown_table, report
+from benchmarks.common import Parser, environment, markdown_table, report
 from pyrovae import VAE, Config
 from pyrovae.config import DEVICES
 from pyrovae.errors import ConfigError
@@ -96,9 +96,7 @@ def rows(args: argparse.Namespace) -> dict[str, dict[str, object]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, help="epochs per row (default 100; --quick 4)")
     parser.add_argument("--scale", type=float, default=0.6, help="Gaussian likelihood scale")
     parser.add_argument("--latent-dim", type=int, default=16, help="dimension of z")

@@ -43,6 +43,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import pyro
 import pyro.distributions as dist
@@ -414,6 +415,21 @@ def environment(device: torch.device) -> str:
         f"validation: pyro {'on' if is_validation_enabled() else 'off'}, "
         f"torch.distributions {'on' if torch.distributions.Distribution._validate_args else 'off'}"
     )
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose unknown option is an error naming the closest valid one, as
+    the ``pyrovae`` command's is (``--score-reference-drw`` -> ``--score-reference-draw``)."""
+
+    def error(self, message: str) -> NoReturn:
+        prefix = "unrecognized arguments: "
+        if message.startswith(prefix):
+            from pyrovae.registry import closest
+
+            unknown = next((a for a in message[len(prefix) :].split() if a.startswith("-")), "")
+            flags = [f for action in self._actions for f in action.option_strings]
+            message += closest(unknown.split("=")[0], flags) if unknown else ""
+        super().error(message)
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:

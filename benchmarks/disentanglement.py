@@ -45,7 +45,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import markdown_table, report
+from benchmarks.common import Parser, markdown_table, report
 
 #: model -> (the name of its weight, the weights of the table, the flags that select it)
 MODELS: dict[str, tuple[str, tuple[float, ...], tuple[str, ...]]] = {
@@ -193,7 +193,7 @@ def table_rows(results: dict[Setting, list[dict[str, Any]]]) -> list[list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--workdir", type=Path, default=Path("runs/disentanglement"))

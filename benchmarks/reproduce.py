@@ -72,7 +72,7 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import markdown_table, report
+from benchmarks.common import Parser, markdown_table, report
 from pyrovae.inference.training.trainer import best_epoch, epochs_without_improvement
 
 #: the reference protocol, shared by every recipe (config keys, as in config.toml)
@@ -497,7 +497,7 @@ def _terminate(signum: int, frame: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(

@@ -41,7 +41,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import markdown_table, report
+from benchmarks.common import Parser, markdown_table, report
 
 #: row name -> (label, the row's own flags)
 CONV = ["--encoder", "conv", "--decoder", "conv"]
@@ -151,7 +151,7 @@ def samples_figure(names: Sequence[str], out: Path, seed: int) -> Path:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--dataset", default="fashion-mnist", help="data set (default: %(default)s)"
     )

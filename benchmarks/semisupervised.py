@@ -44,7 +44,7 @@ import torch
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import markdown_table, report
+from benchmarks.common import Parser, markdown_table, report
 from pyrovae import Config, Dataset, load_dataset, train
 from pyrovae.errors import DataError
 from pyrovae.run import use_best
@@ -137,7 +137,7 @@ def compare(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="digits, 10 labels, 5 epochs")
     parser.add_argument("--labels-per-class", type=int, nargs="+", default=[10, 100])
     parser.add_argument(

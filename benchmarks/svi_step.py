@@ -34,6 +34,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import (
+    Parser,
     Timing,
     add_common_arguments,
     build_candidates,
@@ -53,9 +54,7 @@ COLUMNS[2] = "torch ms"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(parser)
     parser.add_argument("--steps", type=int, help="timed steps per method per round")
     parser.add_argument(

@@ -55,7 +55,7 @@ import torch
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import markdown_table
+from benchmarks.common import Parser, markdown_table
 from pyrovae import VAE, Config, train
 from pyrovae.data.tables import TableDataset, TableEncoding
 from pyrovae.inference.applications import anomaly_scores, detection_metrics, impute
@@ -252,7 +252,7 @@ TASKS = {"anomaly": anomaly_run, "imputation": imputation_run}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for results.jsonl")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=300)

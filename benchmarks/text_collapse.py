@@ -51,7 +51,7 @@ import torch
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import environment, markdown_table, report
+from benchmarks.common import Parser, environment, markdown_table, report
 from pyrovae import Config, fit
 from pyrovae.data import tokenize
 
@@ -104,9 +104,7 @@ def rows(args: argparse.Namespace) -> dict[str, dict[str, object]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="folder of the corpus and runs")
     parser.add_argument(
         "--fortunes", type=Path, default=FORTUNES, help=f"the fortune files (default {FORTUNES})"

@@ -294,6 +294,13 @@ def test_reproduce_quick_runs_every_recipe_and_resumes_an_interrupted_one(
     assert len(reproduce._sessions(parts, "fmnist-mlp")) == 2
 
 
+def test_a_misspelled_benchmark_option_names_the_closest_one(import_benchmark, capsys):
+    with pytest.raises(SystemExit) as e:
+        import_benchmark("reproduce").main(["--score-reference-drw"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "did you mean '--score-reference-draw'?" in err
+
+
 def test_reproduce_refuses_an_unknown_recipe(import_benchmark, capsys):
     with pytest.raises(SystemExit) as e:
         import_benchmark("reproduce").main(["fmnist-vae"])
